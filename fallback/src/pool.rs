@@ -1,0 +1,267 @@
+//! The worker pool: a queue of boxed jobs, N threads draining it, one oneshot per result.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use futures::channel::oneshot;
+use parking_lot::RwLock;
+
+/// Environment variable overriding the thread count of [`global`].
+pub const GLOBAL_THREADS_ENV: &str = "RINGKV_FALLBACK_THREADS";
+/// Thread count of [`global`] when [`GLOBAL_THREADS_ENV`] is unset.
+pub const DEFAULT_GLOBAL_THREADS: usize = 32;
+/// Largest thread count a pool accepts (a guard against a mistyped environment value).
+const MAX_THREADS: usize = 4096;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The job's result will never arrive: the pool was shut down, it has no worker thread,
+/// or the job panicked (the panic is logged through `tracing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canceled;
+
+impl fmt::Display for Canceled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the fallback pool did not run the job to completion (shut down, no worker, or the job panicked)",
+        )
+    }
+}
+
+impl std::error::Error for Canceled {}
+
+/// A pool of threads running blocking jobs. Cloning is cheap: clones share the threads.
+///
+/// The threads exit once every clone is dropped (or [`Pool::shutdown`] is called) and the
+/// jobs already queued have run.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    /// `None` after [`Pool::shutdown`] or when no worker thread could be started.
+    sender: RwLock<Option<Sender<Job>>>,
+    threads: usize,
+    /// Jobs queued and not yet finished (for tests and diagnostics).
+    pending: Arc<AtomicUsize>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.name)
+            .field("threads", &self.inner.threads)
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `threads` worker threads (at least 1) named `name-<i>`.
+    ///
+    /// A thread that the operating system refuses to start is logged and skipped; if none
+    /// starts, every job's future resolves to `Err(Canceled)` at once.
+    pub fn new(threads: usize, name: &str) -> Pool {
+        let wanted = threads.clamp(1, MAX_THREADS);
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut started = 0;
+        for i in 0..wanted {
+            let rx = rx.clone();
+            let pending = Arc::clone(&pending);
+            let spawned =
+                thread::Builder::new().name(format!("{name}-{i}")).spawn(move || worker(rx, pending));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    tracing::warn!(pool = name, error = %e, "could not start a fallback I/O thread");
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        let sender = if started > 0 { Some(tx) } else { None };
+        Pool {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                sender: RwLock::new(sender),
+                threads: started,
+                pending,
+            }),
+        }
+    }
+
+    /// Queues `f` on a worker thread and returns a future of its result.
+    ///
+    /// The job is queued now, not when the future is first polled, and dropping the future
+    /// does not cancel it. The future resolves to `Err(Canceled)` if the job cannot run to
+    /// completion (pool shut down, no worker, panic); it never hangs for that reason.
+    pub fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, Canceled>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let pending = Arc::clone(&self.inner.pending);
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        pending.fetch_add(1, Ordering::Relaxed);
+        let queued = match &*self.inner.sender.read() {
+            Some(sender) => sender.send(job).is_ok(),
+            None => false,
+        };
+        if !queued {
+            // The job (and the oneshot sender inside it) was dropped: `rx` resolves at once.
+            pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        async move { rx.await.map_err(|_| Canceled) }
+    }
+
+    /// Stops accepting jobs: later [`Pool::run`] futures resolve to `Err(Canceled)` at once.
+    /// Jobs already queued still run; the threads exit once the queue is empty.
+    pub fn shutdown(&self) {
+        self.inner.sender.write().take();
+    }
+
+    /// Number of worker threads that were started.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Jobs queued or running and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::Relaxed)
+    }
+}
+
+fn worker(rx: Receiver<Job>, pending: Arc<AtomicUsize>) {
+    // `recv` fails only once every sender is gone and the queue is drained.
+    while let Ok(job) = rx.recv() {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(job)) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            tracing::error!(panic = %what, "a fallback I/O job panicked");
+        }
+        pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The pool shared by the whole process, started on first use with
+/// [`DEFAULT_GLOBAL_THREADS`] threads, or the count in [`GLOBAL_THREADS_ENV`].
+pub fn global() -> &'static Pool {
+    static GLOBAL: OnceLock<Pool> = OnceLock::new();
+    GLOBAL.get_or_init(|| Pool::new(global_threads(), "ringkv-fallback"))
+}
+
+fn global_threads() -> usize {
+    let Ok(value) = std::env::var(GLOBAL_THREADS_ENV) else {
+        return DEFAULT_GLOBAL_THREADS;
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => n,
+        _ => {
+            tracing::warn!(
+                value = %value,
+                default = DEFAULT_GLOBAL_THREADS,
+                "{GLOBAL_THREADS_ENV} must be a thread count in 1..={MAX_THREADS}; using the default"
+            );
+            DEFAULT_GLOBAL_THREADS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::future::join_all;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_jobs_and_returns_results() {
+        let pool = Pool::new(2, "t-basic");
+        assert_eq!(pool.threads(), 2);
+        assert_eq!(block_on(pool.run(|| 40 + 2)), Ok(42));
+    }
+
+    #[test]
+    fn many_jobs_in_flight_run_concurrently() {
+        // 8 jobs that all wait on one barrier can only finish if 8 threads run them at once.
+        let pool = Pool::new(8, "t-concurrent");
+        let barrier = Arc::new(Barrier::new(8));
+        let futs: Vec<_> = (0..8)
+            .map(|i| {
+                let barrier = Arc::clone(&barrier);
+                pool.run(move || {
+                    barrier.wait();
+                    i
+                })
+            })
+            .collect();
+        let results = block_on(join_all(futs));
+        assert_eq!(results, (0..8).map(Ok).collect::<Vec<_>>());
+
+        // And thousands queued on few threads all complete.
+        let futs: Vec<_> = (0..5000u64).map(|i| pool.run(move || i * 2)).collect();
+        let sum: u64 = block_on(join_all(futs)).into_iter().map(|r| r.unwrap()).sum();
+        assert_eq!(sum, (0..5000u64).map(|i| i * 2).sum());
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[test]
+    fn panicking_job_is_canceled_and_worker_survives() {
+        let pool = Pool::new(1, "t-panic");
+        assert_eq!(block_on(pool.run(|| -> u32 { panic!("boom") })), Err(Canceled));
+        assert_eq!(block_on(pool.run(|| 7)), Ok(7));
+    }
+
+    #[test]
+    fn shut_down_pool_does_not_hang() {
+        let pool = Pool::new(1, "t-shutdown");
+        let slow = pool.run(|| {
+            thread::sleep(Duration::from_millis(50));
+            1
+        });
+        pool.shutdown();
+        // Queued before the shutdown: still runs.
+        assert_eq!(block_on(slow), Ok(1));
+        // Queued after: canceled at once.
+        assert_eq!(block_on(pool.run(|| 2)), Err(Canceled));
+    }
+
+    #[test]
+    fn dropped_future_does_not_cancel_the_job() {
+        let pool = Pool::new(1, "t-drop");
+        let flag = Arc::new(AtomicUsize::new(0));
+        let f2 = Arc::clone(&flag);
+        drop(pool.run(move || f2.store(1, Ordering::SeqCst)));
+        // The pool runs jobs in order on its single thread.
+        block_on(pool.run(|| ())).unwrap();
+        assert_eq!(flag.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn zero_threads_means_one() {
+        let pool = Pool::new(0, "t-zero");
+        assert_eq!(pool.threads(), 1);
+        assert_eq!(block_on(pool.run(|| 3)), Ok(3));
+    }
+
+    #[test]
+    fn global_pool_is_shared() {
+        assert!(std::ptr::eq(global(), global()));
+        assert_eq!(block_on(global().run(|| 5)), Ok(5));
+    }
+}

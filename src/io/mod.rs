@@ -1,0 +1,442 @@
+//! The async I/O layer: every byte ringkv reads or writes goes through [`IoDriver`] and
+//! [`IoFile`].
+//!
+//! # Backends
+//!
+//! - **io_uring** (`uring.rs`, Linux only). One ring thread per *process*, started on first
+//!   use and shared by every `IoDriver` (so opening hundreds of databases opens one ring and
+//!   pins one set of registered buffers, not hundreds). It runs a tokio-uring runtime;
+//!   requests arrive on an unbounded channel, each becomes a task on the ring thread, and its
+//!   result comes back on a oneshot channel, which any executor can await. tokio-uring files
+//!   are `!Send`, so they live in a table on the ring thread keyed by a file id; an
+//!   [`IoFile`] holds the id and sends a close request when its last clone drops. A pool of
+//!   registered (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one
+//!   buffer; where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and
+//!   writes from ordinary buffers. Operations io_uring lacks (`set_len`, `read_dir`,
+//!   `exists`, `create_dir_all`) run on the `ringkv-fallback` thread pool.
+//! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
+//!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
+//!
+//! [`IoBackend::Auto`] (the default) takes io_uring when the probe succeeds (the shared ring
+//! starts, answers a no-op and knows the file opcodes ringkv uses) and otherwise logs a
+//! warning and takes the thread pool. `RINGKV_IO_BACKEND=uring|threadpool` overrides `Auto`.
+//! The probe runs once per process; its result (success or failure) is cached.
+//!
+//! # Contract
+//!
+//! 1. **Never blocks the caller.** Every operation is a `Send` future that waits on a
+//!    channel; disk I/O happens on the ring thread or on a pool thread. The futures work on
+//!    any executor (tokio multi-thread or current-thread, `futures::executor::block_on`, ...).
+//!    Only [`IoDriver::new`] may wait, once per process, for the ring to start.
+//! 2. **Lazy submission.** Nothing is submitted until the future is first polled.
+//! 3. **Cancellation safety.** Once submitted, an operation runs to completion whether or not
+//!    its future is still alive: dropping the future drops only the receiving end of the
+//!    result channel. The buffers (the `Bytes` of a write, the `Vec` of a read, a registered
+//!    buffer) are owned by the ring-thread task or the pool job until the kernel is done with
+//!    them, so a dropped future never frees memory the kernel still reads or writes. A write
+//!    whose future was dropped after its first poll still lands in full (or fails unseen).
+//! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
+//!    in flight at the same time complete in any order (io_uring completes out of order,
+//!    pool threads run in parallel). An fsync covers exactly the writes whose completion the
+//!    caller *awaited before submitting the fsync*. Callers (the WAL, the checkpoint) submit
+//!    an fsync only after awaiting every write it must cover.
+//! 5. **Complete transfers.** [`IoFile::writev_at`] writes every byte (short writes are
+//!    continued) or fails. [`IoFile::read_exact_at`] returns exactly `len` bytes or an error
+//!    of kind `UnexpectedEof`; [`IoFile::read_at`] stops early only at the end of the file.
+//! 6. **Errors name their place.** Every failure is [`Error::Io`] with the path and the
+//!    operation (`"open"`, `"read"`, `"write"`, `"fsync"`, `"fdatasync"`, `"fallocate"`,
+//!    `"stat"`, `"truncate"`, `"rename"`, `"remove"`, `"create_dir"`, `"read_dir"`). If the
+//!    ring thread dies, operations fail with kind `BrokenPipe`; they never hang.
+//! 7. **File lifetime.** An [`IoFile`] is a cheap clone of a shared handle; the descriptor
+//!    closes when the last clone is dropped and the operations in flight on it are done.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+pub use crate::options::IoBackend;
+
+#[cfg(target_os = "linux")]
+mod buffers;
+mod threadpool;
+#[cfg(target_os = "linux")]
+mod uring;
+
+/// Environment variable that overrides [`IoBackend::Auto`]: `uring` or `threadpool`.
+pub const BACKEND_ENV: &str = "RINGKV_IO_BACKEND";
+
+/// How [`IoDriver::open`] opens a file. Every mode but `Read` opens read-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, read-only.
+    Read,
+    /// An existing file, read-write.
+    ReadWrite,
+    /// Creates the file if it is missing, else opens it; read-write, never truncates.
+    Create,
+    /// Creates the file; fails (kind `AlreadyExists`) if it exists. Read-write.
+    CreateNew,
+}
+
+/// Operation counts of one [`IoDriver`] (its clones and the files it opened).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Calls of [`IoFile::read_at`] and [`IoFile::read_exact_at`].
+    pub reads: u64,
+    /// Calls of [`IoFile::writev_at`] (fixed-buffer ones included).
+    pub writes: u64,
+    /// Writes that went through a registered (fixed) buffer (io_uring only).
+    pub fixed_writes: u64,
+    /// Calls of [`IoFile::sync_data`], [`IoFile::sync_all`] and [`IoDriver::sync_dir`].
+    pub fsyncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    fixed_writes: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The I/O engine of one database: opens files and runs directory operations on the
+/// backend chosen at [`IoDriver::new`]. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct IoDriver {
+    engine: Engine,
+    stats: Arc<Counters>,
+}
+
+#[derive(Clone, Copy)]
+enum Engine {
+    #[cfg(target_os = "linux")]
+    Uring(&'static uring::Ring),
+    ThreadPool,
+}
+
+impl fmt::Debug for IoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoDriver").field("backend", &self.backend()).finish()
+    }
+}
+
+impl IoDriver {
+    /// Starts a driver on `backend`.
+    ///
+    /// [`IoBackend::Auto`] is first overridden by the environment variable
+    /// `RINGKV_IO_BACKEND=uring|threadpool` (another value is [`Error::InvalidArgument`]);
+    /// then it probes io_uring (the shared ring starts and answers a no-op) and, if io_uring
+    /// is unavailable, logs a warning and uses the thread pool. A forced
+    /// [`IoBackend::Uring`] that is unavailable is [`Error::Io`] with op `"io_uring setup"`.
+    /// The probe runs once per process; this call waits for it the first time.
+    pub fn new(backend: IoBackend) -> Result<IoDriver> {
+        let engine = match resolve_env(backend)? {
+            IoBackend::ThreadPool => Engine::ThreadPool,
+            IoBackend::Uring => uring_engine().map_err(|e| Error::io("io_uring", "io_uring setup", e))?,
+            IoBackend::Auto => match uring_engine() {
+                Ok(engine) => engine,
+                Err(e) => {
+                    warn_uring_unavailable(&e);
+                    Engine::ThreadPool
+                }
+            },
+        };
+        Ok(IoDriver { engine, stats: Arc::default() })
+    }
+
+    /// The backend in use: [`IoBackend::Uring`] or [`IoBackend::ThreadPool`], never `Auto`.
+    pub fn backend(&self) -> IoBackend {
+        match self.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(_) => IoBackend::Uring,
+            Engine::ThreadPool => IoBackend::ThreadPool,
+        }
+    }
+
+    /// Operation counts of this driver, its clones and the files opened through them.
+    pub fn io_stats(&self) -> IoStats {
+        let s = &self.stats;
+        IoStats {
+            reads: s.reads.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            fixed_writes: s.fixed_writes.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Opens `path` in `mode`.
+    pub async fn open(&self, path: &Path, mode: OpenMode) -> Result<IoFile> {
+        let handle = match self.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => ring.open(path.to_owned(), mode).await.map(Handle::Uring),
+            Engine::ThreadPool => threadpool::open(path.to_owned(), mode).await.map(Handle::Pool),
+        }
+        .map_err(|e| Error::io(path, "open", e))?;
+        Ok(IoFile {
+            inner: Arc::new(FileInner { path: path.to_owned(), stats: Arc::clone(&self.stats), handle }),
+        })
+    }
+
+    /// Renames `from` to `to`, replacing `to` if it exists (not durable until
+    /// [`IoDriver::sync_dir`] of the parent directory).
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        let (f, t) = (from.to_owned(), to.to_owned());
+        match self.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => ring.rename(f, t).await,
+            Engine::ThreadPool => threadpool::rename(f, t).await,
+        }
+        .map_err(|e| Error::io(from, "rename", e))
+    }
+
+    /// Removes the file `path`.
+    pub async fn remove_file(&self, path: &Path) -> Result<()> {
+        match self.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => ring.remove_file(path.to_owned()).await,
+            Engine::ThreadPool => threadpool::remove_file(path.to_owned()).await,
+        }
+        .map_err(|e| Error::io(path, "remove", e))
+    }
+
+    /// Creates the directory `path` and its missing parents (Ok if it exists).
+    pub async fn create_dir_all(&self, path: &Path) -> Result<()> {
+        threadpool::create_dir_all(path.to_owned()).await.map_err(|e| Error::io(path, "create_dir", e))
+    }
+
+    /// Makes the entries of directory `path` durable: opens it read-only and fsyncs it.
+    pub async fn sync_dir(&self, path: &Path) -> Result<()> {
+        Counters::bump(&self.stats.fsyncs);
+        match self.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(ring) => ring.sync_dir(path.to_owned()).await,
+            Engine::ThreadPool => threadpool::sync_dir(path.to_owned()).await,
+        }
+        .map_err(|e| Error::io(path, "fsync", e))
+    }
+
+    /// The names (not paths) of the entries of directory `path`, sorted. Names that are not
+    /// valid UTF-8 are skipped with a warning (ringkv never creates such names).
+    pub async fn read_dir(&self, path: &Path) -> Result<Vec<String>> {
+        threadpool::read_dir(path.to_owned()).await.map_err(|e| Error::io(path, "read_dir", e))
+    }
+
+    /// Whether `path` exists (following symbolic links).
+    pub async fn exists(&self, path: &Path) -> Result<bool> {
+        threadpool::exists(path.to_owned()).await.map_err(|e| Error::io(path, "stat", e))
+    }
+}
+
+/// An open file. Cheap to clone (`Arc` inside), `Send + Sync`; the descriptor closes when
+/// the last clone is dropped. All reads and writes are positional: there is no cursor, and
+/// any number of operations may be in flight at once (see the module doc for ordering).
+#[derive(Clone)]
+pub struct IoFile {
+    inner: Arc<FileInner>,
+}
+
+struct FileInner {
+    path: PathBuf,
+    stats: Arc<Counters>,
+    handle: Handle,
+}
+
+enum Handle {
+    #[cfg(target_os = "linux")]
+    Uring(uring::UringFile),
+    Pool(Arc<std::fs::File>),
+}
+
+impl fmt::Debug for IoFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoFile").field("path", &self.inner.path).finish()
+    }
+}
+
+impl IoFile {
+    /// The path the file was opened at.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |e| Error::io(&self.inner.path, op, e)
+    }
+
+    /// Reads exactly `len` bytes at `offset`. A file ending first is [`Error::Io`] whose
+    /// source has kind [`io::ErrorKind::UnexpectedEof`].
+    pub async fn read_exact_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.read(offset, len, true).await
+    }
+
+    /// Reads up to `len` bytes at `offset`: fewer only where the file ends.
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.read(offset, len, false).await
+    }
+
+    async fn read(&self, offset: u64, len: usize, exact: bool) -> Result<Vec<u8>> {
+        Counters::bump(&self.inner.stats.reads);
+        let buf = match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => f.read(offset, len, exact).await,
+            Handle::Pool(f) => threadpool::read(Arc::clone(f), offset, len, exact).await,
+        }
+        .map_err(self.err("read"))?;
+        debug_assert!(buf.len() == len || (!exact && buf.len() < len));
+        Ok(buf)
+    }
+
+    /// Writes all of `bufs`, back to back, starting at `offset` (one vectored write when
+    /// the kernel takes it all; short writes are continued).
+    pub async fn writev_at(&self, offset: u64, bufs: Vec<Bytes>) -> Result<()> {
+        let stats = &self.inner.stats;
+        Counters::bump(&stats.writes);
+        match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => match f.writev(offset, bufs).await {
+                Ok(uring::Written::Fixed) => {
+                    Counters::bump(&stats.fixed_writes);
+                    Ok(())
+                }
+                Ok(uring::Written::Unfixed) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Handle::Pool(f) => threadpool::writev(Arc::clone(f), offset, bufs).await,
+        }
+        .map_err(self.err("write"))
+    }
+
+    /// Flushes the file's data (and the metadata needed to read it) to stable storage
+    /// (`fdatasync`). Covers the writes awaited before this call.
+    pub async fn sync_data(&self) -> Result<()> {
+        self.sync(true).await.map_err(self.err("fdatasync"))
+    }
+
+    /// Flushes the file's data and metadata to stable storage (`fsync`). Covers the writes
+    /// awaited before this call.
+    pub async fn sync_all(&self) -> Result<()> {
+        self.sync(false).await.map_err(self.err("fsync"))
+    }
+
+    async fn sync(&self, data_only: bool) -> io::Result<()> {
+        Counters::bump(&self.inner.stats.fsyncs);
+        match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => f.sync(data_only).await,
+            Handle::Pool(f) => threadpool::sync(Arc::clone(f), data_only).await,
+        }
+    }
+
+    /// Reserves disk space for `offset..offset + len`, extending the file if it is shorter
+    /// (`fallocate` mode 0; where the file system cannot preallocate, only the length is
+    /// extended).
+    pub async fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => f.allocate(offset, len).await,
+            Handle::Pool(f) => threadpool::allocate(Arc::clone(f), offset, len).await,
+        }
+        .map_err(self.err("fallocate"))
+    }
+
+    /// The file's length in bytes.
+    #[allow(clippy::len_without_is_empty)]
+    pub async fn len(&self) -> Result<u64> {
+        match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => f.len().await,
+            Handle::Pool(f) => threadpool::len(Arc::clone(f)).await,
+        }
+        .map_err(self.err("stat"))
+    }
+
+    /// Truncates or extends (with zeros) the file to `len` bytes.
+    pub async fn set_len(&self, len: u64) -> Result<()> {
+        match &self.inner.handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring(f) => f.set_len(len).await,
+            Handle::Pool(f) => threadpool::set_len(Arc::clone(f), len).await,
+        }
+        .map_err(self.err("truncate"))
+    }
+}
+
+/// Applies the `RINGKV_IO_BACKEND` override to `Auto`.
+fn resolve_env(requested: IoBackend) -> Result<IoBackend> {
+    if requested != IoBackend::Auto {
+        return Ok(requested);
+    }
+    let value = match std::env::var(BACKEND_ENV) {
+        Ok(v) => v,
+        Err(std::env::VarError::NotPresent) => return Ok(IoBackend::Auto),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(Error::invalid(format!("{BACKEND_ENV}={v:?} is not valid UTF-8")))
+        }
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(IoBackend::Auto),
+        "uring" | "io_uring" => Ok(IoBackend::Uring),
+        "threadpool" | "thread_pool" => Ok(IoBackend::ThreadPool),
+        _ => Err(Error::invalid(format!("{BACKEND_ENV}={value:?}: expected \"uring\" or \"threadpool\""))),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn uring_engine() -> io::Result<Engine> {
+    uring::global().map(Engine::Uring)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn uring_engine() -> io::Result<Engine> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring exists only on Linux"))
+}
+
+/// One warning per process; later `Auto` drivers fall back quietly.
+fn warn_uring_unavailable(e: &io::Error) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(error = %e, "io_uring is unavailable; using the thread-pool I/O backend");
+    });
+    tracing::debug!(error = %e, "IoBackend::Auto resolved to the thread pool");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_backends_ignore_the_environment() {
+        assert_eq!(resolve_env(IoBackend::ThreadPool).unwrap(), IoBackend::ThreadPool);
+        assert_eq!(resolve_env(IoBackend::Uring).unwrap(), IoBackend::Uring);
+    }
+
+    #[test]
+    fn futures_are_send_and_static() {
+        fn assert_send_static<T: Send + 'static>(_: &T) {}
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<IoDriver>();
+        assert_sync::<IoFile>();
+        let driver = IoDriver::new(IoBackend::ThreadPool).unwrap();
+        let d = driver.clone();
+        let fut = async move {
+            let f = d.open(Path::new("/nonexistent/x"), OpenMode::Read).await?;
+            f.writev_at(0, vec![Bytes::from_static(b"x")]).await?;
+            f.read_exact_at(0, 1).await?;
+            f.sync_data().await?;
+            d.read_dir(Path::new("/")).await
+        };
+        assert_send_static(&fut);
+        drop(fut);
+    }
+}

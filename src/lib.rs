@@ -1,0 +1,49 @@
+//! # ringkv
+//!
+//! An embedded, ordered, transactional key-value storage engine for async Rust, whose disk
+//! operations are awaited io_uring operations (with a thread-pool fallback).
+//!
+//! - A Bw-tree per bucket over a log-structured page store ([`tree`], [`store`]).
+//! - MVCC with snapshot isolation ([`mvcc`], [`Txn`], [`Snapshot`]).
+//! - A redo WAL with group commit ([`wal`]) and a checksummed manifest ([`manifest`]).
+//! - Every byte goes through one async I/O interface ([`io`]).
+//!
+//! ```no_run
+//! # async fn demo() -> ringkv::Result<()> {
+//! use futures::TryStreamExt;
+//! let db = ringkv::Db::open("data", ringkv::Options::default()).await?;
+//! let users = db.bucket("users").await?;
+//! let mut tx = users.begin()?;
+//! tx.put(b"alice", b"42")?;
+//! tx.commit().await?;
+//! assert_eq!(users.get(b"alice").await?.as_deref(), Some(&b"42"[..]));
+//! let pairs: Vec<_> = users.range(b"a".as_slice()..).await?.try_collect().await?;
+//! assert_eq!(pairs.len(), 1);
+//! db.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `DESIGN.md`-style module docs for each layer's contract and `docs/format.md` for
+//! every on-disk structure.
+
+pub mod bucket;
+pub mod codec;
+pub mod db;
+pub mod error;
+pub mod io;
+pub mod iter;
+pub mod limits;
+pub mod manifest;
+pub mod mvcc;
+pub mod options;
+pub mod store;
+pub mod tree;
+pub mod txn;
+pub mod wal;
+
+pub use bucket::Bucket;
+pub use db::{CheckpointStats, Db, Stats};
+pub use error::{Error, Result};
+pub use iter::Iter;
+pub use options::{Durability, IoBackend, Options};
+pub use txn::{Snapshot, Txn};

@@ -1,0 +1,36 @@
+//! Every bound ringkv enforces, in one place, with compile-time checks of their relations.
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 16 * 1024;
+/// Longest value accepted, in bytes.
+pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
+/// Longest bucket name, in bytes.
+pub const MAX_BUCKET_NAME_LEN: usize = 255;
+/// Largest WAL record accepted (one transaction's write set, encoded).
+pub const MAX_WAL_RECORD_LEN: usize = 1 << 30;
+/// Largest frame in a data or blob file.
+pub const MAX_FRAME_LEN: usize = 1 << 30;
+/// Largest manifest record.
+pub const MAX_MANIFEST_RECORD_LEN: usize = 1 << 30;
+/// Largest number of pages the mapping table can hold (chunks * chunk size).
+pub const MAX_PAGES: u64 = (MAPPING_CHUNKS as u64) * (MAPPING_CHUNK_LEN as u64);
+/// Mapping table chunk length (slots allocated together).
+pub const MAPPING_CHUNK_LEN: usize = 4096;
+/// Number of mapping table chunks.
+pub const MAPPING_CHUNKS: usize = 1 << 16;
+/// Smallest `cache_capacity` accepted, in bytes.
+pub const MIN_CACHE_CAPACITY: usize = 64 * 1024;
+/// Delta-chain length at which a leaf is consolidated.
+pub const CONSOLIDATE_CHAIN_LEN: usize = 16;
+/// A leaf whose encoded size passes this many bytes is split.
+pub const SPLIT_LEAF_BYTES: usize = 16 * 1024;
+/// A leaf with at least this many keys may split.
+pub const SPLIT_MIN_KEYS: usize = 4;
+/// An inner node with more children than this is split.
+pub const SPLIT_INNER_CHILDREN: usize = 128;
+
+const _: () = assert!(MAX_KEY_LEN * 4 < SPLIT_LEAF_BYTES * 8);
+const _: () = assert!(MAX_VALUE_LEN < MAX_WAL_RECORD_LEN);
+const _: () = assert!(MAX_VALUE_LEN < MAX_FRAME_LEN);
+const _: () = assert!(SPLIT_INNER_CHILDREN >= 4);
+const _: () = assert!(MAX_PAGES <= u32::MAX as u64);

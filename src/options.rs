@@ -1,0 +1,105 @@
+//! Options of a database, with their defaults and their validation.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits;
+
+/// When a commit counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `commit` returns after the WAL bytes are on stable storage (`fdatasync`).
+    #[default]
+    Sync,
+    /// `commit` returns after the WAL bytes reached the kernel (a crash of the process
+    /// loses nothing; a crash of the machine may).
+    Buffered,
+    /// `commit` returns at once; the WAL is written in the background.
+    None,
+}
+
+/// Which I/O backend a database uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// Probe io_uring at open; fall back to the thread pool (with a warning) where it is
+    /// missing. The environment variable `RINGKV_IO_BACKEND=uring|threadpool` overrides
+    /// `Auto`.
+    #[default]
+    Auto,
+    /// io_uring through the shared ring thread. Open fails if io_uring is unavailable.
+    Uring,
+    /// The `ringkv-fallback` thread pool of positional reads and writes.
+    ThreadPool,
+}
+
+/// Options for [`Db::open`](crate::Db::open).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Default durability of commits (overridable per commit).
+    pub durability: Durability,
+    /// The I/O backend.
+    pub io_backend: IoBackend,
+    /// Bytes of page cache (in-memory tree pages). Clean pages are evicted past it.
+    pub cache_capacity: usize,
+    /// Values of at least this many bytes are stored in blob files, apart from the tree.
+    pub inline_limit: usize,
+    /// A background checkpoint starts once this many bytes were written since the last one.
+    pub checkpoint_bytes: usize,
+    /// A background checkpoint starts at least this often while there are dirty pages
+    /// (`None` disables the timer).
+    pub checkpoint_interval: Option<Duration>,
+    /// Size at which a WAL segment is closed and a new one started.
+    pub wal_segment_bytes: u64,
+    /// Run checkpoints in the background (on the size and time triggers). When false,
+    /// only [`Db::checkpoint`](crate::Db::checkpoint) and close checkpoint.
+    pub background_checkpoints: bool,
+    /// A data or blob file whose live bytes fall below this fraction is rewritten by GC.
+    pub gc_live_ratio: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            io_backend: IoBackend::Auto,
+            cache_capacity: 256 * 1024 * 1024,
+            inline_limit: 2048,
+            checkpoint_bytes: 64 * 1024 * 1024,
+            checkpoint_interval: Some(Duration::from_secs(30)),
+            wal_segment_bytes: 64 * 1024 * 1024,
+            background_checkpoints: true,
+            gc_live_ratio: 0.5,
+        }
+    }
+}
+
+impl Options {
+    /// Checks every option; a bad one is [`Error::InvalidArgument`].
+    pub fn validate(&self) -> Result<()> {
+        if self.cache_capacity < limits::MIN_CACHE_CAPACITY {
+            return Err(Error::invalid(format!(
+                "cache_capacity {} is below the minimum {}",
+                self.cache_capacity,
+                limits::MIN_CACHE_CAPACITY
+            )));
+        }
+        if self.inline_limit == 0 || self.inline_limit > limits::MAX_VALUE_LEN {
+            return Err(Error::invalid(format!("inline_limit {} out of range", self.inline_limit)));
+        }
+        if self.checkpoint_bytes < 4096 {
+            return Err(Error::invalid("checkpoint_bytes must be at least 4096"));
+        }
+        if self.wal_segment_bytes < 64 * 1024 {
+            return Err(Error::invalid("wal_segment_bytes must be at least 64 KiB"));
+        }
+        if !(0.0..1.0).contains(&self.gc_live_ratio) {
+            return Err(Error::invalid("gc_live_ratio must be in [0, 1)"));
+        }
+        if let Some(d) = self.checkpoint_interval {
+            if d.is_zero() {
+                return Err(Error::invalid("checkpoint_interval must not be zero"));
+            }
+        }
+        Ok(())
+    }
+}

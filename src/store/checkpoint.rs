@@ -1,0 +1,194 @@
+//! Checkpoint: seal the dirty pages in one cut, write them (and new blob values) to fresh
+//! files as async vectored writes, publish, then move the WAL frontier.
+//!
+//! Protocol:
+//! 1. Pages whose chain ends in a disk stub (blind writes) are loaded first.
+//! 2. The cut: with every tree's structure lock held (so the captured structure is
+//!    complete), register a snapshot at `cut = visible` (so no trim can drop a version the
+//!    images need), seal the dirty set and encode each sealed page with the versions at or
+//!    below `cut`. Nothing awaits while the locks are held.
+//! 3. Write the blob file and the data file (frames, ranges, relocation table, footer), in
+//!    chunks submitted concurrently, then `fdatasync` each and sync the directory.
+//! 4. Publish: one manifest edit adds both files, points every captured page at its new
+//!    address and sets the WAL frontier to `cut`. Data first, metadata last: a crash
+//!    before the edit is durable leaves unreferenced files that open deletes.
+//! 5. In memory: the files become readable, pages whose image holds their whole chain
+//!    become evictable, pages with versions above the cut stay dirty.
+//! 6. Data files no page points into any more are dropped by a second edit, then deleted;
+//!    WAL segments wholly at or below `cut` are deleted.
+//!
+//! A failure in steps 3-4 puts the sealed pages back in the dirty set and turns the
+//! database read-only (a failed fsync is never retried as if nothing happened).
+
+use std::sync::atomic::Ordering;
+
+use crate::db::DbInner;
+use crate::error::{Error, Result};
+use crate::manifest::{Edit, PageLoc};
+use crate::store::data_file::{FileBuilder, FileKind};
+
+/// What one checkpoint did.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStats {
+    /// The cut timestamp (the new WAL frontier).
+    pub cut_ts: u64,
+    /// Pages written.
+    pub pages: usize,
+    /// Blob values written.
+    pub blobs: usize,
+    /// Bytes written to data and blob files.
+    pub bytes: u64,
+    /// Files deleted because nothing pointed into them any more.
+    pub files_removed: usize,
+    /// WAL segments deleted.
+    pub wal_segments_removed: usize,
+}
+
+const MAX_CUT_ATTEMPTS: usize = 16;
+
+/// Runs one checkpoint (serialised by `ckpt_lock`).
+pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
+    let _g = db.ckpt_lock.lock().await;
+    db.check_writable()?;
+    let f = &db.forest;
+    let mut attempt = 0;
+    let (snap, sealed, pages, blobs) = loop {
+        attempt += 1;
+        if attempt > MAX_CUT_ATTEMPTS {
+            return Err(Error::ReadOnly("checkpoint could not load the pages it must write".into()));
+        }
+        for pid in f.dirty_unloaded() {
+            f.load(pid).await?;
+        }
+        let trees = db.trees();
+        let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
+        let snap = db.mvcc.snapshot();
+        let horizon = db.mvcc.horizon();
+        let sealed = f.take_dirty();
+        match f.capture(&sealed, snap.ts(), horizon) {
+            Ok((pages, blobs)) => {
+                drop(locks);
+                break (snap, sealed, pages, blobs);
+            }
+            Err(need) => {
+                f.restore_dirty(sealed);
+                drop(locks);
+                drop(snap);
+                for pid in need {
+                    f.load(pid).await?;
+                }
+            }
+        }
+    };
+    let cut = snap.ts();
+    let state_ts = db.manifest.state().await.checkpoint_ts;
+    if pages.is_empty() && blobs.is_empty() && cut == state_ts {
+        return Ok(CheckpointStats { cut_ts: cut, ..Default::default() });
+    }
+    let mut stats =
+        CheckpointStats { cut_ts: cut, pages: pages.len(), blobs: blobs.len(), ..Default::default() };
+
+    let written = async {
+        let mut edits = Vec::new();
+        let mut new_files = Vec::new();
+        if !blobs.is_empty() {
+            let mut b = FileBuilder::new(FileKind::Blob);
+            for pb in &blobs {
+                let bytes = pb.cell.bytes.clone().ok_or_else(|| {
+                    Error::ReadOnly("a blob without an address has no bytes in memory".into())
+                })?;
+                b.add(pb.addr, bytes);
+            }
+            let (meta, relocs) = db.store.write_file(b, FileKind::Blob).await?;
+            stats.bytes += meta.size;
+            edits.push(Edit::AddFile(meta.clone()));
+            new_files.push((meta, relocs));
+        }
+        let mut placed = Vec::with_capacity(pages.len());
+        if !pages.is_empty() {
+            let mut b = FileBuilder::new(FileKind::Data);
+            let mut locs = Vec::with_capacity(pages.len());
+            for c in pages {
+                let addr = db.store.alloc_addr();
+                let len = c.image.len() as u32;
+                b.add(addr, c.image.clone());
+                locs.push((c.pid, PageLoc { addr, len }));
+                placed.push((c, addr, len));
+            }
+            let (meta, relocs) = db.store.write_file(b, FileKind::Data).await?;
+            stats.bytes += meta.size;
+            edits.push(Edit::AddFile(meta.clone()));
+            edits.push(Edit::SetPages(locs));
+            new_files.push((meta, relocs));
+        }
+        db.io.sync_dir(&db.dir).await?;
+        edits.push(Edit::Checkpoint(cut));
+        let next_bucket = db.manifest.state().await.next_bucket;
+        edits.push(db.counters(next_bucket));
+        db.manifest.commit(edits).await?;
+        Ok::<_, Error>((new_files, placed))
+    }
+    .await;
+    let (new_files, placed) = match written {
+        Ok(x) => x,
+        Err(e) => {
+            f.restore_dirty(sealed);
+            db.poison(&e);
+            return Err(e);
+        }
+    };
+
+    // Step 5: publish in memory.
+    let mut new_data_file = None;
+    for (meta, relocs) in new_files {
+        if meta.kind == FileKind::Data {
+            new_data_file = Some(meta.id);
+        }
+        db.store.add_file(meta, Some(relocs));
+    }
+    for pb in &blobs {
+        pb.cell.set_addr(pb.addr);
+    }
+    let old = f.publish(&placed);
+    let dead: Vec<u64> = {
+        let mut live = db.live_files.lock();
+        if let Some(id) = new_data_file {
+            *live.entry(id).or_insert(0) += placed.len();
+        }
+        let mut touched = Vec::new();
+        for a in old {
+            if let Some(id) = db.store.file_of(a) {
+                if let Some(n) = live.get_mut(&id) {
+                    *n -= 1;
+                    touched.push(id);
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let dead: Vec<u64> = touched.into_iter().filter(|id| live.get(id) == Some(&0)).collect();
+        for id in &dead {
+            live.remove(id);
+        }
+        dead
+    };
+    drop(snap);
+    f.needs_checkpoint.store(false, Ordering::Relaxed);
+    db.checkpoints.fetch_add(1, Ordering::Relaxed);
+
+    // Step 6: drop what nothing needs any more.
+    if !dead.is_empty() {
+        db.manifest
+            .commit(dead.iter().map(|&id| Edit::RemoveFile(id)).collect())
+            .await
+            .inspect_err(|e| db.poison(e))?;
+        for id in dead {
+            if let Some(path) = db.store.forget_file(id) {
+                db.io.remove_file(&path).await?;
+                stats.files_removed += 1;
+            }
+        }
+    }
+    stats.wal_segments_removed = db.wal.remove_below(cut).await?;
+    Ok(stats)
+}

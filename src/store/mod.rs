@@ -1,0 +1,271 @@
+//! The page store: logical addresses, the data and blob files that hold them, and reads of
+//! one frame by address.
+//!
+//! Read path on a miss: address -> file (interval map) -> relocation entry (table loaded
+//! once per file, then cached) -> one async positional read -> CRC32C check. A mismatch is
+//! `Error::Corruption` naming the file and the frame's offset; it is never returned as data.
+//!
+//! Files are immutable once written. A file is published by a manifest edit only after it
+//! was written and synced (see `checkpoint`), and removed from disk only after the edit
+//! that forgets it is durable.
+
+pub mod checkpoint;
+pub mod data_file;
+pub mod page;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+
+use crate::error::{Error, Result};
+use crate::io::{IoDriver, IoFile, OpenMode};
+use crate::manifest::FileMeta;
+use data_file::{FileBuilder, FileKind, RelocEntry, FOOTER_LEN};
+
+/// Largest single write submitted for a file (fits one registered buffer).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Writes of one file in flight at once.
+const WRITES_IN_FLIGHT: usize = 8;
+
+/// One published file.
+pub struct StoredFile {
+    /// Its description in the manifest.
+    pub meta: FileMeta,
+    /// Its path.
+    pub path: PathBuf,
+    handle: tokio::sync::OnceCell<IoFile>,
+    relocs: tokio::sync::OnceCell<Arc<Vec<RelocEntry>>>,
+}
+
+/// A frame read back from a file.
+pub struct Frame {
+    /// The frame's bytes (checksum verified).
+    pub bytes: Vec<u8>,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its offset there.
+    pub offset: u64,
+}
+
+#[derive(Default)]
+struct Files {
+    by_id: BTreeMap<u64, Arc<StoredFile>>,
+    /// range start -> (range end, file id)
+    intervals: BTreeMap<u64, (u64, u64)>,
+}
+
+/// The files of one database.
+pub struct Store {
+    io: IoDriver,
+    dir: PathBuf,
+    files: RwLock<Files>,
+    next_addr: AtomicU64,
+    next_file: AtomicU64,
+}
+
+impl Store {
+    /// A store over the files of the manifest.
+    pub fn new(
+        io: IoDriver,
+        dir: PathBuf,
+        files: impl Iterator<Item = FileMeta>,
+        next_addr: u64,
+        next_file: u64,
+    ) -> Store {
+        let s = Store {
+            io,
+            dir,
+            files: RwLock::new(Files::default()),
+            next_addr: AtomicU64::new(next_addr.max(1)),
+            next_file: AtomicU64::new(next_file.max(1)),
+        };
+        for m in files {
+            s.add_file(m, None);
+        }
+        s
+    }
+
+    /// The database directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The I/O driver.
+    pub fn io(&self) -> &IoDriver {
+        &self.io
+    }
+
+    /// Allocates a logical address.
+    pub fn alloc_addr(&self) -> u64 {
+        self.next_addr.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Next logical address.
+    pub fn next_addr(&self) -> u64 {
+        self.next_addr.load(Ordering::Acquire)
+    }
+
+    /// Next file id.
+    pub fn next_file(&self) -> u64 {
+        self.next_file.load(Ordering::Acquire)
+    }
+
+    /// Path of a file.
+    pub fn path_of(&self, kind: FileKind, id: u64) -> PathBuf {
+        self.dir.join(kind.file_name(id))
+    }
+
+    /// Makes a file readable (after its manifest edit is durable).
+    pub fn add_file(&self, meta: FileMeta, relocs: Option<Vec<RelocEntry>>) {
+        let path = self.path_of(meta.kind, meta.id);
+        let f = StoredFile { path, meta, handle: Default::default(), relocs: Default::default() };
+        if let Some(r) = relocs {
+            let _ = f.relocs.set(Arc::new(r));
+        }
+        let f = Arc::new(f);
+        let mut g = self.files.write();
+        for &(s, e) in &f.meta.ranges {
+            g.intervals.insert(s, (e, f.meta.id));
+        }
+        g.by_id.insert(f.meta.id, f);
+    }
+
+    /// Forgets a file (after the edit removing it is durable); returns its path.
+    pub fn forget_file(&self, id: u64) -> Option<PathBuf> {
+        let mut g = self.files.write();
+        let f = g.by_id.remove(&id)?;
+        for &(s, _) in &f.meta.ranges {
+            g.intervals.remove(&s);
+        }
+        Some(f.path.clone())
+    }
+
+    /// The id of the file holding `addr`.
+    pub fn file_of(&self, addr: u64) -> Option<u64> {
+        let g = self.files.read();
+        let (_, &(end, id)) = g.intervals.range(..=addr).next_back()?;
+        (addr < end).then_some(id)
+    }
+
+    /// All files.
+    pub fn files(&self) -> Vec<Arc<StoredFile>> {
+        self.files.read().by_id.values().cloned().collect()
+    }
+
+    async fn handle(&self, f: &StoredFile) -> Result<IoFile> {
+        f.handle.get_or_try_init(|| self.io.open(&f.path, OpenMode::Read)).await.cloned()
+    }
+
+    async fn relocs(&self, f: &StoredFile) -> Result<Arc<Vec<RelocEntry>>> {
+        f.relocs
+            .get_or_try_init(|| async {
+                let h = self.handle(f).await?;
+                let size = f.meta.size;
+                if size < FOOTER_LEN as u64 {
+                    return Err(Error::corruption(&f.path, 0, "file shorter than its footer"));
+                }
+                let fb = h.read_exact_at(size - FOOTER_LEN as u64, FOOTER_LEN).await?;
+                let footer = data_file::parse_footer(&fb, &f.path, size)?;
+                let tlen = (size - FOOTER_LEN as u64 - footer.ranges_offset) as usize;
+                let tb = h.read_exact_at(footer.ranges_offset, tlen).await?;
+                let (ranges, relocs) = data_file::parse_tables(&tb, &footer, &f.path)?;
+                if ranges != f.meta.ranges || footer.kind != f.meta.kind {
+                    return Err(Error::corruption(
+                        &f.path,
+                        footer.ranges_offset,
+                        "file tables disagree with the manifest",
+                    ));
+                }
+                Ok(Arc::new(relocs))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Reads and verifies the frame of logical address `addr`.
+    pub async fn read_frame(&self, addr: u64) -> Result<Frame> {
+        let f = {
+            let g = self.files.read();
+            let id = g
+                .intervals
+                .range(..=addr)
+                .next_back()
+                .filter(|(_, &(end, _))| addr < end)
+                .map(|(_, &(_, id))| id);
+            id.and_then(|id| g.by_id.get(&id).cloned())
+        };
+        let f = f.ok_or_else(|| {
+            Error::corruption(&self.dir, addr, format!("logical address {addr} is in no file"))
+        })?;
+        let relocs = self.relocs(&f).await?;
+        let i = relocs.binary_search_by_key(&addr, |e| e.addr).map_err(|_| {
+            Error::corruption(&f.path, 0, format!("address {addr} missing from the relocation table"))
+        })?;
+        let e = relocs[i];
+        let h = self.handle(&f).await?;
+        let bytes = h.read_exact_at(e.offset, e.len as usize).await.map_err(|err| match err {
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Error::corruption(&f.path, e.offset, "frame extends past the end of the file")
+            }
+            other => other,
+        })?;
+        data_file::check_frame(&bytes, &e, &f.path)?;
+        Ok(Frame { bytes, file: f.path.clone(), offset: e.offset })
+    }
+
+    /// Writes a whole new file and syncs it (not yet published). Returns its description
+    /// and relocation entries.
+    pub async fn write_file(
+        &self,
+        builder: FileBuilder,
+        kind: FileKind,
+    ) -> Result<(FileMeta, Vec<RelocEntry>)> {
+        let id = self.next_file.fetch_add(1, Ordering::AcqRel);
+        let path = self.path_of(kind, id);
+        let (chunks, ranges, relocs) = builder.finish();
+        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        // Group frames into writes of at most WRITE_CHUNK bytes (a registered buffer each).
+        let mut writes: Vec<(u64, Vec<Bytes>)> = Vec::new();
+        let (mut off, mut cur, mut cur_len) = (0u64, Vec::new(), 0usize);
+        for c in chunks {
+            if cur_len > 0 && cur_len + c.len() > WRITE_CHUNK {
+                writes.push((off, std::mem::take(&mut cur)));
+                off += cur_len as u64;
+                cur_len = 0;
+            }
+            cur_len += c.len();
+            cur.push(c);
+        }
+        if cur_len > 0 {
+            writes.push((off, cur));
+        }
+        let file = self.io.open(&path, OpenMode::CreateNew).await?;
+        file.allocate(0, size).await?;
+        futures::stream::iter(writes.into_iter().map(|(o, bufs)| {
+            let file = file.clone();
+            async move { file.writev_at(o, bufs).await }
+        }))
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+        file.sync_data().await?;
+        Ok((FileMeta { id, kind, size, ranges }, relocs))
+    }
+
+    /// Live page count per data file, given page addresses.
+    pub fn live_counts(&self, addrs: impl Iterator<Item = u64>) -> FxHashMap<u64, usize> {
+        let mut m = FxHashMap::default();
+        for a in addrs {
+            if let Some(id) = self.file_of(a) {
+                *m.entry(id).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}

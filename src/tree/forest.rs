@@ -1,0 +1,444 @@
+//! The forest: the mapping table shared by every tree of a database, with the page cache
+//! accounting, the dirty set, page loads and eviction.
+//!
+//! Invariants:
+//! 1. A page may be evicted (its chain replaced by a [`NodeKind::Disk`] stub) only when its
+//!    head's `seq` equals `meta.flushed_seq`: the published image holds exactly the chain's
+//!    content. `meta` is read and written under its lock, so eviction never pairs an old
+//!    address with a new `seq`.
+//! 2. Index nodes are never evicted; once loaded they stay in memory.
+//! 3. A page written since the last checkpoint cut is in the dirty set (`note_write` marks
+//!    it after its delta is installed, so a checkpoint that misses the mark also misses the
+//!    delta, which then waits for the next checkpoint).
+//! 4. Cache memory is the sum of `Node::mem` over installed nodes; a chain's memory is
+//!    released when it is unlinked.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_epoch::{self as epoch, Guard, Owned, Shared};
+use parking_lot::Mutex;
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
+
+use crate::error::{Error, Result};
+use crate::limits::MAX_PAGES;
+use crate::mvcc::Mvcc;
+use crate::store::page::{self, PageImage};
+use crate::store::Store;
+use crate::tree::mapping::{retire_chain, MappingTable};
+use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};
+use crate::tree::{merge_leaf, ChainView};
+
+/// A page image captured by a checkpoint.
+#[derive(Debug)]
+pub struct Captured {
+    /// Page id.
+    pub pid: Pid,
+    /// `seq` of the head the image was taken from.
+    pub seq: u64,
+    /// The encoded image.
+    pub image: Bytes,
+    /// True when the image holds the whole chain (no version above the cut was left out).
+    pub complete: bool,
+}
+
+/// A blob value a checkpoint must write, with the address the images refer to it by.
+#[derive(Debug)]
+pub struct PendingBlob {
+    /// The blob.
+    pub cell: Arc<BlobCell>,
+    /// Its new address.
+    pub addr: u64,
+}
+
+/// Mapping table, cache and dirty tracking of one database.
+pub struct Forest {
+    /// Page id -> chain.
+    pub table: MappingTable,
+    /// The files.
+    pub store: Arc<Store>,
+    mvcc: Arc<Mvcc>,
+    dirty: Mutex<FxHashSet<Pid>>,
+    mem: AtomicI64,
+    capacity: usize,
+    next_pid: AtomicU64,
+    free_pids: Mutex<Vec<Pid>>,
+    written_since_cut: AtomicU64,
+    hand: AtomicU64,
+    evict_lock: Mutex<()>,
+    /// Set when the cache is over capacity and nothing clean is left to evict.
+    pub needs_checkpoint: AtomicBool,
+}
+
+impl Forest {
+    /// A forest over `store` with the page table `pages` (pid -> address) of the manifest.
+    pub fn new(
+        store: Arc<Store>,
+        mvcc: Arc<Mvcc>,
+        capacity: usize,
+        next_pid: u64,
+        pages: impl Iterator<Item = (Pid, u64, u32)>,
+    ) -> Forest {
+        let f = Forest {
+            table: MappingTable::new(),
+            store,
+            mvcc,
+            dirty: Mutex::new(HashSet::with_hasher(FxBuildHasher)),
+            mem: AtomicI64::new(0),
+            capacity,
+            next_pid: AtomicU64::new(next_pid.max(1)),
+            free_pids: Mutex::new(Vec::new()),
+            written_since_cut: AtomicU64::new(0),
+            hand: AtomicU64::new(1),
+            evict_lock: Mutex::new(()),
+            needs_checkpoint: AtomicBool::new(false),
+        };
+        // SAFETY: the table is not shared yet; nodes stored now are published by the
+        // `Arc` that later shares the forest.
+        let guard = unsafe { epoch::unprotected() };
+        for (pid, addr, len) in pages {
+            let slot = f.table.slot(pid);
+            slot.head
+                .store(Owned::new(Node::base(1, NodeKind::Disk { addr, bounds: None })), Ordering::Release);
+            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1 };
+            f.mem.fetch_add(96, Ordering::Relaxed);
+        }
+        let _ = guard;
+        f
+    }
+
+    /// The GC horizon of the database.
+    pub fn horizon(&self) -> u64 {
+        self.mvcc.horizon()
+    }
+
+    /// Bytes of cache in use.
+    pub fn mem_used(&self) -> i64 {
+        self.mem.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written since the last checkpoint cut.
+    pub fn written_since_cut(&self) -> u64 {
+        self.written_since_cut.load(Ordering::Relaxed)
+    }
+
+    /// Next page id to allocate.
+    pub fn next_pid(&self) -> u64 {
+        self.next_pid.load(Ordering::Acquire)
+    }
+
+    /// Error for a reference to an unused page id.
+    pub fn dangling(&self, pid: Pid) -> Error {
+        Error::corruption(self.store.dir(), 0, format!("reference to unused page {pid}"))
+    }
+
+    /// Sets the page's CLOCK bit.
+    pub fn touch(&self, pid: Pid) {
+        let slot = self.table.slot(pid);
+        if !slot.referenced.load(Ordering::Relaxed) {
+            slot.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Allocates a page id.
+    pub fn alloc_pid(&self) -> Pid {
+        if let Some(p) = self.free_pids.lock().pop() {
+            return p;
+        }
+        let p = self.next_pid.fetch_add(1, Ordering::AcqRel);
+        assert!(p < MAX_PAGES, "mapping table full");
+        p
+    }
+
+    /// Installs the first chain of a freshly allocated page id.
+    pub fn install_new(&self, pid: Pid, kind: NodeKind) {
+        let node = Node::base(1, kind);
+        self.mem.fetch_add(node.mem as i64, Ordering::Relaxed);
+        let guard = epoch::pin();
+        let slot = self.table.slot(pid);
+        let prev = slot.head.swap(Owned::new(node), Ordering::AcqRel, &guard);
+        assert!(prev.is_null(), "page {pid} installed twice");
+        *slot.meta.lock() = Default::default();
+    }
+
+    /// Takes back a page installed by `install_new` that never became reachable.
+    pub fn uninstall(&self, pid: Pid, guard: &Guard) {
+        let slot = self.table.slot(pid);
+        let prev = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
+        // SAFETY: the page never became reachable (the CAS that would have linked it failed).
+        let mem = unsafe { retire_chain(prev, guard) };
+        self.mem.fetch_sub(mem as i64, Ordering::Relaxed);
+        self.free_pids.lock().push(pid);
+    }
+
+    /// Replaces the chain whose head is `head` (with `seq`) by one base node. False when the
+    /// CAS lost to a concurrent change.
+    pub fn replace(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
+        let node = Node::base(seq + 1, kind);
+        let mem = node.mem as i64;
+        let slot = self.table.slot(pid);
+        match slot.head.compare_exchange(head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, guard) {
+            Ok(_) => {
+                // SAFETY: the CAS just unlinked `head`'s chain.
+                let old = unsafe { retire_chain(head, guard) };
+                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+                self.mark_dirty(pid);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Marks a page dirty.
+    pub fn mark_dirty(&self, pid: Pid) {
+        self.dirty.lock().insert(pid);
+    }
+
+    /// Accounts a delta of `mem` bytes installed on `pid` and marks it dirty.
+    pub fn note_write(&self, pid: Pid, mem: isize, bytes: usize) {
+        self.mem.fetch_add(mem as i64, Ordering::Relaxed);
+        self.written_since_cut.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.mark_dirty(pid);
+        self.maybe_evict();
+    }
+
+    /// Seals the dirty set (the checkpoint cut).
+    pub fn take_dirty(&self) -> FxHashSet<Pid> {
+        self.written_since_cut.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *self.dirty.lock())
+    }
+
+    /// Puts pages back in the dirty set (a failed or partial checkpoint).
+    pub fn restore_dirty(&self, pids: impl IntoIterator<Item = Pid>) {
+        self.dirty.lock().extend(pids);
+    }
+
+    /// Dirty pages whose chain ends in a disk stub (blind writes to evicted pages).
+    pub fn dirty_unloaded(&self) -> Vec<Pid> {
+        let pids: Vec<Pid> = self.dirty.lock().iter().copied().collect();
+        let guard = epoch::pin();
+        pids.into_iter()
+            .filter(|&p| {
+                ChainView::load(self, p, &guard)
+                    .is_some_and(|v| matches!(v.bottom.kind, NodeKind::Disk { .. }))
+            })
+            .collect()
+    }
+
+    /// Loads page `pid` from disk if its chain ends in a disk stub, folding blind deltas in.
+    pub async fn load(&self, pid: Pid) -> Result<()> {
+        let (addr, stub_seq) = {
+            let guard = epoch::pin();
+            let v = ChainView::load(self, pid, &guard).ok_or_else(|| self.dangling(pid))?;
+            match &v.bottom.kind {
+                NodeKind::Disk { addr, .. } => (*addr, v.bottom.seq),
+                _ => return Ok(()),
+            }
+        };
+        let frame = self.store.read_frame(addr).await?;
+        let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
+        let horizon = self.horizon();
+        for _ in 0..1000 {
+            let guard = epoch::pin();
+            let v = ChainView::load(self, pid, &guard).ok_or_else(|| self.dangling(pid))?;
+            if !matches!(v.bottom.kind, NodeKind::Disk { .. }) || v.bottom.seq != stub_seq {
+                return Ok(()); // loaded by someone else
+            }
+            let kind = match &img {
+                PageImage::Leaf(l) if v.deltas.is_empty() => NodeKind::Leaf(l.clone()),
+                PageImage::Leaf(l) => NodeKind::Leaf(merge_leaf(&v.deltas, l, horizon)),
+                PageImage::Inner(i) if v.deltas.is_empty() => NodeKind::Inner(i.clone()),
+                PageImage::Inner(_) => {
+                    return Err(Error::corruption(
+                        &frame.file,
+                        frame.offset,
+                        "page image is an index node but leaf writes reached it",
+                    ));
+                }
+            };
+            let node = Node::base(v.head_node.seq + 1, kind);
+            let new_seq = node.seq;
+            let mem = node.mem as i64;
+            let slot = self.table.slot(pid);
+            let mut meta = slot.meta.lock();
+            if slot
+                .head
+                .compare_exchange(v.head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, &guard)
+                .is_ok()
+            {
+                if v.deltas.is_empty() && meta.addr == addr {
+                    meta.flushed_seq = new_seq;
+                }
+                drop(meta);
+                // SAFETY: the CAS just unlinked the old chain.
+                let old = unsafe { retire_chain(v.head, &guard) };
+                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+                slot.referenced.store(true, Ordering::Relaxed);
+                self.maybe_evict();
+                return Ok(());
+            }
+        }
+        Err(Error::corruption(self.store.dir(), addr, "page load lost every race"))
+    }
+
+    /// Evicts clean leaves (CLOCK) while the cache is over capacity.
+    pub fn maybe_evict(&self) {
+        if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
+            return;
+        }
+        let Some(_g) = self.evict_lock.try_lock() else { return };
+        let target = (self.capacity as i64) * 9 / 10;
+        let limit = self.next_pid();
+        let mut scanned = 0u64;
+        let guard = epoch::pin();
+        while self.mem.load(Ordering::Relaxed) > target && scanned < limit.saturating_mul(2) {
+            scanned += 1;
+            let mut pid = self.hand.fetch_add(1, Ordering::Relaxed);
+            if pid >= limit {
+                self.hand.store(1, Ordering::Relaxed);
+                pid = 1;
+            }
+            let Some(slot) = self.table.try_slot(pid) else { continue };
+            if slot.referenced.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            let Some(v) = ChainView::load(self, pid, &guard) else { continue };
+            let NodeKind::Leaf(l) = &v.bottom.kind else { continue };
+            let meta = slot.meta.lock();
+            if meta.addr == 0 || meta.flushed_seq != v.head_node.seq {
+                continue;
+            }
+            let stub = Node::base(
+                v.head_node.seq + 1,
+                NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.clone()) },
+            );
+            let mem = stub.mem as i64;
+            if slot
+                .head
+                .compare_exchange(v.head, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, &guard)
+                .is_ok()
+            {
+                drop(meta);
+                // SAFETY: the CAS just unlinked the old chain.
+                let old = unsafe { retire_chain(v.head, &guard) };
+                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+            }
+        }
+        if self.mem.load(Ordering::Relaxed) > self.capacity as i64 {
+            self.needs_checkpoint.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
+    /// tree's structure lock). Versions above the cut are left out (the WAL replays them).
+    /// Fails with the pages that must be loaded first.
+    #[allow(clippy::type_complexity)]
+    pub fn capture(
+        &self,
+        pids: &FxHashSet<Pid>,
+        cut_ts: u64,
+        horizon: u64,
+    ) -> std::result::Result<(Vec<Captured>, Vec<PendingBlob>), Vec<Pid>> {
+        assert!(horizon <= cut_ts);
+        let guard = epoch::pin();
+        let mut out = Vec::with_capacity(pids.len());
+        let mut blobs: Vec<PendingBlob> = Vec::new();
+        let mut blob_ids: FxHashMap<*const BlobCell, u64> = FxHashMap::default();
+        let mut unloaded = Vec::new();
+        let mut sorted: Vec<Pid> = pids.iter().copied().collect();
+        sorted.sort_unstable();
+        for pid in sorted {
+            let Some(v) = ChainView::load(self, pid, &guard) else { continue };
+            let mut image = Vec::new();
+            let mut complete = true;
+            match &v.bottom.kind {
+                NodeKind::Inner(i) => page::encode_inner(i, &mut image),
+                NodeKind::Leaf(base) => {
+                    let mut merged = merge_leaf(&v.deltas, base, horizon);
+                    for e in &mut merged.entries {
+                        let before = e.versions.len();
+                        e.versions.retain(|x| x.ts <= cut_ts);
+                        complete &= before == e.versions.len();
+                    }
+                    merged.entries.retain(|e| !e.versions.is_empty());
+                    page::encode_leaf(&merged, &mut image, &mut |cell| {
+                        let a = cell.addr();
+                        if a != 0 {
+                            return a;
+                        }
+                        *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
+                            let addr = self.store.alloc_addr();
+                            blobs.push(PendingBlob { cell: cell.clone(), addr });
+                            addr
+                        })
+                    });
+                }
+                NodeKind::Disk { .. } => {
+                    unloaded.push(pid);
+                    continue;
+                }
+                NodeKind::Upsert { .. } => unreachable!(),
+            }
+            out.push(Captured { pid, seq: v.head_node.seq, image: Bytes::from(image), complete });
+        }
+        if !unloaded.is_empty() {
+            return Err(unloaded);
+        }
+        Ok((out, blobs))
+    }
+
+    /// After a checkpoint is durable: points each captured page at its new image, and
+    /// returns the old addresses it replaced.
+    pub fn publish(&self, pages: &[(Captured, u64, u32)]) -> Vec<u64> {
+        let guard = epoch::pin();
+        let mut old = Vec::with_capacity(pages.len());
+        for (c, addr, len) in pages {
+            let slot = self.table.slot(c.pid);
+            let mut meta = slot.meta.lock();
+            if meta.addr != 0 {
+                old.push(meta.addr);
+            }
+            meta.addr = *addr;
+            meta.len = *len;
+            let head_seq = ChainView::load(self, c.pid, &guard).map_or(0, |v| v.head_node.seq);
+            meta.flushed_seq = if c.complete { c.seq } else { 0 };
+            if !c.complete || head_seq != c.seq {
+                drop(meta);
+                if !c.complete {
+                    self.mark_dirty(c.pid);
+                }
+            }
+        }
+        old
+    }
+
+    /// Where a page's image is: (address, length), if published.
+    pub fn page_loc(&self, pid: Pid) -> Option<(u64, u32)> {
+        let m = *self.table.try_slot(pid)?.meta.lock();
+        (m.addr != 0).then_some((m.addr, m.len))
+    }
+
+    /// Reads a value, fetching a blob from disk when it is not in memory.
+    pub async fn resolve(&self, v: &Value) -> Result<Option<Bytes>> {
+        match v {
+            Value::Tombstone => Ok(None),
+            Value::Inline(b) => Ok(Some(b.clone())),
+            Value::Blob(c) => match &c.bytes {
+                Some(b) => Ok(Some(b.clone())),
+                None => {
+                    let frame = self.store.read_frame(c.addr()).await?;
+                    if frame.bytes.len() != c.len as usize {
+                        return Err(Error::corruption(
+                            &frame.file,
+                            frame.offset,
+                            "blob length differs from its reference",
+                        ));
+                    }
+                    Ok(Some(Bytes::from(frame.bytes)))
+                }
+            },
+        }
+    }
+}

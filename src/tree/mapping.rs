@@ -1,0 +1,116 @@
+//! The mapping table: page id -> the head of the page's chain, plus flush metadata.
+//!
+//! Slots live in fixed chunks allocated on first use and never moved, so a `&Slot` stays
+//! valid for the table's life without locks. The head is a `crossbeam_epoch::Atomic`:
+//! readers load it under an epoch guard; writers change it only by compare-and-swap and
+//! retire the chain they unlinked with `defer_destroy`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Shared};
+use parking_lot::Mutex;
+
+use crate::limits::{MAPPING_CHUNKS, MAPPING_CHUNK_LEN};
+use crate::tree::node::{Node, NodeKind, Pid};
+
+/// Where the page's last published image is, and which chain state it equals.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SlotMeta {
+    /// Logical address of the last published image (0 = never published).
+    pub addr: u64,
+    /// Its frame length.
+    pub len: u32,
+    /// `seq` of the chain head the image equals; 0 when no in-memory state equals it.
+    pub flushed_seq: u64,
+}
+
+/// One page's entry.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Head of the chain (null = unused page id).
+    pub head: Atomic<Node>,
+    /// Flush metadata (read and written together under this lock).
+    pub meta: Mutex<SlotMeta>,
+    /// CLOCK reference bit for eviction.
+    pub referenced: AtomicBool,
+}
+
+/// Page id -> slot.
+pub struct MappingTable {
+    chunks: Box<[OnceLock<Box<[Slot]>>]>,
+}
+
+impl Default for MappingTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MappingTable {
+    /// An empty table.
+    pub fn new() -> MappingTable {
+        MappingTable { chunks: (0..MAPPING_CHUNKS).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// The slot of `pid` (allocating its chunk on first use).
+    pub fn slot(&self, pid: Pid) -> &Slot {
+        assert!(pid != 0, "page id 0 is never valid");
+        let (c, i) = ((pid as usize) / MAPPING_CHUNK_LEN, (pid as usize) % MAPPING_CHUNK_LEN);
+        assert!(c < MAPPING_CHUNKS, "page id {pid} beyond the mapping table");
+        let chunk = self.chunks[c].get_or_init(|| (0..MAPPING_CHUNK_LEN).map(|_| Slot::default()).collect());
+        &chunk[i]
+    }
+
+    /// The slot of `pid` if its chunk exists.
+    pub fn try_slot(&self, pid: Pid) -> Option<&Slot> {
+        let c = (pid as usize) / MAPPING_CHUNK_LEN;
+        self.chunks.get(c)?.get().map(|chunk| &chunk[(pid as usize) % MAPPING_CHUNK_LEN])
+    }
+
+    /// Loads the head of `pid`.
+    pub fn head<'g>(&self, pid: Pid, guard: &'g Guard) -> Shared<'g, Node> {
+        self.slot(pid).head.load(Ordering::Acquire, guard)
+    }
+}
+
+/// Retires every node of the chain starting at `head`, returning the memory it held.
+///
+/// # Safety
+/// `head` must have just been unlinked from its slot by a successful compare-and-swap (or
+/// never published), so that no thread can reach it any more except through a pin that
+/// predates the unlink; epoch reclamation frees it once those pins are gone.
+pub unsafe fn retire_chain(head: Shared<'_, Node>, guard: &Guard) -> usize {
+    let mut mem = 0;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the unlinked chain; the guard keeps it alive while we
+        // read its `next` pointer.
+        let node = unsafe { cur.deref() };
+        mem += node.mem;
+        let next = match &node.kind {
+            NodeKind::Upsert { next, .. } => next.load(Ordering::Acquire, guard),
+            _ => Shared::null(),
+        };
+        // SAFETY: the caller guarantees the chain is unreachable for new readers; each node
+        // belongs to exactly one chain, so it is retired exactly once.
+        unsafe { guard.defer_destroy(cur) };
+        cur = next;
+    }
+    mem
+}
+
+impl Drop for MappingTable {
+    fn drop(&mut self) {
+        // SAFETY: we have `&mut self`: no other thread can hold a reference into the table,
+        // so an unprotected guard is enough to walk and free every chain now.
+        let guard = unsafe { epoch::unprotected() };
+        for chunk in self.chunks.iter().filter_map(|c| c.get()) {
+            for slot in chunk.iter() {
+                let head = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
+                // SAFETY: the table is being dropped; the chain is unreachable.
+                unsafe { retire_chain(head, guard) };
+            }
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The Bw-tree: one tree per bucket over a mapping table shared by the database.
+//!
+//! Protocol:
+//! 1. Leaves change by prepending an [`NodeKind::Upsert`] delta with a compare-and-swap of
+//!    the page's head; readers never wait and never take a lock.
+//! 2. A chain at [`CONSOLIDATE_CHAIN_LEN`] deltas is consolidated into a new base (trimming
+//!    versions below the MVCC horizon) by one more CAS; a losing CAS is simply dropped.
+//! 3. Structure modifications (splits) are serialised per tree by `smo`, taken with
+//!    `try_lock` on the write path (a busy lock defers the split, it never blocks a writer)
+//!    and held by a checkpoint while it captures images, so a checkpoint always sees a
+//!    complete structure. Index nodes change only under `smo`. Leaves are B-link nodes:
+//!    a key at or past a node's high key lives to its right, so a reader that raced a split
+//!    moves right instead of retrying.
+//! 4. The root page id of a tree never changes: a root split moves the root's content into
+//!    two new children and turns the root into an index node.
+//! 5. Unlinked chains are retired through crossbeam-epoch; a guard never lives across an
+//!    `.await` (every async operation is a loop of synchronous attempts that either finish
+//!    or name a page to load).
+
+pub mod forest;
+pub mod mapping;
+pub mod node;
+
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::limits::{CONSOLIDATE_CHAIN_LEN, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS};
+pub use forest::Forest;
+use node::{visible_at, Bounds, Entry, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
+
+/// A synchronous attempt's outcome: done, or a page must be loaded first.
+pub enum Step<T> {
+    /// Finished.
+    Done(T),
+    /// Load this page from disk, then try again.
+    Load(Pid),
+}
+
+/// A chain seen under a guard: its deltas (newest first) and its bottom.
+pub struct ChainView<'g> {
+    /// The head pointer.
+    pub head: Shared<'g, Node>,
+    /// The head node.
+    pub head_node: &'g Node,
+    /// Upserts above the bottom, newest first.
+    pub deltas: Vec<(&'g Bytes, &'g Version)>,
+    /// The base or stub at the bottom.
+    pub bottom: &'g Node,
+}
+
+impl<'g> ChainView<'g> {
+    /// Reads the chain of `pid`; `None` for an unused page id.
+    pub fn load(forest: &Forest, pid: Pid, guard: &'g Guard) -> Option<ChainView<'g>> {
+        let head = forest.table.head(pid, guard);
+        // SAFETY: a non-null head loaded under `guard` stays allocated until the guard is
+        // dropped (chains are only freed through `defer_destroy`).
+        let head_node = unsafe { head.as_ref() }?;
+        let mut deltas = Vec::with_capacity(head_node.depth as usize);
+        let mut cur = head_node;
+        while let NodeKind::Upsert { key, version, next } = &cur.kind {
+            deltas.push((key, version));
+            // SAFETY: `next` of a published node is never null and is kept alive by the
+            // same guard (it is part of the chain reachable from the head).
+            cur = unsafe { next.load(Ordering::Acquire, guard).deref() };
+        }
+        Some(ChainView { head, head_node, deltas, bottom: cur })
+    }
+
+    /// The node's bounds, where known.
+    pub fn bounds(&self) -> Option<&'g Bounds> {
+        match &self.bottom.kind {
+            NodeKind::Leaf(l) => Some(&l.bounds),
+            NodeKind::Inner(i) => Some(&i.bounds),
+            NodeKind::Disk { bounds, .. } => bounds.as_ref(),
+            NodeKind::Upsert { .. } => unreachable!("a chain never ends in a delta"),
+        }
+    }
+}
+
+/// Merges deltas (newest first) into a leaf base, trimming versions below `horizon`.
+pub fn merge_leaf(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u64) -> LeafBase {
+    let mut d: Vec<(&Bytes, &Version)> = deltas.to_vec();
+    d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
+    let mut out = Vec::with_capacity(base.entries.len() + d.len());
+    let (mut i, mut j) = (0, 0);
+    while i < base.entries.len() || j < d.len() {
+        let take_delta = match (base.entries.get(i), d.get(j)) {
+            (Some(e), Some((k, _))) => k.as_ref() <= e.key.as_ref(),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let mut entry = if take_delta {
+            let key = d[j].0.clone();
+            let mut versions = Vec::new();
+            while j < d.len() && d[j].0 == &key {
+                versions.push(d[j].1.clone());
+                j += 1;
+            }
+            if base.entries.get(i).is_some_and(|e| e.key == key) {
+                versions.extend(base.entries[i].versions.iter().cloned());
+                i += 1;
+            }
+            Entry { key, versions }
+        } else {
+            i += 1;
+            base.entries[i - 1].clone()
+        };
+        node::trim_versions(&mut entry.versions, horizon);
+        if !entry.versions.is_empty() {
+            out.push(entry);
+        }
+    }
+    LeafBase { bounds: base.bounds.clone(), entries: out }
+}
+
+/// Approximate encoded size of a leaf, to decide splits.
+fn leaf_bytes(l: &LeafBase) -> usize {
+    l.entries
+        .iter()
+        .map(|e| {
+            8 + e.key.len()
+                + e.versions
+                    .iter()
+                    .map(|v| {
+                        13 + match &v.value {
+                            Value::Inline(b) => b.len(),
+                            _ => 12,
+                        }
+                    })
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// One bucket's tree.
+pub struct Tree {
+    /// Bucket id (names the bucket in WAL records).
+    pub id: u32,
+    /// Root page id (stable, protocol 4).
+    pub root: Pid,
+    /// Serialises structure modifications (protocol 3).
+    pub smo: Mutex<()>,
+    /// Set once the bucket is dropped; handles to it then fail.
+    pub dropped: std::sync::atomic::AtomicBool,
+}
+
+/// Start of a forward scan step.
+#[derive(Debug, Clone)]
+pub enum Lower {
+    /// From the first key.
+    Unbounded,
+    /// From this key, inclusive or not.
+    Key(Bytes, bool),
+}
+
+/// Outcome of a scan step: entries of one leaf and where the next step starts.
+pub type ScanBatch = (Vec<(Bytes, Value)>, Option<Bytes>);
+
+impl Tree {
+    /// A tree handle over an existing root.
+    pub fn new(id: u32, root: Pid) -> Tree {
+        Tree { id, root, smo: Mutex::new(()), dropped: Default::default() }
+    }
+
+    /// Descends to the leaf whose range holds `key`.
+    fn find_leaf<'g>(&self, f: &Forest, key: &[u8], guard: &'g Guard) -> Result<Step<(Pid, ChainView<'g>)>> {
+        let mut pid = self.root;
+        for _ in 0..100_000 {
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            f.touch(pid);
+            match &v.bottom.kind {
+                NodeKind::Inner(i) => {
+                    pid = if i.bounds.is_right_of(key) { i.bounds.right } else { i.child_for(key) };
+                }
+                NodeKind::Leaf(_) | NodeKind::Disk { bounds: Some(_), .. } => {
+                    let b = v.bounds().expect("known bounds");
+                    if b.is_right_of(key) {
+                        pid = b.right;
+                    } else {
+                        return Ok(Step::Done((pid, v)));
+                    }
+                }
+                NodeKind::Disk { bounds: None, .. } => return Ok(Step::Load(pid)),
+                NodeKind::Upsert { .. } => unreachable!(),
+            }
+            if pid == 0 {
+                return Err(Error::corruption(f.store.dir(), 0, "tree key range has a hole"));
+            }
+        }
+        Err(Error::corruption(f.store.dir(), 0, "tree descent does not terminate"))
+    }
+
+    /// The newest version of `key` visible at `ts` (tombstones included), or `None`.
+    pub async fn get_version(&self, f: &Forest, key: &[u8], ts: u64) -> Result<Option<Version>> {
+        loop {
+            let step = {
+                let guard = epoch::pin();
+                match self.find_leaf(f, key, &guard)? {
+                    Step::Load(p) => Step::Load(p),
+                    Step::Done((pid, v)) => {
+                        match v.deltas.iter().find(|(k, ver)| k.as_ref() == key && ver.ts <= ts) {
+                            Some((_, ver)) => Step::Done(Some((*ver).clone())),
+                            None => match &v.bottom.kind {
+                                NodeKind::Leaf(l) => Step::Done(
+                                    l.entries
+                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .ok()
+                                        .and_then(|i| visible_at(&l.entries[i].versions, ts).cloned()),
+                                ),
+                                _ => Step::Load(pid),
+                            },
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Done(v) => return Ok(v),
+                Step::Load(p) => f.load(p).await?,
+            }
+        }
+    }
+
+    /// Timestamp of the newest version of `key` (0 if it has none).
+    pub async fn latest_ts(&self, f: &Forest, key: &[u8]) -> Result<u64> {
+        Ok(self.get_version(f, key, u64::MAX).await?.map_or(0, |v| v.ts))
+    }
+
+    /// Applies one version synchronously (the commit path). Returns the page to load when
+    /// the path is not in memory; on the commit path that cannot happen, because the
+    /// conflict check loaded every leaf and evicted leaves keep their bounds.
+    pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<Step<()>> {
+        let guard = epoch::pin();
+        loop {
+            let (pid, v) = match self.find_leaf(f, key, &guard)? {
+                Step::Done(x) => x,
+                Step::Load(p) => return Ok(Step::Load(p)),
+            };
+            let node = Node {
+                seq: v.head_node.seq + 1,
+                depth: v.head_node.depth + 1,
+                mem: 96 + key.len() + version.value.mem_size(),
+                kind: NodeKind::Upsert { key: key.clone(), version: version.clone(), next: Atomic::null() },
+            };
+            let mem = node.mem;
+            let depth = node.depth as usize;
+            let owned = Owned::new(node);
+            if let NodeKind::Upsert { next, .. } = &owned.kind {
+                next.store(v.head, Ordering::Relaxed);
+            }
+            let slot = f.table.slot(pid);
+            if slot.head.compare_exchange(v.head, owned, Ordering::AcqRel, Ordering::Acquire, &guard).is_ok()
+            {
+                f.note_write(pid, mem as isize, key.len() + version.value.mem_size());
+                if depth >= CONSOLIDATE_CHAIN_LEN {
+                    self.maintain(f, pid, &guard);
+                }
+                return Ok(Step::Done(()));
+            }
+        }
+    }
+
+    /// Applies one version, loading pages as needed (recovery replay).
+    pub async fn upsert(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<()> {
+        loop {
+            match self.apply(f, key, version)? {
+                Step::Done(()) => return Ok(()),
+                Step::Load(p) => f.load(p).await?,
+            }
+        }
+    }
+
+    /// Consolidates (and splits, when the structure lock is free) a long chain.
+    fn maintain(&self, f: &Forest, pid: Pid, guard: &Guard) {
+        let horizon = f.horizon();
+        match self.smo.try_lock() {
+            Some(_g) => {
+                if let Err(e) = self.split_leaf(f, pid, horizon, guard) {
+                    tracing::debug!(error = %e, pid, "split deferred");
+                }
+            }
+            None => {
+                self.consolidate(f, pid, horizon, guard);
+            }
+        }
+    }
+
+    /// Replaces the chain of `pid` by one consolidated base. Returns the new base's size.
+    fn consolidate(&self, f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> bool {
+        let Some(v) = ChainView::load(f, pid, guard) else { return false };
+        let NodeKind::Leaf(base) = &v.bottom.kind else { return false };
+        if v.deltas.is_empty() {
+            return false;
+        }
+        let merged = merge_leaf(&v.deltas, base, horizon);
+        f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard)
+    }
+
+    /// Splits leaf `pid` if it is big enough (caller holds `smo`); consolidates it anyway.
+    fn split_leaf(&self, f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> Result<()> {
+        let Some(v) = ChainView::load(f, pid, guard) else { return Ok(()) };
+        let NodeKind::Leaf(base) = &v.bottom.kind else { return Ok(()) };
+        let merged = merge_leaf(&v.deltas, base, horizon);
+        if merged.entries.len() < SPLIT_MIN_KEYS || leaf_bytes(&merged) < SPLIT_LEAF_BYTES {
+            if !v.deltas.is_empty() {
+                f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard);
+            }
+            return Ok(());
+        }
+        let mid = merged.entries.len() / 2;
+        let sep = merged.entries[mid].key.clone();
+        let mut left = merged;
+        let right_entries = left.entries.split_off(mid);
+        if pid == self.root {
+            let a = f.alloc_pid();
+            let b = f.alloc_pid();
+            let lb = LeafBase {
+                bounds: Bounds { low: left.bounds.low.clone(), high: Some(sep.clone()), right: b },
+                entries: left.entries,
+            };
+            let rb = LeafBase {
+                bounds: Bounds { low: sep.clone(), high: None, right: 0 },
+                entries: right_entries,
+            };
+            f.install_new(a, NodeKind::Leaf(lb));
+            f.install_new(b, NodeKind::Leaf(rb));
+            let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep, b)] };
+            if f.replace(pid, v.head, v.head_node.seq, NodeKind::Inner(root), guard) {
+                f.mark_dirty(a);
+                f.mark_dirty(b);
+            } else {
+                f.uninstall(a, guard);
+                f.uninstall(b, guard);
+            }
+            return Ok(());
+        }
+        let r = f.alloc_pid();
+        let rb = LeafBase {
+            bounds: Bounds { low: sep.clone(), high: left.bounds.high.clone(), right: left.bounds.right },
+            entries: right_entries,
+        };
+        left.bounds.high = Some(sep.clone());
+        left.bounds.right = r;
+        let low = left.bounds.low.clone();
+        f.install_new(r, NodeKind::Leaf(rb));
+        if !f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(left), guard) {
+            f.uninstall(r, guard);
+            return Ok(());
+        }
+        f.mark_dirty(r);
+        self.insert_index(f, &low, pid, sep, r, guard)
+    }
+
+    /// Adds `(sep, right)` to the parent of `child` (whose low key is `child_low`), splitting
+    /// index nodes upward as needed. Caller holds `smo`.
+    fn insert_index(
+        &self,
+        f: &Forest,
+        child_low: &[u8],
+        child: Pid,
+        sep: Bytes,
+        right: Pid,
+        guard: &Guard,
+    ) -> Result<()> {
+        let parent = self.find_parent(f, child_low, child, guard)?;
+        let v = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
+        let NodeKind::Inner(inner) = &v.bottom.kind else {
+            return Err(Error::corruption(f.store.dir(), 0, "parent is not an index node"));
+        };
+        let mut new = inner.clone();
+        let pos = new.children.partition_point(|(s, _)| s.as_ref() < sep.as_ref());
+        new.children.insert(pos, (sep, right));
+        if new.children.len() <= SPLIT_INNER_CHILDREN {
+            let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(new), guard);
+            assert!(ok, "index nodes change only under the structure lock");
+            return Ok(());
+        }
+        let mid = new.children.len() / 2;
+        let sep2 = new.children[mid].0.clone();
+        let right_children = new.children.split_off(mid);
+        if parent == self.root {
+            let a = f.alloc_pid();
+            let b = f.alloc_pid();
+            let ab = InnerBase {
+                bounds: Bounds { low: new.bounds.low.clone(), high: Some(sep2.clone()), right: b },
+                children: new.children,
+            };
+            let bb = InnerBase {
+                bounds: Bounds { low: sep2.clone(), high: None, right: 0 },
+                children: right_children,
+            };
+            f.install_new(a, NodeKind::Inner(ab));
+            f.install_new(b, NodeKind::Inner(bb));
+            let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep2, b)] };
+            let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(root), guard);
+            assert!(ok, "index nodes change only under the structure lock");
+            f.mark_dirty(a);
+            f.mark_dirty(b);
+            return Ok(());
+        }
+        let r2 = f.alloc_pid();
+        let rb = InnerBase {
+            bounds: Bounds { low: sep2.clone(), high: new.bounds.high.clone(), right: new.bounds.right },
+            children: right_children,
+        };
+        new.bounds.high = Some(sep2.clone());
+        new.bounds.right = r2;
+        let low = new.bounds.low.clone();
+        f.install_new(r2, NodeKind::Inner(rb));
+        let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(new), guard);
+        assert!(ok, "index nodes change only under the structure lock");
+        f.mark_dirty(r2);
+        self.insert_index(f, &low, parent, sep2, r2, guard)
+    }
+
+    /// The index node holding the entry of `child` (caller holds `smo`).
+    fn find_parent(&self, f: &Forest, child_low: &[u8], child: Pid, guard: &Guard) -> Result<Pid> {
+        let mut pid = self.root;
+        for _ in 0..100_000 {
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let NodeKind::Inner(i) = &v.bottom.kind else {
+                return Err(Error::invalid("structure modification met an unloaded index node"));
+            };
+            if i.bounds.is_right_of(child_low) {
+                pid = i.bounds.right;
+                continue;
+            }
+            let c = i.child_for(child_low);
+            if c == child {
+                return Ok(pid);
+            }
+            pid = c;
+        }
+        Err(Error::corruption(f.store.dir(), 0, "parent search does not terminate"))
+    }
+
+    /// One forward scan step: the visible entries of the leaf holding `lower`, and the
+    /// lower bound (inclusive) of the next leaf.
+    pub async fn scan_forward(&self, f: &Forest, lower: &Lower, ts: u64) -> Result<ScanBatch> {
+        let key: &[u8] = match lower {
+            Lower::Unbounded => &[],
+            Lower::Key(k, _) => k,
+        };
+        loop {
+            let step = {
+                let guard = epoch::pin();
+                match self.find_leaf(f, key, &guard)? {
+                    Step::Load(p) => Step::Load(p),
+                    Step::Done((pid, v)) => match &v.bottom.kind {
+                        NodeKind::Leaf(base) => {
+                            let merged = merge_leaf(&v.deltas, base, 0);
+                            let items = visible_items(&merged, ts, |k| match lower {
+                                Lower::Unbounded => true,
+                                Lower::Key(lk, incl) => {
+                                    if *incl {
+                                        k >= lk
+                                    } else {
+                                        k > lk
+                                    }
+                                }
+                            });
+                            Step::Done((items, merged.bounds.high.clone()))
+                        }
+                        _ => Step::Load(pid),
+                    },
+                }
+            };
+            match step {
+                Step::Done(b) => return Ok(b),
+                Step::Load(p) => f.load(p).await?,
+            }
+        }
+    }
+
+    /// One backward scan step: the visible entries below `upper` of the leaf holding the
+    /// greatest keys below it, in descending order, and the next (exclusive) upper bound
+    /// (`None` when this leaf was the leftmost).
+    pub async fn scan_backward(&self, f: &Forest, upper: &Bound<Bytes>, ts: u64) -> Result<ScanBatch> {
+        loop {
+            let step = {
+                let guard = epoch::pin();
+                self.leaf_before(f, upper, ts, &guard)?
+            };
+            match step {
+                Step::Done(b) => return Ok(b),
+                Step::Load(p) => f.load(p).await?,
+            }
+        }
+    }
+
+    fn leaf_before(
+        &self,
+        f: &Forest,
+        upper: &Bound<Bytes>,
+        ts: u64,
+        guard: &Guard,
+    ) -> Result<Step<ScanBatch>> {
+        let ukey: Option<&[u8]> = match upper {
+            Bound::Unbounded => None,
+            Bound::Included(k) | Bound::Excluded(k) => Some(k),
+        };
+        // A node's keys may reach `upper` if its high key is above the upper key.
+        let high_below = |b: &Bounds| match (&b.high, ukey) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(h), Some(u)) => match upper {
+                Bound::Included(_) => h.as_ref() <= u,
+                _ => h.as_ref() < u,
+            },
+        };
+        let mut pid = self.root;
+        for _ in 0..100_000 {
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            match &v.bottom.kind {
+                NodeKind::Inner(i) => {
+                    pid = if high_below(&i.bounds) {
+                        i.bounds.right
+                    } else {
+                        match upper {
+                            Bound::Included(k) => i.child_for(k),
+                            _ => i.child_before(ukey),
+                        }
+                    };
+                }
+                NodeKind::Leaf(base) => {
+                    if high_below(&base.bounds) {
+                        pid = base.bounds.right;
+                        continue;
+                    }
+                    let merged = merge_leaf(&v.deltas, base, 0);
+                    let mut items = visible_items(&merged, ts, |k| match upper {
+                        Bound::Unbounded => true,
+                        Bound::Included(u) => k <= u,
+                        Bound::Excluded(u) => k < u,
+                    });
+                    items.reverse();
+                    let next =
+                        if merged.bounds.low.is_empty() { None } else { Some(merged.bounds.low.clone()) };
+                    return Ok(Step::Done((items, next)));
+                }
+                NodeKind::Disk { .. } => return Ok(Step::Load(pid)),
+                NodeKind::Upsert { .. } => unreachable!(),
+            }
+        }
+        Err(Error::corruption(f.store.dir(), 0, "tree descent does not terminate"))
+    }
+}
+
+fn visible_items(leaf: &LeafBase, ts: u64, keep: impl Fn(&Bytes) -> bool) -> Vec<(Bytes, Value)> {
+    leaf.entries
+        .iter()
+        .filter(|e| keep(&e.key))
+        .filter_map(|e| match visible_at(&e.versions, ts) {
+            Some(Version { value: Value::Tombstone, .. }) | None => None,
+            Some(v) => Some((e.key.clone(), v.value.clone())),
+        })
+        .collect()
+}

@@ -1,0 +1,273 @@
+//! Nodes of the Bw-tree: base pages, delta records and on-disk stubs.
+//!
+//! A page's state in the mapping table is a chain of [`Node`]s, newest first: zero or more
+//! [`NodeKind::Upsert`] deltas ending in a base ([`NodeKind::Leaf`], [`NodeKind::Inner`]) or
+//! in a [`NodeKind::Disk`] stub (the page's image is on disk; deltas above a stub are blind
+//! writes that a later load folds in). Nodes are immutable once published; a chain changes
+//! only by a compare-and-swap of its head.
+//!
+//! Invariants:
+//! 1. `seq` strictly increases along the history of one page id (a new head has
+//!    `seq = old_head.seq + 1`), so "the head is the one we flushed" is a `seq` comparison,
+//!    free of ABA.
+//! 2. `depth` is the number of deltas above the base.
+//! 3. Per key, versions are ordered newest first both along the chain and inside a base
+//!    (all writes to a key are applied in commit-timestamp order, under the commit lock).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_epoch::Atomic;
+
+/// A page id: an index in the mapping table. 0 is never a valid page.
+pub type Pid = u64;
+
+/// A value stored apart from the tree, in a blob file.
+#[derive(Debug)]
+pub struct BlobCell {
+    /// Length of the value in bytes.
+    pub len: u32,
+    /// Logical address of the blob frame, 0 while the value has never been checkpointed.
+    addr: AtomicU64,
+    /// The bytes, while they are held in memory.
+    pub bytes: Option<Bytes>,
+}
+
+impl BlobCell {
+    /// A new in-memory blob not yet on disk.
+    pub fn in_memory(bytes: Bytes) -> BlobCell {
+        BlobCell { len: bytes.len() as u32, addr: AtomicU64::new(0), bytes: Some(bytes) }
+    }
+
+    /// A blob known only by its address on disk.
+    pub fn on_disk(addr: u64, len: u32) -> BlobCell {
+        BlobCell { len, addr: AtomicU64::new(addr), bytes: None }
+    }
+
+    /// Its logical address, 0 if it has none yet.
+    pub fn addr(&self) -> u64 {
+        self.addr.load(Ordering::Acquire)
+    }
+
+    /// Records the address the value was published at.
+    pub fn set_addr(&self, addr: u64) {
+        assert!(addr != 0);
+        self.addr.store(addr, Ordering::Release);
+    }
+}
+
+/// A value as held by a version.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// The key was deleted at this version.
+    Tombstone,
+    /// The value, inside the page.
+    Inline(Bytes),
+    /// The value, in a blob file (and maybe in memory too).
+    Blob(Arc<BlobCell>),
+}
+
+impl Value {
+    /// Approximate memory held by the value.
+    pub fn mem_size(&self) -> usize {
+        match self {
+            Value::Tombstone => 0,
+            Value::Inline(b) => b.len(),
+            Value::Blob(c) => 32 + c.bytes.as_ref().map_or(0, |b| b.len()),
+        }
+    }
+}
+
+/// One committed version of a key.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// Commit timestamp.
+    pub ts: u64,
+    /// The value, or a tombstone.
+    pub value: Value,
+}
+
+/// One key and its versions, newest first.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The key.
+    pub key: Bytes,
+    /// Versions, newest first (never empty).
+    pub versions: Vec<Version>,
+}
+
+/// Key range and right sibling of a node (B-link style).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// Inclusive low key (empty = minus infinity).
+    pub low: Bytes,
+    /// Exclusive high key (`None` = plus infinity).
+    pub high: Option<Bytes>,
+    /// Right sibling page, 0 when there is none.
+    pub right: Pid,
+}
+
+impl Bounds {
+    /// True if `key` is at or past the high key (it lives to the right).
+    pub fn is_right_of(&self, key: &[u8]) -> bool {
+        self.high.as_ref().is_some_and(|h| key >= h.as_ref())
+    }
+}
+
+/// A consolidated leaf.
+#[derive(Debug, Clone, Default)]
+pub struct LeafBase {
+    /// Key range and sibling.
+    pub bounds: Bounds,
+    /// Entries sorted by key.
+    pub entries: Vec<Entry>,
+}
+
+/// An index node: children sorted by separator; `children[0].0 == bounds.low`.
+#[derive(Debug, Clone, Default)]
+pub struct InnerBase {
+    /// Key range and sibling.
+    pub bounds: Bounds,
+    /// (separator, child): the child holds keys in `[sep, next sep)`.
+    pub children: Vec<(Bytes, Pid)>,
+}
+
+impl InnerBase {
+    /// The child covering `key`.
+    pub fn child_for(&self, key: &[u8]) -> Pid {
+        let idx = self.children.partition_point(|(sep, _)| sep.as_ref() <= key);
+        self.children[idx.saturating_sub(1)].1
+    }
+
+    /// The child holding the greatest keys strictly below `key` (`None` = plus infinity).
+    pub fn child_before(&self, key: Option<&[u8]>) -> Pid {
+        let idx = match key {
+            None => self.children.len(),
+            Some(k) => self.children.partition_point(|(sep, _)| sep.as_ref() < k),
+        };
+        self.children[idx.saturating_sub(1)].1
+    }
+}
+
+/// What a chain element is.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// A leaf base page.
+    Leaf(LeafBase),
+    /// An index base page.
+    Inner(InnerBase),
+    /// A new version of one key, above `next`.
+    Upsert {
+        /// The key.
+        key: Bytes,
+        /// The version.
+        version: Version,
+        /// The rest of the chain.
+        next: Atomic<Node>,
+    },
+    /// The page image is on disk at `addr`. `bounds` is known when the stub came from an
+    /// eviction (it lets blind writes route by key without a read), unknown after open.
+    Disk {
+        /// Logical address of the page image.
+        addr: u64,
+        /// Key range, when known.
+        bounds: Option<Bounds>,
+    },
+}
+
+/// One element of a page's chain.
+#[derive(Debug)]
+pub struct Node {
+    /// Per-page monotonically increasing sequence number (invariant 1).
+    pub seq: u64,
+    /// Number of deltas below and including this one (invariant 2).
+    pub depth: u32,
+    /// Memory accounted to this element.
+    pub mem: usize,
+    /// The element.
+    pub kind: NodeKind,
+}
+
+impl Node {
+    /// A base or stub node.
+    pub fn base(seq: u64, kind: NodeKind) -> Node {
+        let mem = match &kind {
+            NodeKind::Leaf(l) => leaf_mem(l),
+            NodeKind::Inner(i) => 64 + i.children.iter().map(|(s, _)| s.len() + 48).sum::<usize>(),
+            NodeKind::Disk { .. } => 96,
+            NodeKind::Upsert { key, version, .. } => 96 + key.len() + version.value.mem_size(),
+        };
+        Node { seq, depth: 0, mem, kind }
+    }
+}
+
+/// Approximate memory held by a leaf base.
+pub fn leaf_mem(l: &LeafBase) -> usize {
+    let mut n = 96 + l.bounds.low.len() + l.bounds.high.as_ref().map_or(0, |h| h.len());
+    for e in &l.entries {
+        n += 48 + e.key.len();
+        for v in &e.versions {
+            n += 24 + v.value.mem_size();
+        }
+    }
+    n
+}
+
+/// Drops versions no snapshot at or after `horizon` can see, newest first order kept:
+/// every version newer than `horizon`, plus the newest one at or below it. A key whose
+/// only remaining version is a tombstone at or below the horizon disappears.
+pub fn trim_versions(versions: &mut Vec<Version>, horizon: u64) {
+    debug_assert!(versions.windows(2).all(|w| w[0].ts > w[1].ts), "versions out of order");
+    if let Some(pos) = versions.iter().position(|v| v.ts <= horizon) {
+        versions.truncate(pos + 1);
+        if pos == 0 && matches!(versions[0].value, Value::Tombstone) {
+            versions.clear();
+        }
+    }
+}
+
+/// The newest version visible at `ts`.
+pub fn visible_at(versions: &[Version], ts: u64) -> Option<&Version> {
+    versions.iter().find(|v| v.ts <= ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ts: u64, tomb: bool) -> Version {
+        Version {
+            ts,
+            value: if tomb { Value::Tombstone } else { Value::Inline(Bytes::from(ts.to_string())) },
+        }
+    }
+
+    #[test]
+    fn trim_keeps_newest_visible_and_newer() {
+        let mut vs = vec![v(9, false), v(7, false), v(5, false), v(3, false)];
+        trim_versions(&mut vs, 6);
+        assert_eq!(vs.iter().map(|v| v.ts).collect::<Vec<_>>(), vec![9, 7, 5]);
+        let mut vs = vec![v(4, true), v(2, false)];
+        trim_versions(&mut vs, 10);
+        assert!(vs.is_empty());
+        let mut vs = vec![v(12, false), v(4, true), v(2, false)];
+        trim_versions(&mut vs, 10);
+        assert_eq!(vs.len(), 2);
+        assert!(matches!(vs[1].value, Value::Tombstone));
+    }
+
+    #[test]
+    fn inner_child_lookup() {
+        let inner = InnerBase {
+            bounds: Bounds::default(),
+            children: vec![(Bytes::new(), 1), (Bytes::from_static(b"m"), 2), (Bytes::from_static(b"t"), 3)],
+        };
+        assert_eq!(inner.child_for(b"a"), 1);
+        assert_eq!(inner.child_for(b"m"), 2);
+        assert_eq!(inner.child_for(b"z"), 3);
+        assert_eq!(inner.child_before(Some(b"m")), 1);
+        assert_eq!(inner.child_before(Some(b"n")), 2);
+        assert_eq!(inner.child_before(None), 3);
+    }
+}

@@ -1,0 +1,216 @@
+//! Recovery: reads the segments of a WAL directory in order, returns the intact records and
+//! cuts the torn tail.
+//!
+//! # Protocol
+//!
+//! 1. List the directory; every name `wal-{seq:016x}.log` is a segment, anything else is
+//!    ignored. Sequence numbers must be contiguous (the writer creates them one after the
+//!    other and every deletion is ordered and directory-synced, see [`super::writer`]); a
+//!    missing one is [`Error::Corruption`] naming the missing file.
+//! 2. Read each segment front to back. Its header must carry the magic and its own sequence
+//!    number. A bad header is [`Error::Corruption`] at offset 0 (magic) or 8 (seq), except
+//!    for the *last* segment when the file is no longer than a header: that is a segment
+//!    whose creation was cut by a crash (it holds no record, because the header is synced
+//!    before any record is written) and it is deleted.
+//! 3. The first record that fails to decode (impossible length, short read, bad CRC, or a
+//!    malformed payload) ends the log: that is the torn tail. The later segments are
+//!    deleted, newest first, each deletion followed by a directory sync (so a crash in the
+//!    middle leaves a contiguous run and the next recovery finds the same cut); then the
+//!    segment is truncated at the record's offset and synced. What was cut is logged with
+//!    `tracing::warn!`.
+//! 4. Records with `ts > frontier_ts` are returned in log order; every segment's largest
+//!    `ts` (over all its records, also those at or below the frontier) is returned for
+//!    [`Wal::remove_below`](super::Wal::remove_below).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::record::{
+    decode_frame, decode_payload, decode_segment_header, RecordError, WalRecord, FRAME_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use super::{parse_segment_file_name, segment_file_name};
+use crate::error::{Error, Result};
+use crate::io::{IoDriver, IoFile, OpenMode};
+
+/// Bytes read from a segment per I/O during recovery (more when one record is larger).
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// A segment known to the WAL: its sequence number, path, and the largest `ts` it holds.
+#[derive(Debug, Clone)]
+pub(super) struct SegmentInfo {
+    pub(super) seq: u64,
+    pub(super) path: PathBuf,
+    /// Largest record `ts` in the segment; `None` while it holds no record.
+    pub(super) max_ts: Option<u64>,
+}
+
+/// What recovery hands to the writer.
+#[derive(Debug)]
+pub(super) struct Recovered {
+    /// Intact records with `ts > frontier_ts`, in log order.
+    pub(super) records: Vec<WalRecord>,
+    /// The segments kept, oldest first.
+    pub(super) segments: Vec<SegmentInfo>,
+    /// Sequence number for the segment the writer creates next.
+    pub(super) next_seq: u64,
+}
+
+/// Recovers the WAL in `dir`. See the module documentation for the protocol.
+pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Result<Recovered> {
+    let mut seqs: Vec<u64> =
+        io.read_dir(dir).await?.iter().filter_map(|n| parse_segment_file_name(n)).collect();
+    seqs.sort_unstable();
+    for pair in seqs.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(Error::corruption(
+                dir.join(segment_file_name(pair[0] + 1)),
+                0,
+                format!(
+                    "WAL segment missing between {} and {}",
+                    segment_file_name(pair[0]),
+                    segment_file_name(pair[1])
+                ),
+            ));
+        }
+    }
+
+    let mut records = Vec::new();
+    let mut segments = Vec::with_capacity(seqs.len());
+    // The smallest seq seen, reused if every segment turns out to be a cut creation.
+    let mut next_seq = seqs.first().copied().unwrap_or(1);
+    for (index, &seq) in seqs.iter().enumerate() {
+        let is_last = index + 1 == seqs.len();
+        let path = dir.join(segment_file_name(seq));
+        let file = io.open(&path, OpenMode::ReadWrite).await?;
+        let file_len = file.len().await?;
+
+        let header = if file_len < SEGMENT_HEADER_LEN as u64 {
+            Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
+        } else {
+            decode_segment_header(&file.read_exact_at(0, SEGMENT_HEADER_LEN).await?)
+        };
+        match header {
+            Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+                tracing::warn!(
+                    file = %path.display(),
+                    len = file_len,
+                    reason = %e,
+                    "WAL: last segment has no complete header (creation cut by a crash); deleting it"
+                );
+                drop(file);
+                io.remove_file(&path).await?;
+                io.sync_dir(dir).await?;
+                break;
+            }
+            Err(e) => return Err(e.at(&path, 0)),
+            Ok(found) if found != seq => {
+                return Err(Error::corruption(
+                    &path,
+                    8,
+                    format!("segment header holds seq {found}, the file name says {seq}"),
+                ));
+            }
+            Ok(_) => {}
+        }
+
+        let mut reader = SegmentReader { file: &file, file_len, buf: Vec::new(), buf_offset: 0 };
+        let mut offset = SEGMENT_HEADER_LEN as u64;
+        let mut max_ts: Option<u64> = None;
+        let mut torn = None;
+        // Bounded: every iteration consumes at least FRAME_LEN + MIN_PAYLOAD_LEN bytes.
+        while offset < file_len {
+            match reader.record_at(offset).await? {
+                Ok((rec, used)) => {
+                    assert!(used > FRAME_LEN && offset + used as u64 <= file_len);
+                    offset += used as u64;
+                    max_ts = Some(max_ts.map_or(rec.ts, |m| m.max(rec.ts)));
+                    if rec.ts > frontier_ts {
+                        records.push(rec);
+                    }
+                }
+                Err(e) => {
+                    torn = Some(e);
+                    break;
+                }
+            }
+        }
+        segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
+        next_seq = seq + 1;
+
+        if let Some(reason) = torn {
+            let later = &seqs[index + 1..];
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                cut_bytes = file_len - offset,
+                reason = %reason,
+                deleted_segments = ?later.iter().map(|s| segment_file_name(*s)).collect::<Vec<_>>(),
+                "WAL: torn tail; truncating the segment here and deleting every later segment"
+            );
+            // Newest first, each deletion durable before the next: a crash in the middle
+            // leaves a contiguous run whose recovery finds this same cut again.
+            for &later_seq in later.iter().rev() {
+                io.remove_file(&dir.join(segment_file_name(later_seq))).await?;
+                io.sync_dir(dir).await?;
+            }
+            file.set_len(offset).await?;
+            file.sync_all().await?;
+            break;
+        }
+    }
+    Ok(Recovered { records, segments, next_seq })
+}
+
+/// Reads a segment through a buffer of [`READ_CHUNK_BYTES`], so that recovering small
+/// records costs one I/O per chunk rather than two per record.
+struct SegmentReader<'a> {
+    file: &'a IoFile,
+    file_len: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    buf_offset: u64,
+}
+
+impl SegmentReader<'_> {
+    /// The `len` bytes at `offset`, or `None` if the file ends before them.
+    async fn bytes_at(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+        let Some(end) = offset.checked_add(len as u64).filter(|&end| end <= self.file_len) else {
+            return Ok(None);
+        };
+        let buf_end = self.buf_offset + self.buf.len() as u64;
+        if offset < self.buf_offset || end > buf_end {
+            // `end <= file_len` was checked, so this read is bounded by the file size.
+            let read_len = (len.max(READ_CHUNK_BYTES) as u64).min(self.file_len - offset);
+            self.buf = self.file.read_exact_at(offset, read_len as usize).await?;
+            self.buf_offset = offset;
+            assert_eq!(self.buf.len() as u64, read_len);
+        }
+        let start = (offset - self.buf_offset) as usize;
+        Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// Decodes the record at `offset`. The outer error is an I/O failure (recovery stops);
+    /// the inner one is a bad record (the torn tail).
+    async fn record_at(
+        &mut self,
+        offset: u64,
+    ) -> Result<std::result::Result<(WalRecord, usize), RecordError>> {
+        let have = self.file_len.saturating_sub(offset);
+        let Some(frame) = self.bytes_at(offset, FRAME_LEN).await? else {
+            return Ok(Err(RecordError::Truncated { need: FRAME_LEN as u64, have }));
+        };
+        let frame: &[u8; FRAME_LEN] = frame.try_into().expect("bytes_at returns len bytes");
+        let (len, crc) = match decode_frame(frame) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        let total = FRAME_LEN + len as usize;
+        let Some(payload) = self.bytes_at(offset + FRAME_LEN as u64, len as usize).await? else {
+            return Ok(Err(RecordError::Truncated { need: total as u64, have }));
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        Ok(decode_payload(&payload, crc).map(|rec| (rec, total)))
+    }
+}

@@ -1,0 +1,539 @@
+//! I/O tests of the WAL: recovery, torn tails, group commit, cancellation, rollover and
+//! removal, poisoning. Every test runs on both I/O backends.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::error::Error;
+use crate::io::IoDriver;
+use crate::options::{Durability, IoBackend};
+
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The drivers to run on: both backends, skipping (with a printed line) one that cannot
+/// start on this host.
+fn drivers() -> Vec<(IoBackend, IoDriver)> {
+    let mut out = Vec::new();
+    for backend in [IoBackend::Uring, IoBackend::ThreadPool] {
+        match IoDriver::new(backend) {
+            Ok(io) => out.push((backend, io)),
+            Err(e) => println!("skipping backend {backend:?}: {e}"),
+        }
+    }
+    assert!(!out.is_empty(), "no I/O backend available");
+    out
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A deterministic record for `ts`: a put, and a delete every third ts.
+fn rec(ts: u64, value_len: usize) -> WalRecord {
+    let mut ops = vec![WalOp::Put {
+        bucket: (ts % 3) as u32,
+        key: Bytes::from(format!("key-{ts:08}")),
+        value: Bytes::from(vec![(ts % 251) as u8; value_len]),
+    }];
+    if ts % 3 == 0 {
+        ops.push(WalOp::Delete { bucket: 1, key: Bytes::from(format!("old-{ts}")) });
+    }
+    WalRecord { ts, ops }
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(segment_file_name(seq))
+}
+
+fn seqs_on_disk(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| parse_segment_file_name(e.unwrap().file_name().to_str()?))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn ts_of(records: &[WalRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.ts).collect()
+}
+
+async fn open(io: &IoDriver, dir: &Path, frontier: u64) -> (Wal, Vec<WalRecord>) {
+    Wal::open(io.clone(), dir.to_path_buf(), frontier, SEGMENT_BYTES).await.unwrap()
+}
+
+/// Appends records `range` and waits for the last one with `Sync`.
+async fn write_records(wal: &Wal, range: std::ops::RangeInclusive<u64>, value_len: usize) {
+    let mut lsn = 0;
+    for ts in range {
+        lsn = wal.append(&rec(ts, value_len)).unwrap();
+    }
+    wal.wait(lsn, Durability::Sync).await.unwrap();
+}
+
+fn assert_send<T: Send>(_: &T) {}
+
+#[test]
+fn segment_names_roundtrip() {
+    assert_eq!(segment_file_name(0x1f), "wal-000000000000001f.log");
+    assert_eq!(parse_segment_file_name("wal-000000000000001f.log"), Some(0x1f));
+    assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), Some(u64::MAX));
+    for bad in ["wal-1f.log", "wal-000000000000001f.log.tmp", "xal-000000000000001f.log"] {
+        assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+    }
+    assert_eq!(parse_segment_file_name("wal-+00000000000001f.log"), None);
+}
+
+#[test]
+fn open_append_wait_reopen() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert!(recovered.is_empty());
+            let mut last = 0;
+            for ts in 1..=10 {
+                let lsn = wal.append(&rec(ts, 10)).unwrap();
+                assert!(lsn > last, "LSNs increase");
+                last = lsn;
+                let wait = wal.wait(lsn, Durability::Sync);
+                assert_send(&wait);
+                wait.await.unwrap();
+            }
+            // Already durable: returns at once, whatever the level.
+            for d in [Durability::Sync, Durability::Buffered, Durability::None] {
+                wal.wait(last, d).await.unwrap();
+            }
+            assert!(wal.wait(last + 1, Durability::Sync).await.is_err());
+            let stats = wal.stats();
+            assert_eq!(stats.records_appended, 10);
+            assert_eq!(stats.batches_written, 10);
+            drop(wal);
+
+            let (wal, recovered) = open(&io, dir.path(), 4).await;
+            assert_eq!(ts_of(&recovered), (5..=10).collect::<Vec<_>>(), "{backend:?}");
+            for r in &recovered {
+                assert_eq!(r, &rec(r.ts, 10));
+            }
+            assert_eq!(wal.segment_seqs(), vec![1, 2]);
+            drop(wal);
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=10).collect::<Vec<_>>());
+            assert_eq!(seqs_on_disk(dir.path()), vec![1, 2, 3]);
+        });
+    }
+}
+
+#[test]
+fn buffered_and_none_durability() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let base = wal.stats().fsyncs;
+            let lsn = wal.append(&rec(1, 8)).unwrap();
+            wal.wait(lsn, Durability::None).await.unwrap();
+            assert_eq!(wal.stats().batches_written, 0, "None does no I/O");
+            wal.wait(lsn, Durability::Buffered).await.unwrap();
+            assert_eq!(wal.stats().batches_written, 1);
+            assert_eq!(wal.stats().fsyncs, base, "Buffered does not fsync ({backend:?})");
+            wal.wait(lsn, Durability::Sync).await.unwrap();
+            assert_eq!(wal.stats().fsyncs, base + 1, "Sync of a written record: fsync only");
+            assert_eq!(wal.stats().batches_written, 1);
+
+            // None commits reach the disk through flush().
+            for ts in 2..=50 {
+                let lsn = wal.append(&rec(ts, 8)).unwrap();
+                wal.wait(lsn, Durability::None).await.unwrap();
+            }
+            wal.flush().await.unwrap();
+            assert_eq!(wal.stats().batches_written, 2, "one batch for 49 records");
+            wal.flush().await.unwrap();
+            assert_eq!(wal.stats().fsyncs, base + 2, "nothing to flush: no fsync");
+            drop(wal);
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=50).collect::<Vec<_>>());
+        });
+    }
+}
+
+#[test]
+fn torn_tail_garbage_is_cut_and_writing_continues() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            write_records(&wal, 1..=20, 100).await;
+            drop(wal);
+            let seg1 = seg_path(dir.path(), 1);
+            let good_len = std::fs::metadata(&seg1).unwrap().len();
+            {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&seg1).unwrap();
+                // A plausible frame (length 100) whose payload is garbage and short.
+                f.write_all(&100u32.to_le_bytes()).unwrap();
+                f.write_all(b"\xde\xad\xbe\xefgarbage garbage").unwrap();
+            }
+
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=20).collect::<Vec<_>>(), "{backend:?}");
+            assert_eq!(std::fs::metadata(&seg1).unwrap().len(), good_len, "tail cut");
+            // Writing continues in a new segment.
+            assert_eq!(wal.segment_seqs(), vec![1, 2]);
+            write_records(&wal, 21..=30, 100).await;
+            drop(wal);
+
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=30).collect::<Vec<_>>());
+        });
+    }
+}
+
+#[test]
+fn torn_tail_mid_record_is_cut() {
+    for (backend, io) in drivers() {
+        for cut in [1u64, 5, 8, 9, 30] {
+            let dir = tempfile::tempdir().unwrap();
+            futures::executor::block_on(async {
+                let (wal, _) = open(&io, dir.path(), 0).await;
+                write_records(&wal, 1..=10, 20).await;
+                drop(wal);
+                let seg1 = seg_path(dir.path(), 1);
+                let len = std::fs::metadata(&seg1).unwrap().len();
+                let record_len = super::record::encode(&rec(10, 20)).unwrap().len() as u64;
+                assert!(cut < record_len);
+                let f = std::fs::OpenOptions::new().write(true).open(&seg1).unwrap();
+                f.set_len(len - cut).unwrap();
+                drop(f);
+
+                let (wal, recovered) = open(&io, dir.path(), 0).await;
+                assert_eq!(ts_of(&recovered), (1..=9).collect::<Vec<_>>(), "{backend:?} {cut}");
+                assert_eq!(std::fs::metadata(&seg1).unwrap().len(), len - record_len);
+                write_records(&wal, 11..=12, 20).await;
+                drop(wal);
+                let (_wal, recovered) = open(&io, dir.path(), 0).await;
+                let mut want: Vec<u64> = (1..=9).collect();
+                want.extend([11, 12]);
+                assert_eq!(ts_of(&recovered), want);
+            });
+        }
+    }
+}
+
+#[test]
+fn bad_record_in_an_earlier_segment_drops_the_later_ones() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await; // writes segment 1
+            write_records(&wal, 1..=5, 10).await;
+            drop(wal);
+            let (wal, _) = open(&io, dir.path(), 0).await; // writes segment 2
+            write_records(&wal, 6..=10, 10).await;
+            drop(wal);
+            assert_eq!(seqs_on_disk(dir.path()), vec![1, 2]);
+            // Flip one byte inside the last record of segment 1.
+            let seg1 = seg_path(dir.path(), 1);
+            let mut bytes = std::fs::read(&seg1).unwrap();
+            let at = bytes.len() - 3;
+            bytes[at] ^= 0x40;
+            std::fs::write(&seg1, &bytes).unwrap();
+
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=4).collect::<Vec<_>>(), "{backend:?}");
+            // 2 and 3 were deleted; writing continues in a new segment 2.
+            assert_eq!(wal.segment_seqs(), vec![1, 2]);
+            assert_eq!(seqs_on_disk(dir.path()), vec![1, 2]);
+        });
+    }
+}
+
+#[test]
+fn bad_headers_and_gaps() {
+    for (backend, io) in drivers() {
+        futures::executor::block_on(async {
+            // A bad magic in a segment that is not the last: corruption at offset 0.
+            let dir = tempfile::tempdir().unwrap();
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            write_records(&wal, 1..=3, 10).await;
+            drop(wal);
+            drop(open(&io, dir.path(), 0).await); // segment 2, so that 1 is not the last
+            let seg1 = seg_path(dir.path(), 1);
+            let mut bytes = std::fs::read(&seg1).unwrap();
+            bytes[0] = b'X';
+            std::fs::write(&seg1, &bytes).unwrap();
+            match Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES).await {
+                Err(Error::Corruption { file, offset: 0, .. }) => assert_eq!(file, seg1),
+                other => panic!("{backend:?}: expected corruption, got {:?}", other.map(|_| ())),
+            }
+
+            // A header naming the wrong seq: corruption at offset 8.
+            bytes[0] = b'R';
+            bytes[8] = 7;
+            std::fs::write(&seg1, &bytes).unwrap();
+            match Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES).await {
+                Err(Error::Corruption { offset: 8, .. }) => {}
+                other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+            }
+            bytes[8] = 1;
+            std::fs::write(&seg1, &bytes).unwrap();
+
+            // A last segment whose creation was cut (short header): deleted, not an error.
+            std::fs::write(seg_path(dir.path(), 3), b"RKVWA").unwrap();
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), vec![1, 2, 3]);
+            assert_eq!(wal.segment_seqs(), vec![1, 2, 3]);
+            drop(wal);
+
+            // A last segment with records but a bad magic is corruption, not a torn tail.
+            let seg3 = seg_path(dir.path(), 3);
+            let mut last = std::fs::read(&seg3).unwrap();
+            last.extend_from_slice(&super::record::encode(&rec(9, 10)).unwrap());
+            last[1] = b'?';
+            std::fs::write(&seg3, &last).unwrap();
+            assert!(Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES)
+                .await
+                .is_err_and(|e| e.is_corruption()));
+            std::fs::remove_file(&seg3).unwrap();
+
+            // A gap in the sequence: corruption naming the missing segment.
+            std::fs::remove_file(seg_path(dir.path(), 2)).unwrap();
+            std::fs::write(seg_path(dir.path(), 3), super::record::encode_segment_header(3)).unwrap();
+            match Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES).await {
+                Err(Error::Corruption { file, .. }) => assert_eq!(file, seg_path(dir.path(), 2)),
+                other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+            }
+        });
+    }
+}
+
+#[test]
+fn group_commit_shares_fsyncs() {
+    const TASKS: u64 = 64;
+    const COMMITS_PER_TASK: u64 = 20;
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let wal = Arc::new(wal);
+            let base = wal.stats();
+            // The engine's commit lock: ts order == append order.
+            let commit_lock = Arc::new(std::sync::Mutex::new(0u64));
+            let mut tasks = Vec::new();
+            for _ in 0..TASKS {
+                let wal = Arc::clone(&wal);
+                let commit_lock = Arc::clone(&commit_lock);
+                tasks.push(tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for _ in 0..COMMITS_PER_TASK {
+                        let (ts, lsn) = {
+                            let mut next = commit_lock.lock().unwrap();
+                            *next += 1;
+                            (*next, wal.append(&rec(*next, 64)).unwrap())
+                        };
+                        wal.wait(lsn, Durability::Sync).await.unwrap();
+                        acked.push(ts);
+                    }
+                    acked
+                }));
+            }
+            let mut acked = Vec::new();
+            for t in tasks {
+                acked.extend(t.await.unwrap());
+            }
+            acked.sort_unstable();
+            let total = TASKS * COMMITS_PER_TASK;
+            assert_eq!(acked, (1..=total).collect::<Vec<_>>());
+            let stats = wal.stats();
+            let fsyncs = stats.fsyncs - base.fsyncs;
+            println!(
+                "{backend:?}: {total} commits, {} batches, {fsyncs} fsyncs, {} bytes",
+                stats.batches_written, stats.bytes_written
+            );
+            assert_eq!(stats.records_appended, total);
+            assert!(fsyncs < total, "{backend:?}: {fsyncs} fsyncs for {total} commits");
+            assert!(fsyncs <= stats.batches_written);
+            drop(Arc::into_inner(wal).expect("tasks are done"));
+
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=total).collect::<Vec<_>>());
+            for r in &recovered {
+                assert_eq!(r, &rec(r.ts, 64));
+            }
+        });
+    }
+}
+
+/// Polls `fut` once with a no-op waker and drops it.
+fn poll_once_and_drop<F: Future>(fut: F) -> bool {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    matches!(fut.as_mut().poll(&mut cx), Poll::Ready(_))
+}
+
+#[test]
+fn dropped_waiter_does_not_stall_others() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let wal = Arc::new(wal);
+            let mut pending_seen = 0;
+            for round in 0..50u64 {
+                let lsn_a = wal.append(&rec(round * 3 + 1, 32)).unwrap();
+                // The waiter that starts the flush is dropped mid-flush...
+                if !poll_once_and_drop(wal.wait(lsn_a, Durability::Sync)) {
+                    pending_seen += 1;
+                }
+                // ...and so is one that joined through select with a ready future.
+                let lsn_b = wal.append(&rec(round * 3 + 2, 32)).unwrap();
+                let joined = wal.wait(lsn_b, Durability::Sync);
+                match futures::future::select(Box::pin(joined), futures::future::ready(())).await {
+                    futures::future::Either::Left((r, _)) => r.unwrap(),
+                    futures::future::Either::Right(((), joined)) => drop(joined),
+                }
+                // Others still get through, concurrently.
+                let lsn_c = wal.append(&rec(round * 3 + 3, 32)).unwrap();
+                let (w1, w2) = (Arc::clone(&wal), Arc::clone(&wal));
+                let t1 = tokio::spawn(async move { w1.wait(lsn_c, Durability::Sync).await });
+                let t2 = tokio::spawn(async move { w2.wait(lsn_a, Durability::Buffered).await });
+                for t in [t1, t2] {
+                    tokio::time::timeout(Duration::from_secs(10), t)
+                        .await
+                        .unwrap_or_else(|_| panic!("{backend:?}: waiter stalled in round {round}"))
+                        .unwrap()
+                        .unwrap();
+                }
+                // Everything up to lsn_c is synced now, including the dropped waiters'.
+                let ready = poll_once_and_drop(wal.wait(lsn_b, Durability::Sync));
+                assert!(ready, "{backend:?}: lsn {lsn_b} not synced after a later one was");
+            }
+            println!("{backend:?}: first poll left the flush in flight in {pending_seen}/50 rounds");
+            drop(Arc::into_inner(wal).unwrap());
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=150).collect::<Vec<_>>());
+        });
+    }
+}
+
+#[test]
+fn dropping_the_wal_mid_flush_frees_it() {
+    for (_, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let wal = Arc::new(wal);
+            let lsn = wal.append(&rec(1, 8)).unwrap();
+            poll_once_and_drop(wal.wait(lsn, Durability::Sync));
+            let alive = wal.liveness_probe();
+            drop(wal);
+            assert!(!alive(), "the in-flight flush kept the WAL alive");
+        });
+    }
+}
+
+#[test]
+fn rollover_and_remove_below() {
+    const SMALL: u64 = 64 * 1024;
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let (wal, _) = Wal::open(io.clone(), dir.path().into(), 0, SMALL).await.unwrap();
+            for chunk in 0..30u64 {
+                write_records(&wal, chunk * 10 + 1..=chunk * 10 + 10, 1000).await;
+            }
+            let seqs = wal.segment_seqs();
+            assert!(seqs.len() >= 5, "{backend:?}: {seqs:?}");
+            assert_eq!(seqs_on_disk(dir.path()), seqs);
+            for &seq in &seqs {
+                let len = std::fs::metadata(seg_path(dir.path(), seq)).unwrap().len();
+                assert!(len <= SMALL, "segment {seq} has {len} bytes");
+            }
+
+            let removed = wal.remove_below(150).await.unwrap();
+            assert!(removed >= 1);
+            let left = wal.segment_seqs();
+            assert_eq!(left.len() + removed, seqs.len());
+            assert_eq!(seqs_on_disk(dir.path()), left);
+            assert_eq!(wal.remove_below(150).await.unwrap(), 0, "idempotent");
+            drop(wal);
+            let (wal, recovered) = Wal::open(io.clone(), dir.path().into(), 150, SMALL).await.unwrap();
+            assert_eq!(ts_of(&recovered), (151..=300).collect::<Vec<_>>(), "{backend:?}");
+            drop(wal);
+            // Nothing of ts > 150 was deleted: what survives starts at or below 151.
+            let (wal, all) = Wal::open(io.clone(), dir.path().into(), 0, SMALL).await.unwrap();
+            assert!(all.first().unwrap().ts <= 151, "a segment holding ts 151 was deleted");
+            drop(wal);
+
+            // Everything is below the frontier: only the segment being written remains.
+            let (wal, _) = Wal::open(io.clone(), dir.path().into(), 300, SMALL).await.unwrap();
+            wal.remove_below(300).await.unwrap();
+            assert_eq!(wal.segment_seqs().len(), 1);
+            assert_eq!(seqs_on_disk(dir.path()), wal.segment_seqs());
+            write_records(&wal, 301..=302, 10).await;
+            drop(wal);
+            let (_wal, recovered) = Wal::open(io.clone(), dir.path().into(), 0, SMALL).await.unwrap();
+            assert_eq!(ts_of(&recovered), vec![301, 302]);
+        });
+    }
+}
+
+#[test]
+fn a_batch_larger_than_a_segment_goes_whole_into_one() {
+    for (_, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let small = 64 * 1024;
+            let (wal, _) = Wal::open(io.clone(), dir.path().into(), 0, small).await.unwrap();
+            write_records(&wal, 1..=1, 10).await;
+            write_records(&wal, 2..=3, 100 * 1024).await; // 200 KiB in one batch
+            write_records(&wal, 4..=4, 10).await;
+            assert_eq!(wal.segment_seqs(), vec![1, 2, 3]);
+            drop(wal);
+            let (_wal, recovered) = Wal::open(io.clone(), dir.path().into(), 0, small).await.unwrap();
+            assert_eq!(ts_of(&recovered), vec![1, 2, 3, 4]);
+            assert_eq!(recovered[1], rec(2, 100 * 1024));
+        });
+    }
+}
+
+#[test]
+fn failed_write_or_fsync_poisons() {
+    for (backend, io) in drivers() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            multi_thread().block_on(async {
+                let (wal, _) = open(&io, dir.path(), 0).await;
+                let wal = Arc::new(wal);
+                write_records(&wal, 1..=3, 10).await;
+                wal.inject_failure(sync);
+                let lsn = wal.append(&rec(4, 10)).unwrap();
+                let mut waiters = Vec::new();
+                for _ in 0..4 {
+                    let w = Arc::clone(&wal);
+                    waiters.push(tokio::spawn(async move { w.wait(lsn, Durability::Sync).await }));
+                }
+                for w in waiters {
+                    let r = w.await.unwrap();
+                    assert!(matches!(r, Err(Error::ReadOnly(_))), "{backend:?} {sync}: {r:?}");
+                }
+                assert!(wal.is_poisoned());
+                assert!(matches!(wal.append(&rec(5, 10)), Err(Error::ReadOnly(_))));
+                assert!(matches!(wal.flush().await, Err(Error::ReadOnly(_))));
+                assert!(matches!(wal.wait(lsn, Durability::Buffered).await, Err(Error::ReadOnly(_))));
+                drop(Arc::into_inner(wal).unwrap());
+                // The acknowledged records survive; the failed one is cut or kept, never torn.
+                let (_wal, recovered) = open(&io, dir.path(), 0).await;
+                let got = ts_of(&recovered);
+                assert!(got == vec![1, 2, 3] || got == vec![1, 2, 3, 4], "{got:?}");
+            });
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The WAL writer: append, group commit, segment rollover, poisoning and segment removal.
+//!
+//! # Group commit protocol
+//!
+//! All state lives in one `parking_lot::Mutex<State>`, never held across an `.await`:
+//! the pending batch (encoded records not yet handed to a flush), three log sequence numbers
+//! and at most one in-flight flush.
+//!
+//! - An **LSN** is the logical end of a record: the count of record bytes appended since
+//!   [`Wal::open`]. It is not a file offset (segment headers and rollovers are not counted)
+//!   and it is not persisted. `appended_lsn >= written_lsn >= synced_lsn` always.
+//! - [`Wal::append`] encodes the record (outside the lock), then under the lock pushes it to
+//!   the pending batch and advances `appended_lsn`. It never does I/O.
+//! - [`Wal::wait`]`(lsn, d)` loops: under the lock, if `lsn` is covered (`written_lsn` for
+//!   `Buffered`, `synced_lsn` for `Sync`) it returns. A `Sync` waiter first raises
+//!   `sync_wanted_lsn` to its `lsn`. If a flush is in flight it clones the flush's
+//!   `Shared` future, unlocks and awaits it, then loops. Otherwise it *starts* a flush:
+//!   it takes the whole pending batch and the active segment out of the state, builds the
+//!   flush future, stores it as `in_flight` (a `futures::future::Shared`), unlocks and
+//!   awaits it. A waiter therefore awaits at most two flushes: the one that was in flight
+//!   when its record was appended, and the next, which takes its record.
+//! - A **flush** (1) rolls over to a new segment if the batch would carry the active one
+//!   past `segment_bytes` (see below), (2) writes the whole batch with ONE `writev_at` at
+//!   the segment's offset and awaits its completion, (3) under the lock sets `written_lsn`
+//!   to the batch end and reads `sync_wanted_lsn`: if any waiter wants more than is synced
+//!   it issues ONE `sync_data` — only after the write completion was seen, so the fsync
+//!   covers it — and sets `synced_lsn`; (4) under the lock puts the active segment back and
+//!   clears `in_flight`. With N concurrent committers: one write and one fsync per batch.
+//!   A batch of `Buffered` waiters only is not fsynced (unless a `Sync` waiter joins while
+//!   it is being written).
+//! - **Cancellation safety without a background task**: the flush is a `Shared` future
+//!   stored in the state, so it is not owned by any one waiter. If the waiter that started
+//!   it (or any other) is dropped mid-flush, the flush is merely not polled until the next
+//!   waiter clones it from the state and polls it to completion. Only one flush exists at a
+//!   time, and only it touches the active segment (it owns it while in flight).
+//!   [`Wal::flush`] is a `Sync` wait for everything appended so far, so an engine ticker
+//!   calling it drives flushes for `Durability::None` commits.
+//! - **Poisoning**: a failed write, fsync or segment creation poisons the WAL. The pending
+//!   batch is dropped, every waiter of the failed flush gets [`Error::ReadOnly`], and every
+//!   later `append`/`wait`/`flush` returns `Error::ReadOnly` with the reason. An fsync is
+//!   never retried: after a failed fsync the kernel may have dropped the dirty pages, so a
+//!   second fsync that succeeds proves nothing.
+//!
+//! # Segment rollover
+//!
+//! Before writing a non-empty batch, if the active segment holds records and
+//! `offset + batch_bytes > segment_bytes`, the flush (a) `sync_data`s the active segment if
+//! it has unsynced writes, so that a later segment existing implies every earlier one is
+//! complete on disk, (b) creates the next segment with `CreateNew`, writes its header,
+//! `sync_data`s it and `sync_dir`s the directory, and (c) writes the batch there. A batch
+//! larger than `segment_bytes` goes whole into one segment (a record never straddles two).
+//!
+//! # Segment removal
+//!
+//! [`Wal::remove_below`] deletes the oldest segments while every record in them has
+//! `ts <= frontier_ts`, never the active (last) one. Removals are serialized, oldest first,
+//! and each is followed by a directory sync, so the segments on disk always form a
+//! contiguous run of sequence numbers (recovery treats a gap as corruption).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+
+use super::reader::{recover, SegmentInfo};
+use super::record::{encode, encode_segment_header, WalRecord, SEGMENT_HEADER_LEN};
+use super::segment_file_name;
+use crate::error::{Error, Result};
+use crate::io::{IoDriver, IoFile, OpenMode};
+use crate::options::Durability;
+
+/// A flush shared by every waiter of its batch.
+type FlushFuture = Shared<BoxFuture<'static, Result<()>>>;
+
+/// Counters of a [`Wal`] since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records accepted by [`Wal::append`].
+    pub records_appended: u64,
+    /// Batches written (one `writev_at` each).
+    pub batches_written: u64,
+    /// `sync_data` calls on segments plus `sync_dir` calls on the directory issued by the
+    /// writer (batch fsyncs, rollover fsyncs, segment creation and removal).
+    pub fsyncs: u64,
+    /// Bytes written to segments: records and segment headers.
+    pub bytes_written: u64,
+}
+
+/// The write-ahead log: recovery at open, then appends with group commit.
+///
+/// `Send + Sync`; share it behind an `Arc`. See the [module documentation](self) for the
+/// group-commit protocol. Dropping the `Wal` abandons what was appended but not flushed:
+/// call [`Wal::flush`] first.
+pub struct Wal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    io: IoDriver,
+    dir: PathBuf,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    /// Serializes [`Wal::remove_below`] so that deletions happen oldest first.
+    remove_lock: tokio::sync::Mutex<()>,
+    records_appended: AtomicU64,
+    batches_written: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes_written: AtomicU64,
+    /// Test failpoints: fail the next batch write / batch fsync.
+    #[cfg(test)]
+    fail_next_write: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
+}
+
+struct State {
+    /// Encoded records appended and not yet taken by a flush, in LSN order.
+    pending: Vec<Bytes>,
+    /// Total length of `pending`.
+    pending_bytes: u64,
+    /// Largest `ts` in `pending`.
+    pending_max_ts: Option<u64>,
+    appended_lsn: u64,
+    written_lsn: u64,
+    synced_lsn: u64,
+    /// Largest LSN a `Sync` waiter (or `flush`) asked for; a flush fsyncs if it is above
+    /// `synced_lsn`.
+    sync_wanted_lsn: u64,
+    /// The flush in progress, if any.
+    in_flight: Option<FlushFuture>,
+    /// The segment being written; `None` while a flush owns it (or after poisoning).
+    active: Option<ActiveSegment>,
+    /// Every segment on disk, oldest first; the last one is the active one.
+    segments: VecDeque<SegmentInfo>,
+    /// Why the WAL refuses writes, once a durable write failed.
+    poisoned: Option<String>,
+}
+
+impl State {
+    fn check_invariants(&self) {
+        assert!(self.synced_lsn <= self.written_lsn, "synced past written");
+        assert!(self.written_lsn <= self.appended_lsn, "written past appended");
+        if self.poisoned.is_none() && self.in_flight.is_none() {
+            assert!(self.active.is_some(), "no flush in flight but no active segment");
+            assert_eq!(self.written_lsn + self.pending_bytes, self.appended_lsn);
+        }
+    }
+}
+
+/// The segment being written.
+struct ActiveSegment {
+    file: IoFile,
+    seq: u64,
+    /// Where the next batch goes.
+    offset: u64,
+    /// Bytes were written since this segment's last `sync_data`.
+    unsynced: bool,
+}
+
+/// What one flush writes.
+struct Batch {
+    bufs: Vec<Bytes>,
+    bytes: u64,
+    max_ts: Option<u64>,
+    /// `written_lsn` before this batch.
+    start_lsn: u64,
+    /// `written_lsn` after this batch.
+    end_lsn: u64,
+}
+
+fn read_only(reason: &str) -> Error {
+    Error::ReadOnly(reason.to_string())
+}
+
+impl Wal {
+    /// Recovery + open: lists the segments of `dir` (which must exist), reads them in order
+    /// and returns every intact record with `ts > frontier_ts`, in log order.
+    ///
+    /// The first bad record (bad CRC, impossible length, short read) ends the log: that is
+    /// the torn tail. Its segment is truncated at that offset and synced, and later
+    /// segments are deleted (logged with `tracing::warn!`). Writing then continues in a new
+    /// segment (next sequence number), created and directory-synced before this returns.
+    ///
+    /// Errors: [`Error::Corruption`] for a bad header in a segment other than a last one cut
+    /// during creation, or for a missing segment in the sequence; [`Error::Io`];
+    /// [`Error::InvalidArgument`] if `segment_bytes` cannot hold a header and a record.
+    pub async fn open(
+        io: IoDriver,
+        dir: PathBuf,
+        frontier_ts: u64,
+        segment_bytes: u64,
+    ) -> Result<(Wal, Vec<WalRecord>)> {
+        if segment_bytes <= 2 * SEGMENT_HEADER_LEN as u64 {
+            return Err(Error::invalid(format!("wal segment_bytes {segment_bytes} too small")));
+        }
+        let recovered = recover(&io, &dir, frontier_ts).await?;
+        let inner = Arc::new(Inner {
+            io,
+            dir,
+            segment_bytes,
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                pending_bytes: 0,
+                pending_max_ts: None,
+                appended_lsn: 0,
+                written_lsn: 0,
+                synced_lsn: 0,
+                sync_wanted_lsn: 0,
+                in_flight: None,
+                active: None,
+                segments: recovered.segments.into(),
+                poisoned: None,
+            }),
+            remove_lock: tokio::sync::Mutex::new(()),
+            records_appended: AtomicU64::new(0),
+            batches_written: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_write: Default::default(),
+            #[cfg(test)]
+            fail_next_sync: Default::default(),
+        });
+        let active = inner.create_segment(recovered.next_seq).await?;
+        {
+            let mut st = inner.state.lock();
+            let listed: Vec<u64> = st.segments.iter().rev().take(2).map(|s| s.seq).collect();
+            assert_eq!(listed[0], active.seq, "the new segment is listed last");
+            if let Some(&previous) = listed.get(1) {
+                assert_eq!(previous + 1, active.seq, "the new segment follows the recovered ones");
+            }
+            st.active = Some(active);
+            st.check_invariants();
+        }
+        Ok((Wal { inner }, recovered.records))
+    }
+
+    /// Encodes `rec` and appends it to the open batch. Synchronous and cheap (no I/O);
+    /// called under the engine's commit lock, so records are appended in `ts` order (the
+    /// WAL does not rely on it: it tracks the largest `ts` per segment).
+    ///
+    /// Returns the record's LSN, the logical end of the record in the log, to pass to
+    /// [`Wal::wait`]. Errors: [`Error::ReadOnly`] if the WAL is poisoned,
+    /// [`Error::InvalidArgument`] if the record is over a bound of [`crate::limits`].
+    pub fn append(&self, rec: &WalRecord) -> Result<u64> {
+        let encoded = encode(rec)?;
+        let len = encoded.len() as u64;
+        let mut st = self.inner.state.lock();
+        if let Some(reason) = &st.poisoned {
+            return Err(read_only(reason));
+        }
+        st.pending.push(encoded);
+        st.pending_bytes += len;
+        st.pending_max_ts = Some(st.pending_max_ts.map_or(rec.ts, |m| m.max(rec.ts)));
+        st.appended_lsn += len;
+        let lsn = st.appended_lsn;
+        drop(st);
+        self.inner.records_appended.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// Waits until the record ending at `lsn` is durable to the level `durability`:
+    /// `Sync` = written and `fdatasync`ed, `Buffered` = written (write completed),
+    /// `None` = returns at once.
+    ///
+    /// Cancellation safe: dropping this future never stalls other waiters (see the module
+    /// documentation). Errors: [`Error::ReadOnly`] if the WAL is or becomes poisoned,
+    /// [`Error::InvalidArgument`] for an `lsn` that was never returned by `append`.
+    pub async fn wait(&self, lsn: u64, durability: Durability) -> Result<()> {
+        // Bounded: see the module documentation (at most two flushes are awaited; one more
+        // round is allowed for the final check).
+        for _round in 0..4 {
+            let flush = {
+                let mut st = self.inner.state.lock();
+                if let Some(reason) = &st.poisoned {
+                    return Err(read_only(reason));
+                }
+                if lsn > st.appended_lsn {
+                    return Err(Error::invalid(format!(
+                        "wal lsn {lsn} beyond the appended end {}",
+                        st.appended_lsn
+                    )));
+                }
+                let done = match durability {
+                    Durability::None => true,
+                    Durability::Buffered => st.written_lsn >= lsn,
+                    Durability::Sync => st.synced_lsn >= lsn,
+                };
+                if done {
+                    return Ok(());
+                }
+                if durability == Durability::Sync {
+                    st.sync_wanted_lsn = st.sync_wanted_lsn.max(lsn);
+                }
+                match &st.in_flight {
+                    Some(flush) => flush.clone(),
+                    None => self.inner.start_flush(&mut st),
+                }
+            };
+            flush.await?;
+        }
+        unreachable!("wal wait: lsn {lsn} not durable after two flushes that covered it")
+    }
+
+    /// Writes and `fdatasync`s everything appended so far. Used by the engine's background
+    /// ticker (for `Durability::None` commits) and by close. Returns at once if everything
+    /// is already synced. Errors: [`Error::ReadOnly`] if the WAL is poisoned.
+    pub async fn flush(&self) -> Result<()> {
+        let lsn = self.inner.state.lock().appended_lsn;
+        self.wait(lsn, Durability::Sync).await
+    }
+
+    /// Deletes whole segments all of whose records have `ts <= frontier_ts`, oldest first,
+    /// never the segment being written. Called after a checkpoint up to `frontier_ts` is
+    /// published. Returns how many segments were deleted. Works on a poisoned WAL too.
+    pub async fn remove_below(&self, frontier_ts: u64) -> Result<usize> {
+        let _serial = self.inner.remove_lock.lock().await;
+        let mut victims: VecDeque<SegmentInfo> = {
+            let mut st = self.inner.state.lock();
+            let removable = st.segments.len().saturating_sub(1);
+            let count = st
+                .segments
+                .iter()
+                .take(removable)
+                .take_while(|s| s.max_ts.map_or(true, |ts| ts <= frontier_ts))
+                .count();
+            st.segments.drain(..count).collect()
+        };
+        let count = victims.len();
+        while let Some(victim) = victims.front() {
+            let removed = self.inner.remove_segment(victim).await;
+            if let Err(e) = removed {
+                // Give the segments not deleted back, in front of the others.
+                let mut st = self.inner.state.lock();
+                while let Some(back) = victims.pop_back() {
+                    st.segments.push_front(back);
+                }
+                return Err(e);
+            }
+            victims.pop_front();
+        }
+        Ok(count)
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let i = &self.inner;
+        WalStats {
+            records_appended: i.records_appended.load(Ordering::Relaxed),
+            batches_written: i.batches_written.load(Ordering::Relaxed),
+            fsyncs: i.fsyncs.load(Ordering::Relaxed),
+            bytes_written: i.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// True once a write or fsync failed: the WAL refuses every append and wait.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.state.lock().poisoned.is_some()
+    }
+
+    /// Makes the next batch write (`sync == false`) or batch fsync (`sync == true`) fail.
+    #[cfg(test)]
+    pub(crate) fn inject_failure(&self, sync: bool) {
+        let flag = if sync { &self.inner.fail_next_sync } else { &self.inner.fail_next_write };
+        flag.store(true, Ordering::SeqCst);
+    }
+
+    /// A probe telling whether this WAL's shared state is still allocated.
+    #[cfg(test)]
+    pub(crate) fn liveness_probe(&self) -> impl Fn() -> bool + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        move || weak.strong_count() > 0
+    }
+
+    /// Sequence numbers of the segments on disk, oldest first (the last is being written).
+    #[cfg(test)]
+    pub(crate) fn segment_seqs(&self) -> Vec<u64> {
+        self.inner.state.lock().segments.iter().map(|s| s.seq).collect()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // The in-flight flush holds an `Arc<Inner>`: drop it (outside the lock) so that
+        // `Inner` is freed. Its I/O, if any, is cut short like a crash would.
+        let in_flight = self.inner.state.lock().in_flight.take();
+        drop(in_flight);
+    }
+}
+
+impl Inner {
+    /// Takes the pending batch and the active segment, builds the flush and stores it as
+    /// `in_flight`. Called with the state locked and no flush in flight.
+    fn start_flush(self: &Arc<Self>, st: &mut State) -> FlushFuture {
+        st.check_invariants();
+        assert!(st.in_flight.is_none(), "one flush at a time");
+        let segment = st.active.take().expect("active segment present when no flush in flight");
+        let batch = Batch {
+            bufs: std::mem::take(&mut st.pending),
+            bytes: std::mem::take(&mut st.pending_bytes),
+            max_ts: st.pending_max_ts.take(),
+            start_lsn: st.written_lsn,
+            end_lsn: st.appended_lsn,
+        };
+        let flush = Arc::clone(self).run_flush(segment, batch).boxed().shared();
+        st.in_flight = Some(flush.clone());
+        flush
+    }
+
+    /// The flush future: write, maybe fsync, then publish the result (or poison).
+    async fn run_flush(self: Arc<Self>, mut segment: ActiveSegment, batch: Batch) -> Result<()> {
+        let end_lsn = batch.end_lsn;
+        let result = self.write_and_sync(&mut segment, batch).await;
+        let mut st = self.state.lock();
+        let finished = st.in_flight.take();
+        assert!(finished.is_some(), "a running flush is the one in flight");
+        let outcome = match result {
+            Ok(()) => {
+                assert_eq!(st.written_lsn, end_lsn);
+                st.active = Some(segment);
+                st.check_invariants();
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("WAL write failed: {e}");
+                tracing::error!(error = %e, "WAL poisoned: refusing further writes");
+                st.pending.clear();
+                st.pending_bytes = 0;
+                st.pending_max_ts = None;
+                st.poisoned = Some(reason.clone());
+                Err(Error::ReadOnly(reason))
+            }
+        };
+        drop(st);
+        drop(finished);
+        outcome
+    }
+
+    async fn write_and_sync(&self, segment: &mut ActiveSegment, batch: Batch) -> Result<()> {
+        if batch.bytes > 0 {
+            let would_end = segment.offset + batch.bytes;
+            if segment.offset > SEGMENT_HEADER_LEN as u64 && would_end > self.segment_bytes {
+                self.roll_over(segment, batch.start_lsn).await?;
+            }
+            // One buffer per record; the I/O layer splits at `UIO_MAXIOV` if it must.
+            let bufs = batch.bufs;
+            assert_eq!(bufs.iter().map(|b| b.len() as u64).sum::<u64>(), batch.bytes);
+            #[cfg(test)]
+            if self.fail_next_write.swap(false, Ordering::SeqCst) {
+                let e = std::io::Error::other("injected write failure");
+                return Err(Error::io(segment.file.path(), "write", e));
+            }
+            segment.file.writev_at(segment.offset, bufs).await?;
+            segment.offset += batch.bytes;
+            segment.unsynced = true;
+            self.batches_written.fetch_add(1, Ordering::Relaxed);
+            self.bytes_written.fetch_add(batch.bytes, Ordering::Relaxed);
+        }
+        let need_sync = {
+            let mut st = self.state.lock();
+            assert!(batch.end_lsn >= st.written_lsn);
+            st.written_lsn = batch.end_lsn;
+            if let Some(ts) = batch.max_ts {
+                let info = st.segments.back_mut().expect("the active segment is listed");
+                assert_eq!(info.seq, segment.seq);
+                info.max_ts = Some(info.max_ts.map_or(ts, |m| m.max(ts)));
+            }
+            st.sync_wanted_lsn > st.synced_lsn
+        };
+        if need_sync {
+            if segment.unsynced {
+                // The write above (and every earlier one) completed before this fsync is
+                // submitted, so it covers them.
+                #[cfg(test)]
+                if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+                    let e = std::io::Error::other("injected fsync failure");
+                    return Err(Error::io(segment.file.path(), "fsync", e));
+                }
+                segment.file.sync_data().await?;
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                segment.unsynced = false;
+            }
+            let mut st = self.state.lock();
+            st.synced_lsn = batch.end_lsn;
+        }
+        Ok(())
+    }
+
+    /// Closes `segment` (fsync if needed) and replaces it with a fresh next segment.
+    /// `written_lsn` is the LSN up to which `segment` holds the log.
+    async fn roll_over(&self, segment: &mut ActiveSegment, written_lsn: u64) -> Result<()> {
+        if segment.unsynced {
+            segment.file.sync_data().await?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            segment.unsynced = false;
+            let mut st = self.state.lock();
+            assert_eq!(st.written_lsn, written_lsn);
+            st.synced_lsn = written_lsn;
+        }
+        let next = self.create_segment(segment.seq + 1).await?;
+        *segment = next;
+        Ok(())
+    }
+
+    /// Creates segment `seq` with its header, synced, and lists it as the newest segment.
+    async fn create_segment(&self, seq: u64) -> Result<ActiveSegment> {
+        let path = self.dir.join(segment_file_name(seq));
+        let file = self.io.open(&path, OpenMode::CreateNew).await?;
+        file.writev_at(0, vec![encode_segment_header(seq)]).await?;
+        file.sync_data().await?;
+        self.io.sync_dir(&self.dir).await?;
+        self.fsyncs.fetch_add(2, Ordering::Relaxed);
+        self.bytes_written.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        self.state.lock().segments.push_back(SegmentInfo { seq, path, max_ts: None });
+        tracing::debug!(seq, "WAL: new segment");
+        Ok(ActiveSegment { file, seq, offset: SEGMENT_HEADER_LEN as u64, unsynced: false })
+    }
+
+    /// Deletes one segment file and makes the deletion durable before the next one.
+    async fn remove_segment(&self, segment: &SegmentInfo) -> Result<()> {
+        self.io.remove_file(&segment.path).await?;
+        self.io.sync_dir(&self.dir).await?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(seq = segment.seq, max_ts = ?segment.max_ts, "WAL: segment removed");
+        Ok(())
+    }
+}
