@@ -263,8 +263,7 @@ impl Db {
         if let Some(t) = db.catalog.read().get(name) {
             return Ok(Bucket::new(db.clone(), t.clone(), name));
         }
-        let state = db.manifest.state().await;
-        let id = state.next_bucket;
+        let (_, id) = db.manifest.frontier_and_next_bucket().await;
         let root = db.forest.alloc_pid();
         db.forest.install_new(root, NodeKind::Leaf(LeafBase::default()));
         db.forest.mark_dirty(root);

@@ -126,10 +126,11 @@ impl ManifestState {
         match e {
             Edit::Checkpoint(ts) => self.checkpoint_ts = *ts,
             Edit::Counters { next_pid, next_addr, next_file, next_bucket } => {
-                self.next_pid = *next_pid;
-                self.next_addr = *next_addr;
-                self.next_file = *next_file;
-                self.next_bucket = *next_bucket;
+                // Counters only grow: edits computed concurrently may commit out of order.
+                self.next_pid = self.next_pid.max(*next_pid);
+                self.next_addr = self.next_addr.max(*next_addr);
+                self.next_file = self.next_file.max(*next_file);
+                self.next_bucket = self.next_bucket.max(*next_bucket);
             }
             Edit::AddFile(f) => {
                 self.files.insert(f.id, f.clone());

@@ -97,6 +97,12 @@ impl Manifest {
         self.inner.lock().await.state.clone()
     }
 
+    /// The WAL frontier of the last checkpoint and the next bucket id.
+    pub async fn frontier_and_next_bucket(&self) -> (u64, u32) {
+        let g = self.inner.lock().await;
+        (g.state.checkpoint_ts, g.state.next_bucket)
+    }
+
     /// The file name of the current manifest.
     pub async fn current_name(&self) -> String {
         manifest_name(self.inner.lock().await.number)

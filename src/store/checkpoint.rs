@@ -81,7 +81,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
         }
     };
     let cut = snap.ts();
-    let state_ts = db.manifest.state().await.checkpoint_ts;
+    let (state_ts, _) = db.manifest.frontier_and_next_bucket().await;
     if pages.is_empty() && blobs.is_empty() && cut == state_ts {
         return Ok(CheckpointStats { cut_ts: cut, ..Default::default() });
     }
@@ -123,7 +123,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
         }
         db.io.sync_dir(&db.dir).await?;
         edits.push(Edit::Checkpoint(cut));
-        let next_bucket = db.manifest.state().await.next_bucket;
+        let (_, next_bucket) = db.manifest.frontier_and_next_bucket().await;
         edits.push(db.counters(next_bucket));
         db.manifest.commit(edits).await?;
         Ok::<_, Error>((new_files, placed))

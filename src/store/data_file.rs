@@ -32,6 +32,9 @@ use crate::codec::Reader;
 use crate::error::{Error, Result};
 use crate::limits::MAX_FRAME_LEN;
 
+/// Half-open intervals of logical addresses held by a file.
+pub type AddressRanges = Vec<(u64, u64)>;
+
 /// Size of the footer in bytes.
 pub const FOOTER_LEN: usize = 56;
 const MAGIC: u64 = u64::from_le_bytes(*b"RKVFILE1");
@@ -130,7 +133,7 @@ impl FileBuilder {
 
     /// Lays out the file: returns the byte chunks to write from offset 0 in order, the
     /// address ranges and the relocation entries.
-    pub fn finish(self) -> (Vec<Bytes>, Vec<(u64, u64)>, Vec<RelocEntry>) {
+    pub fn finish(self) -> (Vec<Bytes>, AddressRanges, Vec<RelocEntry>) {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for r in &self.relocs {
             match ranges.last_mut() {
@@ -227,7 +230,7 @@ pub fn parse_footer(buf: &[u8], file: &Path, file_len: u64) -> Result<Footer> {
 }
 
 /// Parses and checks both tables (`buf` = bytes from `footer.ranges_offset` to the footer).
-pub fn parse_tables(buf: &[u8], footer: &Footer, file: &Path) -> Result<(Vec<(u64, u64)>, Vec<RelocEntry>)> {
+pub fn parse_tables(buf: &[u8], footer: &Footer, file: &Path) -> Result<(AddressRanges, Vec<RelocEntry>)> {
     let rlen = footer.ranges_count as usize * RANGE_LEN;
     let xlen = footer.reloc_count as usize * RELOC_ENTRY_LEN;
     if buf.len() != rlen + xlen {

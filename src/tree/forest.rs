@@ -95,9 +95,6 @@ impl Forest {
             evict_lock: Mutex::new(()),
             needs_checkpoint: AtomicBool::new(false),
         };
-        // SAFETY: the table is not shared yet; nodes stored now are published by the
-        // `Arc` that later shares the forest.
-        let guard = unsafe { epoch::unprotected() };
         for (pid, addr, len) in pages {
             let slot = f.table.slot(pid);
             slot.head
@@ -105,7 +102,6 @@ impl Forest {
             *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1 };
             f.mem.fetch_add(96, Ordering::Relaxed);
         }
-        let _ = guard;
         f
     }
 
@@ -389,26 +385,27 @@ impl Forest {
         Ok((out, blobs))
     }
 
-    /// After a checkpoint is durable: points each captured page at its new image, and
-    /// returns the old addresses it replaced.
+    /// After a checkpoint is durable: points each captured page at its new image (a page
+    /// becomes evictable when its image holds its whole chain and the chain has not changed
+    /// since), keeps pages with versions above the cut dirty, and returns the addresses the
+    /// new images replaced.
     pub fn publish(&self, pages: &[(Captured, u64, u32)]) -> Vec<u64> {
-        let guard = epoch::pin();
         let mut old = Vec::with_capacity(pages.len());
         for (c, addr, len) in pages {
             let slot = self.table.slot(c.pid);
-            let mut meta = slot.meta.lock();
-            if meta.addr != 0 {
-                old.push(meta.addr);
-            }
-            meta.addr = *addr;
-            meta.len = *len;
-            let head_seq = ChainView::load(self, c.pid, &guard).map_or(0, |v| v.head_node.seq);
-            meta.flushed_seq = if c.complete { c.seq } else { 0 };
-            if !c.complete || head_seq != c.seq {
-                drop(meta);
-                if !c.complete {
-                    self.mark_dirty(c.pid);
+            {
+                let mut meta = slot.meta.lock();
+                if meta.addr != 0 {
+                    old.push(meta.addr);
                 }
+                *meta = crate::tree::mapping::SlotMeta {
+                    addr: *addr,
+                    len: *len,
+                    flushed_seq: if c.complete { c.seq } else { 0 },
+                };
+            }
+            if !c.complete {
+                self.mark_dirty(c.pid);
             }
         }
         old

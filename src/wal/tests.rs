@@ -537,3 +537,69 @@ fn failed_write_or_fsync_poisons() {
         }
     }
 }
+
+/// Many committers with random durabilities, some of whose waits are cancelled at random
+/// points: nobody stalls, and after a final flush every appended record is recovered.
+#[test]
+fn random_cancellation_and_mixed_durability() {
+    use rand::{Rng, SeedableRng};
+    const TASKS: u64 = 16;
+    const COMMITS_PER_TASK: u64 = 60;
+    let seed: u64 = rand::random();
+    println!("random_cancellation_and_mixed_durability seed {seed}");
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let wal = Arc::new(wal);
+            let commit_lock = Arc::new(std::sync::Mutex::new(0u64));
+            let mut tasks = Vec::new();
+            for task in 0..TASKS {
+                let wal = Arc::clone(&wal);
+                let commit_lock = Arc::clone(&commit_lock);
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ task);
+                    for _ in 0..COMMITS_PER_TASK {
+                        let lsn = {
+                            let mut next = commit_lock.lock().unwrap();
+                            *next += 1;
+                            wal.append(&rec(*next, rng.gen_range(0..300))).unwrap()
+                        };
+                        let durability = match rng.gen_range(0..3) {
+                            0 => Durability::Sync,
+                            1 => Durability::Buffered,
+                            _ => Durability::None,
+                        };
+                        let wait = wal.wait(lsn, durability);
+                        if rng.gen_bool(0.3) {
+                            // Cancelled after 0, 1 or a few polls.
+                            let polls = rng.gen_range(0..4);
+                            let mut wait = Box::pin(wait);
+                            for _ in 0..polls {
+                                if futures::poll!(wait.as_mut()).is_ready() {
+                                    break;
+                                }
+                                tokio::task::yield_now().await;
+                            }
+                        } else {
+                            tokio::time::timeout(Duration::from_secs(10), wait)
+                                .await
+                                .unwrap_or_else(|_| panic!("seed {seed}: waiter stalled"))
+                                .unwrap();
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            wal.flush().await.unwrap();
+            let stats = wal.stats();
+            println!("{backend:?}: {stats:?}");
+            drop(Arc::into_inner(wal).unwrap());
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            let total = TASKS * COMMITS_PER_TASK;
+            assert_eq!(ts_of(&recovered), (1..=total).collect::<Vec<_>>(), "seed {seed}");
+        });
+    }
+}

@@ -326,7 +326,7 @@ impl Wal {
                 .segments
                 .iter()
                 .take(removable)
-                .take_while(|s| s.max_ts.map_or(true, |ts| ts <= frontier_ts))
+                .take_while(|s| s.max_ts.is_none_or(|ts| ts <= frontier_ts))
                 .count();
             st.segments.drain(..count).collect()
         };
