@@ -158,7 +158,8 @@ impl Ring {
         rx.await.map_err(|_| ring_gone())?
     }
 
-    /// A job on the file `id`: `op` gets the file's `Rc`, looked up on receipt.
+    /// A job on the file `id`: on receipt, the file is looked up and `op` is called with it
+    /// (so `op`'s synchronous part runs in message order); its future becomes the task.
     async fn with_file<T, F, Fut>(&self, id: u64, op: F) -> io::Result<T>
     where
         T: Send + 'static,
@@ -166,9 +167,8 @@ impl Ring {
         Fut: Future<Output = io::Result<T>> + 'static,
     {
         self.call(move |ctx| {
-            let file = ctx.file(id);
-            let ctx = Rc::clone(ctx);
-            async move { op(file?, &ctx).await }
+            let started = ctx.file(id).map(|file| op(file, ctx));
+            async move { started?.await }
         })
         .await
     }
