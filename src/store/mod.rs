@@ -46,7 +46,7 @@ pub struct StoredFile {
 /// A frame read back from a file.
 pub struct Frame {
     /// The frame's bytes (checksum verified).
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// The file it came from.
     pub file: PathBuf,
     /// Its offset there.
@@ -216,7 +216,7 @@ impl Store {
             other => other,
         })?;
         data_file::check_frame(&bytes, &e, &f.path)?;
-        Ok(Frame { bytes, file: f.path.clone(), offset: e.offset })
+        Ok(Frame { bytes: Bytes::from(bytes), file: f.path.clone(), offset: e.offset })
     }
 
     /// Writes a whole new file and syncs it (not yet published). Returns its description

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{put_bytes32, to_bytes, Reader, Truncated};
+use crate::codec::{put_bytes32, Reader, Truncated};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::tree::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
@@ -91,24 +91,24 @@ pub fn encode_inner(inner: &InnerBase, out: &mut Vec<u8>) {
     }
 }
 
-fn get_bounds(r: &mut Reader<'_>) -> Result<Bounds, Truncated> {
-    let low = to_bytes(r.bytes32(MAX_KEY_LEN)?);
+fn get_bounds(r: &mut Reader<'_>, src: &Bytes) -> Result<Bounds, Truncated> {
+    let low = src.slice_ref(r.bytes32(MAX_KEY_LEN)?);
     let high = match r.u8()? {
         0 => None,
-        1 => Some(to_bytes(r.bytes32(MAX_KEY_LEN)?)),
+        1 => Some(src.slice_ref(r.bytes32(MAX_KEY_LEN)?)),
         _ => return Err(Truncated { at: r.pos() - 1 }),
     };
     let right = r.u64()?;
     Ok(Bounds { low, high, right })
 }
 
-fn decode_inner_body(r: &mut Reader<'_>) -> Result<PageImage, Truncated> {
-    let bounds = get_bounds(r)?;
+fn decode_inner_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Truncated> {
+    let bounds = get_bounds(r, src)?;
     let n = r.count32(12)?;
     let mut children: Vec<(Bytes, u64)> = Vec::with_capacity(n);
     for _ in 0..n {
         let at = r.pos();
-        let sep = to_bytes(r.bytes32(MAX_KEY_LEN)?);
+        let sep = src.slice_ref(r.bytes32(MAX_KEY_LEN)?);
         let pid = r.u64()?;
         if pid == 0 || children.last().is_some_and(|(p, _)| *p >= sep) {
             return Err(Truncated { at });
@@ -121,13 +121,13 @@ fn decode_inner_body(r: &mut Reader<'_>) -> Result<PageImage, Truncated> {
     Ok(PageImage::Inner(InnerBase { bounds, children }))
 }
 
-fn decode_leaf_body(r: &mut Reader<'_>) -> Result<PageImage, Truncated> {
-    let bounds = get_bounds(r)?;
+fn decode_leaf_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Truncated> {
+    let bounds = get_bounds(r, src)?;
     let n = r.count32(8)?;
     let mut entries: Vec<Entry> = Vec::with_capacity(n);
     for _ in 0..n {
         let at = r.pos();
-        let key = to_bytes(r.bytes32(MAX_KEY_LEN)?);
+        let key = src.slice_ref(r.bytes32(MAX_KEY_LEN)?);
         if entries.last().is_some_and(|e| e.key >= key) || key < bounds.low || bounds.is_right_of(&key) {
             return Err(Truncated { at });
         }
@@ -141,7 +141,7 @@ fn decode_leaf_body(r: &mut Reader<'_>) -> Result<PageImage, Truncated> {
             let ts = r.u64()?;
             let value = match r.u8()? {
                 V_TOMB => Value::Tombstone,
-                V_INLINE => Value::Inline(to_bytes(r.bytes32(MAX_VALUE_LEN)?)),
+                V_INLINE => Value::Inline(src.slice_ref(r.bytes32(MAX_VALUE_LEN)?)),
                 V_BLOB => {
                     let addr = r.u64()?;
                     let len = r.u32()?;
@@ -163,11 +163,12 @@ fn decode_leaf_body(r: &mut Reader<'_>) -> Result<PageImage, Truncated> {
 }
 
 /// Decodes a page image read from `file` at byte `offset`.
-pub fn decode(bytes: &[u8], file: &Path, offset: u64) -> Result<PageImage> {
+/// Keys and values of the result share `bytes` (no copy).
+pub fn decode(bytes: &Bytes, file: &Path, offset: u64) -> Result<PageImage> {
     let mut r = Reader::new(bytes);
     let res = match r.u8() {
-        Ok(KIND_LEAF) => decode_leaf_body(&mut r),
-        Ok(KIND_INNER) => decode_inner_body(&mut r),
+        Ok(KIND_LEAF) => decode_leaf_body(&mut r, bytes),
+        Ok(KIND_INNER) => decode_inner_body(&mut r, bytes),
         Ok(k) => {
             return Err(Error::corruption(file, offset, format!("unknown page kind {k}")));
         }
@@ -211,6 +212,7 @@ mod tests {
         let mut out = Vec::new();
         encode_leaf(&leaf(), &mut out, &mut |c| c.addr());
         let p = Path::new("x");
+        let out = Bytes::from(out);
         match decode(&out, p, 0).unwrap() {
             PageImage::Leaf(l) => {
                 assert_eq!(l.bounds, leaf().bounds);
@@ -223,7 +225,7 @@ mod tests {
             PageImage::Inner(_) => panic!("kind"),
         }
         for cut in 0..out.len() {
-            assert!(decode(&out[..cut], p, 0).is_err(), "cut at {cut}");
+            assert!(decode(&out.slice(..cut), p, 0).is_err(), "cut at {cut}");
         }
     }
 
@@ -235,7 +237,7 @@ mod tests {
         };
         let mut out = Vec::new();
         encode_inner(&inner, &mut out);
-        match decode(&out, Path::new("x"), 0).unwrap() {
+        match decode(&Bytes::from(out), Path::new("x"), 0).unwrap() {
             PageImage::Inner(i) => assert_eq!(i.children, inner.children),
             PageImage::Leaf(_) => panic!("kind"),
         }

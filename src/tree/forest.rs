@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_epoch::{self as epoch, Guard, Owned, Shared};
+use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
@@ -30,6 +31,13 @@ use crate::store::Store;
 use crate::tree::mapping::{retire_chain, MappingTable};
 use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};
 use crate::tree::{merge_leaf, ChainView};
+
+/// A decoded page image with the file and offset it came from.
+type LoadedImage = (PageImage, std::path::PathBuf, u64);
+type SharedLoad = futures::future::Shared<BoxFuture<'static, Result<Arc<LoadedImage>>>>;
+
+/// Slots one eviction call looks at, at most.
+pub const EVICT_SCAN_BUDGET: usize = 512;
 
 /// A page image captured by a checkpoint.
 #[derive(Debug)]
@@ -68,6 +76,7 @@ pub struct Forest {
     written_since_cut: AtomicU64,
     hand: AtomicU64,
     evict_lock: Mutex<()>,
+    inflight: Mutex<FxHashMap<u64, SharedLoad>>,
     /// Set when the cache is over capacity and nothing clean is left to evict.
     pub needs_checkpoint: AtomicBool,
 }
@@ -94,6 +103,7 @@ impl Forest {
             hand: AtomicU64::new(1),
             evict_lock: Mutex::new(()),
             needs_checkpoint: AtomicBool::new(false),
+            inflight: Mutex::new(FxHashMap::default()),
         };
         for (pid, addr, len) in pages {
             let slot = f.table.slot(pid);
@@ -223,6 +233,32 @@ impl Forest {
             .collect()
     }
 
+    /// Reads and decodes the page image at `addr`; concurrent readers of one address share
+    /// one read (the future is shared, so a dropped reader does not stall the others).
+    async fn read_image(&self, addr: u64) -> Result<Arc<LoadedImage>> {
+        let fut = {
+            let mut m = self.inflight.lock();
+            match m.get(&addr) {
+                Some(f) => f.clone(),
+                None => {
+                    let store = self.store.clone();
+                    let f = async move {
+                        let frame = store.read_frame(addr).await?;
+                        let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
+                        Ok(Arc::new((img, frame.file, frame.offset)))
+                    }
+                    .boxed()
+                    .shared();
+                    m.insert(addr, f.clone());
+                    f
+                }
+            }
+        };
+        let r = fut.await;
+        self.inflight.lock().remove(&addr);
+        r
+    }
+
     /// Loads page `pid` from disk if its chain ends in a disk stub, folding blind deltas in.
     pub async fn load(&self, pid: Pid) -> Result<()> {
         let (addr, stub_seq) = {
@@ -233,8 +269,8 @@ impl Forest {
                 _ => return Ok(()),
             }
         };
-        let frame = self.store.read_frame(addr).await?;
-        let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
+        let loaded = self.read_image(addr).await?;
+        let (img, file, offset) = &*loaded;
         let horizon = self.horizon();
         for _ in 0..1000 {
             let guard = epoch::pin();
@@ -248,8 +284,8 @@ impl Forest {
                 PageImage::Inner(i) if v.deltas.is_empty() => NodeKind::Inner(i.clone()),
                 PageImage::Inner(_) => {
                     return Err(Error::corruption(
-                        &frame.file,
-                        frame.offset,
+                        file,
+                        *offset,
                         "page image is an index node but leaf writes reached it",
                     ));
                 }
@@ -279,7 +315,9 @@ impl Forest {
         Err(Error::corruption(self.store.dir(), addr, "page load lost every race"))
     }
 
-    /// Evicts clean leaves (CLOCK) while the cache is over capacity.
+    /// Evicts clean leaves (CLOCK) while the cache is over capacity. Each call scans at
+    /// most [`EVICT_SCAN_BUDGET`] slots, so a cache full of dirty pages costs a bounded
+    /// amount per call; then a checkpoint is requested, which makes pages clean again.
     pub fn maybe_evict(&self) {
         if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
             return;
@@ -287,23 +325,27 @@ impl Forest {
         let Some(_g) = self.evict_lock.try_lock() else { return };
         let target = (self.capacity as i64) * 9 / 10;
         let limit = self.next_pid();
-        let mut scanned = 0u64;
         let guard = epoch::pin();
-        while self.mem.load(Ordering::Relaxed) > target && scanned < limit.saturating_mul(2) {
-            scanned += 1;
+        for _ in 0..EVICT_SCAN_BUDGET {
+            if self.mem.load(Ordering::Relaxed) <= target {
+                break;
+            }
             let mut pid = self.hand.fetch_add(1, Ordering::Relaxed);
             if pid >= limit {
-                self.hand.store(1, Ordering::Relaxed);
+                self.hand.store(2, Ordering::Relaxed);
                 pid = 1;
             }
             let Some(slot) = self.table.try_slot(pid) else { continue };
             if slot.referenced.swap(false, Ordering::Relaxed) {
                 continue;
             }
+            let meta = slot.meta.lock();
+            if meta.addr == 0 || meta.flushed_seq == 0 {
+                continue;
+            }
             let Some(v) = ChainView::load(self, pid, &guard) else { continue };
             let NodeKind::Leaf(l) = &v.bottom.kind else { continue };
-            let meta = slot.meta.lock();
-            if meta.addr == 0 || meta.flushed_seq != v.head_node.seq {
+            if meta.flushed_seq != v.head_node.seq {
                 continue;
             }
             let stub = Node::base(
@@ -433,7 +475,7 @@ impl Forest {
                             "blob length differs from its reference",
                         ));
                     }
-                    Ok(Some(Bytes::from(frame.bytes)))
+                    Ok(Some(frame.bytes))
                 }
             },
         }
