@@ -53,6 +53,7 @@ impl Txn {
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let key = key.as_ref();
         check_key(key)?;
+        self.db.check_open()?;
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }

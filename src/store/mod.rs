@@ -170,6 +170,14 @@ impl Store {
                 if size < FOOTER_LEN as u64 {
                     return Err(Error::corruption(&f.path, 0, "file shorter than its footer"));
                 }
+                let on_disk = h.len().await?;
+                if on_disk < size {
+                    return Err(Error::corruption(
+                        &f.path,
+                        on_disk,
+                        format!("file is {on_disk} bytes, the manifest says {size}"),
+                    ));
+                }
                 let fb = h.read_exact_at(size - FOOTER_LEN as u64, FOOTER_LEN).await?;
                 let footer = data_file::parse_footer(&fb, &f.path, size)?;
                 let tlen = (size - FOOTER_LEN as u64 - footer.ranges_offset) as usize;

@@ -12,12 +12,12 @@
 //!    for the *last* segment when the file is no longer than a header: that is a segment
 //!    whose creation was cut by a crash (it holds no record, because the header is synced
 //!    before any record is written) and it is deleted.
-//! 3. The first record that fails to decode (impossible length, short read, bad CRC, or a
-//!    malformed payload) ends the log: that is the torn tail. The later segments are
-//!    deleted, newest first, each deletion followed by a directory sync (so a crash in the
-//!    middle leaves a contiguous run and the next recovery finds the same cut); then the
-//!    segment is truncated at the record's offset and synced. What was cut is logged with
-//!    `tracing::warn!`.
+//! 3. The first record of the *last* segment that fails to decode (impossible length, short
+//!    read, bad CRC, or a malformed payload) ends the log: that is the torn tail; the
+//!    segment is truncated at the record's offset and synced, and what was cut is logged
+//!    with `tracing::warn!`. A bad record in an earlier segment is [`Error::Corruption`]:
+//!    a segment is created only after the one before it is complete and synced, so it
+//!    cannot be a torn tail, and cutting there would drop acknowledged commits.
 //! 4. Records with `ts > frontier_ts` are returned in log order; every segment's largest
 //!    `ts` (over all its records, also those at or below the frontier) is returned for
 //!    [`Wal::remove_below`](super::Wal::remove_below).
@@ -141,6 +141,12 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
 
         if let Some(reason) = torn {
             let later = &seqs[index + 1..];
+            if !later.is_empty() {
+                // A segment is created only after the previous one is complete and synced,
+                // so only the last segment can have a torn tail: a bad record before it is
+                // corruption, and cutting there would silently drop acknowledged commits.
+                return Err(reason.at(&path, offset));
+            }
             tracing::warn!(
                 file = %path.display(),
                 offset,

@@ -228,7 +228,7 @@ fn torn_tail_mid_record_is_cut() {
 }
 
 #[test]
-fn bad_record_in_an_earlier_segment_drops_the_later_ones() {
+fn bad_record_in_an_earlier_segment_is_corruption() {
     for (backend, io) in drivers() {
         let dir = tempfile::tempdir().unwrap();
         futures::executor::block_on(async {
@@ -246,11 +246,15 @@ fn bad_record_in_an_earlier_segment_drops_the_later_ones() {
             bytes[at] ^= 0x40;
             std::fs::write(&seg1, &bytes).unwrap();
 
-            let (wal, recovered) = open(&io, dir.path(), 0).await;
-            assert_eq!(ts_of(&recovered), (1..=4).collect::<Vec<_>>(), "{backend:?}");
-            // 2 and 3 were deleted; writing continues in a new segment 2.
-            assert_eq!(wal.segment_seqs(), vec![1, 2]);
+            // Segment 1 was complete and synced before segment 2 existed: not a torn tail.
+            let err = Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES).await.err();
+            match err {
+                Some(Error::Corruption { file, .. }) => assert_eq!(file, seg1, "{backend:?}"),
+                other => panic!("{backend:?}: expected corruption, got {other:?}"),
+            }
+            // Nothing was deleted or truncated: the evidence stays for repair.
             assert_eq!(seqs_on_disk(dir.path()), vec![1, 2]);
+            assert_eq!(std::fs::read(&seg1).unwrap(), bytes);
         });
     }
 }
