@@ -52,6 +52,17 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn drop_os_cache() -> bool {
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
@@ -96,12 +107,14 @@ fn run_one(backend: IoBackend) {
             .map(|m| m.len())
             .sum();
         println!(
-            "[{backend:?}] loaded {keys} keys x {vlen} B = {} MiB (files {} MiB) in {:.1?}; cache {} MiB = data / {:.1}",
+            "[{backend:?}] loaded {keys} keys x {vlen} B = {} MiB (files {} MiB) in {:.1?}; cache {} MiB = data / {:.1}; rss {} MiB, peak {} MiB",
             data_bytes >> 20,
             on_disk >> 20,
             t.elapsed(),
             cache >> 20,
-            data_bytes as f64 / cache as f64
+            data_bytes as f64 / cache as f64,
+            rss_kib() / 1024,
+            peak_rss_kib() / 1024
         );
         assert!(data_bytes >= 4 * cache as u64, "the data set must be at least 4x the cache");
         for depth in [1u64, 16, 256] {
@@ -138,10 +151,12 @@ fn run_one(backend: IoBackend) {
             }
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "[{backend:?}] depth {depth:>3}: {:>8.0} gets/s  p50 {:>7.1} us  p99 {:>7.1} us  (os cache dropped: {dropped})",
+                "[{backend:?}] depth {depth:>3}: {:>8.0} gets/s  p50 {:>7.1} us  p99 {:>7.1} us  (os cache dropped: {dropped}; cache {} MiB, rss {} MiB)",
                 n as f64 / secs,
                 hist.value_at_quantile(0.5) as f64 / 1000.0,
                 hist.value_at_quantile(0.99) as f64 / 1000.0,
+                db.stats().cache_bytes >> 20,
+                rss_kib() / 1024,
             );
             db.close().await.expect("close");
         }

@@ -446,6 +446,13 @@ impl DbInner {
             return Ok(snapshot_ts);
         }
         let f = &self.forest;
+        // Write stall: when dirty pages hold the cache far past its capacity, this committer
+        // runs a checkpoint (or waits for the running one) so that pages become evictable.
+        // This bounds memory when writes outrun background checkpoints.
+        if f.mem_used() > 2 * self.opts.cache_capacity as i64 {
+            checkpoint::run(self).await?;
+            f.evict_to_capacity();
+        }
         for k in writes.keys() {
             if tree.latest_ts(f, k).await? > snapshot_ts {
                 return Err(Error::Conflict);

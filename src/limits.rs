@@ -17,7 +17,7 @@ pub const MAX_PAGES: u64 = (MAPPING_CHUNKS as u64) * (MAPPING_CHUNK_LEN as u64);
 /// Mapping table chunk length (slots allocated together).
 pub const MAPPING_CHUNK_LEN: usize = 4096;
 /// Number of mapping table chunks.
-pub const MAPPING_CHUNKS: usize = 1 << 16;
+pub const MAPPING_CHUNKS: usize = 1 << 14;
 /// Smallest `cache_capacity` accepted, in bytes.
 pub const MIN_CACHE_CAPACITY: usize = 64 * 1024;
 /// Delta-chain length at which a leaf is consolidated.

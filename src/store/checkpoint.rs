@@ -42,6 +42,8 @@ pub struct CheckpointStats {
     pub files_removed: usize,
     /// WAL segments deleted.
     pub wal_segments_removed: usize,
+    /// Pages marked for rewriting by GC (their files are mostly garbage).
+    pub gc_pages: usize,
 }
 
 const MAX_CUT_ATTEMPTS: usize = 16;
@@ -108,7 +110,11 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
         if !pages.is_empty() {
             let mut b = FileBuilder::new(FileKind::Data);
             let mut locs = Vec::with_capacity(pages.len());
-            for c in pages {
+            for mut c in pages {
+                if c.copy_from != 0 {
+                    // An unloaded page moved by GC: copy its verified frame as is.
+                    c.image = db.store.read_frame(c.copy_from).await?.bytes;
+                }
                 let addr = db.store.alloc_addr();
                 let len = c.image.len() as u32;
                 b.add(addr, c.image.clone());
@@ -190,5 +196,25 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
         }
     }
     stats.wal_segments_removed = db.wal.remove_below(cut).await?;
+
+    // GC: data files whose live pages fell below `gc_live_ratio` of their frames get those
+    // pages marked dirty; the next checkpoint moves them and step 6 then drops the files.
+    let victims: rustc_hash::FxHashSet<u64> = {
+        let live = db.live_files.lock();
+        db.store
+            .files()
+            .iter()
+            .filter(|f| f.meta.kind == FileKind::Data && Some(f.meta.id) != new_data_file)
+            .filter(|f| {
+                let frames: u64 = f.meta.ranges.iter().map(|(s, e)| e - s).sum();
+                let alive = live.get(&f.meta.id).copied().unwrap_or(0) as u64;
+                frames > 0 && (alive as f64) < db.opts.gc_live_ratio * frames as f64
+            })
+            .map(|f| f.meta.id)
+            .collect()
+    };
+    if !victims.is_empty() {
+        stats.gc_pages = f.mark_files_dirty(&victims);
+    }
     Ok(stats)
 }

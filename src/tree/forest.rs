@@ -46,8 +46,11 @@ pub struct Captured {
     pub pid: Pid,
     /// `seq` of the head the image was taken from.
     pub seq: u64,
-    /// The encoded image.
+    /// The encoded image; empty when the page is on disk unchanged (`copy_from`).
     pub image: Bytes,
+    /// Non-zero for a page that is an unloaded stub without deltas: its image is the frame
+    /// at this address, copied as is (GC moves such pages without loading them).
+    pub copy_from: u64,
     /// True when the image holds the whole chain (no version above the cut was left out).
     pub complete: bool,
 }
@@ -265,10 +268,16 @@ impl Forest {
             let guard = epoch::pin();
             let v = ChainView::load(self, pid, &guard).ok_or_else(|| self.dangling(pid))?;
             match &v.bottom.kind {
-                NodeKind::Disk { addr, .. } => (*addr, v.bottom.seq),
+                // Read the slot's current address, not the stub's: a checkpoint may have
+                // rewritten the page (GC) after the stub was made, to an identical image,
+                // and the stub's old file may be gone.
+                NodeKind::Disk { .. } => (self.table.slot(pid).meta.lock().addr, v.bottom.seq),
                 _ => return Ok(()),
             }
         };
+        if addr == 0 {
+            return Err(self.dangling(pid));
+        }
         let loaded = self.read_image(addr).await?;
         let (img, file, offset) = &*loaded;
         let horizon = self.horizon();
@@ -300,7 +309,10 @@ impl Forest {
                 .compare_exchange(v.head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, &guard)
                 .is_ok()
             {
-                if v.deltas.is_empty() && meta.addr == addr {
+                // Our CAS replaced the very stub we read, with no delta above it: the new
+                // base equals the image at the slot's address (even if a checkpoint moved
+                // that image meanwhile, it moved an identical one).
+                if v.deltas.is_empty() {
                     meta.flushed_seq = new_seq;
                 }
                 drop(meta);
@@ -369,6 +381,17 @@ impl Forest {
         }
     }
 
+    /// Evicts until the cache is under capacity or one full sweep found nothing more.
+    pub fn evict_to_capacity(&self) {
+        let sweeps = self.next_pid() as usize / EVICT_SCAN_BUDGET + 2;
+        for _ in 0..sweeps {
+            if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
+                break;
+            }
+            self.maybe_evict();
+        }
+    }
+
     /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
     /// tree's structure lock). Versions above the cut are left out (the WAL replays them).
     /// Fails with the pages that must be loaded first.
@@ -413,13 +436,31 @@ impl Forest {
                         })
                     });
                 }
+                NodeKind::Disk { .. } if v.deltas.is_empty() => {
+                    let addr = self.table.slot(pid).meta.lock().addr;
+                    assert!(addr != 0, "an unloaded page has an address");
+                    out.push(Captured {
+                        pid,
+                        seq: v.head_node.seq,
+                        image: Bytes::new(),
+                        complete: true,
+                        copy_from: addr,
+                    });
+                    continue;
+                }
                 NodeKind::Disk { .. } => {
                     unloaded.push(pid);
                     continue;
                 }
                 NodeKind::Upsert { .. } => unreachable!(),
             }
-            out.push(Captured { pid, seq: v.head_node.seq, image: Bytes::from(image), complete });
+            out.push(Captured {
+                pid,
+                seq: v.head_node.seq,
+                image: Bytes::from(image),
+                complete,
+                copy_from: 0,
+            });
         }
         if !unloaded.is_empty() {
             return Err(unloaded);
@@ -451,6 +492,23 @@ impl Forest {
             }
         }
         old
+    }
+
+    /// Marks dirty every page whose published image lies in one of `files` (GC: the next
+    /// checkpoint rewrites them elsewhere, after which nothing points into those files).
+    /// Returns how many pages were marked.
+    pub fn mark_files_dirty(&self, files: &FxHashSet<u64>) -> usize {
+        let mut pids = Vec::new();
+        for pid in 1..self.next_pid() {
+            let Some(slot) = self.table.try_slot(pid) else { continue };
+            let addr = slot.meta.lock().addr;
+            if addr != 0 && self.store.file_of(addr).is_some_and(|id| files.contains(&id)) {
+                pids.push(pid);
+            }
+        }
+        let n = pids.len();
+        self.restore_dirty(pids);
+        n
     }
 
     /// Where a page's image is: (address, length), if published.

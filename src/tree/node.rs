@@ -166,10 +166,12 @@ pub enum NodeKind {
         /// The rest of the chain.
         next: Atomic<Node>,
     },
-    /// The page image is on disk at `addr`. `bounds` is known when the stub came from an
-    /// eviction (it lets blind writes route by key without a read), unknown after open.
+    /// The page image is on disk. `bounds` is known when the stub came from an eviction
+    /// (it lets blind writes route by key without a read), unknown after open. A load reads
+    /// the slot's current address (`SlotMeta::addr`), which a checkpoint may have moved to
+    /// an identical image since the stub was made.
     Disk {
-        /// Logical address of the page image.
+        /// Logical address of the page image when the stub was made.
         addr: u64,
         /// Key range, when known.
         bounds: Option<Bounds>,
