@@ -458,7 +458,7 @@ impl DbInner {
                 return Err(Error::Conflict);
             }
         }
-        let lsn = {
+        let (ts, lsn) = {
             let _g = self.commit_lock.lock().await;
             self.check_open()?;
             self.check_writable()?;
@@ -498,7 +498,7 @@ impl DbInner {
                 }
             }
             self.mvcc.publish(ts);
-            lsn
+            (ts, lsn)
         };
         if self.forest.written_since_cut() as usize > self.opts.checkpoint_bytes
             || self.forest.needs_checkpoint.load(Ordering::Relaxed)
@@ -509,7 +509,7 @@ impl DbInner {
             self.poison(&e);
             return Err(e);
         }
-        Ok(self.mvcc.visible())
+        Ok(ts)
     }
 
     pub fn is_closed(&self) -> bool {

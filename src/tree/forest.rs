@@ -278,7 +278,18 @@ impl Forest {
         if addr == 0 {
             return Err(self.dangling(pid));
         }
-        let loaded = self.read_image(addr).await?;
+        let loaded = match self.read_image(addr).await {
+            Ok(l) => l,
+            // A checkpoint may have moved the page (GC) and deleted its old file while we
+            // were reading: retry at the new address; any other failure is the answer.
+            Err(e) => {
+                let moved = self.table.slot(pid).meta.lock().addr != addr;
+                if moved {
+                    return Box::pin(self.load(pid)).await;
+                }
+                return Err(e);
+            }
+        };
         let (img, file, offset) = &*loaded;
         let horizon = self.horizon();
         for _ in 0..1000 {
