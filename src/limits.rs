@@ -25,7 +25,7 @@ pub const CONSOLIDATE_CHAIN_LEN: usize = 16;
 /// A leaf whose encoded size passes this many bytes is split.
 pub const SPLIT_LEAF_BYTES: usize = 4 * 1024;
 /// A leaf with at least this many keys may split.
-pub const SPLIT_MIN_KEYS: usize = 4;
+pub const SPLIT_MIN_KEYS: usize = 2;
 /// An inner node with more children than this is split.
 pub const SPLIT_INNER_CHILDREN: usize = 128;
 

@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::limits::{CONSOLIDATE_CHAIN_LEN, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS};
 pub use forest::Forest;
-use node::{visible_at, Bounds, Entry, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
+use node::{leaf_bytes, visible_at, Bounds, Entry, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
 
 /// A synchronous attempt's outcome: done, or a page must be loaded first.
 pub enum Step<T> {
@@ -116,25 +116,6 @@ pub fn merge_leaf(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u64) 
         }
     }
     LeafBase { bounds: base.bounds.clone(), entries: out }
-}
-
-/// Approximate encoded size of a leaf, to decide splits.
-fn leaf_bytes(l: &LeafBase) -> usize {
-    l.entries
-        .iter()
-        .map(|e| {
-            8 + e.key.len()
-                + e.versions
-                    .iter()
-                    .map(|v| {
-                        13 + match &v.value {
-                            Value::Inline(b) => b.len(),
-                            _ => 12,
-                        }
-                    })
-                    .sum::<usize>()
-        })
-        .sum()
 }
 
 /// One bucket's tree.
@@ -243,11 +224,13 @@ impl Tree {
             let node = Node {
                 seq: v.head_node.seq + 1,
                 depth: v.head_node.depth + 1,
+                bytes: v.head_node.bytes + node::version_bytes(key, version),
                 mem: 96 + key.len() + version.value.mem_size(),
                 kind: NodeKind::Upsert { key: key.clone(), version: version.clone(), next: Atomic::null() },
             };
             let mem = node.mem;
             let depth = node.depth as usize;
+            let big = node.bytes > SPLIT_LEAF_BYTES && depth >= 2;
             let owned = Owned::new(node);
             if let NodeKind::Upsert { next, .. } = &owned.kind {
                 next.store(v.head, Ordering::Relaxed);
@@ -256,7 +239,7 @@ impl Tree {
             if slot.head.compare_exchange(v.head, owned, Ordering::AcqRel, Ordering::Acquire, &guard).is_ok()
             {
                 f.note_write(pid, mem as isize, key.len() + version.value.mem_size());
-                if depth >= CONSOLIDATE_CHAIN_LEN {
+                if depth >= CONSOLIDATE_CHAIN_LEN || big {
                     self.maintain(f, pid, &guard);
                 }
                 return Ok(Step::Done(()));

@@ -187,6 +187,9 @@ pub struct Node {
     pub depth: u32,
     /// Memory accounted to this element.
     pub mem: usize,
+    /// Approximate encoded size of the leaf this chain describes (base plus deltas), to
+    /// decide splits without walking the chain; 0 for index nodes and stubs.
+    pub bytes: usize,
     /// The element.
     pub kind: NodeKind,
 }
@@ -200,8 +203,27 @@ impl Node {
             NodeKind::Disk { .. } => 96,
             NodeKind::Upsert { key, version, .. } => 96 + key.len() + version.value.mem_size(),
         };
-        Node { seq, depth: 0, mem, kind }
+        let bytes = match &kind {
+            NodeKind::Leaf(l) => leaf_bytes(l),
+            _ => 0,
+        };
+        Node { seq, depth: 0, mem, bytes, kind }
     }
+}
+
+/// Approximate encoded size of one version of a key.
+pub fn version_bytes(key: &[u8], v: &Version) -> usize {
+    8 + key.len()
+        + 13
+        + match &v.value {
+            Value::Inline(b) => b.len(),
+            _ => 12,
+        }
+}
+
+/// Approximate encoded size of a leaf, to decide splits.
+pub fn leaf_bytes(l: &LeafBase) -> usize {
+    l.entries.iter().map(|e| e.versions.iter().map(|v| version_bytes(&e.key, v)).sum::<usize>()).sum()
 }
 
 /// Approximate memory held by a leaf base.
