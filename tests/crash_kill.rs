@@ -4,27 +4,30 @@
 //! binary as a child that runs only [`crash_child`] (selected by `--exact` and enabled by the
 //! environment variable `RINGKV_CRASH_CHILD=<dir>`; without it `crash_child` returns at once).
 //! The child opens the database with small checkpoint, WAL-segment, cache and inline limits,
-//! and runs [`WRITERS`] writer tasks on a multi-thread tokio runtime. Writer `w` commits its
-//! transactions `seq = 0, 1, 2, ...` one after the other with `Durability::Sync`; each writes:
+//! and runs [`WRITERS`] writer tasks on a multi-thread tokio runtime, over [`BUCKETS`]
+//! buckets. Writer `w` commits its transactions `seq = 0, 1, 2, ...` one after the other,
+//! mostly with `Durability::Sync`, some `Buffered` (which must survive a killed process too)
+//! and some `None` (never acknowledged); each writes:
 //!
 //! - `w{w}/seq/{seq}`: a value derived from `(w, seq)` (every 7th one over the inline limit,
-//!   so it goes to a blob file) that also carries `obs`, the `last` seq of every writer this
-//!   transaction read in its snapshot;
+//!   so it goes to a blob file, a few larger than a WAL segment) that also carries `obs`, the
+//!   `last` seq of every writer as this transaction saw them;
 //! - `w{w}/last`: the same `obs` (overwritten by every commit);
 //! - `w{w}/tmp/{seq}`, deleting `w{w}/tmp/{seq-1}` (so exactly one tmp key survives);
 //! - `w{w}/slot/{seq % SLOTS}`: a value whose size straddles the inline limit.
 //!
 //! Every value ends in an FNV-1a checksum over its bytes, and its payload is a pattern of
 //! `(w, seq, kind)`, so a torn or foreign value is detected. Only after `commit` returned Ok
-//! does the child write `RKV ack <w> <seq> <obs>` to its stdout pipe (one `write` + flush);
-//! writer 0 also calls `db.checkpoint()` every [`CKPT_EVERY`] commits, announcing it with
-//! `RKV ckpt-start` (background checkpoints run too).
+//! does the child write `RKV ack <w> <seq> <obs> <durability>` to its stdout pipe (one write
+//! and a flush); writer 0 also calls `db.checkpoint()` every [`CKPT_EVERY`] commits,
+//! announcing it with `RKV ckpt-start` (background checkpoints run too).
 //!
-//! The parent reads the pipe and sends SIGKILL (`Child::kill`) according to a seeded plan:
-//! after a random delay, after a number of acks, a few milliseconds after the child announced
-//! `open-start` (so recovery itself is killed), or right after the n-th `ckpt-start`. After
-//! the kill it drains the pipe (every ack written before the kill counts) and reopens the
-//! database in-process, then checks:
+//! The child dies of SIGKILL according to a seeded [`Plan`]: the parent sends it
+//! (`Child::kill`) after a random delay, after a number of acks, right after the child
+//! announced `open-start` (so recovery itself is killed) or the n-th `ckpt-start`; or the
+//! child sends it to itself a random few microseconds into `Db::open` or into its n-th
+//! explicit checkpoint (immune to the parent's scheduling). The parent then drains the pipe
+//! (every ack written before the kill counts), reopens the database in-process and checks:
 //!
 //! 1. every acknowledged `(w, seq)` is there with its exact value, and so is every commit an
 //!    earlier cycle recovered (what recovery showed once must never disappear);
@@ -34,13 +37,14 @@
 //! 3. for every recovered seq, the `obs` it read satisfies `obs[v] <= m_v`: a commit the
 //!    transaction saw precedes it in the commit order, so it must be recovered too (the
 //!    recovered state is a prefix of the commit order across writers);
-//! 4. no key outside what the writers could have written, and every value decodes intact.
+//! 4. no key outside what the writers could have written (or in the wrong bucket), and every
+//!    value decodes intact; point reads and a reverse scan agree with the forward scan.
 //!
 //! The next cycle reuses the directory: the child resumes every writer at `m + 1` (checking
 //! that it recovers the same `m` the parent saw), so crashes hit a database with history:
 //! WAL replay over checkpoints, blob files, deleted WAL segments. The parent alternates
 //! between dropping its handle (the next open replays the same WAL again) and closing it
-//! (a clean checkpoint).
+//! (a clean checkpoint). On a failure the database directory is kept and its path printed.
 //!
 //! Environment: `RINGKV_CRASH_SEED` replays a plan (the seed is printed; timing still
 //! varies), `RINGKV_CRASH_CYCLES` sets the number of cycles (default 20). The backend is
@@ -65,12 +69,17 @@ use ringkv::{Bucket, Db, Durability, Error, Options};
 const CHILD_ENV: &str = "RINGKV_CRASH_CHILD";
 /// Environment variable with the `m` of every writer the parent verified (`-1` = none).
 const RESUME_ENV: &str = "RINGKV_CRASH_RESUME";
+/// Environment variable telling the child to SIGKILL itself: `open:<us>` (that long after
+/// `Db::open` started) or `ckpt:<n>:<us>` (that long after its n-th explicit checkpoint
+/// started).
+const SELF_KILL_ENV: &str = "RINGKV_CRASH_SELF_KILL";
 const SEED_ENV: &str = "RINGKV_CRASH_SEED";
 const CYCLES_ENV: &str = "RINGKV_CRASH_CYCLES";
 const CHILD_TEST: &str = "crash_child";
 
-const BUCKET: &str = "crash";
 const WRITERS: usize = 4;
+/// Writer `w` writes to bucket `crash{w % BUCKETS}`.
+const BUCKETS: usize = 2;
 const SLOTS: u64 = 4;
 /// Writer 0 checkpoints explicitly after every this many of its commits.
 const CKPT_EVERY: u64 = 25;
@@ -88,6 +97,14 @@ const KIND_SLOT: u8 = 4;
 
 // ---------------------------------------------------------------------------------------
 // Keys and values.
+
+fn bucket_name(b: usize) -> String {
+    format!("crash{b}")
+}
+
+fn bucket_of(w: usize) -> usize {
+    w % BUCKETS
+}
 
 fn seq_key(w: usize, s: u64) -> String {
     format!("w{w}/seq/{s:010}")
@@ -123,11 +140,13 @@ fn mix(w: usize, s: u64, kind: u8) -> u64 {
     x ^ (x >> 32)
 }
 
-/// Payload length of a value: SEQ values are mostly inline, every 7th a blob; SLOT values
-/// straddle the inline limit so one key moves between inline and blob storage.
+/// Payload length of a value: SEQ values are mostly inline, every 7th a blob, and a few are
+/// larger than a WAL segment; SLOT values straddle the inline limit so one key moves between
+/// inline and blob storage.
 fn payload_len(w: usize, s: u64, kind: u8) -> usize {
     let m = mix(w, s, kind);
     match kind {
+        KIND_SEQ if s % 211 == 100 => 70_000 + (m % 60_000) as usize,
         KIND_SEQ if s % 7 == 3 => 300 + (m % 3000) as usize,
         KIND_SEQ => 8 + (m % 120) as usize,
         KIND_SLOT => 100 + (m % 500) as usize,
@@ -223,6 +242,17 @@ fn last_seq_of(w: usize, v: Option<&[u8]>) -> Result<i64, String> {
     Ok(d.seq as i64)
 }
 
+/// The durability writer `w` commits seq `s` with: mostly `Sync`; `Buffered` commits must
+/// survive a killed process as well; `None` commits are never acknowledged, but a later
+/// acknowledged commit of the same writer makes them required (the WAL is a prefix).
+fn durability_of(w: usize, s: u64) -> Durability {
+    match mix(w, s, 0) % 8 {
+        0 => Durability::None,
+        1 | 2 => Durability::Buffered,
+        _ => Durability::Sync,
+    }
+}
+
 fn obs_to_string(obs: &[i64]) -> String {
     obs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -264,6 +294,42 @@ fn child_fail(msg: String) -> ! {
     std::process::exit(3);
 }
 
+/// Sends SIGKILL to this process `delay` from now, from a thread of its own, so the kill
+/// lands inside whatever the process started meanwhile whatever the parent's scheduling.
+/// (The delay is the chosen moment of the crash, not a synchronisation.)
+fn self_kill_after(delay: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+}
+
+/// Where the child kills itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SelfKill {
+    Open(Duration),
+    Checkpoint(u64, Duration),
+}
+
+impl SelfKill {
+    fn to_env(self) -> String {
+        match self {
+            SelfKill::Open(d) => format!("open:{}", d.as_micros()),
+            SelfKill::Checkpoint(n, d) => format!("ckpt:{n}:{}", d.as_micros()),
+        }
+    }
+
+    fn from_env(s: &str) -> Option<SelfKill> {
+        let us = |x: &str| x.parse().ok().map(Duration::from_micros);
+        match s.split(':').collect::<Vec<_>>().as_slice() {
+            ["open", d] => Some(SelfKill::Open(us(d)?)),
+            ["ckpt", n, d] => Some(SelfKill::Checkpoint(n.parse().ok()?, us(d)?)),
+            _ => None,
+        }
+    }
+}
+
 /// The child process: does nothing unless `RINGKV_CRASH_CHILD` is set.
 #[test]
 fn crash_child() {
@@ -272,21 +338,31 @@ fn crash_child() {
         .ok()
         .and_then(|s| parse_obs(&s))
         .unwrap_or_else(|| child_fail(format!("{RESUME_ENV} missing or malformed")));
+    let self_kill = std::env::var(SELF_KILL_ENV).ok().map(|s| {
+        SelfKill::from_env(&s).unwrap_or_else(|| child_fail(format!("{SELF_KILL_ENV}={s:?} is malformed")))
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    match rt.block_on(child_main(PathBuf::from(dir), resume)) {
+    match rt.block_on(child_main(PathBuf::from(dir), resume, self_kill)) {
         Ok(()) => child_fail(format!("ran for {CHILD_LIFETIME:?} without being killed")),
         Err(e) => child_fail(e),
     }
 }
 
-async fn child_main(dir: PathBuf, resume: Vec<i64>) -> Result<(), String> {
+async fn child_main(dir: PathBuf, resume: Vec<i64>, self_kill: Option<SelfKill>) -> Result<(), String> {
     let start = Instant::now();
     emit("open-start");
+    if let Some(SelfKill::Open(d)) = self_kill {
+        self_kill_after(d);
+    }
     let db = Db::open(&dir, options(true)).await.map_err(|e| format!("open: {e}"))?;
     emit(&format!("open-done {:?} {}", db.io_backend(), start.elapsed().as_micros()));
-    let bucket = db.bucket(BUCKET).await.map_err(|e| format!("bucket: {e}"))?;
+    let mut buckets = Vec::new();
+    for b in 0..BUCKETS {
+        buckets.push(db.bucket(&bucket_name(b)).await.map_err(|e| format!("bucket: {e}"))?);
+    }
     for (w, &want) in resume.iter().enumerate() {
-        let v = bucket.get(last_key(w)).await.map_err(|e| format!("get {}: {e}", last_key(w)))?;
+        let k = last_key(w);
+        let v = buckets[bucket_of(w)].get(&k).await.map_err(|e| format!("get {k}: {e}"))?;
         let got = last_seq_of(w, v.as_deref())?;
         if got != want {
             return Err(format!("recovered w{w} at seq {got}, the parent verified {want} before"));
@@ -295,8 +371,14 @@ async fn child_main(dir: PathBuf, resume: Vec<i64>) -> Result<(), String> {
     emit("ready");
     let mut tasks = Vec::new();
     for (w, &m) in resume.iter().enumerate() {
-        let (db, bucket) = (db.clone(), bucket.clone());
-        tasks.push(tokio::spawn(async move { writer(db, bucket, w, (m + 1) as u64, start).await }));
+        let (db, buckets) = (db.clone(), buckets.clone());
+        let kill_in_ckpt = match self_kill {
+            Some(SelfKill::Checkpoint(n, d)) => Some((n, d)),
+            _ => None,
+        };
+        tasks.push(tokio::spawn(
+            async move { writer(db, buckets, w, (m + 1) as u64, start, kill_in_ckpt).await },
+        ));
     }
     for t in tasks {
         t.await.map_err(|e| format!("writer task: {e}"))??;
@@ -304,16 +386,32 @@ async fn child_main(dir: PathBuf, resume: Vec<i64>) -> Result<(), String> {
     Ok(())
 }
 
-async fn writer(db: Db, bucket: Bucket, w: usize, first: u64, start: Instant) -> Result<(), String> {
+/// Writer `w`: commits `first, first + 1, ...` (module doc). Writer 0 also checkpoints, and
+/// kills the process `d` after its n-th checkpoint started when `kill_in_ckpt = (n, d)`.
+async fn writer(
+    db: Db,
+    buckets: Vec<Bucket>,
+    w: usize,
+    first: u64,
+    start: Instant,
+    kill_in_ckpt: Option<(u64, Duration)>,
+) -> Result<(), String> {
     let err = |what: &str, s: u64, e: Error| format!("w{w} seq {s}: {what}: {e}");
     let mut s = first;
+    let mut ckpts = 0u64;
     while start.elapsed() < CHILD_LIFETIME {
-        let mut tx = bucket.begin().map_err(|e| err("begin", s, e))?;
+        // What the other writers committed so far, read in a snapshot taken before the
+        // transaction's: every commit seen precedes this one in the commit order.
         let mut obs = vec![-1i64; WRITERS];
-        for (v, o) in obs.iter_mut().enumerate() {
-            let got = tx.get(last_key(v)).await.map_err(|e| err("get last", s, e))?;
+        let snap = db.snapshot().map_err(|e| err("snapshot", s, e))?;
+        for (v, o) in obs.iter_mut().enumerate().filter(|&(v, _)| v != w) {
+            let got = snap.get(&buckets[bucket_of(v)], last_key(v)).await.map_err(|e| err("get", s, e))?;
             *o = last_seq_of(v, got.as_deref())?;
         }
+        drop(snap);
+        let mut tx = buckets[bucket_of(w)].begin().map_err(|e| err("begin", s, e))?;
+        let own = tx.get(last_key(w)).await.map_err(|e| err("get own last", s, e))?;
+        obs[w] = last_seq_of(w, own.as_deref())?;
         if obs[w] != s as i64 - 1 {
             return Err(format!("w{w} seq {s}: its own last key reads {} in the transaction", obs[w]));
         }
@@ -325,12 +423,22 @@ async fn writer(db: Db, bucket: Bucket, w: usize, first: u64, start: Instant) ->
         if s > 0 {
             tx.delete(tmp_key(w, s - 1)).map_err(|e| err("delete", s, e))?;
         }
-        tx.commit_with(Durability::Sync).await.map_err(|e| err("commit", s, e))?;
-        emit(&format!("ack {w} {s} {}", obs_to_string(&obs)));
+        let durability = durability_of(w, s);
+        tx.commit_with(durability).await.map_err(|e| err("commit", s, e))?;
+        if durability != Durability::None {
+            emit(&format!("ack {w} {s} {} {durability:?}", obs_to_string(&obs)));
+        }
         if w == 0 && s % CKPT_EVERY == CKPT_EVERY - 1 {
             emit("ckpt-start");
+            ckpts += 1;
+            if let Some((_, d)) = kill_in_ckpt.filter(|&(n, _)| n == ckpts) {
+                self_kill_after(d);
+            }
             let st = db.checkpoint().await.map_err(|e| err("checkpoint", s, e))?;
-            emit(&format!("ckpt-done pages={} bytes={} cut={}", st.pages, st.bytes, st.cut_ts));
+            emit(&format!(
+                "ckpt-done {} {} {} {}",
+                st.pages, st.blobs, st.files_removed, st.wal_segments_removed
+            ));
         }
         s += 1;
     }
@@ -351,20 +459,29 @@ enum Plan {
     DuringOpen(Duration),
     /// This long after the n-th `ckpt-start` (1-based).
     InCheckpoint(usize, Duration),
+    /// The child kills itself.
+    Own(SelfKill),
 }
 
 impl Plan {
     fn pick(cycle: usize, rng: &mut StdRng) -> Plan {
-        let r = match cycle {
-            0 => 5,
-            1 => 0,
-            2 => 2,
-            _ => rng.gen_range(0..10),
-        };
-        match r {
-            0 | 1 => Plan::DuringOpen(Duration::from_micros(rng.gen_range(0..4000))),
-            2..=4 => Plan::InCheckpoint(rng.gen_range(1..=3), Duration::from_micros(rng.gen_range(0..3000))),
-            5..=7 => Plan::Delay(Duration::from_millis(rng.gen_range(50..=700))),
+        let us = |rng: &mut StdRng, max: u64| Duration::from_micros(rng.gen_range(0..max));
+        match cycle {
+            // Every kind early on, the two kills that must land inside open and inside a
+            // checkpoint without delay.
+            0 => return Plan::Delay(Duration::from_millis(rng.gen_range(50..=700))),
+            1 => return Plan::Own(SelfKill::Open(Duration::ZERO)),
+            2 => return Plan::Own(SelfKill::Checkpoint(1, Duration::ZERO)),
+            3 => return Plan::DuringOpen(Duration::ZERO),
+            4 => return Plan::InCheckpoint(1, Duration::ZERO),
+            _ => {}
+        }
+        match rng.gen_range(0..12) {
+            0 => Plan::DuringOpen(us(rng, 4000)),
+            1 => Plan::Own(SelfKill::Open(us(rng, 8000))),
+            2 | 3 => Plan::InCheckpoint(rng.gen_range(1..=3), us(rng, 3000)),
+            4 | 5 => Plan::Own(SelfKill::Checkpoint(rng.gen_range(1..=3), us(rng, 3000))),
+            6..=8 => Plan::Delay(Duration::from_millis(rng.gen_range(50..=700))),
             _ => Plan::Acks(rng.gen_range(1..=400)),
         }
     }
@@ -395,13 +512,19 @@ struct Run {
     elapsed: Duration,
 }
 
-fn run_child(dir: &Path, resume: &[i64], plan: Plan) -> Run {
+/// Runs one child until it is killed; `Err` describes a child that failed or misbehaved.
+fn run_child(dir: &Path, resume: &[i64], plan: Plan) -> Result<Run, String> {
     let start = Instant::now();
     let exe = std::env::current_exe().expect("current_exe");
-    let child = Command::new(exe)
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, OsString::from(dir))
         .env(RESUME_ENV, obs_to_string(resume))
+        .env_remove(SELF_KILL_ENV);
+    if let Plan::Own(k) = plan {
+        cmd.env(SELF_KILL_ENV, k.to_env());
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -446,15 +569,18 @@ fn run_child(dir: &Path, resume: &[i64], plan: Plan) -> Run {
         if kill_at.is_some_and(|t| now >= t) {
             break;
         }
-        assert!(
-            now < hard,
-            "the kill trigger {plan:?} did not come within {TRIGGER_TIMEOUT:?} (acks {acks}, checkpoints \
-             {ckpts}); last lines: {:?}",
-            &lines[lines.len().saturating_sub(5)..]
-        );
+        if now >= hard {
+            return Err(format!(
+                "the kill trigger {plan:?} did not come within {TRIGGER_TIMEOUT:?} (acks {acks}, checkpoints \
+                 {ckpts}); last lines: {:?}",
+                &lines[lines.len().saturating_sub(5)..]
+            ));
+        }
         match rx.recv_timeout(kill_at.unwrap_or(hard).min(hard) - now) {
             Ok(l) => {
-                assert!(!l.starts_with("error"), "the child failed: {l}");
+                if l.starts_with("error") {
+                    return Err(format!("the child failed: {l}"));
+                }
                 let now = Instant::now();
                 if l.starts_with("ack ") {
                     acks += 1;
@@ -468,32 +594,38 @@ fn run_child(dir: &Path, resume: &[i64], plan: Plan) -> Run {
                     }
                 } else if l == "ckpt-start" {
                     ckpts += 1;
-                    if matches!(plan, Plan::InCheckpoint(n, _) if n == ckpts) {
-                        let Plan::InCheckpoint(_, d) = plan else { unreachable!() };
-                        kill_at = Some(now + d);
+                    match plan {
+                        Plan::InCheckpoint(n, d) if n == ckpts => kill_at = Some(now + d),
+                        _ => {}
                     }
                 }
                 lines.push(l);
             }
             Err(RecvTimeoutError::Timeout) => {}
+            // The pipe closed: the child is dead. Only a child that kills itself may die first.
+            Err(RecvTimeoutError::Disconnected) if matches!(plan, Plan::Own(_)) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 let status = guard.0.take().unwrap().wait();
-                panic!("the child exited before the kill ({status:?}); last lines: {:?}", lines);
+                return Err(format!("the child exited before the kill ({status:?}); last lines: {lines:?}"));
             }
         }
     }
     let lines_at_kill = lines.len();
     let kill_sent = start.elapsed();
     let mut child = guard.0.take().unwrap();
-    child.kill().expect("SIGKILL the child");
+    if !matches!(plan, Plan::Own(_)) {
+        child.kill().expect("SIGKILL the child");
+    }
     let status = child.wait().expect("wait for the child");
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     if let Some(l) = lines.iter().find(|l| l.starts_with("error")) {
-        panic!("the child failed: {l}");
+        return Err(format!("the child failed: {l}"));
     }
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "the child did not die of SIGKILL: {status:?}");
-    Run { lines, lines_at_kill, open_start_seen, kill_sent, elapsed: start.elapsed() }
+    if status.signal() != Some(libc::SIGKILL) {
+        return Err(format!("the child did not die of SIGKILL: {status:?}"));
+    }
+    Ok(Run { lines, lines_at_kill, open_start_seen, kill_sent, elapsed: start.elapsed() })
 }
 
 /// What the parent knows must be in the database.
@@ -513,6 +645,8 @@ impl Model {
 #[derive(Default)]
 struct Verified {
     acks: usize,
+    /// Of which `Durability::Buffered`.
+    acks_buffered: usize,
     /// Commits recovered although their ack never reached the parent.
     unacked_recovered: usize,
     values_checked: usize,
@@ -528,53 +662,57 @@ async fn verify(dir: &Path, model: &mut Model, run: &Run, rng: &mut StdRng) -> R
     for l in &run.lines {
         let Some(rest) = l.strip_prefix("ack ") else { continue };
         let parts: Vec<&str> = rest.split(' ').collect();
-        let (w, s, obs) = match parts.as_slice() {
-            [w, s, o] => (w.parse::<usize>(), s.parse::<u64>(), parse_obs(o)),
+        let (w, s, obs, d) = match parts.as_slice() {
+            [w, s, o, d] => (w.parse::<usize>(), s.parse::<u64>(), parse_obs(o), *d),
             _ => return Err(format!("malformed ack line {l:?}")),
         };
         let (Ok(w), Ok(s), Some(obs)) = (w, s, obs) else { return Err(format!("malformed ack line {l:?}")) };
-        if w >= WRITERS {
-            return Err(format!("ack {l:?} names no writer"));
+        if w >= WRITERS || format!("{:?}", durability_of(w, s)) != d {
+            return Err(format!("ack {l:?} names no writer or the wrong durability"));
         }
-        let expect_next = acked[w].keys().next_back().map_or(floor[w] + 1, |&p| p as i64 + 1);
-        if s as i64 != expect_next {
-            return Err(format!("ack {l:?} out of sequence (expected seq {expect_next})"));
+        let prev = acked[w].keys().next_back().map_or(floor[w], |&p| p as i64);
+        if s as i64 <= prev {
+            return Err(format!("ack {l:?} out of sequence (after seq {prev})"));
         }
         acked[w].insert(s, obs);
         out.acks += 1;
+        out.acks_buffered += (d == "Buffered") as usize;
     }
 
     let db = Db::open(dir, options(false)).await.map_err(|e| format!("reopen after the kill: {e}"))?;
-    let bucket = match db.existing_bucket(BUCKET) {
-        Ok(b) => Some(b),
-        Err(Error::NotFound(_)) => None,
-        Err(e) => return Err(format!("existing_bucket: {e}")),
-    };
-    let items = match &bucket {
-        Some(b) => b
-            .iter()
-            .await
-            .map_err(|e| format!("iter: {e}"))?
-            .collect_vec()
-            .await
-            .map_err(|e| format!("scan after recovery: {e}"))?,
-        None => Vec::new(),
-    };
+    // Every pair of every bucket (a bucket may be missing if the first child died early).
+    let mut buckets = Vec::new();
+    let mut items = Vec::new();
+    for b in 0..BUCKETS {
+        let bucket = match db.existing_bucket(&bucket_name(b)) {
+            Ok(x) => x,
+            Err(Error::NotFound(_)) => {
+                buckets.push(None);
+                continue;
+            }
+            Err(e) => return Err(format!("existing_bucket: {e}")),
+        };
+        let scan = bucket.iter().await.map_err(|e| format!("iter: {e}"))?.collect_vec().await;
+        items.extend(
+            scan.map_err(|e| format!("scan after recovery: {e}"))?.into_iter().map(|(k, v)| (b, k, v)),
+        );
+        buckets.push(Some(bucket));
+    }
 
     // Classify every key.
     let mut seqs: Vec<BTreeMap<u64, Decoded>> = (0..WRITERS).map(|_| BTreeMap::new()).collect();
     let mut lasts: Vec<Option<Decoded>> = (0..WRITERS).map(|_| None).collect();
     let mut tmps: Vec<Vec<u64>> = vec![Vec::new(); WRITERS];
     let mut slots: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); WRITERS];
-    for (k, v) in &items {
-        let key = std::str::from_utf8(k).map_err(|_| format!("unexpected key {k:?}"))?;
+    for (b, k, v) in &items {
+        let key = std::str::from_utf8(k).map_err(|_| format!("unexpected key {k:?} in bucket {b}"))?;
         let parts: Vec<&str> = key.split('/').collect();
         let w = parts
             .first()
             .and_then(|p| p.strip_prefix('w'))
             .and_then(|p| p.parse::<usize>().ok())
-            .filter(|&w| w < WRITERS && key.starts_with(&format!("w{w}/")))
-            .ok_or_else(|| format!("unexpected key {key:?}"))?;
+            .filter(|&w| w < WRITERS && bucket_of(w) == *b && key.starts_with(&format!("w{w}/")))
+            .ok_or_else(|| format!("unexpected key {key:?} in bucket {b}"))?;
         let d = decode(v).map_err(|e| format!("key {key:?}: {e}"))?;
         out.values_checked += 1;
         let (kind, s) = match parts[1..] {
@@ -584,7 +722,7 @@ async fn verify(dir: &Path, model: &mut Model, run: &Run, rng: &mut StdRng) -> R
             ["slot", k] => (KIND_SLOT, k.parse::<u64>().ok().filter(|&k| k < SLOTS && slot_key(w, k) == key)),
             _ => (0, None),
         };
-        let Some(s) = s else { return Err(format!("unexpected key {key:?}")) };
+        let Some(s) = s else { return Err(format!("unexpected key {key:?} in bucket {b}")) };
         let ok = d.kind == kind
             && d.writer == w
             && match kind {
@@ -645,8 +783,8 @@ async fn verify(dir: &Path, model: &mut Model, run: &Run, rng: &mut StdRng) -> R
             for (v, &o) in d.obs.iter().enumerate() {
                 if o > m[v] {
                     return Err(format!(
-                        "w{w} seq {s} was recovered, but it read w{v} seq {o}, which was not (w{v} recovered up \
-                         to {}): the recovered state is not a prefix of the commit order",
+                        "w{w} seq {s} was recovered, but it read w{v} seq {o}, which was not (w{v} recovered \
+                         up to {}): the recovered state is not a prefix of the commit order",
                         m[v]
                     ));
                 }
@@ -677,11 +815,15 @@ async fn verify(dir: &Path, model: &mut Model, run: &Run, rng: &mut StdRng) -> R
     }
 
     // Point reads and a reverse scan agree with the forward scan.
-    if let Some(b) = &bucket {
-        let w = rng.gen_range(0..WRITERS);
+    let w = rng.gen_range(0..WRITERS);
+    if let Some(b) = &buckets[bucket_of(w)] {
         let get = |k: String| async move { b.get(&k).await.map_err(|e| format!("get {k}: {e}")) };
-        let from_scan =
-            |k: &str| items.iter().find(|(x, _)| x.as_ref() == k.as_bytes()).map(|(_, v)| v.clone());
+        let from_scan = |k: &str| {
+            items
+                .iter()
+                .find(|(b, x, _)| *b == bucket_of(w) && x.as_ref() == k.as_bytes())
+                .map(|(_, _, v)| v.clone())
+        };
         let m_w = m[w].max(0) as u64;
         for k in
             [last_key(w), seq_key(w, m_w), seq_key(w, m_w + 1), tmp_key(w, m_w), slot_key(w, m_w % SLOTS)]
@@ -755,22 +897,19 @@ fn sigkill_during_sync_commits_and_checkpoints() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut model = Model { known: vec![Vec::new(); WRITERS] };
     let started = Instant::now();
-    let (mut total_acks, mut in_open, mut in_ckpt) = (0usize, 0usize, 0usize);
+    let (mut total_acks, mut total_buffered, mut in_open, mut in_ckpt) = (0usize, 0usize, 0usize, 0usize);
+    // Explicit checkpoints completed, and their pages, blobs, files and WAL segments removed.
+    let mut ckpt_totals = [0u64; 5];
     for cycle in 0..cycles {
         let plan = Plan::pick(cycle, &mut rng);
         let resume = model.resume();
-        let run = run_child(&dir, &resume, plan);
-        // From everything the child wrote before it died (the parent's reading may lag).
-        let open_us = run.lines.iter().find_map(|l| l.strip_prefix("open-done ")?.split(' ').nth(1));
-        let killed_in_open = open_us.is_none();
-        let killed_in_ckpt = run.lines.iter().rposition(|l| l == "ckpt-start")
-            > run.lines.iter().rposition(|l| l.starts_with("ckpt-done"));
-        in_open += killed_in_open as usize;
-        in_ckpt += killed_in_ckpt as usize;
-        let t = Instant::now();
-        let verified = rt.block_on(verify(&dir, &mut model, &run, &mut rng));
-        let v = match verified {
-            Ok(v) => v,
+        let outcome = run_child(&dir, &resume, plan).and_then(|run| {
+            let t = Instant::now();
+            let v = rt.block_on(verify(&dir, &mut model, &run, &mut rng))?;
+            Ok((run, v, t.elapsed()))
+        });
+        let (run, v, verify_time) = match outcome {
+            Ok(x) => x,
             Err(e) => {
                 let kept = tmp.keep();
                 panic!(
@@ -780,11 +919,26 @@ fn sigkill_during_sync_commits_and_checkpoints() {
                 );
             }
         };
+        // From everything the child wrote before it died (the parent's reading may lag).
+        let open_us = run.lines.iter().find_map(|l| l.strip_prefix("open-done ")?.split(' ').nth(1));
+        let killed_in_open = open_us.is_none();
+        let killed_in_ckpt = run.lines.iter().rposition(|l| l == "ckpt-start")
+            > run.lines.iter().rposition(|l| l.starts_with("ckpt-done"));
+        for l in &run.lines {
+            let Some(rest) = l.strip_prefix("ckpt-done ") else { continue };
+            ckpt_totals[0] += 1;
+            for (t, x) in ckpt_totals[1..].iter_mut().zip(rest.split(' ')) {
+                *t += x.parse::<u64>().unwrap_or(0);
+            }
+        }
+        in_open += killed_in_open as usize;
+        in_ckpt += killed_in_ckpt as usize;
         total_acks += v.acks;
+        total_buffered += v.acks_buffered;
         println!(
-            "cycle {cycle:2}: {plan:?}: open-start seen at {:?}, child open took {}us, kill at {:?} ({} lines \
-             read), reaped at {:?}{}{}: {} acks, {} recovered without ack, {} values checked, m {:?}, verify \
-             {:?}",
+            "cycle {cycle}: {plan:?}: open-start seen at {:?}, child open took {}us, kill at {:?} ({} lines \
+             read), reaped at {:?}{}{}: {} acks, {} recovered without an ack (Durability::None, or the ack \
+             was not written yet), {} values checked, m {:?}, verify {:?}",
             run.open_start_seen,
             open_us.unwrap_or("-"),
             run.kill_sent,
@@ -796,14 +950,24 @@ fn sigkill_during_sync_commits_and_checkpoints() {
             v.unacked_recovered,
             v.values_checked,
             v.m,
-            t.elapsed()
+            verify_time
         );
     }
     let commits: usize = model.known.iter().map(|k| k.len()).sum();
     println!(
-        "crash_kill: {cycles} cycles in {:?}: {total_acks} acknowledged commits verified, {commits} commits in \
-         the database, {in_open} kills during open, {in_ckpt} kills during an explicit checkpoint (seed {seed})",
-        started.elapsed()
+        "crash_kill: {cycles} cycles in {:?}: {total_acks} acknowledged commits verified \
+         ({total_buffered} of them Buffered), {commits} commits in the database, {in_open} kills during \
+         open, {in_ckpt} kills during an explicit checkpoint; explicit checkpoints completed {}: {} \
+         pages, {} blobs written, {} files and {} WAL segments removed (seed {seed})",
+        started.elapsed(),
+        ckpt_totals[0],
+        ckpt_totals[1],
+        ckpt_totals[2],
+        ckpt_totals[3],
+        ckpt_totals[4]
     );
     assert!(total_acks > 0 || cycles < 3, "no commit was ever acknowledged");
+    // Cycles 1 to 4 aim at these two moments without delay (`Plan::pick`).
+    assert!(in_open > 0 || cycles < 2, "no kill landed inside open");
+    assert!(in_ckpt > 0 || cycles < 3, "no kill landed inside an explicit checkpoint");
 }
