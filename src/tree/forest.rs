@@ -210,7 +210,7 @@ impl Forest {
         self.mem.fetch_add(mem as i64, Ordering::Relaxed);
         self.written_since_cut.fetch_add(bytes as u64, Ordering::Relaxed);
         self.mark_dirty(pid);
-        self.maybe_evict();
+        self.maybe_evict(pid);
     }
 
     /// Seals the dirty set (the checkpoint cut).
@@ -331,7 +331,7 @@ impl Forest {
                 let old = unsafe { retire_chain(v.head, &guard) };
                 self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
                 slot.referenced.store(true, Ordering::Relaxed);
-                self.maybe_evict();
+                self.maybe_evict(pid);
                 return Ok(());
             }
         }
@@ -341,7 +341,12 @@ impl Forest {
     /// Evicts clean leaves (CLOCK) while the cache is over capacity. Each call scans at
     /// most [`EVICT_SCAN_BUDGET`] slots, so a cache full of dirty pages costs a bounded
     /// amount per call; then a checkpoint is requested, which makes pages clean again.
-    pub fn maybe_evict(&self) {
+    ///
+    /// `keep` (0 for none) is the page the caller just loaded or wrote: it is never evicted
+    /// by its own operation, and one call never sweeps more than once round the table, so a
+    /// page whose reference bit is set survives the call: a reader always gets to read the
+    /// page it loaded, even when nothing else in the cache is clean.
+    pub fn maybe_evict(&self, keep: Pid) {
         if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
             return;
         }
@@ -349,7 +354,7 @@ impl Forest {
         let target = (self.capacity as i64) * 9 / 10;
         let limit = self.next_pid();
         let guard = epoch::pin();
-        for _ in 0..EVICT_SCAN_BUDGET {
+        for _ in 0..EVICT_SCAN_BUDGET.min(limit as usize) {
             if self.mem.load(Ordering::Relaxed) <= target {
                 break;
             }
@@ -357,6 +362,9 @@ impl Forest {
             if pid >= limit {
                 self.hand.store(2, Ordering::Relaxed);
                 pid = 1;
+            }
+            if pid == keep {
+                continue;
             }
             let Some(slot) = self.table.try_slot(pid) else { continue };
             if slot.referenced.swap(false, Ordering::Relaxed) {
@@ -399,7 +407,7 @@ impl Forest {
             if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
                 break;
             }
-            self.maybe_evict();
+            self.maybe_evict(0);
         }
     }
 
