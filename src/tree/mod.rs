@@ -299,26 +299,12 @@ impl Tree {
         let mut left = merged;
         let right_entries = left.entries.split_off(mid);
         if pid == self.root {
-            let a = f.alloc_pid();
-            let b = f.alloc_pid();
-            let lb = LeafBase {
-                bounds: Bounds { low: left.bounds.low.clone(), high: Some(sep.clone()), right: b },
-                entries: left.entries,
-            };
-            let rb = LeafBase {
-                bounds: Bounds { low: sep.clone(), high: None, right: 0 },
-                entries: right_entries,
-            };
-            f.install_new(a, NodeKind::Leaf(lb));
-            f.install_new(b, NodeKind::Leaf(rb));
-            let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep, b)] };
-            if f.replace(pid, v.head, v.head_node.seq, NodeKind::Inner(root), guard) {
-                f.mark_dirty(a);
-                f.mark_dirty(b);
-            } else {
-                f.uninstall(a, guard);
-                f.uninstall(b, guard);
-            }
+            self.split_root(f, &v, sep, guard, |lb, rb| {
+                (
+                    NodeKind::Leaf(LeafBase { bounds: lb, entries: left.entries }),
+                    NodeKind::Leaf(LeafBase { bounds: rb, entries: right_entries }),
+                )
+            });
             return Ok(());
         }
         let r = f.alloc_pid();
@@ -336,6 +322,36 @@ impl Tree {
         }
         f.mark_dirty(r);
         self.insert_index(f, &low, pid, sep, r, guard)
+    }
+
+    /// Splits the root (protocol 4): its two halves move to new pages `a` and `b` (`make`
+    /// builds them from their bounds) and the root becomes an index node over them. False,
+    /// with nothing changed, when the root's chain changed under us. Caller holds `smo`.
+    fn split_root(
+        &self,
+        f: &Forest,
+        v: &ChainView<'_>,
+        sep: Bytes,
+        guard: &Guard,
+        make: impl FnOnce(Bounds, Bounds) -> (NodeKind, NodeKind),
+    ) -> bool {
+        let (a, b) = (f.alloc_pid(), f.alloc_pid());
+        let (ka, kb) = make(
+            Bounds { low: Bytes::new(), high: Some(sep.clone()), right: b },
+            Bounds { low: sep.clone(), high: None, right: 0 },
+        );
+        f.install_new(a, ka);
+        f.install_new(b, kb);
+        let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep, b)] };
+        if f.replace(self.root, v.head, v.head_node.seq, NodeKind::Inner(root), guard) {
+            f.mark_dirty(a);
+            f.mark_dirty(b);
+            true
+        } else {
+            f.uninstall(a, guard);
+            f.uninstall(b, guard);
+            false
+        }
     }
 
     /// Adds `(sep, right)` to the parent of `child` (whose low key is `child_low`), splitting
@@ -366,23 +382,13 @@ impl Tree {
         let sep2 = new.children[mid].0.clone();
         let right_children = new.children.split_off(mid);
         if parent == self.root {
-            let a = f.alloc_pid();
-            let b = f.alloc_pid();
-            let ab = InnerBase {
-                bounds: Bounds { low: new.bounds.low.clone(), high: Some(sep2.clone()), right: b },
-                children: new.children,
-            };
-            let bb = InnerBase {
-                bounds: Bounds { low: sep2.clone(), high: None, right: 0 },
-                children: right_children,
-            };
-            f.install_new(a, NodeKind::Inner(ab));
-            f.install_new(b, NodeKind::Inner(bb));
-            let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep2, b)] };
-            let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(root), guard);
+            let ok = self.split_root(f, &v, sep2, guard, |ab, bb| {
+                (
+                    NodeKind::Inner(InnerBase { bounds: ab, children: new.children }),
+                    NodeKind::Inner(InnerBase { bounds: bb, children: right_children }),
+                )
+            });
             assert!(ok, "index nodes change only under the structure lock");
-            f.mark_dirty(a);
-            f.mark_dirty(b);
             return Ok(());
         }
         let r2 = f.alloc_pid();
