@@ -61,6 +61,10 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Live snapshots.
     pub snapshots: usize,
+    /// Page splits since open.
+    pub splits: u64,
+    /// Page merges since open.
+    pub merges: u64,
 }
 
 pub(crate) struct DbInner {
@@ -340,6 +344,8 @@ impl Db {
             wal_fsyncs: w.fsyncs,
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
             snapshots: self.inner.mvcc.live_snapshots(),
+            splits: self.inner.forest.splits.load(Ordering::Relaxed),
+            merges: self.inner.forest.merges.load(Ordering::Relaxed),
         }
     }
 

@@ -316,6 +316,8 @@ async fn run_bank(cfg: Config) -> Summary {
                 // A read-only transaction commits without writing.
                 t.commit().await.unwrap();
                 n += 1;
+                // Reads of cached pages complete without yielding: let the others run.
+                tokio::task::yield_now().await;
             }
             n
         })
@@ -419,7 +421,7 @@ async fn bank_sync_group_commit() {
         cache_capacity: 64 * 1024 * 1024,
         accounts: 100,
         tasks: 16,
-        transfers_per_task: 150,
+        transfers_per_task: 250,
         filler_per_account: 0,
         filler_len: 0,
         yield_in_txn: false,
@@ -490,7 +492,7 @@ async fn bank_no_sync_small_cache() {
         cache_capacity: 256 * 1024,
         accounts: 100,
         tasks: 12,
-        transfers_per_task: 150,
+        transfers_per_task: 250,
         filler_per_account: 40,
         filler_len: 150,
         yield_in_txn: false,
@@ -510,7 +512,7 @@ async fn bank_buffered_high_contention() {
         cache_capacity: 1024 * 1024,
         accounts: 8,
         tasks: 16,
-        transfers_per_task: 120,
+        transfers_per_task: 400,
         filler_per_account: 0,
         filler_len: 0,
         yield_in_txn: true,
@@ -527,8 +529,110 @@ async fn bank_buffered_high_contention() {
     );
 }
 
-#[test]
-fn transfer_encoding_roundtrips() {
-    let v = encode_transfer(3, 99, 123_456);
-    assert_eq!(decode_transfer(&v), (3, 99, 123_456));
+/// Reads of evicted pages race with checkpoints that move pages to new files and delete the
+/// files nothing points into any more. Every read must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_race_file_removal() {
+    const KEYS: usize = 2000;
+    const WRITES: usize = 4000;
+    const READERS: usize = 3;
+    let seed = seed("reloads_race_file_removal");
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        durability: Durability::None,
+        cache_capacity: 64 * 1024,
+        background_checkpoints: false,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), o).await.unwrap();
+    let b = db.bucket("r").await.unwrap();
+    let k = |i: usize| format!("key{i:05}").into_bytes();
+    let mut t = b.begin().unwrap();
+    for i in 0..KEYS {
+        t.put(k(i), [0u8; 100]).unwrap();
+    }
+    t.commit().await.unwrap();
+    db.checkpoint().await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let wrote = Arc::new(Notify::new());
+    let writer = {
+        let (b, done, wrote) = (b.clone(), done.clone(), wrote.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            for n in 0..WRITES {
+                let i = rng.gen_range(0..KEYS);
+                b.put(k(i), [(n % 251) as u8; 100]).await.unwrap();
+                if n % 10 == 9 {
+                    wrote.notify_one();
+                }
+            }
+            done.store(true, Ordering::Release);
+            wrote.notify_one();
+        })
+    };
+    // A checkpoint after every ten writes: pages move to new files and old files die.
+    let checkpointer = {
+        let (db, done, wrote) = (db.clone(), done.clone(), wrote.clone());
+        tokio::spawn(async move {
+            let (mut n, mut removed) = (0u64, 0usize);
+            while !done.load(Ordering::Acquire) {
+                wrote.notified().await;
+                let s = db.checkpoint().await.unwrap();
+                removed += s.files_removed;
+                n += 1;
+            }
+            (n, removed)
+        })
+    };
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let (b, done) = (b.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ (r as u64 + 1));
+                let (mut reads, mut errors) = (0u64, Vec::new());
+                while !done.load(Ordering::Acquire) {
+                    if r == 0 {
+                        // One reader scans, the others get.
+                        let lo = k(rng.gen_range(0..KEYS));
+                        match b.range(lo.as_slice()..).await.unwrap().try_collect::<Vec<_>>().await {
+                            Ok(v) => assert!(!v.is_empty()),
+                            Err(e) => errors.push(format!("scan from {lo:?}: {e}")),
+                        }
+                    } else {
+                        let i = rng.gen_range(0..KEYS);
+                        match b.get(k(i)).await {
+                            Ok(Some(v)) => assert_eq!(v.len(), 100),
+                            Ok(None) => panic!("key {i} missing"),
+                            Err(e) => errors.push(format!("get key {i}: {e}")),
+                        }
+                    }
+                    reads += 1;
+                    // A read of cached pages completes without yielding: let the writer
+                    // and the checkpointer run.
+                    tokio::task::yield_now().await;
+                }
+                (reads, errors)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    writer.await.unwrap();
+    let (ckpts, removed) = checkpointer.await.unwrap();
+    let mut errors = Vec::new();
+    let mut reads = 0;
+    for r in readers {
+        let (n, e) = r.await.unwrap();
+        reads += n;
+        errors.extend(e);
+    }
+    eprintln!(
+        "reloads_race_file_removal on {:?}: {WRITES} writes, {reads} reads, {ckpts} checkpoints, \
+         {removed} files removed, {} read errors, in {:?}",
+        db.io_backend(),
+        errors.len(),
+        start.elapsed()
+    );
+    assert!(errors.is_empty(), "{} reads failed, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(removed > 0, "no file died: the race was not exercised");
+    db.close().await.unwrap();
 }

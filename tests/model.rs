@@ -222,8 +222,14 @@ enum TxnOp {
     Put(KeySel, Val),
     Delete(KeySel),
     Get(KeySel),
-    Range { lo: BoundSpec, hi: BoundSpec, rev: bool },
+    Range {
+        lo: BoundSpec,
+        hi: BoundSpec,
+        rev: bool,
+    },
     Prefix(Key),
+    /// A database checkpoint while the transaction is open.
+    Checkpoint,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -291,6 +297,7 @@ enum Op {
         rev: bool,
         first: u8,
         writes: Vec<(KeySel, Option<Val>)>,
+        checkpoint: bool,
     },
     SnapOpen,
     SnapRange {
@@ -307,6 +314,10 @@ enum Op {
     Checkpoint,
     Flush,
     Reopen,
+    /// Flush, then drop every handle without `close` (no checkpoint): the reopen replays
+    /// the WAL. A plain reopen when background checkpoints are on (a running checkpoint
+    /// could outlive the handles and race with the new instance).
+    CrashReopen,
     DropRecreate {
         b: usize,
     },
@@ -316,6 +327,7 @@ enum Op {
 struct CaseCfg {
     background_checkpoints: bool,
     durability: Dur,
+    gc_live_ratio: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +423,7 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
         3 => key_sel().prop_map(TxnOp::Get),
         1 => (bound(), bound(), any::<bool>()).prop_map(|(lo, hi, rev)| TxnOp::Range { lo, hi, rev }),
         1 => prefix_key().prop_map(TxnOp::Prefix),
+        1 => Just(TxnOp::Checkpoint),
     ]
 }
 
@@ -441,9 +454,16 @@ fn op() -> impl Strategy<Value = Op> {
             bucket(),
             any::<bool>(),
             0u8..30,
-            prop::collection::vec((key_sel(), prop::option::weighted(0.7, val())), 1..8)
+            prop::collection::vec((key_sel(), prop::option::weighted(0.7, val())), 1..8),
+            any::<bool>(),
         )
-            .prop_map(|(b, rev, first, writes)| Op::ScanAcrossWrites { b, rev, first, writes }),
+            .prop_map(|(b, rev, first, writes, checkpoint)| Op::ScanAcrossWrites {
+                b,
+                rev,
+                first,
+                writes,
+                checkpoint
+            }),
         1 => Just(Op::SnapOpen),
         2 => (bucket(), bound(), bound(), any::<bool>()).prop_map(|(b, lo, hi, rev)| Op::SnapRange { b, lo, hi, rev }),
         2 => (bucket(), key_sel()).prop_map(|(b, k)| Op::SnapGet { b, k }),
@@ -451,13 +471,19 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Checkpoint),
         1 => Just(Op::Flush),
         2 => Just(Op::Reopen),
+        1 => Just(Op::CrashReopen),
         1 => bucket().prop_map(|b| Op::DropRecreate { b }),
     ]
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let cfg = (any::<bool>(), dur())
-        .prop_map(|(background_checkpoints, durability)| CaseCfg { background_checkpoints, durability });
+    let cfg = (any::<bool>(), dur(), select(vec![0.0, 0.5, 0.9])).prop_map(
+        |(background_checkpoints, durability, gc_live_ratio)| CaseCfg {
+            background_checkpoints,
+            durability,
+            gc_live_ratio,
+        },
+    );
     (cfg, prop::collection::vec(op(), 50..400)).prop_map(|(cfg, ops)| Case { cfg, ops })
 }
 
@@ -601,6 +627,7 @@ fn options(cfg: &CaseCfg) -> Options {
         checkpoint_interval: if cfg.background_checkpoints { Some(Duration::from_millis(100)) } else { None },
         wal_segment_bytes: 64 * 1024,
         background_checkpoints: cfg.background_checkpoints,
+        gc_live_ratio: cfg.gc_live_ratio,
         ..Options::default()
     }
 }
@@ -608,10 +635,23 @@ fn options(cfg: &CaseCfg) -> Options {
 struct Harness {
     dir: std::path::PathBuf,
     opts: Options,
-    db: Db,
+    /// `None` only inside a reopen.
+    db: Option<Db>,
     buckets: Vec<Bucket>,
     models: Vec<Model>,
     snap: Option<(Snapshot, Vec<Model>)>,
+    seen: Seen,
+}
+
+/// What a case exercised, printed with `RINGKV_MODEL_VERBOSE=1`.
+#[derive(Debug, Default)]
+struct Seen {
+    max_keys: usize,
+    max_cache_bytes: i64,
+    max_ckpt_pages: usize,
+    ckpt_blobs: usize,
+    reopens: usize,
+    conflicts: usize,
 }
 
 async fn open_buckets(db: &Db, create: bool) -> Check<Vec<Bucket>> {
@@ -651,11 +691,16 @@ impl Harness {
         Ok(Harness {
             dir: dir.to_path_buf(),
             opts,
-            db,
+            db: Some(db),
             buckets,
             models: vec![Model::new(); BUCKETS.len()],
             snap: None,
+            seen: Seen::default(),
         })
+    }
+
+    fn db(&self) -> &Db {
+        self.db.as_ref().expect("the database is open")
     }
 
     async fn verify_all(&self, what: &str, gets: bool) -> Check {
@@ -666,19 +711,33 @@ impl Harness {
     }
 
     async fn reopen(&mut self) -> Check {
+        self.seen.reopens += 1;
         self.snap = None;
-        eng!(self.db.close().await);
+        eng!(self.db().close().await);
         match self.buckets[0].get(b"a").await {
             Err(Error::Closed) => {}
             other => return Err(format!("get after close returned {other:?}, expected Err(Closed)")),
         }
-        self.db = eng!(Db::open(&self.dir, self.opts.clone()).await);
-        let names = eng!(self.db.buckets());
+        self.db = Some(eng!(Db::open(&self.dir, self.opts.clone()).await));
+        let names = eng!(self.db().buckets());
         if names != BUCKETS {
             return Err(format!("buckets after reopen: {names:?}, expected {BUCKETS:?}"));
         }
-        self.buckets = open_buckets(&self.db, false).await?;
+        self.buckets = open_buckets(self.db(), false).await?;
         self.verify_all("after reopen", true).await
+    }
+
+    /// Flushes the WAL, drops every handle without `close` (so nothing is checkpointed),
+    /// reopens and verifies: the reopen must replay the WAL.
+    async fn crash_reopen(&mut self) -> Check {
+        self.seen.reopens += 1;
+        self.snap = None;
+        eng!(self.db().flush().await);
+        self.buckets.clear();
+        self.db = None;
+        self.db = Some(eng!(Db::open(&self.dir, self.opts.clone()).await));
+        self.buckets = open_buckets(self.db(), false).await?;
+        self.verify_all("after a reopen without close", true).await
     }
 
     async fn put(&mut self, b: usize, k: &[u8], v: Option<Val>) -> Check {
@@ -756,7 +815,7 @@ impl Harness {
                 self.put(*b, &other, Some(*v2)).await?;
                 let got = t.commit().await;
                 match (k == other, got) {
-                    (true, Err(e)) if e.is_conflict() => {}
+                    (true, Err(e)) if e.is_conflict() => self.seen.conflicts += 1,
                     (false, Ok(_)) => {
                         self.models[*b].insert(k.clone(), v1.bytes());
                     }
@@ -776,7 +835,7 @@ impl Harness {
                     self.models[*b].get(&k),
                 )?;
             }
-            Op::ScanAcrossWrites { b, rev, first, writes } => {
+            Op::ScanAcrossWrites { b, rev, first, writes, checkpoint } => {
                 let expected = model_range(&self.models[*b], &full(), *rev);
                 let mut it = if *rev {
                     eng!(self.buckets[*b].range_rev(full()).await)
@@ -794,12 +853,15 @@ impl Harness {
                     let k = resolve(&self.models[*b], k);
                     self.put(*b, &k, *v).await?;
                 }
+                if *checkpoint {
+                    eng!(self.db().checkpoint().await);
+                }
                 got.extend(eng!(it.collect_vec().await));
                 same_pairs("scan across later writes", &to_pairs(got), &expected)?;
             }
             Op::SnapOpen => {
                 if self.snap.is_none() {
-                    self.snap = Some((eng!(self.db.snapshot()), self.models.clone()));
+                    self.snap = Some((eng!(self.db().snapshot()), self.models.clone()));
                 }
             }
             Op::SnapRange { b, lo, hi, rev } => {
@@ -831,26 +893,30 @@ impl Harness {
             }
             Op::SnapClose => self.snap = None,
             Op::Checkpoint => {
-                eng!(self.db.checkpoint().await);
+                let st = eng!(self.db().checkpoint().await);
+                self.seen.max_ckpt_pages = self.seen.max_ckpt_pages.max(st.pages);
+                self.seen.ckpt_blobs += st.blobs;
             }
-            Op::Flush => eng!(self.db.flush().await),
+            Op::Flush => eng!(self.db().flush().await),
             Op::Reopen => self.reopen().await?,
+            Op::CrashReopen if self.opts.background_checkpoints => self.reopen().await?,
+            Op::CrashReopen => self.crash_reopen().await?,
             Op::DropRecreate { b } => {
                 self.snap = None;
                 let name = BUCKETS[*b];
-                eng!(self.db.drop_bucket(name).await);
+                eng!(self.db().drop_bucket(name).await);
                 match self.buckets[*b].get(b"a").await {
                     Err(Error::NotFound(_)) => {}
                     other => {
                         return Err(format!("get on a dropped bucket returned {other:?}, expected NotFound"))
                     }
                 }
-                match self.db.existing_bucket(name) {
+                match self.db().existing_bucket(name) {
                     Err(Error::NotFound(_)) => {}
                     Err(e) => return Err(format!("existing_bucket of a dropped bucket: {e:?}")),
                     Ok(_) => return Err("existing_bucket found a dropped bucket".into()),
                 }
-                self.buckets[*b] = eng!(self.db.bucket(name).await);
+                self.buckets[*b] = eng!(self.db().bucket(name).await);
                 self.models[*b].clear();
                 verify_bucket("recreated bucket", &self.buckets[*b], &self.models[*b], false).await?;
                 let other = &self.buckets[1 - *b];
@@ -905,6 +971,9 @@ impl Harness {
                     let got = to_pairs(eng!(eng!(t.prefix(&p.0).await).collect_vec().await));
                     same_pairs(&format!("txn prefix {}", show(&p.0)), &got, &model_prefix(&view, &p.0))?;
                 }
+                TxnOp::Checkpoint => {
+                    eng!(self.db().checkpoint().await);
+                }
             }
         }
         if t.len() != own.len() {
@@ -952,11 +1021,16 @@ async fn run_case(case: &Case) -> Check {
     let mut h = with_timeout("open", Harness::open(tmp.path(), opts)).await?;
     for (i, op) in case.ops.iter().enumerate() {
         with_timeout(&format!("op #{i}"), h.run(op)).await.map_err(|e| format!("op #{i} {op:?}: {e}"))?;
+        h.seen.max_keys = h.seen.max_keys.max(h.models.iter().map(|m| m.len()).sum());
+        h.seen.max_cache_bytes = h.seen.max_cache_bytes.max(h.db().stats().cache_bytes);
+    }
+    if std::env::var_os("RINGKV_MODEL_VERBOSE").is_some() {
+        eprintln!("  case: {} ops, {:?}, {:?}", case.ops.len(), case.cfg, h.seen);
     }
     with_timeout("final reopen", async {
         h.reopen().await?;
         h.verify_all("final", true).await?;
-        eng!(h.db.close().await);
+        eng!(h.db().close().await);
         Ok(())
     })
     .await
@@ -1062,7 +1136,7 @@ async fn large_sequential(dir: &Path, seed: u64) -> Check {
     };
     let opts = Options {
         durability: Durability::Buffered,
-        cache_capacity: 64 * 1024,
+        cache_capacity: env_u64("RINGKV_MODEL_LARGE_CACHE").map_or(64 * 1024, |c| c as usize),
         checkpoint_bytes: 256 * 1024,
         wal_segment_bytes: 256 * 1024,
         ..Options::default()
@@ -1072,7 +1146,10 @@ async fn large_sequential(dir: &Path, seed: u64) -> Check {
     let mut model = Model::new();
     let mut order: Vec<u32> = (0..KEYS).collect();
     order.shuffle(&mut rng);
-    for chunk in order.chunks(TXN) {
+    for (n, chunk) in order.chunks(TXN).enumerate() {
+        if std::env::var_os("RINGKV_MODEL_DEBUG").is_some() && n % 10 == 0 {
+            phase(&format!("txn {n}"), &db);
+        }
         let mut t = eng!(bucket.begin());
         for &i in chunk {
             eng!(t.put(large_key(i), large_value(i, 0)));
@@ -1140,4 +1217,56 @@ fn model_large_sequential() {
         panic!("model_large_sequential failed (replay with RINGKV_MODEL_SEED={seed:#x}): {e}");
     }
     eprintln!("model_large_sequential passed in {:.1?}", started.elapsed());
+}
+
+/// Regression for /work/bugs/evict-reader-livelock.md: with a 64 KiB cache, once dirty
+/// pages, stubs and index nodes hold about 90% of the capacity, a page loaded for a reader
+/// was evicted by its own load's eviction pass, and the reader reloaded it forever.
+#[test]
+fn model_regression_reader_livelock() {
+    let tmp = tempfile::Builder::new().prefix("ringkv-model-livelock-").tempdir().expect("tempdir");
+    let rt = runtime();
+    let r: Check = rt.block_on(async {
+        let opts = Options {
+            durability: Durability::Buffered,
+            cache_capacity: 64 * 1024,
+            background_checkpoints: false,
+            checkpoint_interval: None,
+            ..Options::default()
+        };
+        let db = eng!(Db::open(tmp.path(), opts).await);
+        let b = eng!(db.bucket("b").await);
+        let keys: Vec<u32> = (0..3000).collect();
+        for round in 0..2u32 {
+            for chunk in keys.chunks(100) {
+                let mut t = eng!(b.begin());
+                for &k in chunk {
+                    eng!(t.put(large_key(k), large_value(k, round)));
+                }
+                match tokio::time::timeout(Duration::from_secs(20), t.commit()).await {
+                    Ok(r) => {
+                        eng!(r);
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                        "round {round}: the commit of keys {}..{} did not finish in 20 s (cache {} bytes)",
+                        chunk[0],
+                        chunk[chunk.len() - 1],
+                        db.stats().cache_bytes
+                    ))
+                    }
+                }
+            }
+            eng!(db.checkpoint().await);
+        }
+        for &k in &keys {
+            let got = eng!(b.get(large_key(k)).await);
+            same_value("get", &large_key(k), got, Some(&large_value(k, 1)))?;
+        }
+        eng!(db.close().await);
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
 }

@@ -111,6 +111,11 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
             let mut b = FileBuilder::new(FileKind::Data);
             let mut locs = Vec::with_capacity(pages.len());
             for mut c in pages {
+                if c.freed {
+                    locs.push((c.pid, PageLoc { addr: 0, len: 0 }));
+                    placed.push((c, 0, 0));
+                    continue;
+                }
                 if c.copy_from != 0 {
                     // An unloaded page moved by GC: copy its verified frame as is.
                     c.image = db.store.read_frame(c.copy_from).await?.bytes;
@@ -121,11 +126,13 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
                 locs.push((c.pid, PageLoc { addr, len }));
                 placed.push((c, addr, len));
             }
-            let (meta, relocs) = db.store.write_file(b, FileKind::Data).await?;
-            stats.bytes += meta.size;
-            edits.push(Edit::AddFile(meta.clone()));
+            if !b.is_empty() {
+                let (meta, relocs) = db.store.write_file(b, FileKind::Data).await?;
+                stats.bytes += meta.size;
+                edits.push(Edit::AddFile(meta.clone()));
+                new_files.push((meta, relocs));
+            }
             edits.push(Edit::SetPages(locs));
-            new_files.push((meta, relocs));
         }
         db.io.sync_dir(&db.dir).await?;
         edits.push(Edit::Checkpoint(cut));
@@ -159,7 +166,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
     let dead: Vec<u64> = {
         let mut live = db.live_files.lock();
         if let Some(id) = new_data_file {
-            *live.entry(id).or_insert(0) += placed.len();
+            *live.entry(id).or_insert(0) += placed.iter().filter(|p| !p.0.freed).count();
         }
         let mut touched = Vec::new();
         for a in old {

@@ -53,6 +53,8 @@ pub struct Captured {
     pub copy_from: u64,
     /// True when the image holds the whole chain (no version above the cut was left out).
     pub complete: bool,
+    /// True for a page merged away: the checkpoint records it as freed, writes no frame.
+    pub freed: bool,
 }
 
 /// A blob value a checkpoint must write, with the address the images refer to it by.
@@ -80,6 +82,10 @@ pub struct Forest {
     hand: AtomicU64,
     evict_lock: Mutex<()>,
     inflight: Mutex<FxHashMap<u64, SharedLoad>>,
+    /// Leaf and index splits since open.
+    pub splits: AtomicU64,
+    /// Leaf merges since open.
+    pub merges: AtomicU64,
     /// Set when the cache is over capacity and nothing clean is left to evict.
     pub needs_checkpoint: AtomicBool,
 }
@@ -107,6 +113,8 @@ impl Forest {
             evict_lock: Mutex::new(()),
             needs_checkpoint: AtomicBool::new(false),
             inflight: Mutex::new(FxHashMap::default()),
+            splits: AtomicU64::new(0),
+            merges: AtomicU64::new(0),
         };
         for (pid, addr, len) in pages {
             let slot = f.table.slot(pid);
@@ -464,11 +472,24 @@ impl Forest {
                         image: Bytes::new(),
                         complete: true,
                         copy_from: addr,
+                        freed: false,
                     });
                     continue;
                 }
                 NodeKind::Disk { .. } => {
                     unloaded.push(pid);
+                    continue;
+                }
+                NodeKind::Forward { .. } => {
+                    let c = Captured {
+                        pid,
+                        seq: v.head_node.seq,
+                        image: Bytes::new(),
+                        complete: true,
+                        copy_from: 0,
+                        freed: true,
+                    };
+                    out.push(c);
                     continue;
                 }
                 NodeKind::Upsert { .. } => unreachable!(),
@@ -479,6 +500,7 @@ impl Forest {
                 image: Bytes::from(image),
                 complete,
                 copy_from: 0,
+                freed: false,
             });
         }
         if !unloaded.is_empty() {
@@ -503,7 +525,7 @@ impl Forest {
                 *meta = crate::tree::mapping::SlotMeta {
                     addr: *addr,
                     len: *len,
-                    flushed_seq: if c.complete { c.seq } else { 0 },
+                    flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
                 };
             }
             if !c.complete {

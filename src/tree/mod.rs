@@ -77,9 +77,21 @@ impl<'g> ChainView<'g> {
             NodeKind::Leaf(l) => Some(&l.bounds),
             NodeKind::Inner(i) => Some(&i.bounds),
             NodeKind::Disk { bounds, .. } => bounds.as_ref(),
+            NodeKind::Forward { bounds, .. } => Some(bounds),
             NodeKind::Upsert { .. } => unreachable!("a chain never ends in a delta"),
         }
     }
+}
+
+/// Spins a writer waits for a merge to finish before giving up.
+const MAX_FORWARD_SPINS: u32 = 1_000_000;
+/// CAS attempts of a merge on the left sibling.
+const MAX_MERGE_ATTEMPTS: usize = 64;
+
+/// True once the merge that forwarded `pid` to `to` is complete (`to` no longer links to
+/// `pid`: it covers the range, or has since split it off to a new sibling).
+fn merge_done(f: &Forest, pid: Pid, to: Pid, guard: &Guard) -> bool {
+    ChainView::load(f, to, guard).and_then(|v| v.bounds().map(|b| b.right != pid)).unwrap_or(false)
 }
 
 /// Merges deltas (newest first) into a leaf base, trimming versions below `horizon`.
@@ -167,6 +179,16 @@ impl Tree {
                     }
                 }
                 NodeKind::Disk { bounds: None, .. } => return Ok(Step::Load(pid)),
+                NodeKind::Forward { to, bounds, .. } => {
+                    if bounds.is_right_of(key) {
+                        pid = bounds.right;
+                    } else if merge_done(f, pid, *to, guard) {
+                        pid = *to;
+                    } else {
+                        // A merge in progress: this page is frozen; read its frozen content.
+                        return Ok(Step::Done((pid, v)));
+                    }
+                }
                 NodeKind::Upsert { .. } => unreachable!(),
             }
             if pid == 0 {
@@ -193,6 +215,13 @@ impl Tree {
                                         .ok()
                                         .and_then(|i| visible_at(&l.entries[i].versions, ts).cloned()),
                                 ),
+                                NodeKind::Forward { frozen, .. } => Step::Done(
+                                    frozen
+                                        .entries
+                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .ok()
+                                        .and_then(|i| visible_at(&frozen.entries[i].versions, ts).cloned()),
+                                ),
                                 _ => Step::Load(pid),
                             },
                         }
@@ -216,11 +245,22 @@ impl Tree {
     /// conflict check loaded every leaf and evicted leaves keep their bounds.
     pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<Step<()>> {
         let guard = epoch::pin();
+        let mut spins = 0u32;
         loop {
             let (pid, v) = match self.find_leaf(f, key, &guard)? {
                 Step::Done(x) => x,
                 Step::Load(p) => return Ok(Step::Load(p)),
             };
+            if matches!(v.bottom.kind, NodeKind::Forward { .. }) {
+                // A merge is moving this range into the left sibling: it finishes within
+                // the structure-lock holder's synchronous section.
+                spins += 1;
+                if spins > MAX_FORWARD_SPINS {
+                    return Err(Error::ReadOnly("a page merge did not finish".into()));
+                }
+                std::thread::yield_now();
+                continue;
+            }
             let node = Node {
                 seq: v.head_node.seq + 1,
                 depth: v.head_node.depth + 1,
@@ -231,6 +271,8 @@ impl Tree {
             let mem = node.mem;
             let depth = node.depth as usize;
             let big = node.bytes > SPLIT_LEAF_BYTES && depth >= 2;
+            // Deletes shrink leaves: look for a merge now and then.
+            let shrinking = matches!(version.value, Value::Tombstone) && depth >= 4;
             let owned = Owned::new(node);
             if let NodeKind::Upsert { next, .. } = &owned.kind {
                 next.store(v.head, Ordering::Relaxed);
@@ -239,7 +281,7 @@ impl Tree {
             if slot.head.compare_exchange(v.head, owned, Ordering::AcqRel, Ordering::Acquire, &guard).is_ok()
             {
                 f.note_write(pid, mem as isize, key.len() + version.value.mem_size());
-                if depth >= CONSOLIDATE_CHAIN_LEN || big {
+                if depth >= CONSOLIDATE_CHAIN_LEN || big || shrinking {
                     self.maintain(f, pid, &guard);
                 }
                 return Ok(Step::Done(()));
@@ -288,6 +330,12 @@ impl Tree {
         let Some(v) = ChainView::load(f, pid, guard) else { return Ok(()) };
         let NodeKind::Leaf(base) = &v.bottom.kind else { return Ok(()) };
         let merged = merge_leaf(&v.deltas, base, horizon);
+        if pid != self.root
+            && leaf_bytes(&merged) < SPLIT_LEAF_BYTES / 4
+            && self.merge_into_left(f, pid, &v, &merged, guard)?
+        {
+            return Ok(());
+        }
         if merged.entries.len() < SPLIT_MIN_KEYS || leaf_bytes(&merged) < SPLIT_LEAF_BYTES {
             if !v.deltas.is_empty() {
                 f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard);
@@ -321,7 +369,73 @@ impl Tree {
             return Ok(());
         }
         f.mark_dirty(r);
+        f.splits.fetch_add(1, Ordering::Relaxed);
         self.insert_index(f, &low, pid, sep, r, guard)
+    }
+
+    /// Merges the small leaf `pid` (chain `v`, consolidated content `r`) into its left
+    /// sibling under the same parent (caller holds `smo`): freeze it with a
+    /// [`NodeKind::Forward`] (readers use the frozen content meanwhile, writers wait), move
+    /// its entries and range into the left sibling, drop its index entry. False, with
+    /// nothing changed, when it has no such sibling, the sibling is not in memory or too big,
+    /// or a CAS lost.
+    fn merge_into_left(
+        &self,
+        f: &Forest,
+        pid: Pid,
+        v: &ChainView<'_>,
+        r: &LeafBase,
+        guard: &Guard,
+    ) -> Result<bool> {
+        let rb = &r.bounds;
+        let parent = self.find_parent(f, &rb.low, pid, guard)?;
+        let pv = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
+        let NodeKind::Inner(inner) = &pv.bottom.kind else { return Ok(false) };
+        let Some(idx) = inner.children.iter().position(|(_, c)| *c == pid) else { return Ok(false) };
+        if idx == 0 {
+            return Ok(false);
+        }
+        let left = inner.children[idx - 1].1;
+        match ChainView::load(f, left, guard) {
+            Some(lv)
+                if matches!(lv.bottom.kind, NodeKind::Leaf(_))
+                    && lv.head_node.bytes + leaf_bytes(r) < SPLIT_LEAF_BYTES * 3 / 4 => {}
+            _ => return Ok(false),
+        }
+        let fwd = NodeKind::Forward { to: left, bounds: rb.clone(), frozen: r.clone() };
+        if !f.replace(pid, v.head, v.head_node.seq, fwd, guard) {
+            return Ok(false);
+        }
+        let horizon = f.horizon();
+        let mut extended = false;
+        for _ in 0..MAX_MERGE_ATTEMPTS {
+            let Some(lv) = ChainView::load(f, left, guard) else { break };
+            let NodeKind::Leaf(lb) = &lv.bottom.kind else { break };
+            if lb.bounds.right != pid {
+                break;
+            }
+            let mut new = merge_leaf(&lv.deltas, lb, horizon);
+            new.entries.extend(r.entries.iter().cloned());
+            new.bounds.high = rb.high.clone();
+            new.bounds.right = rb.right;
+            if f.replace(left, lv.head, lv.head_node.seq, NodeKind::Leaf(new), guard) {
+                extended = true;
+                break;
+            }
+        }
+        if !extended {
+            // Undo the freeze: the frozen content is the page.
+            let rv = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let ok = f.replace(pid, rv.head, rv.head_node.seq, NodeKind::Leaf(r.clone()), guard);
+            assert!(ok, "a frozen page takes no writes");
+            return Ok(false);
+        }
+        let mut new_inner = inner.clone();
+        new_inner.children.remove(idx);
+        let ok = f.replace(parent, pv.head, pv.head_node.seq, NodeKind::Inner(new_inner), guard);
+        assert!(ok, "index nodes change only under the structure lock");
+        f.merges.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Splits the root (protocol 4): its two halves move to new pages `a` and `b` (`make`
@@ -346,6 +460,7 @@ impl Tree {
         if f.replace(self.root, v.head, v.head_node.seq, NodeKind::Inner(root), guard) {
             f.mark_dirty(a);
             f.mark_dirty(b);
+            f.splits.fetch_add(1, Ordering::Relaxed);
             true
         } else {
             f.uninstall(a, guard);
@@ -454,6 +569,19 @@ impl Tree {
                             });
                             Step::Done((items, merged.bounds.high.clone()))
                         }
+                        NodeKind::Forward { bounds, frozen, .. } => {
+                            let items = visible_items(frozen, ts, |k| match lower {
+                                Lower::Unbounded => true,
+                                Lower::Key(lk, incl) => {
+                                    if *incl {
+                                        k >= lk
+                                    } else {
+                                        k > lk
+                                    }
+                                }
+                            });
+                            Step::Done((items, bounds.high.clone()))
+                        }
                         _ => Step::Load(pid),
                     },
                 }
@@ -532,6 +660,22 @@ impl Tree {
                     return Ok(Step::Done((items, next)));
                 }
                 NodeKind::Disk { .. } => return Ok(Step::Load(pid)),
+                NodeKind::Forward { to, bounds, frozen } => {
+                    if high_below(bounds) {
+                        pid = bounds.right;
+                    } else if merge_done(f, pid, *to, guard) {
+                        pid = *to;
+                    } else {
+                        let mut items = visible_items(frozen, ts, |k| match upper {
+                            Bound::Unbounded => true,
+                            Bound::Included(u) => k <= u,
+                            Bound::Excluded(u) => k < u,
+                        });
+                        items.reverse();
+                        let next = if bounds.low.is_empty() { None } else { Some(bounds.low.clone()) };
+                        return Ok(Step::Done((items, next)));
+                    }
+                }
                 NodeKind::Upsert { .. } => unreachable!(),
             }
         }

@@ -166,6 +166,18 @@ pub enum NodeKind {
         /// The rest of the chain.
         next: Atomic<Node>,
     },
+    /// A small leaf merged into its left sibling `to` (which absorbs its key range and
+    /// entries). It
+    /// stays in the slot for readers that still hold this page id; once `to`'s right link
+    /// no longer points here, the merge is complete and they go to `to`.
+    Forward {
+        /// The left sibling that absorbed this page.
+        to: Pid,
+        /// This page's bounds before the merge.
+        bounds: Bounds,
+        /// This page's content when it was frozen; readers use it until the merge is done.
+        frozen: LeafBase,
+    },
     /// The page image is on disk. `bounds` is known when the stub came from an eviction
     /// (it lets blind writes route by key without a read), unknown after open. A load reads
     /// the slot's current address (`SlotMeta::addr`), which a checkpoint may have moved to
@@ -200,7 +212,7 @@ impl Node {
         let mem = match &kind {
             NodeKind::Leaf(l) => leaf_mem(l),
             NodeKind::Inner(i) => 64 + i.children.iter().map(|(s, _)| s.len() + 48).sum::<usize>(),
-            NodeKind::Disk { .. } => 96,
+            NodeKind::Disk { .. } | NodeKind::Forward { .. } => 96,
             NodeKind::Upsert { key, version, .. } => 96 + key.len() + version.value.mem_size(),
         };
         let bytes = match &kind {
