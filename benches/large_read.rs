@@ -41,26 +41,24 @@ fn value(i: u64, len: usize) -> Vec<u8> {
     v
 }
 
-fn peak_rss_kib() -> u64 {
+/// A `kB` field of /proc/self/status (`VmHWM` = peak RSS, `VmRSS` = current RSS).
+fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
 }
 
+fn peak_rss_kib() -> u64 {
+    proc_status_kib("VmHWM:")
+}
+
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    proc_status_kib("VmRSS:")
 }
 
 fn drop_os_cache() -> bool {

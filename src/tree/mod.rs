@@ -549,6 +549,11 @@ impl Tree {
             Lower::Unbounded => &[],
             Lower::Key(k, _) => k,
         };
+        let keep = |k: &Bytes| match lower {
+            Lower::Unbounded => true,
+            Lower::Key(lk, true) => k >= lk,
+            Lower::Key(lk, false) => k > lk,
+        };
         loop {
             let step = {
                 let guard = epoch::pin();
@@ -557,30 +562,10 @@ impl Tree {
                     Step::Done((pid, v)) => match &v.bottom.kind {
                         NodeKind::Leaf(base) => {
                             let merged = merge_leaf(&v.deltas, base, 0);
-                            let items = visible_items(&merged, ts, |k| match lower {
-                                Lower::Unbounded => true,
-                                Lower::Key(lk, incl) => {
-                                    if *incl {
-                                        k >= lk
-                                    } else {
-                                        k > lk
-                                    }
-                                }
-                            });
-                            Step::Done((items, merged.bounds.high.clone()))
+                            Step::Done((visible_items(&merged, ts, keep), merged.bounds.high.clone()))
                         }
                         NodeKind::Forward { bounds, frozen, .. } => {
-                            let items = visible_items(frozen, ts, |k| match lower {
-                                Lower::Unbounded => true,
-                                Lower::Key(lk, incl) => {
-                                    if *incl {
-                                        k >= lk
-                                    } else {
-                                        k > lk
-                                    }
-                                }
-                            });
-                            Step::Done((items, bounds.high.clone()))
+                            Step::Done((visible_items(frozen, ts, keep), bounds.high.clone()))
                         }
                         _ => Step::Load(pid),
                     },
@@ -620,6 +605,11 @@ impl Tree {
             Bound::Unbounded => None,
             Bound::Included(k) | Bound::Excluded(k) => Some(k),
         };
+        let below_upper = |k: &Bytes| match upper {
+            Bound::Unbounded => true,
+            Bound::Included(u) => k <= u,
+            Bound::Excluded(u) => k < u,
+        };
         // A node's keys may reach `upper` if its high key is above the upper key.
         let high_below = |b: &Bounds| match (&b.high, ukey) {
             (None, _) => false,
@@ -649,11 +639,7 @@ impl Tree {
                         continue;
                     }
                     let merged = merge_leaf(&v.deltas, base, 0);
-                    let mut items = visible_items(&merged, ts, |k| match upper {
-                        Bound::Unbounded => true,
-                        Bound::Included(u) => k <= u,
-                        Bound::Excluded(u) => k < u,
-                    });
+                    let mut items = visible_items(&merged, ts, below_upper);
                     items.reverse();
                     let next =
                         if merged.bounds.low.is_empty() { None } else { Some(merged.bounds.low.clone()) };
@@ -666,11 +652,7 @@ impl Tree {
                     } else if merge_done(f, pid, *to, guard) {
                         pid = *to;
                     } else {
-                        let mut items = visible_items(frozen, ts, |k| match upper {
-                            Bound::Unbounded => true,
-                            Bound::Included(u) => k <= u,
-                            Bound::Excluded(u) => k < u,
-                        });
+                        let mut items = visible_items(frozen, ts, below_upper);
                         items.reverse();
                         let next = if bounds.low.is_empty() { None } else { Some(bounds.low.clone()) };
                         return Ok(Step::Done((items, next)));
