@@ -1,20 +1,22 @@
 //! Model-based tests: random sequences of operations run against ringkv and against a
 //! `BTreeMap` model, compared after every read.
 //!
-//! `model_random_ops` generates (with proptest) sequences of 50-400 operations over two
-//! buckets: puts, deletes, gets, forward and reverse ranges with random bounds (unbounded,
-//! inclusive, exclusive, empty and inverted ranges), prefix scans, iterators consumed
-//! partially, multi-operation transactions (reads see their own writes; commit, commit with
-//! a durability, rollback or drop; a checkpoint may run while one is open), write-write
-//! conflicts, bulk loads, scans that keep running across later writes and a checkpoint,
-//! snapshots read after later writes, checkpoints, flushes, close + reopen, reopen without
-//! close (WAL replay), and drop + recreate of a bucket. Options: 64 KiB cache (evictions
-//! and reloads), 64-byte inline limit with values up to 4 KiB (blob values), 16 KiB
-//! checkpoint trigger, 64 KiB WAL segments, background checkpoints on or off, GC ratio 0,
-//! 0.5 or 0.9. Keys mix a 3-letter alphabet (overwrites, deletes of present keys), 400
-//! "medium" keys of 21-68 bytes and random binary keys up to 200 bytes, so leaves split.
-//! Every case ends with a close, a reopen and a full comparison (scans both ways and a get
-//! of every key).
+//! `model_random_ops` generates (with proptest) sequences of 1-400 operations over buckets
+//! "alpha" and "beta": puts, deletes, gets, forward and reverse ranges with random bounds
+//! (unbounded, inclusive, exclusive, empty and inverted ranges), prefix scans, iterators
+//! consumed partially, multi-operation transactions (reads see their own writes; commit,
+//! commit with a durability, rollback or drop; a checkpoint may run while one is open),
+//! write-write conflicts, bulk loads, range deletes (so leaves merge), empty and oversize
+//! keys (InvalidArgument), scans that keep running across later writes and a checkpoint,
+//! snapshots read after later writes, concurrent tasks (slow readers of a snapshot or an
+//! iterator, and a writer committing to a third bucket "gamma" meanwhile), checkpoints,
+//! flushes, close + reopen, reopen without close (WAL replay), and drop + recreate of a
+//! bucket. Options: 64 KiB cache (evictions and reloads), 64-byte inline limit with values
+//! up to 4 KiB (blob values), 16 KiB checkpoint trigger, 64 KiB WAL segments, background
+//! checkpoints on or off, GC ratio 0, 0.5 or 0.9. Keys mix a 4-letter alphabet (overwrites,
+//! deletes of present keys), 400 "medium" keys of 22-69 bytes, random binary keys up to
+//! 200 bytes and keys of 1-16 KiB, so leaves split (and merge). Every case ends with a
+//! close, a reopen and a full comparison (scans both ways and a get of every key).
 //!
 //! `model_large_sequential`: 20 000 keys of 100-byte values written in random order in
 //! transactions of 100 with a 64 KiB cache, checkpointed, read back in random order,
@@ -52,10 +54,16 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use ringkv::{Bucket, Db, Durability, Error, Options, Snapshot};
 
-/// Random cases run by default (each is 50-400 operations).
-const DEFAULT_CASES: u64 = 40;
+/// Random cases run by default (each is 1-400 operations, so that failures shrink far).
+const DEFAULT_CASES: u64 = 96;
 /// Names of the two buckets every case uses.
-const BUCKETS: [&str; 2] = ["alpha", "beta"];
+/// Names of the buckets: the operations use the first two; the third is written only by
+/// a concurrent writer task ([`Op::SpawnWriter`]).
+const BUCKETS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// Index of the bucket of the concurrent writer.
+const GAMMA: usize = 2;
+/// Concurrent tasks a case keeps at most.
+const MAX_TASKS: usize = 4;
 /// Number of distinct "medium" keys (shared by single writes and bulk loads).
 const MEDIUM_KEYS: u16 = 400;
 /// Longest any single operation may take before the case fails as hung.
@@ -337,6 +345,32 @@ enum Op {
     DropRecreate {
         b: usize,
     },
+    /// One transaction deleting every key of the bucket in a range (leaves empty out, so
+    /// they merge).
+    DeleteRange {
+        b: usize,
+        lo: BoundSpec,
+        hi: BoundSpec,
+    },
+    /// A task scans a range concurrently with the next operations, slowly, through a
+    /// `Snapshot` (`passes` times) or a bucket iterator created now; it must see the state
+    /// of this moment. Joined before a reopen or a drop, by [`Op::Join`] and at the end.
+    SpawnReader {
+        b: usize,
+        lo: BoundSpec,
+        hi: BoundSpec,
+        rev: bool,
+        snapshot: bool,
+        passes: u8,
+    },
+    /// A task commits `txns` small transactions to bucket "gamma" concurrently with the
+    /// next operations; when joined, "gamma" must hold exactly what it wrote.
+    SpawnWriter {
+        txns: u8,
+        seed: u64,
+    },
+    /// Waits for the concurrent tasks.
+    Join,
     /// Empty and oversize keys: InvalidArgument, and nothing changes.
     BadKeys {
         b: usize,
@@ -445,7 +479,7 @@ fn dur() -> impl Strategy<Value = Dur> {
 }
 
 fn bucket() -> impl Strategy<Value = usize> {
-    0..BUCKETS.len()
+    0..GAMMA
 }
 
 fn txn_op() -> impl Strategy<Value = TxnOp> {
@@ -506,6 +540,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CrashReopen),
         1 => bucket().prop_map(|b| Op::DropRecreate { b }),
         1 => bucket().prop_map(|b| Op::BadKeys { b }),
+        2 => (bucket(), bound(), bound(), any::<bool>(), any::<bool>(), 1u8..4).prop_map(
+            |(b, lo, hi, rev, snapshot, passes)| Op::SpawnReader { b, lo, hi, rev, snapshot, passes }
+        ),
+        1 => (1u8..30, any::<u64>()).prop_map(|(txns, seed)| Op::SpawnWriter { txns, seed }),
+        1 => Just(Op::Join),
+        2 => (bucket(), bound(), bound()).prop_map(|(b, lo, hi)| Op::DeleteRange { b, lo, hi }),
     ]
 }
 
@@ -517,7 +557,7 @@ fn case() -> impl Strategy<Value = Case> {
             gc_live_ratio,
         },
     );
-    (cfg, prop::collection::vec(op(), 50..400)).prop_map(|(cfg, ops)| Case { cfg, ops })
+    (cfg, prop::collection::vec(op(), 1..400)).prop_map(|(cfg, ops)| Case { cfg, ops })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -641,6 +681,19 @@ async fn read_iter(it: ringkv::Iter, mode: ReadMode) -> ringkv::Result<Vec<(Byte
     }
 }
 
+/// Collects an iterator, yielding to the scheduler every few pairs so that other tasks run
+/// in between.
+async fn slow_collect(mut it: ringkv::Iter) -> ringkv::Result<Vec<(Bytes, Bytes)>> {
+    let mut out = Vec::new();
+    while let Some(p) = it.try_next().await? {
+        out.push(p);
+        if out.len() % 3 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(out)
+}
+
 fn expect_taken(mode: ReadMode, mut expected: Pairs) -> Pairs {
     if let ReadMode::Take(n) = mode {
         expected.truncate(usize::from(n));
@@ -673,6 +726,8 @@ struct Harness {
     buckets: Vec<Bucket>,
     models: Vec<Model>,
     snap: Option<(Snapshot, Vec<Model>)>,
+    /// Concurrent tasks: what they are, and their outcome (the writer's model of "gamma").
+    tasks: Vec<(String, tokio::task::JoinHandle<Check<Option<Model>>>)>,
     seen: Seen,
 }
 
@@ -685,6 +740,17 @@ struct Seen {
     ckpt_blobs: usize,
     reopens: usize,
     conflicts: usize,
+    tasks: usize,
+    splits: u64,
+    merges: u64,
+}
+
+impl Seen {
+    /// Adds the counters of an instance about to be closed or dropped.
+    fn add_instance(&mut self, s: ringkv::Stats) {
+        self.splits += s.splits;
+        self.merges += s.merges;
+    }
 }
 
 async fn open_buckets(db: &Db, create: bool) -> Check<Vec<Bucket>> {
@@ -728,6 +794,7 @@ impl Harness {
             buckets,
             models: vec![Model::new(); BUCKETS.len()],
             snap: None,
+            tasks: Vec::new(),
             seen: Seen::default(),
         })
     }
@@ -736,15 +803,132 @@ impl Harness {
         self.db.as_ref().expect("the database is open")
     }
 
+    /// Verifies every bucket ("gamma" only while no writer task runs).
     async fn verify_all(&self, what: &str, gets: bool) -> Check {
-        for (bucket, model) in self.buckets.iter().zip(&self.models) {
-            verify_bucket(what, bucket, model, gets).await?;
+        let writing = self.tasks.iter().any(|(label, _)| label.starts_with("writer"));
+        for (i, (bucket, model)) in self.buckets.iter().zip(&self.models).enumerate() {
+            if i != GAMMA || !writing {
+                verify_bucket(what, bucket, model, gets).await?;
+            }
         }
         Ok(())
     }
 
+    /// Waits for every concurrent task and checks its outcome.
+    async fn join_tasks(&mut self) -> Check {
+        for (label, handle) in std::mem::take(&mut self.tasks) {
+            match handle.await {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(gamma))) => {
+                    self.models[GAMMA] = gamma;
+                    verify_bucket(
+                        &format!("{label}, joined"),
+                        &self.buckets[GAMMA],
+                        &self.models[GAMMA],
+                        false,
+                    )
+                    .await?;
+                }
+                Ok(Err(e)) => return Err(format!("{label}: {e}")),
+                Err(e) => return Err(format!("{label} panicked: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn spawn_reader(
+        &mut self,
+        b: usize,
+        lo: &BoundSpec,
+        hi: &BoundSpec,
+        rev: bool,
+        snapshot: bool,
+        passes: u8,
+    ) -> Check {
+        let m = &self.models[b];
+        let r = (resolve_bound(m, lo), resolve_bound(m, hi));
+        let expected = model_range(m, &r, rev);
+        let label = format!(
+            "reader of {}{} {}..{} (snapshot {snapshot})",
+            BUCKETS[b],
+            if rev { " rev" } else { "" },
+            show_bound(&r.0),
+            show_bound(&r.1)
+        );
+        let bucket = self.buckets[b].clone();
+        let handle = if snapshot {
+            let snap = eng!(self.db().snapshot());
+            tokio::spawn(async move {
+                for pass in 0..passes {
+                    let it = if rev {
+                        eng!(snap.range_rev(&bucket, r.clone()).await)
+                    } else {
+                        eng!(snap.range(&bucket, r.clone()).await)
+                    };
+                    let got = to_pairs(eng!(slow_collect(it).await));
+                    same_pairs(&format!("concurrent snapshot scan, pass {pass}"), &got, &expected)?;
+                }
+                Ok(None)
+            })
+        } else {
+            // The iterator (and its snapshot) exists before this returns.
+            let it = if rev {
+                eng!(bucket.range_rev(r.clone()).await)
+            } else {
+                eng!(bucket.range(r.clone()).await)
+            };
+            tokio::spawn(async move {
+                let got = to_pairs(eng!(slow_collect(it).await));
+                same_pairs("concurrent iterator", &got, &expected)?;
+                Ok(None)
+            })
+        };
+        self.tasks.push((label, handle));
+        Ok(())
+    }
+
+    fn spawn_writer(&mut self, txns: u8, seed: u64) {
+        if self.tasks.iter().any(|(label, _)| label.starts_with("writer")) {
+            return;
+        }
+        let bucket = self.buckets[GAMMA].clone();
+        let mut model = self.models[GAMMA].clone();
+        let handle = tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            for _ in 0..txns {
+                let mut t = eng!(bucket.begin());
+                let mut writes = Vec::new();
+                for _ in 0..rng.gen_range(1..8) {
+                    let k = format!("g{:03}", rng.gen_range(0..80)).into_bytes();
+                    if rng.gen_bool(0.25) {
+                        eng!(t.delete(&k));
+                        writes.push((k, None));
+                    } else {
+                        let v = pattern(rng.gen_range(0..200), rng.gen());
+                        eng!(t.put(&k, &v));
+                        writes.push((k, Some(v)));
+                    }
+                }
+                eng!(t.commit().await);
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => model.insert(k, v),
+                        None => model.remove(&k),
+                    };
+                }
+                let k = format!("g{:03}", rng.gen_range(0..80)).into_bytes();
+                same_value("writer's get", &k, eng!(bucket.get(&k).await), model.get(&k))?;
+            }
+            Ok(Some(model))
+        });
+        self.tasks.push((format!("writer of {txns} txns (seed {seed:#x})"), handle));
+    }
+
     async fn reopen(&mut self) -> Check {
+        self.join_tasks().await?;
         self.seen.reopens += 1;
+        let stats = self.db().stats();
+        self.seen.add_instance(stats);
         self.snap = None;
         eng!(self.db().close().await);
         match self.buckets[0].get(b"a").await {
@@ -763,7 +947,10 @@ impl Harness {
     /// Flushes the WAL, drops every handle without `close` (so nothing is checkpointed),
     /// reopens and verifies: the reopen must replay the WAL.
     async fn crash_reopen(&mut self) -> Check {
+        self.join_tasks().await?;
         self.seen.reopens += 1;
+        let stats = self.db().stats();
+        self.seen.add_instance(stats);
         self.snap = None;
         eng!(self.db().flush().await);
         self.buckets.clear();
@@ -934,6 +1121,37 @@ impl Harness {
             Op::Reopen => self.reopen().await?,
             Op::CrashReopen if self.opts.background_checkpoints => self.reopen().await?,
             Op::CrashReopen => self.crash_reopen().await?,
+            Op::DeleteRange { b, lo, hi } => {
+                let m = &self.models[*b];
+                let r = (resolve_bound(m, lo), resolve_bound(m, hi));
+                let doomed: Vec<Vec<u8>> = m.keys().filter(|k| in_range(&r, k)).cloned().collect();
+                let mut t = eng!(self.buckets[*b].begin());
+                for k in &doomed {
+                    eng!(t.delete(k));
+                }
+                eng!(t.commit().await);
+                for k in &doomed {
+                    self.models[*b].remove(k);
+                }
+                let what = format!("range {}..{} after deleting it", show_bound(&r.0), show_bound(&r.1));
+                let got = to_pairs(eng!(eng!(self.buckets[*b].range(r.clone()).await).collect_vec().await));
+                same_pairs(&what, &got, &Vec::new())?;
+            }
+            Op::SpawnReader { b, lo, hi, rev, snapshot, passes } => {
+                if self.tasks.len() >= MAX_TASKS {
+                    self.join_tasks().await?;
+                }
+                self.seen.tasks += 1;
+                self.spawn_reader(*b, lo, hi, *rev, *snapshot, *passes).await?;
+            }
+            Op::SpawnWriter { txns, seed } => {
+                if self.tasks.len() >= MAX_TASKS {
+                    self.join_tasks().await?;
+                }
+                self.seen.tasks += 1;
+                self.spawn_writer(*txns, *seed);
+            }
+            Op::Join => self.join_tasks().await?,
             Op::BadKeys { b } => {
                 let bucket = &self.buckets[*b];
                 let long = vec![b'a'; ringkv::limits::MAX_KEY_LEN + 1];
@@ -954,6 +1172,7 @@ impl Harness {
                 verify_bucket("after rejected keys", bucket, &self.models[*b], false).await?;
             }
             Op::DropRecreate { b } => {
+                self.join_tasks().await?;
                 self.snap = None;
                 let name = BUCKETS[*b];
                 eng!(self.db().drop_bucket(name).await);
@@ -1076,17 +1295,20 @@ async fn run_case(case: &Case) -> Check {
         h.seen.max_keys = h.seen.max_keys.max(h.models.iter().map(|m| m.len()).sum());
         h.seen.max_cache_bytes = h.seen.max_cache_bytes.max(h.db().stats().cache_bytes);
     }
-    if std::env::var_os("RINGKV_MODEL_VERBOSE").is_some() {
-        eprintln!("  case: {} ops, {:?}, {:?}", case.ops.len(), case.cfg, h.seen);
-    }
     with_timeout("final reopen", async {
         h.reopen().await?;
         h.verify_all("final", true).await?;
+        let stats = h.db().stats();
+        h.seen.add_instance(stats);
         eng!(h.db().close().await);
         Ok(())
     })
     .await
-    .map_err(|e| format!("after the last op: {e}"))
+    .map_err(|e| format!("after the last op: {e}"))?;
+    if std::env::var_os("RINGKV_MODEL_VERBOSE").is_some() {
+        eprintln!("  case: {} ops, {:?}, {:?}", case.ops.len(), case.cfg, h.seen);
+    }
+    Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -1179,11 +1401,14 @@ async fn large_sequential(dir: &Path, seed: u64) -> Check {
     let phase = |what: &str, db: &Db| {
         let s = db.stats();
         eprintln!(
-            "model_large_sequential: {what} at {:.1?} (cache {} bytes, {} files, {} checkpoints)",
+            "model_large_sequential: {what} at {:.1?} (cache {} bytes, {} files, {} checkpoints, {} splits, \
+             {} merges)",
             started.elapsed(),
             s.cache_bytes,
             s.files,
-            s.checkpoints
+            s.checkpoints,
+            s.splits,
+            s.merges
         );
     };
     let opts = Options {
@@ -1207,10 +1432,12 @@ async fn large_sequential(dir: &Path, seed: u64) -> Check {
         eng!(t.commit().await);
     }
     phase("loaded", &db);
-    let stats = eng!(db.checkpoint().await);
+    eng!(db.checkpoint().await);
     phase("checkpointed", &db);
-    if stats.pages < 20 {
-        return Err(format!("checkpoint wrote {} pages; 20k keys should fill far more leaves", stats.pages));
+    // 20 000 pairs of ~120 encoded bytes fill hundreds of 4 KiB leaves.
+    let splits = db.stats().splits;
+    if splits < 100 {
+        return Err(format!("only {splits} splits while loading 20 000 keys"));
     }
     large_verify("after load", &bucket, &model, &mut rng).await?;
     phase("verified", &db);
