@@ -139,7 +139,7 @@ impl Db {
     pub async fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let dir = path.as_ref().to_path_buf();
-        let io = IoDriver::new(opts.io_backend)?;
+        let io = IoDriver::for_options(&opts)?;
         io.create_dir_all(&dir).await?;
         let manifest = match Manifest::open(&io, &dir).await? {
             Some(m) => m,
@@ -236,11 +236,17 @@ impl Db {
             bg_wake: tokio::sync::Notify::new(),
             bg: Mutex::new(None),
         });
-        let handle =
-            background_pool().spawn_with_handle(background(Arc::downgrade(&inner))).map_err(|e| {
-                Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
-            })?;
-        *inner.bg.lock() = Some(handle);
+        #[cfg(feature = "sim")]
+        let deterministic = inner.opts.sim.is_some();
+        #[cfg(not(feature = "sim"))]
+        let deterministic = false;
+        if !deterministic {
+            let handle =
+                background_pool().spawn_with_handle(background(Arc::downgrade(&inner))).map_err(|e| {
+                    Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
+                })?;
+            *inner.bg.lock() = Some(handle);
+        }
         Ok(Db { inner })
     }
 

@@ -30,6 +30,10 @@ pub enum IoBackend {
     Uring,
     /// The `ringkv-fallback` thread pool of positional reads and writes.
     ThreadPool,
+    /// The simulated disk of `Options::sim` (feature `sim`); reported by
+    /// [`Db::io_backend`](crate::Db::io_backend), never chosen through this enum.
+    #[cfg(feature = "sim")]
+    Simulated,
 }
 
 /// Options for [`Db::open`](crate::Db::open).
@@ -55,6 +59,12 @@ pub struct Options {
     pub background_checkpoints: bool,
     /// A data or blob file whose live bytes fall below this fraction is rewritten by GC.
     pub gc_live_ratio: f64,
+    /// Run on this simulated disk instead of a real one (feature `sim`, for tests). The
+    /// background task does not run on a simulated disk, so a single-threaded run replays
+    /// exactly from the disk's seed: checkpoints happen on [`Db::checkpoint`], on close
+    /// and at the write stall.
+    #[cfg(feature = "sim")]
+    pub sim: Option<crate::io::sim::SimDisk>,
 }
 
 impl Default for Options {
@@ -69,6 +79,8 @@ impl Default for Options {
             wal_segment_bytes: 64 * 1024 * 1024,
             background_checkpoints: true,
             gc_live_ratio: 0.5,
+            #[cfg(feature = "sim")]
+            sim: None,
         }
     }
 }

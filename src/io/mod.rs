@@ -17,6 +17,10 @@
 //! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
 //!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
 //!
+//! - **simulated disk** (`sim.rs`, feature `sim`, for tests): an in-memory disk that loses,
+//!   tears and corrupts unsynced writes at a simulated crash and injects I/O errors; chosen
+//!   by `Options::sim`.
+//!
 //! [`IoBackend::Auto`] (the default) takes io_uring when the probe succeeds (the shared ring
 //! starts, answers a no-op and knows the file opcodes ringkv uses) and otherwise logs a
 //! warning and takes the thread pool. `RINGKV_IO_BACKEND=uring|threadpool` overrides `Auto`.
@@ -63,6 +67,8 @@ pub use crate::options::IoBackend;
 
 #[cfg(target_os = "linux")]
 mod buffers;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod threadpool;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -118,11 +124,13 @@ pub struct IoDriver {
     stats: Arc<Counters>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Engine {
     #[cfg(target_os = "linux")]
     Uring(&'static uring::Ring),
     ThreadPool,
+    #[cfg(feature = "sim")]
+    Sim(sim::SimDisk),
 }
 
 impl fmt::Debug for IoDriver {
@@ -143,6 +151,10 @@ impl IoDriver {
     pub fn new(backend: IoBackend) -> Result<IoDriver> {
         let engine = match resolve_env(backend)? {
             IoBackend::ThreadPool => Engine::ThreadPool,
+            #[cfg(feature = "sim")]
+            IoBackend::Simulated => {
+                return Err(Error::invalid("the simulated disk is chosen by Options::sim, not by IoBackend"))
+            }
             IoBackend::Uring => uring_engine().map_err(|e| Error::io("io_uring", "io_uring setup", e))?,
             IoBackend::Auto => match uring_engine() {
                 Ok(engine) => engine,
@@ -155,12 +167,25 @@ impl IoDriver {
         Ok(IoDriver { engine, stats: Arc::default() })
     }
 
-    /// The backend in use: [`IoBackend::Uring`] or [`IoBackend::ThreadPool`], never `Auto`.
+    /// The driver a database with options `opts` uses: the simulated disk of `opts.sim`
+    /// where one is set (feature `sim`), else [`IoDriver::new`] of `opts.io_backend`.
+    pub fn for_options(opts: &crate::Options) -> Result<IoDriver> {
+        #[cfg(feature = "sim")]
+        if let Some(disk) = &opts.sim {
+            return Ok(IoDriver { engine: Engine::Sim(disk.clone()), stats: Arc::default() });
+        }
+        IoDriver::new(opts.io_backend)
+    }
+
+    /// The backend in use: [`IoBackend::Uring`] or [`IoBackend::ThreadPool`] (or
+    /// `Simulated`), never `Auto`.
     pub fn backend(&self) -> IoBackend {
         match self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(_) => IoBackend::Uring,
             Engine::ThreadPool => IoBackend::ThreadPool,
+            #[cfg(feature = "sim")]
+            Engine::Sim(_) => IoBackend::Simulated,
         }
     }
 
@@ -177,10 +202,12 @@ impl IoDriver {
 
     /// Opens `path` in `mode`.
     pub async fn open(&self, path: &Path, mode: OpenMode) -> Result<IoFile> {
-        let handle = match self.engine {
+        let handle = match &self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => ring.open(path.to_owned(), mode).await.map(Handle::Uring),
             Engine::ThreadPool => threadpool::open(path.to_owned(), mode).await.map(Handle::Pool),
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.open(path, mode).map(Handle::Sim),
         }
         .map_err(|e| Error::io(path, "open", e))?;
         Ok(IoFile {
@@ -192,36 +219,67 @@ impl IoDriver {
     /// [`IoDriver::sync_dir`] of the parent directory).
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         let (f, t) = (from.to_owned(), to.to_owned());
-        match self.engine {
+        match &self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => ring.rename(f, t).await,
             Engine::ThreadPool => threadpool::rename(f, t).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.rename(&f, &t),
         }
         .map_err(|e| Error::io(from, "rename", e))
     }
 
     /// Removes the file `path`.
     pub async fn remove_file(&self, path: &Path) -> Result<()> {
-        match self.engine {
+        match &self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => ring.remove_file(path.to_owned()).await,
             Engine::ThreadPool => threadpool::remove_file(path.to_owned()).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.remove_file(path),
         }
         .map_err(|e| Error::io(path, "remove", e))
     }
 
-    /// Creates the directory `path` and its missing parents (Ok if it exists).
+    /// Creates the directory `path` and its missing parents (Ok if it exists), durably: the
+    /// parent of every directory it creates is fsynced, so a crash cannot lose the new
+    /// directory (and the files later synced inside it) with it.
     pub async fn create_dir_all(&self, path: &Path) -> Result<()> {
-        threadpool::create_dir_all(path.to_owned()).await.map_err(|e| Error::io(path, "create_dir", e))
+        let mut created = Vec::new();
+        for a in path.ancestors() {
+            if a.as_os_str().is_empty() || self.exists(a).await? {
+                break;
+            }
+            created.push(a);
+        }
+        if created.is_empty() {
+            return Ok(());
+        }
+        match &self.engine {
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.create_dir_all(path),
+            _ => threadpool::create_dir_all(path.to_owned()).await,
+        }
+        .map_err(|e| Error::io(path, "create_dir", e))?;
+        for dir in created.iter().rev() {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            self.sync_dir(parent).await?;
+        }
+        Ok(())
     }
 
     /// Makes the entries of directory `path` durable: opens it read-only and fsyncs it.
     pub async fn sync_dir(&self, path: &Path) -> Result<()> {
         Counters::bump(&self.stats.fsyncs);
-        match self.engine {
+        match &self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(ring) => ring.sync_dir(path.to_owned()).await,
             Engine::ThreadPool => threadpool::sync_dir(path.to_owned()).await,
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.sync_dir(path),
         }
         .map_err(|e| Error::io(path, "fsync", e))
     }
@@ -229,12 +287,22 @@ impl IoDriver {
     /// The names (not paths) of the entries of directory `path`, sorted. Names that are not
     /// valid UTF-8 are skipped with a warning (ringkv never creates such names).
     pub async fn read_dir(&self, path: &Path) -> Result<Vec<String>> {
-        threadpool::read_dir(path.to_owned()).await.map_err(|e| Error::io(path, "read_dir", e))
+        match &self.engine {
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.read_dir(path),
+            _ => threadpool::read_dir(path.to_owned()).await,
+        }
+        .map_err(|e| Error::io(path, "read_dir", e))
     }
 
     /// Whether `path` exists (following symbolic links).
     pub async fn exists(&self, path: &Path) -> Result<bool> {
-        threadpool::exists(path.to_owned()).await.map_err(|e| Error::io(path, "stat", e))
+        match &self.engine {
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk.exists(path),
+            _ => threadpool::exists(path.to_owned()).await,
+        }
+        .map_err(|e| Error::io(path, "stat", e))
     }
 }
 
@@ -256,6 +324,8 @@ enum Handle {
     #[cfg(target_os = "linux")]
     Uring(uring::UringFile),
     Pool(Arc<std::fs::File>),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimFile),
 }
 
 impl fmt::Debug for IoFile {
@@ -291,6 +361,8 @@ impl IoFile {
             #[cfg(target_os = "linux")]
             Handle::Uring(f) => f.read(offset, len, exact).await,
             Handle::Pool(f) => threadpool::read(Arc::clone(f), offset, len, exact).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.read(offset, len, exact).await,
         }
         .map_err(self.err("read"))?;
         debug_assert!(buf.len() == len || (!exact && buf.len() < len));
@@ -313,6 +385,8 @@ impl IoFile {
                 Err(e) => Err(e),
             },
             Handle::Pool(f) => threadpool::writev(Arc::clone(f), offset, bufs).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.writev(offset, bufs).await,
         }
         .map_err(self.err("write"))
     }
@@ -335,6 +409,8 @@ impl IoFile {
             #[cfg(target_os = "linux")]
             Handle::Uring(f) => f.sync(data_only).await,
             Handle::Pool(f) => threadpool::sync(Arc::clone(f), data_only).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.sync().await,
         }
     }
 
@@ -346,6 +422,8 @@ impl IoFile {
             #[cfg(target_os = "linux")]
             Handle::Uring(f) => f.allocate(offset, len).await,
             Handle::Pool(f) => threadpool::allocate(Arc::clone(f), offset, len).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.allocate(offset, len).await,
         }
         .map_err(self.err("fallocate"))
     }
@@ -357,6 +435,8 @@ impl IoFile {
             #[cfg(target_os = "linux")]
             Handle::Uring(f) => f.len().await,
             Handle::Pool(f) => threadpool::len(Arc::clone(f)).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.len().await,
         }
         .map_err(self.err("stat"))
     }
@@ -367,6 +447,8 @@ impl IoFile {
             #[cfg(target_os = "linux")]
             Handle::Uring(f) => f.set_len(len).await,
             Handle::Pool(f) => threadpool::set_len(Arc::clone(f), len).await,
+            #[cfg(feature = "sim")]
+            Handle::Sim(f) => f.set_len(len).await,
         }
         .map_err(self.err("truncate"))
     }
