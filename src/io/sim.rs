@@ -157,20 +157,21 @@ enum Change {
     SetLen(u64),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     id: u64,
     change: Change,
     observed: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
 }
 
+#[derive(Clone)]
 struct State {
     seed: u64,
     rng: u64,
@@ -347,6 +348,12 @@ impl SimDisk {
         };
         state.rand();
         SimDisk { state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// An independent copy of this disk as it is now (files, pending writes, faults and
+    /// random state): what happens to one no longer affects the other.
+    pub fn fork(&self) -> SimDisk {
+        SimDisk { state: Arc::new(Mutex::new(self.state.lock().clone())) }
     }
 
     /// The seed this disk was made with.

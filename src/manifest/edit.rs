@@ -308,19 +308,8 @@ pub fn replay(buf: &[u8], file: &Path) -> Result<Replayed> {
     let mut state = ManifestState::new();
     let mut pos = 0usize;
     let mut first = true;
-    loop {
-        if buf.len() - pos < 8 {
-            break;
-        }
-        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > MAX_MANIFEST_RECORD_LEN || len > buf.len() - pos - 8 {
-            break;
-        }
-        let payload = &buf[pos + 8..pos + 8 + len];
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
+    while let Some(payload) = intact_payload(buf, pos) {
+        let len = payload.len();
         let edits = decode_payload(payload).map_err(|t| {
             Error::corruption(file, (pos + 8 + t.at) as u64, "malformed manifest edit with a valid checksum")
         })?;
@@ -333,7 +322,30 @@ pub fn replay(buf: &[u8], file: &Path) -> Result<Replayed> {
     if first {
         return Err(Error::corruption(file, 0, "manifest has no intact first record"));
     }
+    // Every record is synced before the next one is written, so a torn append can only be
+    // the last thing in the file: an intact record after a bad one means the bad one was
+    // durable once and is now damaged (or a write went astray), and cutting there would
+    // drop acknowledged edits.
+    if let Some(later) = (pos + 1..buf.len()).find(|&q| intact_payload(buf, q).is_some()) {
+        return Err(Error::corruption(
+            file,
+            pos as u64,
+            format!("bad manifest record followed by an intact one at offset {later}: not a torn tail"),
+        ));
+    }
     Ok(Replayed { state, valid_len: pos as u64, torn: pos != buf.len() })
+}
+
+/// The payload of the record at `pos` if its length is possible and its CRC matches.
+fn intact_payload(buf: &[u8], pos: usize) -> Option<&[u8]> {
+    let header = buf.get(pos..pos.checked_add(8)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_MANIFEST_RECORD_LEN {
+        return None;
+    }
+    let payload = buf.get(pos + 8..(pos + 8).checked_add(len)?)?;
+    (crc32c::crc32c(payload) == crc).then_some(payload)
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //!    snapshot record, synced, and switched in by writing `CURRENT.tmp`, syncing it,
 //!    renaming it over `CURRENT` and syncing the directory. A crash at any point leaves
 //!    `CURRENT` naming a complete manifest (the old or the new one).
-//! 4. A torn last record (an append interrupted by a crash) is cut at open.
+//! 4. A torn last record (an append interrupted by a crash) is cut at open, after a second
+//!    read agreed with the first. A bad record with an intact one after it is
+//!    [`Error::Corruption`]: each record is synced before the next is written, so only the
+//!    last one can be torn.
 //!
 //! Record layout: see [`edit`].
 
@@ -57,18 +60,32 @@ impl Manifest {
         let cur = io.open(&cur_path, OpenMode::Read).await?;
         let len = cur.len().await?;
         let raw = cur.read_exact_at(0, len.min(256) as usize).await?;
-        let name = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.strip_suffix('\n'))
-            .filter(|s| s.starts_with("MANIFEST-"))
-            .ok_or_else(|| Error::corruption(&cur_path, 0, "CURRENT does not name a manifest"))?;
-        let number = u64::from_str_radix(&name["MANIFEST-".len()..], 16)
-            .map_err(|_| Error::corruption(&cur_path, 0, "CURRENT names a bad manifest number"))?;
-        let path = dir.join(name);
-        let file = io.open(&path, OpenMode::ReadWrite).await?;
+        let number = parse_current(&raw).ok_or_else(|| {
+            Error::corruption(&cur_path, 0, "CURRENT does not name a manifest with a valid checksum")
+        })?;
+        let name = manifest_name(number);
+        let path = dir.join(&name);
+        let file = io.open(&path, OpenMode::ReadWrite).await.map_err(|e| match e {
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::corruption(&cur_path, 0, format!("CURRENT names {name}, which does not exist"))
+            }
+            other => other,
+        })?;
         let flen = file.len().await?;
         let buf = file.read_exact_at(0, flen as usize).await?;
         let r = edit::replay(&buf, &path)?;
+        if r.torn {
+            // Before cutting, read again: bytes that differ between two reads are a failing
+            // device or bus, not a torn append, and must not cost an acknowledged edit.
+            let again = file.read_exact_at(0, flen as usize).await?;
+            if again != buf {
+                return Err(Error::corruption(
+                    &path,
+                    r.valid_len,
+                    "the manifest read differently twice (unreliable reads); not cutting its tail",
+                ));
+            }
+        }
         if r.torn {
             tracing::warn!(file = %path.display(), at = r.valid_len, "cutting torn manifest tail");
             file.set_len(r.valid_len).await?;
@@ -135,6 +152,21 @@ impl Manifest {
     }
 }
 
+/// The bytes of `CURRENT` naming manifest `number`: `MANIFEST-<16 hex> <crc32c 8 hex>\n`,
+/// the checksum over the name.
+fn current_contents(number: u64) -> String {
+    let name = manifest_name(number);
+    format!("{name} {:08x}\n", crc32c::crc32c(name.as_bytes()))
+}
+
+/// The manifest number `CURRENT` names, if its bytes are exactly [`current_contents`].
+fn parse_current(raw: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(raw).ok()?.strip_suffix('\n')?;
+    let (name, crc) = text.split_once(' ')?;
+    let number = u64::from_str_radix(name.strip_prefix("MANIFEST-")?, 16).ok()?;
+    (current_contents(number).as_bytes() == raw && crc.len() == 8).then_some(number)
+}
+
 /// Writes manifest `number` holding one snapshot record and makes it current (protocol 3).
 async fn write_snapshot(
     io: &IoDriver,
@@ -152,7 +184,7 @@ async fn write_snapshot(
     let tmp = dir.join(CURRENT_TMP);
     let cur = io.open(&tmp, OpenMode::Create).await?;
     cur.set_len(0).await?;
-    cur.writev_at(0, vec![Bytes::from(format!("{}\n", manifest_name(number)))]).await?;
+    cur.writev_at(0, vec![Bytes::from(current_contents(number))]).await?;
     cur.sync_all().await?;
     drop(cur);
     io.rename(&tmp, &dir.join(CURRENT)).await?;

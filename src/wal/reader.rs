@@ -15,7 +15,9 @@
 //! 3. The first record of the *last* segment that fails to decode (impossible length, short
 //!    read, bad CRC, or a malformed payload) ends the log: that is the torn tail; the
 //!    segment is truncated at the record's offset and synced, and what was cut is logged
-//!    with `tracing::warn!`. A bad record in an earlier segment is [`Error::Corruption`]:
+//!    with `tracing::warn!`. Before cutting, the record is read a second time: if it is
+//!    intact then, the first read returned damaged bytes and recovery fails with
+//!    [`Error::Corruption`] rather than drop records. A bad record in an earlier segment is [`Error::Corruption`]:
 //!    a segment is created only after the one before it is complete and synced, so it
 //!    cannot be a torn tail, and cutting there would drop acknowledged commits.
 //! 4. Records with `ts > frontier_ts` are returned in log order; every segment's largest
@@ -146,6 +148,17 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
                 // so only the last segment can have a torn tail: a bad record before it is
                 // corruption, and cutting there would silently drop acknowledged commits.
                 return Err(reason.at(&path, offset));
+            }
+            // Read the record again before cutting: if it decodes now, the first read
+            // returned damaged bytes (a failing device or bus), and cutting would drop
+            // records that may be acknowledged.
+            let mut again = SegmentReader { file: &file, file_len, buf: Vec::new(), buf_offset: 0 };
+            if again.record_at(offset).await?.is_ok() {
+                return Err(Error::corruption(
+                    &path,
+                    offset,
+                    format!("WAL record read differently twice ({reason}, then intact): unreliable reads"),
+                ));
             }
             tracing::warn!(
                 file = %path.display(),
