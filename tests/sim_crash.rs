@@ -40,7 +40,8 @@ fn random_crashes_lose_no_acknowledged_commit() {
         "sim_crash: {} crashes ({} stacked during recovery), {} recoveries checked in {:.1}s; \
          {} commits attempted, {} acknowledged Sync + {} Buffered, {} survived, {} unacknowledged lost; \
          0 acknowledged lost, 0 prefix violations, 0 uncommitted visible; \
-         crash fates: {} torn, {} garbage, {} dropped writes, {} names lost; {} checkpoints, {} closes",
+         crash fates: {} torn, {} garbage, {} dropped writes, {} names lost; {} checkpoints, {} closes, \
+         {} process restarts",
         totals.crashes,
         totals.stacked,
         totals.recoveries,
@@ -56,6 +57,7 @@ fn random_crashes_lose_no_acknowledged_commit() {
         totals.names_lost,
         totals.checkpoints,
         totals.closes,
+        totals.restarts,
     );
     assert!(totals.acked_sync > 0 && totals.survived > 0);
 }

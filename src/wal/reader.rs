@@ -20,7 +20,11 @@
 //!    [`Error::Corruption`] rather than drop records. A bad record in an earlier segment is [`Error::Corruption`]:
 //!    a segment is created only after the one before it is complete and synced, so it
 //!    cannot be a torn tail, and cutting there would drop acknowledged commits.
-//! 4. Records with `ts > frontier_ts` are returned in log order; every segment's largest
+//! 4. The last segment, when intact, is `fdatasync`ed before recovery returns: after a
+//!    process crash its tail may sit unsynced in the page cache, and the writer's next
+//!    segment must not exist on disk before it is durable (regression
+//!    `regression_restart_then_power_loss_keeps_the_log_contiguous`).
+//! 5. Records with `ts > frontier_ts` are returned in log order; every segment's largest
 //!    `ts` (over all its records, also those at or below the frontier) is returned for
 //!    [`Wal::remove_below`](super::Wal::remove_below).
 
@@ -140,6 +144,12 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
         }
         segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
         next_seq = seq + 1;
+        if is_last && torn.is_none() {
+            // A process that died without a power loss leaves its last writes in the page
+            // cache, maybe not yet durable. The writer is about to create a later segment,
+            // and a later segment implies this one is complete on disk: make it so.
+            file.sync_data().await?;
+        }
 
         if let Some(reason) = torn {
             let later = &seqs[index + 1..];

@@ -48,6 +48,7 @@ pub struct Totals {
     pub unacked_lost: u64,
     pub checkpoints: u64,
     pub closes: u64,
+    pub restarts: u64,
     pub torn: u64,
     pub garbage: u64,
     pub dropped: u64,
@@ -66,6 +67,7 @@ impl Totals {
         self.unacked_lost += o.unacked_lost;
         self.checkpoints += o.checkpoints;
         self.closes += o.closes;
+        self.restarts += o.restarts;
         self.torn += o.torn;
         self.garbage += o.garbage;
         self.dropped += o.dropped;
@@ -186,6 +188,16 @@ impl Run {
         for _ in 0..cycles {
             let db = self.recover(stacked_percent).await?;
             self.work(db).await?;
+            if self.rng.chance(25) {
+                // The process dies but the machine runs on: everything written (not only
+                // what was synced) stays, so every acknowledged commit must survive, the
+                // `Buffered` ones too. Then more work, then the power fails.
+                self.disk.clear_faults();
+                self.everything_acked_must_survive();
+                self.totals.restarts += 1;
+                let db = self.recover(0).await?;
+                self.work(db).await?;
+            }
             self.crash();
         }
         // A last recovery checks the final crash too.
