@@ -550,7 +550,14 @@ fn wal_records(seg: &[u8]) -> Vec<(usize, usize, u64)> {
         let crc = le_u32(seg, at + 4);
         let payload = &seg[at + WAL_FRAME_LEN..at + WAL_FRAME_LEN + len];
         assert_eq!(crc32c::crc32c(payload), crc, "record crc at {at}");
-        out.push((at, WAL_FRAME_LEN + len, le_u64(payload, 0)));
+        let ts = le_u64(payload, 0);
+        // A batch mark (ts 0) precedes every batch: it must name its own offset.
+        if ts == 0 {
+            assert_eq!(len, 24, "batch mark length at {at}");
+            assert_eq!(le_u64(payload, 8), at as u64, "batch mark offset at {at}");
+        } else {
+            out.push((at, WAL_FRAME_LEN + len, ts));
+        }
         at += WAL_FRAME_LEN + len;
     }
     assert_eq!(at, seg.len());
@@ -592,7 +599,7 @@ async fn surviving_keys(dir: &Path, o: &Options) -> (Db, Vec<usize>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_wal_record_cuts_the_tail() {
+async fn damaged_wal_record_is_corruption_unless_it_is_the_last() {
     const N: usize = 10;
     let base = tempfile::tempdir().unwrap();
     let template = base.path().join("template");
@@ -629,6 +636,20 @@ async fn damaged_wal_record_cuts_the_tail() {
         copy_dir(&template, &dir);
         let seg = only_file(&dir.join("wal"), "wal-");
         flip(&seg, at as u64);
+        if victim + 1 < N {
+            // A later batch was written after this record was synced (its mark says so):
+            // the damage is not a torn tail, and cutting would drop acknowledged commits.
+            match Db::open(&dir, opts()).await {
+                Err(Error::Corruption { file, offset, what: w }) => {
+                    assert_eq!(file, seg, "{what}: ({w})");
+                    assert_eq!(offset, recs[victim].0 as u64, "{what}: the offset of the record ({w})");
+                }
+                Err(e) => panic!("{what}: expected Corruption, got {e:?}"),
+                Ok(_) => panic!("{what}: opened over a damaged synced record"),
+            }
+            continue;
+        }
+        // The last record: indistinguishable from a torn append, so it is cut.
         let (db, ids) = surviving_keys(&dir, &opts()).await;
         assert_eq!(ids, (0..victim).collect::<Vec<_>>(), "{what}: the records before the damage survive");
         // The cut is permanent: new commits follow the kept records and survive a crash.
@@ -729,10 +750,27 @@ async fn damaged_wal_record_with_several_segments() {
         }
     }
 
-    // In the last segment: the torn tail.
+    // In the last segment, with batches after it: corruption (their marks prove it synced).
     {
         let last_seg = segs.last().unwrap();
-        let (victim, off, len) = pick(last_seg, 1);
+        let (_, off, len) = pick(last_seg, 0);
+        let dir = base.path().join("last-early");
+        copy_dir(&template, &dir);
+        let seg = dir.join("wal").join(last_seg.file_name().unwrap());
+        flip(&seg, (off + len / 2) as u64);
+        match Db::open(&dir, o.clone()).await {
+            Err(Error::Corruption { file, offset, .. }) => assert_eq!((file, offset), (seg, off as u64)),
+            Err(e) => panic!("expected Corruption, got {e:?}"),
+            Ok(_) => panic!("opened over a damaged synced record of the last segment"),
+        }
+    }
+
+    // The last record of the last segment: the torn tail.
+    {
+        let last_seg = segs.last().unwrap();
+        let above: usize =
+            all.iter().enumerate().filter(|(i, r)| &r.0 == last_seg && first_key + i > ckpt_after).count();
+        let (victim, off, len) = pick(last_seg, above - 1);
         let what = format!("record of key {victim} in {:?}", last_seg.file_name().unwrap());
         let dir = base.path().join("last");
         copy_dir(&template, &dir);

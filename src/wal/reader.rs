@@ -15,7 +15,11 @@
 //! 3. The first record of the *last* segment that fails to decode (impossible length, short
 //!    read, bad CRC, or a malformed payload) ends the log: that is the torn tail; the
 //!    segment is truncated at the record's offset and synced, and what was cut is logged
-//!    with `tracing::warn!`. Before cutting, the record is read a second time: if it is
+//!    with `tracing::warn!`. Before cutting, the rest of the segment is searched for batch
+//!    marks (`record.rs`): a mark lying at an offset other than its own, or one written
+//!    when the segment was synced beyond the bad record, proves damage rather than a torn
+//!    append, and recovery fails with [`Error::Corruption`]; a mark read in order at a
+//!    wrong offset is the same error. Then the record is read a second time: if it is
 //!    intact then, the first read returned damaged bytes and recovery fails with
 //!    [`Error::Corruption`] rather than drop records. A bad record in an earlier segment is [`Error::Corruption`]:
 //!    a segment is created only after the one before it is complete and synced, so it
@@ -33,8 +37,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::record::{
-    decode_frame, decode_payload, decode_segment_header, RecordError, WalRecord, FRAME_LEN,
-    SEGMENT_HEADER_LEN,
+    decode_frame, decode_mark, decode_payload, decode_segment_header, RecordError, WalRecord, FRAME_LEN,
+    MARK_LEN, MARK_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
 };
 use super::{parse_segment_file_name, segment_file_name};
 use crate::error::{Error, Result};
@@ -128,7 +132,19 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
         // Bounded: every iteration consumes at least FRAME_LEN + MIN_PAYLOAD_LEN bytes.
         while offset < file_len {
             match reader.record_at(offset).await? {
-                Ok((rec, used)) => {
+                Ok((Item::Mark { at, .. }, used)) => {
+                    if at != offset {
+                        return Err(Error::corruption(
+                            &path,
+                            offset,
+                            format!(
+                                "a batch mark written for offset {at} lies at {offset}: a misdirected write"
+                            ),
+                        ));
+                    }
+                    offset += used as u64;
+                }
+                Ok((Item::Record(rec), used)) => {
                     assert!(used > FRAME_LEN && offset + used as u64 <= file_len);
                     offset += used as u64;
                     max_ts = Some(max_ts.map_or(rec.ts, |m| m.max(rec.ts)));
@@ -158,6 +174,12 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
                 // so only the last segment can have a torn tail: a bad record before it is
                 // corruption, and cutting there would silently drop acknowledged commits.
                 return Err(reason.at(&path, offset));
+            }
+            // A torn append is the end of what was written; damage is not. A batch written
+            // after this offset was synced, or a batch found where it was not written,
+            // proves the bad record was durable once.
+            if let Some(why) = damage_after(&file, offset, file_len).await? {
+                return Err(Error::corruption(&path, offset, format!("{reason}; {why}")));
             }
             // Read the record again before cutting: if it decodes now, the first read
             // returned damaged bytes (a failing device or bus), and cutting would drop
@@ -192,6 +214,37 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
     Ok(Recovered { records, segments, next_seq })
 }
 
+/// Looks past the bad record at `bad` for batch marks that prove damage: one found at an
+/// offset other than the one it was written for (a misdirected write), or one written when
+/// the segment was already synced beyond `bad`.
+async fn damage_after(file: &IoFile, bad: u64, file_len: u64) -> Result<Option<String>> {
+    let tail = file.read_exact_at(bad, (file_len - bad) as usize).await?;
+    for q in 1..tail.len() {
+        let Some((at, synced_to)) = decode_mark(&tail[q..]) else { continue };
+        let found = bad + q as u64;
+        if at != found {
+            return Ok(Some(format!(
+                "a batch mark written for offset {at} lies at {found}: a misdirected write"
+            )));
+        }
+        if synced_to > bad {
+            return Ok(Some(format!(
+                "the batch at {found} was written when the log was synced to {synced_to}: damage, not a torn tail"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// What the log holds at one offset.
+enum Item {
+    Record(WalRecord),
+    /// A batch mark (see `record.rs`).
+    Mark {
+        at: u64,
+    },
+}
+
 /// Reads a segment through a buffer of [`READ_CHUNK_BYTES`], so that recovering small
 /// records costs one I/O per chunk rather than two per record.
 struct SegmentReader<'a> {
@@ -222,10 +275,7 @@ impl SegmentReader<'_> {
 
     /// Decodes the record at `offset`. The outer error is an I/O failure (recovery stops);
     /// the inner one is a bad record (the torn tail).
-    async fn record_at(
-        &mut self,
-        offset: u64,
-    ) -> Result<std::result::Result<(WalRecord, usize), RecordError>> {
+    async fn record_at(&mut self, offset: u64) -> Result<std::result::Result<(Item, usize), RecordError>> {
         let have = self.file_len.saturating_sub(offset);
         let Some(frame) = self.bytes_at(offset, FRAME_LEN).await? else {
             return Ok(Err(RecordError::Truncated { need: FRAME_LEN as u64, have }));
@@ -235,11 +285,16 @@ impl SegmentReader<'_> {
             Ok(x) => x,
             Err(e) => return Ok(Err(e)),
         };
+        if len as usize == MARK_PAYLOAD_LEN {
+            if let Some((at, _)) = self.bytes_at(offset, MARK_LEN).await?.and_then(decode_mark) {
+                return Ok(Ok((Item::Mark { at }, MARK_LEN)));
+            }
+        }
         let total = FRAME_LEN + len as usize;
         let Some(payload) = self.bytes_at(offset + FRAME_LEN as u64, len as usize).await? else {
             return Ok(Err(RecordError::Truncated { need: total as u64, have }));
         };
         let payload = Bytes::copy_from_slice(payload);
-        Ok(decode_payload(&payload, crc).map(|rec| (rec, total)))
+        Ok(decode_payload(&payload, crc).map(|rec| (Item::Record(rec), total)))
     }
 }

@@ -43,6 +43,21 @@
 //! ```
 //!
 //! The payload must be consumed exactly: trailing bytes after the last op are an error.
+//! A record's `ts` is never 0.
+//!
+//! # Batch mark (8-byte frame + 24-byte payload, first in every batch the writer writes)
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  ts         u64 = 0 (what tells a mark from a record)
+//!      8     8  at         u64, the segment offset the mark was written at
+//!     16     8  synced_to  u64, segment bytes known durable (fdatasync completed) when
+//!                          the batch was written
+//! ```
+//!
+//! Marks let recovery tell a torn tail from damage: a mark found at an offset other than
+//! its `at` is a misdirected write, and a mark whose `synced_to` lies beyond a bad record
+//! proves that record was durable once, so it is corruption, not a torn tail.
 //!
 //! # Decoding rules
 //!
@@ -65,6 +80,10 @@ pub const SEGMENT_HEADER_LEN: usize = 16;
 pub const FRAME_LEN: usize = 8;
 /// Smallest payload: `ts` + `op_count`, no ops.
 pub const MIN_PAYLOAD_LEN: usize = 12;
+/// Payload length of a batch mark: `ts` (0) + `at` + `synced_to`.
+pub const MARK_PAYLOAD_LEN: usize = 24;
+/// Encoded length of a batch mark.
+pub const MARK_LEN: usize = FRAME_LEN + MARK_PAYLOAD_LEN;
 /// Smallest encoded op (a delete of an empty key): kind + bucket + key_len.
 const MIN_OP_LEN: usize = 9;
 /// Op kind byte of a put.
@@ -169,6 +188,9 @@ pub enum RecordError {
         /// How many.
         extra: u64,
     },
+    /// A record with timestamp 0 (only batch marks carry 0).
+    #[error("record timestamp 0")]
+    ZeroTs,
     /// A segment header without the magic bytes.
     #[error("bad segment magic {found:02x?}")]
     BadMagic {
@@ -201,6 +223,9 @@ fn payload_len(rec: &WalRecord) -> u64 {
 /// Checks the bounds `decode_payload` will enforce, so that a record we write is always one
 /// we can read back.
 fn validate(rec: &WalRecord) -> Result<u64> {
+    if rec.ts == 0 {
+        return Err(Error::invalid("WAL record with timestamp 0 (reserved for batch marks)"));
+    }
     if u32::try_from(rec.ops.len()).is_err() {
         return Err(Error::invalid(format!("WAL record with {} ops", rec.ops.len())));
     }
@@ -231,6 +256,31 @@ fn validate(rec: &WalRecord) -> Result<u64> {
         )));
     }
     Ok(len)
+}
+
+/// Encodes a batch mark written at segment offset `at` when `synced_to` bytes of the
+/// segment were durable.
+pub fn encode_mark(at: u64, synced_to: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(MARK_LEN);
+    buf.put_slice(&(MARK_PAYLOAD_LEN as u32).to_le_bytes());
+    buf.put_slice(&0u32.to_le_bytes());
+    buf.put_slice(&0u64.to_le_bytes());
+    buf.put_slice(&at.to_le_bytes());
+    buf.put_slice(&synced_to.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[FRAME_LEN..]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    buf.freeze()
+}
+
+/// The `(at, synced_to)` of the batch mark at the start of `buf`, if `buf` starts with an
+/// intact one (exact length, CRC, `ts` 0).
+pub fn decode_mark(buf: &[u8]) -> Option<(u64, u64)> {
+    let mark = buf.get(..MARK_LEN)?;
+    let le = |r: std::ops::Range<usize>| u64::from_le_bytes(mark[r].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(mark[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(mark[4..8].try_into().expect("4 bytes"));
+    (len as usize == MARK_PAYLOAD_LEN && crc32c::crc32c(&mark[FRAME_LEN..]) == crc && le(8..16) == 0)
+        .then(|| (le(16..24), le(24..32)))
 }
 
 /// Encodes `rec` as a framed record (frame + payload), ready to be appended to a segment.
@@ -342,6 +392,9 @@ pub fn decode_payload(payload: &Bytes, crc: u32) -> Result<WalRecord, RecordErro
     }
     let mut cur = Cursor { payload, pos: 0 };
     let ts = cur.u64()?;
+    if ts == 0 {
+        return Err(RecordError::ZeroTs);
+    }
     let count = cur.u32()?;
     // Bound the allocation by what the payload can hold, not by what it claims.
     if count as usize > cur.remaining() / MIN_OP_LEN {

@@ -20,8 +20,10 @@
 //!   awaits it. A waiter therefore awaits at most two flushes: the one that was in flight
 //!   when its record was appended, and the next, which takes its record.
 //! - A **flush** (1) rolls over to a new segment if the batch would carry the active one
-//!   past `segment_bytes` (see below), (2) writes the whole batch with ONE `writev_at` at
-//!   the segment's offset and awaits its completion, (3) under the lock sets `written_lsn`
+//!   past `segment_bytes` (see below), (2) writes the whole batch, behind a batch mark
+//!   (`record.rs`: its own offset and the segment bytes synced so far, which recovery uses
+//!   to tell a torn tail from damage), with ONE `writev_at` at the segment's offset and
+//!   awaits its completion, (3) under the lock sets `written_lsn`
 //!   to the batch end and reads `sync_wanted_lsn`: if any waiter wants more than is synced
 //!   it issues ONE `sync_data` — only after the write completion was seen, so the fsync
 //!   covers it — and sets `synced_lsn`; (4) under the lock puts the active segment back and
@@ -67,7 +69,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
 use super::reader::{recover, SegmentInfo};
-use super::record::{encode, encode_segment_header, WalRecord, SEGMENT_HEADER_LEN};
+use super::record::{encode, encode_mark, encode_segment_header, WalRecord, MARK_LEN, SEGMENT_HEADER_LEN};
 use super::segment_file_name;
 use crate::error::{Error, Result};
 use crate::io::{IoDriver, IoFile, OpenMode};
@@ -159,6 +161,8 @@ struct ActiveSegment {
     offset: u64,
     /// Bytes were written since this segment's last `sync_data`.
     unsynced: bool,
+    /// Bytes of the segment known durable (its last completed `sync_data` covered them).
+    synced: u64,
 }
 
 /// What one flush writes.
@@ -442,23 +446,27 @@ impl Inner {
 
     async fn write_and_sync(&self, segment: &mut ActiveSegment, batch: Batch) -> Result<()> {
         if batch.bytes > 0 {
-            let would_end = segment.offset + batch.bytes;
+            let would_end = segment.offset + MARK_LEN as u64 + batch.bytes;
             if segment.offset > SEGMENT_HEADER_LEN as u64 && would_end > self.segment_bytes {
                 self.roll_over(segment, batch.start_lsn).await?;
             }
-            // One buffer per record; the I/O layer splits at `UIO_MAXIOV` if it must.
-            let bufs = batch.bufs;
-            assert_eq!(bufs.iter().map(|b| b.len() as u64).sum::<u64>(), batch.bytes);
+            // One buffer per record behind the batch mark; the I/O layer splits at
+            // `UIO_MAXIOV` if it must.
+            assert_eq!(batch.bufs.iter().map(|b| b.len() as u64).sum::<u64>(), batch.bytes);
+            let mut bufs = Vec::with_capacity(batch.bufs.len() + 1);
+            bufs.push(encode_mark(segment.offset, segment.synced));
+            bufs.extend(batch.bufs);
+            let file_bytes = MARK_LEN as u64 + batch.bytes;
             #[cfg(test)]
             if self.fail_next_write.swap(false, Ordering::SeqCst) {
                 let e = std::io::Error::other("injected write failure");
                 return Err(Error::io(segment.file.path(), "write", e));
             }
             segment.file.writev_at(segment.offset, bufs).await?;
-            segment.offset += batch.bytes;
+            segment.offset += file_bytes;
             segment.unsynced = true;
             self.batches_written.fetch_add(1, Ordering::Relaxed);
-            self.bytes_written.fetch_add(batch.bytes, Ordering::Relaxed);
+            self.bytes_written.fetch_add(file_bytes, Ordering::Relaxed);
         }
         let need_sync = {
             let mut st = self.state.lock();
@@ -483,6 +491,7 @@ impl Inner {
                 segment.file.sync_data().await?;
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 segment.unsynced = false;
+                segment.synced = segment.offset;
             }
             let mut st = self.state.lock();
             st.synced_lsn = batch.end_lsn;
@@ -517,7 +526,8 @@ impl Inner {
         self.bytes_written.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         self.state.lock().segments.push_back(SegmentInfo { seq, path, max_ts: None });
         tracing::debug!(seq, "WAL: new segment");
-        Ok(ActiveSegment { file, seq, offset: SEGMENT_HEADER_LEN as u64, unsynced: false })
+        let header = SEGMENT_HEADER_LEN as u64;
+        Ok(ActiveSegment { file, seq, offset: header, unsynced: false, synced: header })
     }
 
     /// Deletes one segment file and makes the deletion durable before the next one.
