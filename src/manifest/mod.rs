@@ -130,7 +130,9 @@ impl Manifest {
 }
 
 /// Decodes the contents of `CURRENT` (read from `cur_path`): the manifest's file name and
-/// its number.
+/// its number. The name must be exactly [`manifest_name`] of the number: `Db::open` deletes
+/// every other `MANIFEST-*` file, so accepting another spelling of the number (upper-case
+/// or missing or extra leading zeros, a `+`) would delete the manifest just opened.
 pub(crate) fn parse_current<'a>(raw: &'a [u8], cur_path: &Path) -> Result<(&'a str, u64)> {
     let name = std::str::from_utf8(raw)
         .ok()
@@ -138,7 +140,9 @@ pub(crate) fn parse_current<'a>(raw: &'a [u8], cur_path: &Path) -> Result<(&'a s
         .filter(|s| s.starts_with("MANIFEST-"))
         .ok_or_else(|| Error::corruption(cur_path, 0, "CURRENT does not name a manifest"))?;
     let number = u64::from_str_radix(&name["MANIFEST-".len()..], 16)
-        .map_err(|_| Error::corruption(cur_path, 0, "CURRENT names a bad manifest number"))?;
+        .ok()
+        .filter(|&n| name == manifest_name(n))
+        .ok_or_else(|| Error::corruption(cur_path, 0, "CURRENT names a bad manifest number"))?;
     Ok((name, number))
 }
 
@@ -165,4 +169,34 @@ async fn write_snapshot(
     io.rename(&tmp, &dir.join(CURRENT)).await?;
     io.sync_dir(dir).await?;
     Ok((file, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_parses_what_write_snapshot_writes() {
+        for n in [1, 0xABCD, u64::MAX] {
+            let raw = format!("{}\n", manifest_name(n));
+            let (name, number) = parse_current(raw.as_bytes(), Path::new("CURRENT")).unwrap();
+            assert_eq!((name, number), (manifest_name(n).as_str(), n));
+        }
+    }
+
+    /// Found by the `current` fuzz target: a non-canonical spelling of the number was
+    /// accepted, and `Db::open` then deleted that manifest as stale (the next open failed).
+    #[test]
+    fn current_with_non_canonical_manifest_name_is_corruption() {
+        for raw in [
+            "MANIFEST-00000000000F0001\n",
+            "MANIFEST-00000000000000001\n",
+            "MANIFEST-1\n",
+            "MANIFEST-+000000000000001\n",
+            "MANIFEST-\n",
+        ] {
+            let err = parse_current(raw.as_bytes(), Path::new("CURRENT")).unwrap_err();
+            assert!(err.is_corruption(), "{raw:?}: {err}");
+        }
+    }
 }
