@@ -161,6 +161,11 @@ fn whole_file(file: &[u8], kind: FileKind) {
     if !(frames_intact && back_to_back && next == footer.ranges_offset) {
         return;
     }
+    // FileBuilder takes its addresses from `Store::alloc_addr`: u64::MAX lies in no
+    // half-open range, so no file it writes holds it (and `finish` would overflow).
+    if relocs.last().is_some_and(|e| e.addr == u64::MAX) {
+        return;
+    }
     let mut b = FileBuilder::new(kind);
     for e in &relocs {
         let frame = &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
