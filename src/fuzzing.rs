@@ -136,9 +136,10 @@ fn whole_file(file: &[u8], kind: FileKind) {
     };
     check_ranges(&ranges);
     check_relocs(&relocs, footer.ranges_offset);
+    let frame_of = |e: &RelocEntry| &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
     let mut frames_intact = true;
     for e in &relocs {
-        let frame = &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
+        let frame = frame_of(e);
         if let Err(err) = data_file::check_frame(frame, e, path) {
             assert!(err.is_corruption(), "{err}");
             frames_intact = false;
@@ -150,8 +151,8 @@ fn whole_file(file: &[u8], kind: FileKind) {
     }
     // FileBuilder writes frames back to back from offset 0 in address order, and the ranges
     // as the runs of consecutive addresses. A file laid out so is rebuilt from its frames
-    // byte for byte, but for the reserved word and so the footer CRC (reserved is not
-    // checked by the decoder: see `docs/format.md`).
+    // byte for byte, but for the footer's reserved word (which the decoder does not check
+    // is 0) and so its CRC.
     let mut next = 0u64;
     let back_to_back = relocs.iter().all(|e| {
         let ok = e.offset == next;
@@ -168,8 +169,7 @@ fn whole_file(file: &[u8], kind: FileKind) {
     }
     let mut b = FileBuilder::new(kind);
     for e in &relocs {
-        let frame = &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
-        b.add(e.addr, Bytes::copy_from_slice(frame));
+        b.add(e.addr, Bytes::copy_from_slice(frame_of(e)));
     }
     let (chunks, built_ranges, built_relocs) = b.finish();
     if built_ranges != ranges {
