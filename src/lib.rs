@@ -30,6 +30,9 @@ pub mod bucket;
 pub mod codec;
 pub mod db;
 pub mod error;
+/// Entry points for the fuzz targets and their corpus replay; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod iter;
 pub mod limits;

@@ -236,7 +236,8 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
     out
 }
 
-fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncated> {
+/// Decodes the payload of one record (its CRC already checked by the caller).
+pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncated> {
     let mut r = Reader::new(p);
     if r.u8()? != FORMAT_VERSION {
         return Err(Truncated { at: 0 });

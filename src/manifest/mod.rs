@@ -60,9 +60,7 @@ impl Manifest {
         let cur = io.open(&cur_path, OpenMode::Read).await?;
         let len = cur.len().await?;
         let raw = cur.read_exact_at(0, len.min(256) as usize).await?;
-        let number = parse_current(&raw).ok_or_else(|| {
-            Error::corruption(&cur_path, 0, "CURRENT does not name a manifest with a valid checksum")
-        })?;
+        let number = parse_current(&raw, &cur_path)?;
         let name = manifest_name(number);
         let path = dir.join(&name);
         let file = io.open(&path, OpenMode::ReadWrite).await.map_err(|e| match e {
@@ -154,17 +152,26 @@ impl Manifest {
 
 /// The bytes of `CURRENT` naming manifest `number`: `MANIFEST-<16 hex> <crc32c 8 hex>\n`,
 /// the checksum over the name.
-fn current_contents(number: u64) -> String {
+pub(crate) fn current_contents(number: u64) -> String {
     let name = manifest_name(number);
     format!("{name} {:08x}\n", crc32c::crc32c(name.as_bytes()))
 }
 
-/// The manifest number `CURRENT` names, if its bytes are exactly [`current_contents`].
-fn parse_current(raw: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(raw).ok()?.strip_suffix('\n')?;
-    let (name, crc) = text.split_once(' ')?;
-    let number = u64::from_str_radix(name.strip_prefix("MANIFEST-")?, 16).ok()?;
-    (current_contents(number).as_bytes() == raw && crc.len() == 8).then_some(number)
+/// Decodes the contents of `CURRENT` (read from `cur_path`): the number of the manifest it
+/// names. The bytes must be exactly [`current_contents`] of that number — the checksum
+/// catches damage, and the canonical spelling matters because `Db::open` deletes every
+/// other `MANIFEST-*` file, so accepting another spelling of the number (upper-case,
+/// missing or extra leading zeros, a `+`) would delete the manifest just opened.
+pub(crate) fn parse_current(raw: &[u8], cur_path: &Path) -> Result<u64> {
+    let bad = || Error::corruption(cur_path, 0, "CURRENT does not name a manifest with a valid checksum");
+    let text = std::str::from_utf8(raw).ok().and_then(|t| t.strip_suffix('\n')).ok_or_else(bad)?;
+    let (name, _) = text.split_once(' ').ok_or_else(bad)?;
+    let number =
+        name.strip_prefix("MANIFEST-").and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(bad)?;
+    if current_contents(number).as_bytes() != raw {
+        return Err(bad());
+    }
+    Ok(number)
 }
 
 /// Writes manifest `number` holding one snapshot record and makes it current (protocol 3).
@@ -190,4 +197,42 @@ async fn write_snapshot(
     io.rename(&tmp, &dir.join(CURRENT)).await?;
     io.sync_dir(dir).await?;
     Ok((file, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_parses_what_write_snapshot_writes() {
+        for n in [1, 0xABCD, u64::MAX] {
+            let raw = current_contents(n);
+            assert_eq!(parse_current(raw.as_bytes(), Path::new("CURRENT")).unwrap(), n);
+        }
+    }
+
+    /// Found by the `current` fuzz target: a non-canonical spelling of the number was
+    /// accepted, and `Db::open` then deleted that manifest as stale (the next open failed).
+    #[test]
+    fn current_with_non_canonical_manifest_name_is_corruption() {
+        // Each with a valid checksum of its (non-canonical) name, so only the spelling is
+        // wrong.
+        for name in [
+            "MANIFEST-00000000000F0001",
+            "MANIFEST-00000000000000001",
+            "MANIFEST-1",
+            "MANIFEST-+000000000000001",
+        ] {
+            let raw = format!("{name} {:08x}\n", crc32c::crc32c(name.as_bytes()));
+            let err = parse_current(raw.as_bytes(), Path::new("CURRENT")).unwrap_err();
+            assert!(err.is_corruption(), "{raw:?}: {err}");
+        }
+        assert_eq!(
+            parse_current(current_contents(0xF0001).as_bytes(), Path::new("CURRENT")).unwrap(),
+            0xF0001
+        );
+        let mut flipped = current_contents(7).into_bytes();
+        flipped[20] ^= 1;
+        assert!(parse_current(&flipped, Path::new("CURRENT")).unwrap_err().is_corruption());
+    }
 }
