@@ -27,6 +27,7 @@
 //! every on-disk structure.
 
 pub mod bucket;
+pub mod check;
 pub mod codec;
 pub mod db;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod txn;
 pub mod wal;
 
 pub use bucket::Bucket;
+pub use check::CheckReport;
 pub use db::{CheckpointStats, Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;

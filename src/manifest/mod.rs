@@ -25,8 +25,8 @@ pub use edit::{BucketMeta, Edit, FileMeta, ManifestState, PageLoc};
 
 /// Manifest size past which it is rewritten as a snapshot.
 pub const REWRITE_BYTES: u64 = 4 * 1024 * 1024;
-const CURRENT: &str = "CURRENT";
-const CURRENT_TMP: &str = "CURRENT.tmp";
+pub(crate) const CURRENT: &str = "CURRENT";
+pub(crate) const CURRENT_TMP: &str = "CURRENT.tmp";
 
 /// File name of manifest number `n`.
 pub fn manifest_name(n: u64) -> String {
@@ -57,13 +57,7 @@ impl Manifest {
         let cur = io.open(&cur_path, OpenMode::Read).await?;
         let len = cur.len().await?;
         let raw = cur.read_exact_at(0, len.min(256) as usize).await?;
-        let name = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.strip_suffix('\n'))
-            .filter(|s| s.starts_with("MANIFEST-"))
-            .ok_or_else(|| Error::corruption(&cur_path, 0, "CURRENT does not name a manifest"))?;
-        let number = u64::from_str_radix(&name["MANIFEST-".len()..], 16)
-            .map_err(|_| Error::corruption(&cur_path, 0, "CURRENT names a bad manifest number"))?;
+        let (name, number) = parse_current(&raw, &cur_path)?;
         let path = dir.join(name);
         let file = io.open(&path, OpenMode::ReadWrite).await?;
         let flen = file.len().await?;
@@ -133,6 +127,19 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Parses the bytes of `CURRENT` (at `cur_path`): the name of the current manifest and its
+/// number. Anything else is [`Error::Corruption`] at offset 0.
+pub(crate) fn parse_current<'a>(raw: &'a [u8], cur_path: &Path) -> Result<(&'a str, u64)> {
+    let name = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.strip_suffix('\n'))
+        .filter(|s| s.starts_with("MANIFEST-"))
+        .ok_or_else(|| Error::corruption(cur_path, 0, "CURRENT does not name a manifest"))?;
+    let number = u64::from_str_radix(&name["MANIFEST-".len()..], 16)
+        .map_err(|_| Error::corruption(cur_path, 0, "CURRENT names a bad manifest number"))?;
+    Ok((name, number))
 }
 
 /// Writes manifest `number` holding one snapshot record and makes it current (protocol 3).

@@ -115,7 +115,7 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
             Ok(_) => {}
         }
 
-        let mut reader = SegmentReader { file: &file, file_len, buf: Vec::new(), buf_offset: 0 };
+        let mut reader = SegmentReader::new(&file, file_len);
         let mut offset = SEGMENT_HEADER_LEN as u64;
         let mut max_ts: Option<u64> = None;
         let mut torn = None;
@@ -170,8 +170,9 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
 }
 
 /// Reads a segment through a buffer of [`READ_CHUNK_BYTES`], so that recovering small
-/// records costs one I/O per chunk rather than two per record.
-struct SegmentReader<'a> {
+/// records costs one I/O per chunk rather than two per record. Read-only: the offline
+/// checker (`crate::check`) walks segments with it too.
+pub(crate) struct SegmentReader<'a> {
     file: &'a IoFile,
     file_len: u64,
     buf: Vec<u8>,
@@ -179,9 +180,14 @@ struct SegmentReader<'a> {
     buf_offset: u64,
 }
 
-impl SegmentReader<'_> {
+impl<'a> SegmentReader<'a> {
+    /// A reader over `file`, whose length is `file_len`.
+    pub(crate) fn new(file: &'a IoFile, file_len: u64) -> SegmentReader<'a> {
+        SegmentReader { file, file_len, buf: Vec::new(), buf_offset: 0 }
+    }
+
     /// The `len` bytes at `offset`, or `None` if the file ends before them.
-    async fn bytes_at(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+    pub(crate) async fn bytes_at(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
         let Some(end) = offset.checked_add(len as u64).filter(|&end| end <= self.file_len) else {
             return Ok(None);
         };
@@ -199,7 +205,7 @@ impl SegmentReader<'_> {
 
     /// Decodes the record at `offset`. The outer error is an I/O failure (recovery stops);
     /// the inner one is a bad record (the torn tail).
-    async fn record_at(
+    pub(crate) async fn record_at(
         &mut self,
         offset: u64,
     ) -> Result<std::result::Result<(WalRecord, usize), RecordError>> {
