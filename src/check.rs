@@ -384,7 +384,7 @@ impl Checker {
                     self.problem(Error::corruption(
                         &path,
                         (pos + 8 + at) as u64,
-                        "malformed manifest edit with a valid checksum (recovery refuses to open)",
+                        "malformed manifest edit with a valid checksum",
                     ));
                     first_bad |= pos == 0;
                     pos += len;
