@@ -34,7 +34,7 @@ use crate::bucket::Bucket;
 use crate::error::{Error, Result};
 use crate::io::IoDriver;
 use crate::limits;
-use crate::manifest::{BucketMeta, Edit, Manifest};
+use crate::manifest::{BucketMeta, Edit, Manifest, ManifestState};
 use crate::mvcc::Mvcc;
 use crate::options::{Durability, IoBackend, Options};
 use crate::store::data_file::FileKind;
@@ -148,12 +148,7 @@ impl Db {
         let state = manifest.state().await;
         let current = manifest.current_name().await;
         for name in io.read_dir(&dir).await? {
-            let stale = if let Some(id) = parse_file_id(&name) {
-                !state.files.contains_key(&id)
-            } else {
-                name == "CURRENT.tmp" || (name.starts_with("MANIFEST-") && name != current)
-            };
-            if stale {
+            if is_stale(&name, &state, &current) {
                 tracing::info!(file = %name, "removing a file no manifest references");
                 io.remove_file(&dir.join(&name)).await?;
             }
@@ -376,7 +371,18 @@ impl Db {
     }
 }
 
-fn parse_file_id(name: &str) -> Option<u64> {
+/// Whether recovery deletes the directory entry `name`: a data or blob file the manifest
+/// does not reference, `CURRENT.tmp`, or a manifest other than `current`.
+pub(crate) fn is_stale(name: &str, state: &ManifestState, current: &str) -> bool {
+    if let Some(id) = parse_file_id(name) {
+        !state.files.contains_key(&id)
+    } else {
+        name == "CURRENT.tmp" || (name.starts_with("MANIFEST-") && name != current)
+    }
+}
+
+/// The id of a `data-<16 hex>.rkv` or `blob-<16 hex>.rkv` file name.
+pub(crate) fn parse_file_id(name: &str) -> Option<u64> {
     let rest = name.strip_prefix("data-").or_else(|| name.strip_prefix("blob-"))?;
     let hex = rest.strip_suffix(".rkv")?;
     u64::from_str_radix(hex, 16).ok()

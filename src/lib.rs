@@ -27,6 +27,7 @@
 //! every on-disk structure.
 
 pub mod bucket;
+pub mod check;
 pub mod codec;
 pub mod db;
 pub mod error;
@@ -45,6 +46,7 @@ pub mod txn;
 pub mod wal;
 
 pub use bucket::Bucket;
+pub use check::CheckReport;
 pub use db::{CheckpointStats, Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;

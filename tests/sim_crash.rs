@@ -41,7 +41,7 @@ fn random_crashes_lose_no_acknowledged_commit() {
          {} commits attempted, {} acknowledged Sync + {} Buffered, {} survived, {} unacknowledged lost; \
          0 acknowledged lost, 0 prefix violations, 0 uncommitted visible; \
          crash fates: {} torn, {} garbage, {} dropped writes, {} names lost; {} checkpoints, {} closes, \
-         {} process restarts",
+         {} process restarts; {} offline checks of crashed states clean",
         totals.crashes,
         totals.stacked,
         totals.recoveries,
@@ -58,6 +58,7 @@ fn random_crashes_lose_no_acknowledged_commit() {
         totals.checkpoints,
         totals.closes,
         totals.restarts,
+        totals.checks,
     );
     assert!(totals.acked_sync > 0 && totals.survived > 0);
 }

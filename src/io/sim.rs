@@ -135,6 +135,12 @@ impl NameOp {
         p.parent().unwrap_or(Path::new("/"))
     }
 
+    fn path(&self) -> &Path {
+        match self {
+            NameOp::Set(p, _) | NameOp::Remove(p) | NameOp::Rename(_, p, _) => p,
+        }
+    }
+
     fn apply(self, names: &mut BTreeMap<PathBuf, Entry>) {
         match self {
             NameOp::Set(p, e) => {
@@ -254,12 +260,24 @@ impl State {
         }
     }
 
+    /// Debug aid: `RINGKV_SIM_TRACE=<substring>` prints name operations and crash fates of
+    /// matching paths.
+    fn trace(&self, path: &Path, what: &str) {
+        if let Some(p) = std::env::var_os("RINGKV_SIM_TRACE") {
+            if path.to_string_lossy().contains(&*p.to_string_lossy()) {
+                eprintln!("sim[{} op {}]: {} {what}", self.generation, self.ops, path.display());
+            }
+        }
+    }
+
     fn set_name(&mut self, path: PathBuf, entry: Entry) {
+        self.trace(&path, "created");
         self.live.insert(path.clone(), entry);
         self.pending_names.push(NameOp::Set(path, entry));
     }
 
     fn remove_name(&mut self, path: PathBuf) {
+        self.trace(&path, "removed");
         self.live.remove(&path);
         self.pending_names.push(NameOp::Remove(path));
     }
@@ -476,8 +494,10 @@ impl SimDisk {
         for op in std::mem::take(&mut s.pending_names) {
             if s.below(2) == 0 {
                 report.names_lost += 1;
+                s.trace(op.path(), "name operation lost at the crash");
                 continue;
             }
+            s.trace(op.path(), "name operation kept at the crash");
             report.names_kept += 1;
             op.apply(&mut names);
         }
@@ -652,6 +672,7 @@ impl SimDisk {
             std::mem::take(&mut s.pending_names).into_iter().partition(|op| op.parent() == path);
         s.pending_names = rest;
         for op in mine {
+            s.trace(op.path(), "made durable by sync_dir");
             op.apply(&mut s.durable);
         }
         Ok(())
@@ -767,6 +788,7 @@ impl SimFile {
                 }
                 s.log.misdirected.push((PathBuf::from(&self.name), offset, at, data.len()));
             }
+            s.trace(Path::new(&self.name), &format!("write {} bytes at {at}", data.len()));
             let id = s.push_change(self.ino, Change::Write { offset: at, data });
             (s.polls(), id)
         };
@@ -783,6 +805,7 @@ impl SimFile {
                 s.log.failed_ops += 1;
                 return Err(io::Error::from_raw_os_error(libc_eio()));
             }
+            s.trace(Path::new(&self.name), "fsync");
             let inode = s.inodes.get_mut(&self.ino).expect("inode");
             let (covered, rest): (Vec<Pending>, Vec<Pending>) =
                 std::mem::take(&mut inode.pending).into_iter().partition(|p| p.observed);

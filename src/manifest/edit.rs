@@ -303,22 +303,79 @@ pub struct Replayed {
     pub torn: bool,
 }
 
+/// What [`record_at`] found at one offset of a manifest file.
+#[derive(Debug)]
+pub(crate) enum RecordAt {
+    /// An intact record: its edits and its total length (header and payload).
+    Intact {
+        /// The decoded edits.
+        edits: Vec<Edit>,
+        /// Bytes of header and payload.
+        len: usize,
+    },
+    /// A record whose header is short or impossible, that the file ends inside, or whose
+    /// checksum fails: the torn tail of an interrupted append, or damage.
+    Bad {
+        /// Header plus payload length as the header states it, when that length is possible
+        /// and the file holds that many bytes.
+        claimed_len: Option<usize>,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A record with a valid checksum whose payload does not decode.
+    Malformed {
+        /// Offset of the bad field inside the payload.
+        at: usize,
+        /// Bytes of header and payload.
+        len: usize,
+    },
+}
+
+/// Reads the record at byte `pos` of the manifest bytes `buf` (`pos < buf.len()`).
+pub(crate) fn record_at(buf: &[u8], pos: usize) -> RecordAt {
+    debug_assert!(pos < buf.len());
+    if buf.len() - pos < 8 {
+        return RecordAt::Bad { claimed_len: None, what: "short record header" };
+    }
+    let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4 bytes"));
+    if len > MAX_MANIFEST_RECORD_LEN || len > buf.len() - pos - 8 {
+        return RecordAt::Bad { claimed_len: None, what: "record length past the end of the file" };
+    }
+    let payload = &buf[pos + 8..pos + 8 + len];
+    if crc32c::crc32c(payload) != crc {
+        return RecordAt::Bad { claimed_len: Some(8 + len), what: "record checksum mismatch" };
+    }
+    match decode_payload(payload) {
+        Ok(edits) => RecordAt::Intact { edits, len: 8 + len },
+        Err(t) => RecordAt::Malformed { at: t.at, len: 8 + len },
+    }
+}
+
 /// Replays the records of a whole manifest file. The first record must be intact (it is
 /// synced before the file is made current); a bad one is corruption.
 pub fn replay(buf: &[u8], file: &Path) -> Result<Replayed> {
     let mut state = ManifestState::new();
     let mut pos = 0usize;
     let mut first = true;
-    while let Some(payload) = intact_payload(buf, pos) {
-        let len = payload.len();
-        let edits = decode_payload(payload).map_err(|t| {
-            Error::corruption(file, (pos + 8 + t.at) as u64, "malformed manifest edit with a valid checksum")
-        })?;
-        for e in &edits {
-            state.apply(e);
+    while pos < buf.len() {
+        match record_at(buf, pos) {
+            RecordAt::Intact { edits, len } => {
+                for e in &edits {
+                    state.apply(e);
+                }
+                first = false;
+                pos += len;
+            }
+            RecordAt::Bad { .. } => break,
+            RecordAt::Malformed { at, .. } => {
+                return Err(Error::corruption(
+                    file,
+                    (pos + 8 + at) as u64,
+                    "malformed manifest edit with a valid checksum",
+                ));
+            }
         }
-        first = false;
-        pos += 8 + len;
     }
     if first {
         return Err(Error::corruption(file, 0, "manifest has no intact first record"));
@@ -327,7 +384,8 @@ pub fn replay(buf: &[u8], file: &Path) -> Result<Replayed> {
     // the last thing in the file: an intact record after a bad one means the bad one was
     // durable once and is now damaged (or a write went astray), and cutting there would
     // drop acknowledged edits.
-    if let Some(later) = (pos + 1..buf.len()).find(|&q| intact_payload(buf, q).is_some()) {
+    if let Some(later) = (pos + 1..buf.len()).find(|&q| matches!(record_at(buf, q), RecordAt::Intact { .. }))
+    {
         return Err(Error::corruption(
             file,
             pos as u64,
@@ -335,18 +393,6 @@ pub fn replay(buf: &[u8], file: &Path) -> Result<Replayed> {
         ));
     }
     Ok(Replayed { state, valid_len: pos as u64, torn: pos != buf.len() })
-}
-
-/// The payload of the record at `pos` if its length is possible and its CRC matches.
-fn intact_payload(buf: &[u8], pos: usize) -> Option<&[u8]> {
-    let header = buf.get(pos..pos.checked_add(8)?)?;
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len == 0 || len > MAX_MANIFEST_RECORD_LEN {
-        return None;
-    }
-    let payload = buf.get(pos + 8..(pos + 8).checked_add(len)?)?;
-    (crc32c::crc32c(payload) == crc).then_some(payload)
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!    snapshot record, synced, and switched in by writing `CURRENT.tmp`, syncing it,
 //!    renaming it over `CURRENT` and syncing the directory. A crash at any point leaves
 //!    `CURRENT` naming a complete manifest (the old or the new one).
-//! 4. A torn last record (an append interrupted by a crash) is cut at open, after a second
+//! 4. Open makes the state it read durable (`fsync`) before anything acts on it.
+//! 5. A torn last record (an append interrupted by a crash) is cut at open, after a second
 //!    read agreed with the first. A bad record with an intact one after it is
 //!    [`Error::Corruption`]: each record is synced before the next is written, so only the
 //!    last one can be torn.
@@ -28,8 +29,8 @@ pub use edit::{BucketMeta, Edit, FileMeta, ManifestState, PageLoc};
 
 /// Manifest size past which it is rewritten as a snapshot.
 pub const REWRITE_BYTES: u64 = 4 * 1024 * 1024;
-const CURRENT: &str = "CURRENT";
-const CURRENT_TMP: &str = "CURRENT.tmp";
+pub(crate) const CURRENT: &str = "CURRENT";
+pub(crate) const CURRENT_TMP: &str = "CURRENT.tmp";
 
 /// File name of manifest number `n`.
 pub fn manifest_name(n: u64) -> String {
@@ -87,8 +88,11 @@ impl Manifest {
         if r.torn {
             tracing::warn!(file = %path.display(), at = r.valid_len, "cutting torn manifest tail");
             file.set_len(r.valid_len).await?;
-            file.sync_all().await?;
         }
+        // After a process crash the last record may sit unsynced in the page cache; open
+        // acts on this state (it deletes files the state does not reference), so make it
+        // durable first (regression `regression_restart_then_power_loss_keeps_referenced_files`).
+        file.sync_all().await?;
         Ok(Some(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),

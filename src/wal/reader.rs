@@ -125,7 +125,7 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
             Ok(_) => {}
         }
 
-        let mut reader = SegmentReader { file: &file, file_len, buf: Vec::new(), buf_offset: 0 };
+        let mut reader = SegmentReader::new(&file, file_len);
         let mut offset = SEGMENT_HEADER_LEN as u64;
         let mut max_ts: Option<u64> = None;
         let mut torn = None;
@@ -217,7 +217,7 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
 /// Looks past the bad record at `bad` for batch marks that prove damage: one found at an
 /// offset other than the one it was written for (a misdirected write), or one written when
 /// the segment was already synced beyond `bad`.
-async fn damage_after(file: &IoFile, bad: u64, file_len: u64) -> Result<Option<String>> {
+pub(crate) async fn damage_after(file: &IoFile, bad: u64, file_len: u64) -> Result<Option<String>> {
     let tail = file.read_exact_at(bad, (file_len - bad) as usize).await?;
     for q in 1..tail.len() {
         let Some((at, synced_to)) = decode_mark(&tail[q..]) else { continue };
@@ -237,17 +237,17 @@ async fn damage_after(file: &IoFile, bad: u64, file_len: u64) -> Result<Option<S
 }
 
 /// What the log holds at one offset.
-enum Item {
+pub(crate) enum Item {
+    /// A commit record.
     Record(WalRecord),
-    /// A batch mark (see `record.rs`).
-    Mark {
-        at: u64,
-    },
+    /// A batch mark (see `record.rs`), written for segment offset `at`.
+    Mark { at: u64 },
 }
 
 /// Reads a segment through a buffer of [`READ_CHUNK_BYTES`], so that recovering small
-/// records costs one I/O per chunk rather than two per record.
-struct SegmentReader<'a> {
+/// records costs one I/O per chunk rather than two per record. Read-only: the offline
+/// checker (`crate::check`) walks segments with it too.
+pub(crate) struct SegmentReader<'a> {
     file: &'a IoFile,
     file_len: u64,
     buf: Vec<u8>,
@@ -255,9 +255,14 @@ struct SegmentReader<'a> {
     buf_offset: u64,
 }
 
-impl SegmentReader<'_> {
+impl<'a> SegmentReader<'a> {
+    /// A reader over `file`, whose length is `file_len`.
+    pub(crate) fn new(file: &'a IoFile, file_len: u64) -> SegmentReader<'a> {
+        SegmentReader { file, file_len, buf: Vec::new(), buf_offset: 0 }
+    }
+
     /// The `len` bytes at `offset`, or `None` if the file ends before them.
-    async fn bytes_at(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+    pub(crate) async fn bytes_at(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
         let Some(end) = offset.checked_add(len as u64).filter(|&end| end <= self.file_len) else {
             return Ok(None);
         };
@@ -275,7 +280,10 @@ impl SegmentReader<'_> {
 
     /// Decodes the record at `offset`. The outer error is an I/O failure (recovery stops);
     /// the inner one is a bad record (the torn tail).
-    async fn record_at(&mut self, offset: u64) -> Result<std::result::Result<(Item, usize), RecordError>> {
+    pub(crate) async fn record_at(
+        &mut self,
+        offset: u64,
+    ) -> Result<std::result::Result<(Item, usize), RecordError>> {
         let have = self.file_len.saturating_sub(offset);
         let Some(frame) = self.bytes_at(offset, FRAME_LEN).await? else {
             return Ok(Err(RecordError::Truncated { need: FRAME_LEN as u64, have }));
