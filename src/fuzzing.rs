@@ -520,6 +520,149 @@ pub fn current(data: &[u8]) {
     }
 }
 
+/// The life cycle of a database on the simulated disk, scripted by the input: puts and
+/// deletes (each a `Sync` commit), point reads, checkpoints, a halt of the disk at a chosen
+/// operation, and crashes (unsynced writes applied, dropped, torn or garbled) followed by
+/// recovery. Asserts, after every recovery: every acknowledged commit is there, nothing
+/// else is, except the one commit whose outcome the halt left unknown (present or absent
+/// as a whole); a read before a halt returns the model's value; an operation fails only
+/// after a halt; and at the end the offline check of the crashed state finds no problem.
+#[cfg(feature = "sim")]
+pub fn life_cycle(data: &[u8]) {
+    use std::collections::BTreeMap;
+
+    use crate::io::sim::SimDisk;
+    use crate::{Bucket, Db, Durability, Options};
+
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+    const DIR: &str = "/fuzz/db";
+    let seed = data.iter().take(8).fold(0u64, |s, &b| s.rotate_left(8) ^ u64::from(b));
+    let disk = SimDisk::new(seed);
+    let opts = Options {
+        sim: Some(disk.clone()),
+        cache_capacity: crate::limits::MIN_CACHE_CAPACITY,
+        inline_limit: 64,
+        checkpoint_bytes: 4096,
+        wal_segment_bytes: 64 * 1024,
+        background_checkpoints: false,
+        checkpoint_interval: None,
+        ..Options::default()
+    };
+    async fn contents(b: &Bucket) -> Model {
+        use futures::TryStreamExt;
+        let it = b.iter().await.expect("scan after recovery");
+        it.map_ok(|(k, v)| (k.to_vec(), v.to_vec())).try_collect().await.expect("scan after recovery")
+    }
+    /// Reopens after a crash and checks the state against `model` (+ `maybe`).
+    async fn recover(
+        opts: &Options,
+        model: &mut Model,
+        maybe: &mut Option<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> (Db, Bucket) {
+        let db = Db::open(DIR, opts.clone()).await.expect("recovery after a crash");
+        let b = db.bucket("f").await.expect("bucket after recovery");
+        let found = contents(&b).await;
+        let mut with = model.clone();
+        if let Some((k, v)) = maybe.take() {
+            match v {
+                Some(v) => with.insert(k, v),
+                None => with.remove(&k),
+            };
+        }
+        assert!(
+            found == *model || found == with,
+            "recovered state is neither the acknowledged one nor it plus the unknown commit"
+        );
+        *model = found;
+        (db, b)
+    }
+    // On a thread of its own: a caller inside a tokio task (the corpus replay test) would
+    // otherwise run this executor on tokio's cooperative budget, which only a return to
+    // the runtime refills, and tokio's locks would answer `Pending` forever.
+    let run = || {
+        futures::executor::block_on(async {
+            let (mut model, mut maybe) = (Model::new(), None);
+            let db = Db::open(DIR, opts.clone()).await.expect("create");
+            let b = db.bucket("f").await.expect("bucket");
+            let (mut db, mut b) = (db, b);
+            let mut halted = false;
+            for op in data.get(8..).unwrap_or_default().chunks(3).take(128) {
+                let (code, x, y) = (op[0], op.get(1).copied().unwrap_or(0), op.get(2).copied().unwrap_or(0));
+                let key = format!("k{}", x % 16).into_bytes();
+                // Debug aid: `RINGKV_FUZZ_TRACE=1` prints the script as it runs.
+                if std::env::var_os("RINGKV_FUZZ_TRACE").is_some() {
+                    eprintln!("life_cycle: op {} {x} {y} (disk ops {})", code % 8, disk.ops());
+                }
+                match code % 8 {
+                    0..=3 => {
+                        let value = (code % 8 != 3).then(|| vec![y; (x as usize * 7 + y as usize) % 200]);
+                        let commit = async {
+                            let mut tx = b.begin()?;
+                            match &value {
+                                Some(v) => tx.put(&key, v)?,
+                                None => tx.delete(&key)?,
+                            }
+                            tx.commit_with(Durability::Sync).await
+                        };
+                        match commit.await {
+                            Ok(_) => {
+                                match value {
+                                    Some(v) => model.insert(key, v),
+                                    None => model.remove(&key),
+                                };
+                            }
+                            Err(e) => {
+                                assert!(halted, "a commit failed with no fault armed: {e}");
+                                if maybe.is_none() {
+                                    maybe = Some((key, value));
+                                }
+                            }
+                        }
+                    }
+                    4 => {
+                        if let Err(e) = db.checkpoint().await {
+                            assert!(halted, "a checkpoint failed with no fault armed: {e}");
+                        }
+                    }
+                    5 if !halted => {
+                        disk.halt_after(u64::from(x % 32) + 1);
+                        halted = true;
+                    }
+                    6 => {
+                        drop((b, db));
+                        disk.crash();
+                        halted = false;
+                        (db, b) = recover(&opts, &mut model, &mut maybe).await;
+                    }
+                    _ => match b.get(&key).await {
+                        Ok(got) => {
+                            if !halted {
+                                assert_eq!(
+                                    got.as_deref(),
+                                    model.get(&key).map(|v| v.as_slice()),
+                                    "read before a halt"
+                                );
+                            }
+                        }
+                        Err(e) => assert!(halted, "a read failed with no fault armed: {e}"),
+                    },
+                }
+            }
+            drop((b, db));
+            disk.crash();
+            let report = Db::check(DIR, &opts).await.expect("check runs");
+            assert!(report.is_ok(), "the offline check of a crashed state found problems:\n{report}");
+            let (db, _) = recover(&opts, &mut model, &mut maybe).await;
+            db.close().await.expect("close");
+        })
+    };
+    std::thread::scope(|scope| {
+        if let Err(panic) = scope.spawn(run).join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("manifest_edit", ringkv::fuzzing::manifest_edit),
     ("manifest_snapshot", ringkv::fuzzing::manifest_snapshot),
     ("current", ringkv::fuzzing::current),
+    ("life_cycle", ringkv::fuzzing::life_cycle),
 ];
 
 /// Mutations per target when `RINGKV_FUZZ_MUTATIONS` is not set.
@@ -221,6 +222,7 @@ replay_tests!(
     manifest_edit,
     manifest_snapshot,
     current,
+    life_cycle,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -460,8 +462,28 @@ mod seeds {
         add(seeds, "manifest_snapshot", snap.clone());
         snap.extend_from_slice(&all[..all.len() / 2]); // a torn tail
         add(seeds, "manifest_snapshot", snap);
+        // Life-cycle scripts: 8 seed bytes, then (op, x, y) triples (see
+        // `ringkv::fuzzing::life_cycle`): puts, deletes, reads, checkpoints, halts, crashes.
+        let script = |seed: u8, ops: &[(u8, u8, u8)]| -> Vec<u8> {
+            let mut v = vec![seed; 8];
+            v.extend(ops.iter().flat_map(|&(a, b, c)| [a, b, c]));
+            v
+        };
+        let puts: Vec<(u8, u8, u8)> = (0..24u8).map(|i| (i % 3, i, i.wrapping_mul(37))).collect();
+        add(seeds, "life_cycle", script(1, &[&puts[..], &[(6, 0, 0), (7, 3, 0)]].concat()));
+        add(
+            seeds,
+            "life_cycle",
+            script(2, &[&puts[..], &[(4, 0, 0), (5, 9, 0), (0, 1, 200), (6, 0, 0)]].concat()),
+        );
+        add(
+            seeds,
+            "life_cycle",
+            script(3, &[&puts[..], &[(3, 2, 0), (5, 1, 0), (4, 0, 0), (6, 0, 0), (7, 2, 0)]].concat()),
+        );
         for n in [1, 0xABCD, u64::MAX] {
-            add(seeds, "current", format!("{}\n", manifest_name(n)).into_bytes());
+            let name = manifest_name(n);
+            add(seeds, "current", format!("{name} {:08x}\n", crc32c::crc32c(name.as_bytes())).into_bytes());
         }
     }
 
