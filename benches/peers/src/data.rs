@@ -35,7 +35,8 @@ pub fn group_prefix(id: u64) -> [u8; 5] {
     p
 }
 
-/// The id encoded in a key, `None` when the key is not one of ours.
+/// The id encoded in a key, `None` when the key is not one of ours (used by the tests).
+#[cfg(test)]
 pub fn id_of(key: &[u8]) -> Option<u64> {
     if key.len() != KEY_LEN || key[0] != b's' || key[4] != b'_' || key[15] != b'x' {
         return None;

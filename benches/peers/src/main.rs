@@ -2,7 +2,7 @@
 //! measure of the device, in one run.
 //!
 //! ```sh
-//! cargo run --release -p ringkv-peers -- [--scale 0.25] [--seconds 3] [--engines a,b] \
+//! cargo run --release -p ringkv-peers -- [--scale F] [--seconds 3] [--engines a,b] \
 //!     [--workloads mixed,ltm,durable,bulk,fio] [--dir DATA] [--out DIR]
 //! ```
 //!
@@ -37,17 +37,15 @@ use engine::EngineKind;
 use report::Row;
 use spec::{Sizes, COMMITTERS, FIO_DEPTHS, LTM_DEPTHS, MIXES};
 
-/// The default `--scale`: fits the whole run (7 engines, every workload, fio) in under 15
-/// minutes on the 2-core project machine. `--scale 1` gives the issue's sizes.
-const DEFAULT_SCALE: f64 = 0.25;
-
 #[derive(Parser, Debug)]
 #[command(name = "peers", about = "ringkv against its peers and against the device (fio)")]
 struct Args {
     /// Multiplies key counts and data sizes (1 = the issue's sizes: 1M keys for W1-W6,
     /// 2 GiB larger-than-memory data with 256 MiB caches under a 512 MiB cap, 10M bulk keys).
-    #[arg(long, default_value_t = DEFAULT_SCALE)]
-    scale: f64,
+    /// Without it: 0.25, except the bulk load at 0.05 (500,000 keys), so that the whole run
+    /// fits in 15 minutes on 2 cores.
+    #[arg(long)]
+    scale: Option<f64>,
     /// Engines, comma-separated: ringkv-uring, ringkv-threadpool, mace, redb, fjall, rocksdb, lmdb.
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<String>>,
@@ -176,15 +174,18 @@ impl Runner {
             let line = line?;
             if let Some(j) = line.strip_prefix("ROW ") {
                 let row: Row = serde_json::from_str(j)?;
-                self.pb.println(format!(
-                    "  {:<18} {:<8} x{:<4} {:>12} ops/s  p50 {:>9.1} us  p99 {:>9.1} us",
-                    row.engine,
-                    row.workload,
-                    row.threads,
-                    report::markdown::num(row.ops_per_s),
-                    row.p50_us,
-                    row.p99_us
-                ));
+                say(
+                    &self.pb,
+                    format!(
+                        "  {:<18} {:<8} x{:<4} {:>12} ops/s  p50 {:>9.1} us  p99 {:>9.1} us",
+                        row.engine,
+                        row.workload,
+                        row.threads,
+                        report::markdown::num(row.ops_per_s),
+                        row.p50_us,
+                        row.p99_us
+                    ),
+                );
                 rows.push(row);
             }
         }
@@ -200,11 +201,14 @@ impl Runner {
         } else {
             None
         };
-        self.pb.println(format!(
-            "{label}: {:.1} s{}",
-            t.elapsed().as_secs_f64(),
-            if status.success() { "" } else { " FAILED" }
-        ));
+        say(
+            &self.pb,
+            format!(
+                "{label}: {:.1} s{}",
+                t.elapsed().as_secs_f64(),
+                if status.success() { "" } else { " FAILED" }
+            ),
+        );
         Ok(ChildEnd {
             rows,
             ok: status.success(),
@@ -351,7 +355,7 @@ impl Runner {
 
     fn fio(&mut self, data: &Path) -> anyhow::Result<()> {
         if !sys::have("fio") {
-            self.pb.println(fio::INSTALL_HINT);
+            say(&self.pb, fio::INSTALL_HINT);
             self.notes.push(format!("fio: not run ({})", fio::INSTALL_HINT));
             self.pb.inc((FIO_DEPTHS.len() + 2) as u64);
             return Ok(());
@@ -374,16 +378,29 @@ impl Runner {
         let _ = std::fs::remove_file(data.join("fio-fsync.dat"));
         self.pb.inc(1);
         for r in &rows {
-            self.pb.println(format!(
-                "  fio {:<13} x{:<4} {:>12}  p50 {:>9.1} us  p99 {:>9.1} us",
-                r.workload,
-                r.threads,
-                report::markdown::num(r.ops_per_s),
-                r.p50_us,
-                r.p99_us
-            ));
+            say(
+                &self.pb,
+                format!(
+                    "  fio {:<13} x{:<4} {:>12}  p50 {:>9.1} us  p99 {:>9.1} us",
+                    r.workload,
+                    r.threads,
+                    report::markdown::num(r.ops_per_s),
+                    r.p50_us,
+                    r.p99_us
+                ),
+            );
         }
         self.push(rows)
+    }
+}
+
+/// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
+fn say(pb: &ProgressBar, line: impl Into<String>) {
+    let line = line.into();
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
     }
 }
 
@@ -448,7 +465,7 @@ fn parent(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("logs"))?;
     let data = args.dir.clone().unwrap_or_else(|| out.join("data"));
     std::fs::create_dir_all(&data)?;
-    let sizes = Sizes::at(args.scale);
+    let sizes = args.scale.map_or_else(Sizes::default_profile, Sizes::at);
 
     let mut notes = Vec::new();
     let cgroups = sys::cgroup_available();
@@ -473,9 +490,10 @@ fn parent(args: Args) -> anyhow::Result<()> {
             .expect("template")
             .progress_chars("=> "),
     );
-    pb.println(format!(
-        "peers: scale {} ({} keys W1-W6; {} MiB larger-than-memory, cache {} MiB, cap {} MiB; {} bulk keys), {} s phases -> {}",
-        args.scale,
+    say(&pb, format!(
+        "peers: scale {}{} ({} keys W1-W6; {} MiB larger-than-memory, cache {} MiB, cap {} MiB; {} bulk keys), {} s phases -> {}",
+        sizes.scale,
+        if args.scale.is_none() { " (default profile)" } else { "" },
         sizes.mixed_keys,
         sizes.ltm_bytes() >> 20,
         sizes.ltm_cache >> 20,
@@ -520,8 +538,9 @@ fn parent(args: Args) -> anyhow::Result<()> {
             fs_type(&data)
         ),
         format!(
-            "scale {}: W1-W6 {} keys (16 B keys, 128 B values, {} MiB cache, relaxed); larger-than-memory {} x 4 KiB = {} MiB, cache {} MiB, cgroup cap {} MiB; durable commits over {} ids; bulk {} keys; {} s measured per phase",
+            "scale {}{}: W1-W6 {} keys (16 B keys, 128 B values, {} MiB cache, relaxed); larger-than-memory {} x 4 KiB = {} MiB, cache {} MiB, cgroup cap {} MiB; durable commits over {} ids; bulk {} keys; {} s measured per phase",
             sizes.scale,
+            if args.scale.is_none() { " (default profile: bulk at 0.05)" } else { "" },
             sizes.mixed_keys,
             sizes.mixed_cache >> 20,
             sizes.ltm_keys,

@@ -6,6 +6,11 @@
 //! | larger-than-memory | 2 GiB s of 4 KiB values, cache 256 MiB s, cgroup cap 512 MiB s (at least 96 MiB) | 2 GiB, 256 MiB, 512 MiB |
 //! | durable commits | keys drawn from 1,000,000 s ids, 128 B values, 256 MiB cache | - |
 //! | bulk load | 10,000,000 s keys, 128 B values, cache 256 MiB s | 10M keys |
+//!
+//! Without `--scale`, the default profile ([`Sizes::default_profile`]) runs everything at
+//! s = 0.25 except the bulk load, which runs at s = 0.05 (500,000 keys): ringkv's bulk
+//! load is slow and superlinear (2.5M keys took over 5 minutes per ringkv backend on the
+//! project machine), and the whole default run must finish in under 15 minutes on 2 cores.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +73,14 @@ impl Sizes {
             durable_cache: 256 * MIB,
             bulk_keys: n(10_000_000.0, 10_000),
         }
+    }
+
+    /// The default profile: s = 0.25 (250,000 keys for W1-W6; 512 MiB larger-than-memory
+    /// data, 64 MiB caches, 128 MiB cap), bulk load at s = 0.05 (500,000 keys).
+    pub fn default_profile() -> Sizes {
+        let mut s = Sizes::at(0.25);
+        s.bulk_keys = Sizes::at(0.05).bulk_keys;
+        s
     }
 
     /// Bytes of 4 KiB values of the larger-than-memory data set.
