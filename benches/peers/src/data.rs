@@ -151,9 +151,9 @@ pub fn verify(
     Ok(())
 }
 
-/// kv_bench's skewed sampler (`sample_zipf_like`): `floor(u^(1/(1-theta)) * n)`. With
-/// theta 0.99 about 1% of draws land outside the first 1% of ids... it is steeper than a
-/// true Zipf(0.99) over `n`, and it is what kv_bench's W2 uses.
+/// kv_bench's skewed sampler (`sample_zipf_like`): `floor(u^(1/(1-theta)) * n)`. It is not
+/// a true Zipf(0.99) (with theta 0.99 it is far steeper: `u^100`), but it is what
+/// kv_bench's W2 uses, so W2 here matches kv_bench.
 pub fn zipf_like(rng: &mut impl Rng, n: u64, theta: f64) -> u64 {
     if n <= 1 {
         return 0;
