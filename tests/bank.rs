@@ -13,6 +13,9 @@
 //! Randomized: the seed is printed; `RINGKV_TEST_SEED=<n>` replays the random choices
 //! (the interleaving of tasks is up to the scheduler).
 
+mod common;
+
+use common::seed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,15 +30,6 @@ use tokio::sync::Notify;
 const INITIAL_BALANCE: u64 = 1000;
 /// A transaction retried this often without committing is a livelock.
 const MAX_RETRIES: u32 = 100_000;
-
-fn seed(test: &str) -> u64 {
-    let s = std::env::var("RINGKV_TEST_SEED")
-        .ok()
-        .map(|v| v.parse().expect("RINGKV_TEST_SEED must be a u64"))
-        .unwrap_or_else(rand::random);
-    eprintln!("{test}: seed {s} (replay with RINGKV_TEST_SEED={s})");
-    s
-}
 
 #[derive(Clone, Debug)]
 struct Config {

@@ -10,6 +10,9 @@
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 
+mod common;
+
+use common::copy_dir;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -166,19 +169,6 @@ fn check_readonly(dir: &Path) -> CheckReport {
     let after = snapshot(dir);
     assert!(before == after, "check changed files under {}", dir.display());
     r
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// A fresh copy of the template.

@@ -9,6 +9,9 @@
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 
+mod common;
+
+use common::copy_dir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -174,19 +177,6 @@ fn only_file(dir: &Path, prefix: &str) -> PathBuf {
     let v = files_with_prefix(dir, prefix);
     assert_eq!(v.len(), 1, "expected exactly one {prefix}* file in {}: {v:?}", dir.display());
     v.into_iter().next().unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 fn flip(path: &Path, at: u64) {

@@ -4,6 +4,9 @@
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 
+mod common;
+
+use common::seed;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Bound;
@@ -28,16 +31,6 @@ macro_rules! assert_err {
             Ok(_) => panic!("{}: expected {}, got Ok", stringify!($e), stringify!($pat)),
         }
     };
-}
-
-/// The seed of a randomized test: `RINGKV_TEST_SEED` if set, else a fresh one (printed).
-fn seed(test: &str) -> u64 {
-    let s = std::env::var("RINGKV_TEST_SEED")
-        .ok()
-        .map(|v| v.parse().expect("RINGKV_TEST_SEED must be a u64"))
-        .unwrap_or_else(rand::random);
-    eprintln!("{test}: seed {s} (replay with RINGKV_TEST_SEED={s})");
-    s
 }
 
 fn opts() -> Options {

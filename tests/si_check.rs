@@ -24,6 +24,7 @@
 
 mod common;
 
+use common::seed;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,15 +48,6 @@ const MAX_APPENDS_PER_KEY: u64 = 48;
 const ROLLBACK_PERCENT: u32 = 5;
 /// Micro-ops of one transaction: 1 to this many.
 const MAX_OPS: usize = 4;
-
-fn seed(test: &str) -> u64 {
-    let s = std::env::var("RINGKV_TEST_SEED")
-        .ok()
-        .map(|v| v.parse().expect("RINGKV_TEST_SEED must be a u64"))
-        .unwrap_or_else(rand::random);
-    eprintln!("{test}: seed {s} (replay with RINGKV_TEST_SEED={s})");
-    s
-}
 
 fn key_bytes(k: Key) -> Vec<u8> {
     format!("la/{k:08}").into_bytes()

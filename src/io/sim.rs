@@ -219,6 +219,15 @@ impl State {
         }
     }
 
+    fn disarm(&mut self) {
+        self.fail_op = None;
+        self.fail_space = None;
+        self.fail_sync = None;
+        self.halt_after = None;
+        self.flip = None;
+        self.misdirect = None;
+    }
+
     /// Counts one operation and applies the armed faults that count every operation.
     fn begin(&mut self, generation: u64, what: &str) -> io::Result<()> {
         if generation != self.generation {
@@ -426,13 +435,7 @@ impl SimDisk {
 
     /// Disarms every fault (a pending halt included).
     pub fn clear_faults(&self) {
-        let mut s = self.state.lock();
-        s.fail_op = None;
-        s.fail_space = None;
-        s.fail_sync = None;
-        s.halt_after = None;
-        s.flip = None;
-        s.misdirect = None;
+        self.state.lock().disarm();
     }
 
     /// The faults that fired so far.
@@ -525,12 +528,7 @@ impl SimDisk {
         s.live = names.clone();
         s.durable = names;
         s.generation += 1;
-        s.fail_op = None;
-        s.fail_space = None;
-        s.fail_sync = None;
-        s.halt_after = None;
-        s.flip = None;
-        s.misdirect = None;
+        s.disarm();
         report
     }
 
