@@ -6,7 +6,7 @@
 //! 2. Publish order: whatever an edit references (data and blob files) is written and
 //!    synced by the caller *before* the edit is committed.
 //! 3. When the file passes [`REWRITE_BYTES`], a new manifest file is written holding one
-//!    snapshot record, synced, and switched in by writing `CURRENT.tmp`, syncing it,
+//!    snapshot record, synced (file and directory), and switched in by writing `CURRENT.tmp`, syncing it,
 //!    renaming it over `CURRENT` and syncing the directory. A crash at any point leaves
 //!    `CURRENT` naming a complete manifest (the old or the new one).
 //! 4. Open makes the state it read durable (`fsync`) before anything acts on it.
@@ -192,6 +192,10 @@ async fn write_snapshot(
     file.set_len(0).await?;
     file.writev_at(0, vec![Bytes::from(rec)]).await?;
     file.sync_all().await?;
+    // The new manifest's directory entry must be durable before CURRENT can name it: a
+    // file system may persist the rename below and lose this creation (regression
+    // `regression_current_never_names_a_lost_manifest`).
+    io.sync_dir(dir).await?;
     let tmp = dir.join(CURRENT_TMP);
     let cur = io.open(&tmp, OpenMode::Create).await?;
     cur.set_len(0).await?;
