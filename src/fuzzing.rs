@@ -61,10 +61,16 @@ fn as_given_and_fixed(data: &[u8], fix: fn(&mut [u8]), check: impl Fn(&[u8])) {
 // WAL
 
 /// A framed WAL record (`len u32 | crc u32 | payload`, as in a segment) through
-/// [`record::decode`]. Asserts: the bytes used are the frame's length and lie inside the
-/// input, and [`record::encode`] of the record gives them back exactly.
+/// [`record::decode`], and a batch mark through [`record::decode_mark`]. Asserts: the bytes
+/// used are the frame's length and lie inside the input, [`record::encode`] of the record
+/// gives them back exactly, and a mark re-encodes exactly and never decodes as a record.
 pub fn wal_record(data: &[u8]) {
     as_given_and_fixed(data, fix_wal_crc, |data| {
+        // A batch mark decodes only from its exact encoding, and never also as a record.
+        if let Some((at, synced_to)) = record::decode_mark(data) {
+            assert_eq!(&record::encode_mark(at, synced_to)[..], &data[..record::MARK_LEN]);
+            assert!(record::decode(data).is_err(), "a batch mark decoded as a record too");
+        }
         let Ok((rec, used)) = record::decode(data) else { return };
         assert!(used <= data.len(), "record of {used} bytes decoded from {} bytes", data.len());
         assert_eq!(used, FRAME_LEN + le_u32(data, 0) as usize, "bytes used differ from the frame's length");

@@ -800,3 +800,47 @@ async fn damaged_wal_segment_header() {
         }
     }
 }
+
+/// Found while writing `Db::check`: a flipped byte in a manifest record that is not the last
+/// was taken for a torn tail. Open cut the manifest there, dropped every later edit, and
+/// deleted the data files those edits added as stale: the bucket and its keys were gone.
+/// Each record is synced before the next is written, so this is corruption, and open must
+/// refuse it without changing anything on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_damaged_manifest_record_is_not_cut_as_a_torn_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("db");
+    {
+        let db = Db::open(&dir, opts()).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        for round in 0..4 {
+            for i in 0..100 {
+                b.put(key(i), value(i + round, 40)).await.unwrap();
+            }
+            db.checkpoint().await.unwrap();
+        }
+        db.close().await.unwrap();
+    }
+    let current = fs::read_to_string(dir.join("CURRENT")).unwrap();
+    let manifest = dir.join(current.split_whitespace().next().unwrap());
+    // Record boundaries: the second record is followed by intact ones.
+    let bytes = fs::read(&manifest).unwrap();
+    let first = 8 + le_u32(&bytes, 0) as usize;
+    let second = first + 8 + le_u32(&bytes, first) as usize;
+    assert!(second < bytes.len(), "the manifest has records after the second");
+    flip(&manifest, (first + 8 + 2) as u64);
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = (listing(&dir), fs::read(&manifest).unwrap());
+    match Db::open(&dir, opts()).await {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!((file, offset), (manifest.clone(), first as u64))
+        }
+        Err(e) => panic!("expected Corruption, got {e}"),
+        Ok(_) => panic!("opened over a damaged manifest record that intact records follow"),
+    }
+    assert_eq!((listing(&dir), fs::read(&manifest).unwrap()), before, "a failed open changed the database");
+}

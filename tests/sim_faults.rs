@@ -309,6 +309,7 @@ fn every_flipped_read_bit_is_detected_as_corruption() {
 #[test]
 fn misdirected_writes_are_detected_as_corruption() {
     let (mut injected, mut detected) = (0, 0);
+    let mut per_file: BTreeMap<&str, u32> = BTreeMap::new();
     for prefix in ["data-", "blob-", "MANIFEST-", "wal-"] {
         for n in 1..=16u64 {
             for at_close in [false, true] {
@@ -356,11 +357,13 @@ fn misdirected_writes_are_detected_as_corruption() {
                     ),
                 }
                 detected += 1;
+                *per_file.entry(prefix).or_default() += 1;
             }
         }
     }
-    eprintln!("misdirected writes: {detected} of {injected} detected as Corruption");
+    eprintln!("misdirected writes: {detected} of {injected} detected as Corruption (by file: {per_file:?})");
     assert!(injected >= 12 && detected == injected);
+    assert_eq!(per_file.len(), 4, "every kind of file took a misdirected write: {per_file:?}");
 }
 
 #[test]
