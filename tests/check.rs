@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::copy_dir;
+use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,14 +57,6 @@ fn value(bucket: usize, i: usize, round: usize) -> Vec<u8> {
         v.push(b'a' + ((v.len() * 7 + i + round) % 26) as u8);
     }
     v
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 /// What the template's builder knows.
@@ -177,22 +169,6 @@ fn copy_of_template(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = base.path().join(name);
     copy_dir(&template().dir, &dir);
     (base, dir)
-}
-
-fn flip(path: &Path, at: u64) {
-    let mut b = fs::read(path).unwrap();
-    b[at as usize] ^= 0x5a;
-    fs::write(path, b).unwrap();
-}
-
-fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .collect();
-    v.sort();
-    v
 }
 
 #[derive(Debug, Clone, Copy)]

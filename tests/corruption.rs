@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::copy_dir;
+use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,14 +30,6 @@ fn opts() -> Options {
     // Only the test's own checkpoints (and close) write data files, so the layout on disk
     // is exactly what the test made.
     Options { background_checkpoints: false, ..Options::default() }
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,26 +155,10 @@ fn parse_page(b: &[u8]) -> Page {
     }
 }
 
-fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .collect();
-    v.sort();
-    v
-}
-
 fn only_file(dir: &Path, prefix: &str) -> PathBuf {
     let v = files_with_prefix(dir, prefix);
     assert_eq!(v.len(), 1, "expected exactly one {prefix}* file in {}: {v:?}", dir.display());
     v.into_iter().next().unwrap()
-}
-
-fn flip(path: &Path, at: u64) {
-    let mut b = fs::read(path).unwrap();
-    b[at as usize] ^= 0x5a;
-    fs::write(path, b).unwrap();
 }
 
 fn key(i: usize) -> Vec<u8> {

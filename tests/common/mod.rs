@@ -5,7 +5,7 @@ pub mod oracle;
 pub mod si;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The seed of a randomized test: `RINGKV_TEST_SEED` if set, else a fresh one (printed).
 pub fn seed(test: &str) -> u64 {
@@ -29,4 +29,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
             fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+/// The little-endian u32 at `at`.
+pub fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The little-endian u64 at `at`.
+pub fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Damages the byte at `at` of the file (xor 0x5a).
+pub fn flip(path: &Path, at: u64) {
+    let mut b = fs::read(path).unwrap();
+    b[at as usize] ^= 0x5a;
+    fs::write(path, b).unwrap();
+}
+
+/// The files of `dir` whose name starts with `prefix`, sorted.
+pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .collect();
+    v.sort();
+    v
 }
