@@ -84,8 +84,6 @@ impl Manifest {
                     "the manifest read differently twice (unreliable reads); not cutting its tail",
                 ));
             }
-        }
-        if r.torn {
             tracing::warn!(file = %path.display(), at = r.valid_len, "cutting torn manifest tail");
             file.set_len(r.valid_len).await?;
         }
