@@ -65,6 +65,8 @@ pub struct Stats {
     pub splits: u64,
     /// Page merges since open.
     pub merges: u64,
+    /// Page images read from disk since open (cache misses of the tree).
+    pub page_reads: u64,
 }
 
 pub(crate) struct DbInner {
@@ -347,6 +349,7 @@ impl Db {
             snapshots: self.inner.mvcc.live_snapshots(),
             splits: self.inner.forest.splits.load(Ordering::Relaxed),
             merges: self.inner.forest.merges.load(Ordering::Relaxed),
+            page_reads: self.inner.forest.page_reads.load(Ordering::Relaxed),
         }
     }
 
@@ -472,7 +475,7 @@ impl DbInner {
             f.evict_to_capacity();
         }
         for k in writes.keys() {
-            if tree.latest_ts(f, k).await? > snapshot_ts {
+            if tree.written_after(f, k, snapshot_ts).await? {
                 return Err(Error::Conflict);
             }
         }
@@ -484,7 +487,7 @@ impl DbInner {
                 return Err(Error::NotFound("the bucket was dropped".into()));
             }
             for k in writes.keys() {
-                if tree.latest_ts(f, k).await? > snapshot_ts {
+                if tree.written_after(f, k, snapshot_ts).await? {
                     return Err(Error::Conflict);
                 }
             }

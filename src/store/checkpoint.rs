@@ -48,6 +48,17 @@ pub struct CheckpointStats {
 
 const MAX_CUT_ATTEMPTS: usize = 16;
 
+/// Reads this many pages at once when a checkpoint loads the pages it must write.
+const LOAD_DEPTH: usize = 64;
+
+/// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
+/// the cache leave one evicted page per write to fold in; one at a time, the checkpoint
+/// would wait a device round trip per page).
+async fn load_all(f: &crate::tree::Forest, pids: Vec<crate::tree::node::Pid>) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(pids).map(|pid| f.load(pid)).buffer_unordered(LOAD_DEPTH).try_collect().await
+}
+
 /// Runs one checkpoint (serialised by `ckpt_lock`).
 pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
     let _g = db.ckpt_lock.lock().await;
@@ -59,9 +70,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
         if attempt > MAX_CUT_ATTEMPTS {
             return Err(Error::ReadOnly("checkpoint could not load the pages it must write".into()));
         }
-        for pid in f.dirty_unloaded() {
-            f.load(pid).await?;
-        }
+        load_all(f, f.dirty_unloaded()).await?;
         let trees = db.trees();
         let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
         let snap = db.mvcc.snapshot();
@@ -76,9 +85,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
                 f.restore_dirty(sealed);
                 drop(locks);
                 drop(snap);
-                for pid in need {
-                    f.load(pid).await?;
-                }
+                load_all(f, need).await?;
             }
         }
     };
@@ -162,7 +169,7 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
     for pb in &blobs {
         pb.cell.set_addr(pb.addr);
     }
-    let old = f.publish(&placed);
+    let old = f.publish(&placed, cut);
     let dead: Vec<u64> = {
         let mut live = db.live_files.lock();
         if let Some(id) = new_data_file {

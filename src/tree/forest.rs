@@ -12,6 +12,11 @@
 //!    delta, which then waits for the next checkpoint).
 //! 4. Cache memory is the sum of `Node::mem` over installed nodes; a chain's memory is
 //!    released when it is unlinked.
+//! 5. No published page image holds a version newer than [`Forest::disk_ts`]: it starts at
+//!    the recovered checkpoint's cut (the forest is built before the WAL replay) and
+//!    [`Forest::publish`] raises it to the new cut before any captured page becomes
+//!    evictable, so whoever sees an eviction stub also sees the raised value. A commit's
+//!    conflict check uses it to skip reading evicted leaves (`Tree::written_after`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -86,8 +91,15 @@ pub struct Forest {
     pub splits: AtomicU64,
     /// Leaf merges since open.
     pub merges: AtomicU64,
+    /// Page images read from disk since open.
+    pub page_reads: AtomicU64,
     /// Set when the cache is over capacity and nothing clean is left to evict.
     pub needs_checkpoint: AtomicBool,
+    /// No page image on disk holds a version newer than this (invariant 5).
+    disk_ts: AtomicU64,
+    /// Slots the eviction clock passed since it last evicted or found a referenced page,
+    /// or since a page became clean; at a full sweep, eviction stops looking until then.
+    barren: AtomicU64,
 }
 
 impl Forest {
@@ -115,7 +127,11 @@ impl Forest {
             inflight: Mutex::new(FxHashMap::default()),
             splits: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            page_reads: AtomicU64::new(0),
+            disk_ts: AtomicU64::new(0),
+            barren: AtomicU64::new(0),
         };
+        f.disk_ts.store(f.mvcc.visible(), Ordering::SeqCst);
         for (pid, addr, len) in pages {
             let slot = f.table.slot(pid);
             slot.head
@@ -124,6 +140,11 @@ impl Forest {
             f.mem.fetch_add(96, Ordering::Relaxed);
         }
         f
+    }
+
+    /// No page image on disk holds a version newer than this (invariant 5).
+    pub fn disk_ts(&self) -> u64 {
+        self.disk_ts.load(Ordering::SeqCst)
     }
 
     /// The GC horizon of the database.
@@ -253,6 +274,7 @@ impl Forest {
                 Some(f) => f.clone(),
                 None => {
                     let store = self.store.clone();
+                    self.page_reads.fetch_add(1, Ordering::Relaxed);
                     let f = async move {
                         let frame = store.read_frame(addr).await?;
                         let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
@@ -333,6 +355,7 @@ impl Forest {
                 // that image meanwhile, it moved an identical one).
                 if v.deltas.is_empty() {
                     meta.flushed_seq = new_seq;
+                    self.note_clean();
                 }
                 drop(meta);
                 // SAFETY: the CAS just unlinked the old chain.
@@ -358,9 +381,16 @@ impl Forest {
         if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
             return;
         }
+        let limit = self.next_pid();
+        // A full sweep found nothing clean and no page became clean since: scanning again
+        // would only cost every writer a walk over the table (the cache is full of dirty
+        // pages; the checkpoint requested below cleans them).
+        if self.barren.load(Ordering::Relaxed) >= limit {
+            self.needs_checkpoint.store(true, Ordering::Relaxed);
+            return;
+        }
         let Some(_g) = self.evict_lock.try_lock() else { return };
         let target = (self.capacity as i64) * 9 / 10;
-        let limit = self.next_pid();
         let guard = epoch::pin();
         for _ in 0..EVICT_SCAN_BUDGET.min(limit as usize) {
             if self.mem.load(Ordering::Relaxed) <= target {
@@ -371,20 +401,32 @@ impl Forest {
                 self.hand.store(2, Ordering::Relaxed);
                 pid = 1;
             }
+            self.barren.fetch_add(1, Ordering::Relaxed);
             if pid == keep {
                 continue;
             }
             let Some(slot) = self.table.try_slot(pid) else { continue };
-            if slot.referenced.swap(false, Ordering::Relaxed) {
-                continue;
-            }
+            let referenced = slot.referenced.swap(false, Ordering::Relaxed);
             let meta = slot.meta.lock();
             if meta.addr == 0 || meta.flushed_seq == 0 {
                 continue;
             }
+            // SAFETY: a non-null head loaded under `guard` stays allocated until the guard
+            // is dropped (chains are only freed through `defer_destroy`).
+            let Some(head) = (unsafe { slot.head.load(Ordering::Acquire, &guard).as_ref() }) else {
+                continue;
+            };
+            if meta.flushed_seq != head.seq {
+                continue; // written since its image: dirty (checked before walking the chain)
+            }
             let Some(v) = ChainView::load(self, pid, &guard) else { continue };
             let NodeKind::Leaf(l) = &v.bottom.kind else { continue };
-            if meta.flushed_seq != v.head_node.seq {
+            if v.head_node.seq != meta.flushed_seq {
+                continue;
+            }
+            if referenced {
+                // A clean leaf read since the last sweep: it may go in the next one.
+                self.barren.store(0, Ordering::Relaxed);
                 continue;
             }
             let stub = Node::base(
@@ -392,20 +434,27 @@ impl Forest {
                 NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.clone()) },
             );
             let mem = stub.mem as i64;
+            let head_ptr = v.head;
             if slot
                 .head
-                .compare_exchange(v.head, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, &guard)
+                .compare_exchange(head_ptr, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, &guard)
                 .is_ok()
             {
                 drop(meta);
+                self.barren.store(0, Ordering::Relaxed);
                 // SAFETY: the CAS just unlinked the old chain.
-                let old = unsafe { retire_chain(v.head, &guard) };
+                let old = unsafe { retire_chain(head_ptr, &guard) };
                 self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
             }
         }
         if self.mem.load(Ordering::Relaxed) > self.capacity as i64 {
             self.needs_checkpoint.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// A page became clean (loaded, or its image published): eviction may find work again.
+    fn note_clean(&self) {
+        self.barren.store(0, Ordering::Relaxed);
     }
 
     /// Evicts until the cache is under capacity or one full sweep found nothing more.
@@ -513,7 +562,9 @@ impl Forest {
     /// becomes evictable when its image holds its whole chain and the chain has not changed
     /// since), keeps pages with versions above the cut dirty, and returns the addresses the
     /// new images replaced.
-    pub fn publish(&self, pages: &[(Captured, u64, u32)]) -> Vec<u64> {
+    pub fn publish(&self, pages: &[(Captured, u64, u32)], cut_ts: u64) -> Vec<u64> {
+        // Invariant 5: raised before any meta below makes a page evictable.
+        self.disk_ts.fetch_max(cut_ts, Ordering::SeqCst);
         let mut old = Vec::with_capacity(pages.len());
         for (c, addr, len) in pages {
             let slot = self.table.slot(c.pid);
@@ -532,6 +583,7 @@ impl Forest {
                 self.mark_dirty(c.pid);
             }
         }
+        self.note_clean();
         old
     }
 

@@ -235,14 +235,45 @@ impl Tree {
         }
     }
 
-    /// Timestamp of the newest version of `key` (0 if it has none).
-    pub async fn latest_ts(&self, f: &Forest, key: &[u8]) -> Result<u64> {
-        Ok(self.get_version(f, key, u64::MAX).await?.map_or(0, |v| v.ts))
+    /// True if `key` has a version newer than `ts` (a commit's conflict check). It reads
+    /// from disk only when such a version could be there: the image of an evicted leaf
+    /// holds no version newer than [`Forest::disk_ts`] (forest invariant 5), so when that is
+    /// at or below `ts`, the deltas above the stub decide. A blind write into a tree larger
+    /// than the cache therefore costs no read.
+    pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64) -> Result<bool> {
+        let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
+        let in_leaf = |l: &LeafBase| {
+            l.entries
+                .binary_search_by(|e| e.key.as_ref().cmp(key))
+                .is_ok_and(|i| newer(&l.entries[i].versions))
+        };
+        loop {
+            let step = {
+                let guard = epoch::pin();
+                match self.find_leaf(f, key, &guard)? {
+                    Step::Load(p) => Step::Load(p),
+                    Step::Done((pid, v)) => match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
+                        Some((_, ver)) => Step::Done(ver.ts > ts),
+                        None => match &v.bottom.kind {
+                            NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
+                            NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
+                            NodeKind::Disk { .. } if f.disk_ts() <= ts => Step::Done(false),
+                            _ => Step::Load(pid),
+                        },
+                    },
+                }
+            };
+            match step {
+                Step::Done(v) => return Ok(v),
+                Step::Load(p) => f.load(p).await?,
+            }
+        }
     }
 
     /// Applies one version synchronously (the commit path). Returns the page to load when
     /// the path is not in memory; on the commit path that cannot happen, because the
-    /// conflict check loaded every leaf and evicted leaves keep their bounds.
+    /// conflict check routed every key to its leaf (loading any stub without bounds) and
+    /// evicted leaves keep their bounds.
     pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<Step<()>> {
         let guard = epoch::pin();
         let mut spins = 0u32;

@@ -1,0 +1,118 @@
+//! The page cache under a tree larger than it: what a write to an evicted leaf costs, and
+//! that skipping the read never hides a conflict.
+//!
+//! Forest invariant 5 (`src/tree/forest.rs`): no page image on disk holds a version newer
+//! than the newest checkpoint cut. A commit whose snapshot is at or above that cut cannot
+//! conflict with anything on disk, so its conflict check reads no evicted leaf; a commit
+//! whose snapshot is older must read it.
+//!
+//! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
+
+use ringkv::limits::MIN_CACHE_CAPACITY;
+use ringkv::{Db, Error, Options};
+
+fn opts() -> Options {
+    Options { cache_capacity: MIN_CACHE_CAPACITY, background_checkpoints: false, ..Options::default() }
+}
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
+}
+
+fn value(i: u32, round: u32) -> Vec<u8> {
+    format!("value-{i}-{round}-{}", "v".repeat(100)).into_bytes()
+}
+
+const KEYS: u32 = 8_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Loads `KEYS` keys (about 1 MiB, 16 times the cache), checkpoints and lets a write evict.
+async fn loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket) {
+    let db = Db::open(dir, opts()).await.unwrap();
+    let b = db.bucket("b").await.unwrap();
+    for start in (0..KEYS).step_by(500) {
+        let mut tx = b.begin().unwrap();
+        for i in start..start + 500 {
+            tx.put(key(i), value(i, 0)).unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    b.put(b"evict-trigger", b"x").await.unwrap();
+    let cache = db.stats().cache_bytes;
+    assert!(cache < 4 * MIN_CACHE_CAPACITY as i64, "cache holds {cache} bytes: the tree was not evicted");
+    (db, b)
+}
+
+#[test]
+fn blind_writes_to_evicted_leaves_read_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (db, b) = loaded(dir.path()).await;
+        let before = db.stats().page_reads;
+        // 300 keys spread over the whole tree, most of them on evicted leaves.
+        let mut tx = b.begin().unwrap();
+        for i in (0..KEYS).step_by(KEYS as usize / 300) {
+            tx.put(key(i), value(i, 1)).unwrap();
+        }
+        tx.commit().await.unwrap();
+        let reads = db.stats().page_reads - before;
+        assert_eq!(reads, 0, "a commit of blind writes read {reads} pages");
+        // The writes are there, in memory and after a checkpoint folds them into the images.
+        for round in 0..2 {
+            for i in 0..KEYS {
+                let want = if i % (KEYS / 300) == 0 { value(i, 1) } else { value(i, 0) };
+                assert_eq!(
+                    b.get(key(i)).await.unwrap().as_deref(),
+                    Some(&want[..]),
+                    "key {i}, round {round}"
+                );
+            }
+            db.checkpoint().await.unwrap();
+        }
+        db.close().await.unwrap();
+        let db = Db::open(dir.path(), opts()).await.unwrap();
+        let b = db.existing_bucket("b").unwrap();
+        for i in (0..KEYS).step_by(7) {
+            let want = if i % (KEYS / 300) == 0 { value(i, 1) } else { value(i, 0) };
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&want[..]), "key {i} after reopen");
+        }
+        db.close().await.unwrap();
+    });
+}
+
+#[test]
+fn conflicts_on_evicted_leaves_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (db, b) = loaded(dir.path()).await;
+        let mut read_evicted = 0;
+        for round in 1..=20u32 {
+            let i = round * 397 % KEYS;
+            // `old` takes its snapshot, then a newer commit writes the key, a checkpoint
+            // publishes it, and reads of other keys cycle the cache (a page survives one
+            // sweep of the eviction clock after it was used).
+            let mut old = b.begin().unwrap();
+            b.put(key(i), value(i, round)).await.unwrap();
+            db.checkpoint().await.unwrap();
+            for j in (0..KEYS).step_by(13) {
+                assert!(b.get(key((i + 1 + j) % KEYS)).await.unwrap().is_some());
+            }
+            old.put(key(i), b"lost update").unwrap();
+            let before = db.stats().page_reads;
+            match old.commit().await {
+                Err(Error::Conflict) => {}
+                other => panic!("round {round}: a write-write conflict committed: {other:?}"),
+            }
+            read_evicted += (db.stats().page_reads > before) as u32;
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&value(i, round)[..]));
+        }
+        eprintln!("{read_evicted} of 20 conflict checks read an evicted leaf");
+        // The rounds must have exercised the path this test is about.
+        assert!(read_evicted >= 5, "only {read_evicted} of 20 conflict checks met an evicted leaf");
+        db.close().await.unwrap();
+    });
+}
