@@ -6,9 +6,11 @@
 //! tail) -> start the background task.
 //!
 //! Commit protocol (`commit_writes`), numbered as the code follows it:
-//! 1. Conflict pre-check outside the commit lock (it warms the cache with every leaf the
-//!    write set touches).
-//! 2. Under the commit lock: the check again (first-committer-wins), then, with no
+//! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
+//!    what must be read; an evicted leaf is read only when its image could hold a version
+//!    newer than the snapshot).
+//! 2. Under the commit lock: the check again (first-committer-wins) unless no commit was
+//!    applied since the pre-check began (`visible` unchanged), then, with no
 //!    `.await` in between (so a dropped future cannot stop half way): assign the timestamp,
 //!    append the WAL record, apply every version to its tree, publish the timestamp.
 //! 3. Outside the lock: wait for the WAL to reach the requested durability. Group commit
@@ -474,6 +476,11 @@ impl DbInner {
             checkpoint::run(self).await?;
             f.evict_to_capacity();
         }
+        // The conflict check runs outside the commit lock (its page loads must not
+        // serialise committers) and again under it, unless no commit was applied in
+        // between: every commit publishes its timestamp before releasing the lock, so an
+        // unchanged `visible` means the first check's answers still hold.
+        let checked_at = self.mvcc.visible();
         for k in writes.keys() {
             if tree.written_after(f, k, snapshot_ts).await? {
                 return Err(Error::Conflict);
@@ -486,9 +493,11 @@ impl DbInner {
             if tree.dropped.load(Ordering::Acquire) {
                 return Err(Error::NotFound("the bucket was dropped".into()));
             }
-            for k in writes.keys() {
-                if tree.written_after(f, k, snapshot_ts).await? {
-                    return Err(Error::Conflict);
+            if self.mvcc.visible() != checked_at {
+                for k in writes.keys() {
+                    if tree.written_after(f, k, snapshot_ts).await? {
+                        return Err(Error::Conflict);
+                    }
                 }
             }
             // No await from here to the end of the block (protocol 2).
