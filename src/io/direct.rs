@@ -298,10 +298,12 @@ impl Op {
             }
             Op::Write { bufs, first, iovecs, offset } => {
                 iovecs.0.clear();
-                iovecs.0.extend(bufs[*first..].iter().take(MAX_IOVECS).map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }));
+                iovecs.0.extend(
+                    bufs[*first..]
+                        .iter()
+                        .take(MAX_IOVECS)
+                        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
+                );
                 opcode::Writev::new(fd, iovecs.0.as_ptr(), iovecs.0.len() as u32).offset(*offset).build()
             }
             Op::Sync { data_only } => {
@@ -469,7 +471,15 @@ mod tests {
     }
 
     fn open(path: &std::path::Path) -> Arc<std::fs::File> {
-        Arc::new(std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).unwrap())
+        Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -539,7 +549,8 @@ mod tests {
                 let file = Arc::clone(&file);
                 s.spawn(move || {
                     for i in (t..256).step_by(4) {
-                        let got = futures::executor::block_on(ring.read(Arc::clone(&file), i * 4096, 4096, true));
+                        let got =
+                            futures::executor::block_on(ring.read(Arc::clone(&file), i * 4096, 4096, true));
                         assert_eq!(got.unwrap(), vec![i as u8; 4096]);
                     }
                 });
