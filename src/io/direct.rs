@@ -237,8 +237,8 @@ impl Direct {
         }
     }
 
-    /// Counts `slot`'s operation as handed over (its caller holds the slot lock) and wakes the
-    /// reaper if it may be asleep.
+    /// Counts one more operation as handed over (the caller holds that operation's slot
+    /// lock). Returns whether the reaper may be asleep on `wake` and must be woken.
     fn hand_over(&self) -> bool {
         self.handed.fetch_add(1, Ordering::AcqRel) == 0
     }
