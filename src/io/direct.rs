@@ -27,7 +27,10 @@
 //!    retries after `EINTR`/`ECANCELED`) are submitted by whoever takes the CQE, not by the
 //!    caller's future: a write whose future was dropped still lands in full.
 //! 4. The SQ is touched only under `sq`, the CQ only under `cq`; `cq` is never held while
-//!    `sq` is taken (continuations are submitted after the CQ mutex is released).
+//!    `sq` is taken (continuations are submitted after the CQ mutex is released). The
+//!    `io_uring_enter` that submits runs outside `sq` (callers enter the kernel in
+//!    parallel; the kernel serialises submission itself), except when a full SQ must be
+//!    emptied before a push.
 //! 5. `handed` counts the operations whose caller saw no completion after submitting; the
 //!    reaper waits in the kernel only while it is non-zero, so operations that complete
 //!    during their submission wake no thread at all.
@@ -71,8 +74,8 @@ pub(super) fn global() -> Option<&'static Direct> {
 /// A ring whose SQEs are submitted by the threads that poll the operations.
 pub(super) struct Direct {
     ring: IoUring,
-    /// Serialises pushes to the SQ and the `io_uring_enter` that submits them.
-    sq: Mutex<()>,
+    /// Serialises pushes to the SQ; counts the SQEs ever pushed (a ticket per SQE).
+    sq: Mutex<u64>,
     /// Serialises draining the CQ.
     cq: Mutex<()>,
     /// Operations handed over to the reaper and not finished yet (invariant 5).
@@ -87,7 +90,7 @@ impl Direct {
         let ring = IoUring::builder().setup_cqsize(RING_ENTRIES * 2).build(RING_ENTRIES)?;
         let direct: &'static Direct = Box::leak(Box::new(Direct {
             ring,
-            sq: Mutex::new(()),
+            sq: Mutex::new(0),
             cq: Mutex::new(()),
             handed: AtomicUsize::new(0),
             idle: Mutex::new(()),
@@ -135,38 +138,60 @@ impl Direct {
 
     /// Queues `entry` for `slot` and submits it. Never drops the entry: a full SQ is
     /// submitted and the push retried.
+    ///
+    /// Only the push holds `self.sq`; the `io_uring_enter` that submits runs outside it, so
+    /// callers enter the kernel in parallel and one read that starts readahead (or reclaims
+    /// memory) inline does not hold up the others. Whichever enter takes the SQE, the caller
+    /// returns only once the kernel has consumed it (its ticket is at or below the head).
     fn submit(&self, slot: Arc<Slot>, entry: squeue::Entry) {
         let entry = entry.user_data(Arc::into_raw(slot) as u64);
-        let mut pushed = false;
-        loop {
-            {
-                let _sq = self.sq.lock();
-                if !pushed {
-                    // SAFETY: the SQ is only accessed under `self.sq`, which is held, so no
-                    // other `SubmissionQueue` of this ring exists while this one lives.
-                    let mut sq = unsafe { self.ring.submission_shared() };
-                    // SAFETY: the entry's pointers (buffer, iovecs, descriptor) belong to the
-                    // slot whose strong count `user_data` holds (invariants 1 and 2), so they
-                    // stay valid until its CQE is taken.
-                    pushed = unsafe { sq.push(&entry) }.is_ok();
-                    // Dropping `sq` publishes the new tail to the kernel.
-                }
-                match self.enter_submit() {
-                    Ok(()) if pushed => return,
-                    Ok(()) => continue, // The SQ had room made: push again.
-                    Err(e) => {
-                        if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) {
-                            tracing::error!(error = %e, "io_uring_enter failed; retrying");
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                }
+        let ticket = loop {
+            let mut pushes = self.sq.lock();
+            // SAFETY: the SQ is only accessed under `self.sq`, which is held, so no other
+            // `SubmissionQueue` of this ring exists while this one lives.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: the entry's pointers (buffer, iovecs, descriptor) belong to the slot
+            // whose strong count `user_data` holds (invariants 1 and 2), so they stay valid
+            // until its CQE is taken.
+            if unsafe { sq.push(&entry) }.is_ok() {
+                // Dropping `sq` publishes the new tail to the kernel.
+                drop(sq);
+                *pushes += 1;
+                break *pushes;
             }
-            // The kernel wants completions reaped before it takes more (CQ overflow, or
-            // out of memory): drain the CQ, then try again.
-            self.reap();
-            std::thread::yield_now();
+            drop(sq);
+            // Full: submit what is queued, then push again.
+            let entered = self.enter_submit();
+            drop(pushes);
+            if let Err(e) = entered {
+                self.enter_failed(&e);
+            }
+        };
+        loop {
+            match self.ring.submitter().submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => self.enter_failed(&e),
+            }
+            let pushes = self.sq.lock();
+            // SAFETY: `self.sq` is held (see above).
+            let queued = unsafe { self.ring.submission_shared() }.len() as u64;
+            if *pushes - queued >= ticket {
+                return;
+            }
         }
+    }
+
+    /// After an `io_uring_enter` that left SQEs queued: `EBUSY`/`EAGAIN` mean the kernel
+    /// wants completions reaped before it takes more (CQ overflow, out of memory); anything
+    /// else is logged and retried after a pause. Called without `self.sq` held.
+    fn enter_failed(&self, e: &io::Error) {
+        if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) {
+            tracing::error!(error = %e, "io_uring_enter failed; retrying");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.reap();
+        std::thread::yield_now();
     }
 
     /// Submits everything queued in the SQ (the caller holds `self.sq`). `EINTR` is retried;
