@@ -211,14 +211,14 @@ impl Tree {
                             None => match &v.bottom.kind {
                                 NodeKind::Leaf(l) => Step::Done(
                                     l.entries
-                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
                                         .ok()
                                         .and_then(|i| visible_at(&l.entries[i].versions, ts).cloned()),
                                 ),
                                 NodeKind::Forward { frozen, .. } => Step::Done(
                                     frozen
                                         .entries
-                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
                                         .ok()
                                         .and_then(|i| visible_at(&frozen.entries[i].versions, ts).cloned()),
                                 ),
@@ -244,7 +244,7 @@ impl Tree {
         let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
         let in_leaf = |l: &LeafBase| {
             l.entries
-                .binary_search_by(|e| e.key.as_ref().cmp(key))
+                .binary_search_by(|e| node::key_cmp(&e.key, key))
                 .is_ok_and(|i| newer(&l.entries[i].versions))
         };
         loop {
