@@ -549,22 +549,25 @@ async fn reloads_race_file_removal() {
     db.checkpoint().await.unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let wrote = Arc::new(Notify::new());
+    let checkpointed = Arc::new(Notify::new());
+    // A checkpoint after every twenty writes (the writer waits for it): pages move to new
+    // files and old files die while the readers reload evicted pages.
     let writer = {
-        let (b, done, wrote) = (b.clone(), done.clone(), wrote.clone());
+        let (b, done, wrote, checkpointed) = (b.clone(), done.clone(), wrote.clone(), checkpointed.clone());
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             for n in 0..WRITES {
                 let i = rng.gen_range(0..KEYS);
                 b.put(k(i), [(n % 251) as u8; 100]).await.unwrap();
-                if n % 10 == 9 {
+                if n % 20 == 19 {
                     wrote.notify_one();
+                    checkpointed.notified().await;
                 }
             }
             done.store(true, Ordering::Release);
             wrote.notify_one();
         })
     };
-    // A checkpoint after every ten writes: pages move to new files and old files die.
     let checkpointer = {
         let (db, done, wrote) = (db.clone(), done.clone(), wrote.clone());
         tokio::spawn(async move {
@@ -574,6 +577,7 @@ async fn reloads_race_file_removal() {
                 let s = db.checkpoint().await.unwrap();
                 removed += s.files_removed;
                 n += 1;
+                checkpointed.notify_one();
             }
             (n, removed)
         })

@@ -211,14 +211,14 @@ impl Tree {
                             None => match &v.bottom.kind {
                                 NodeKind::Leaf(l) => Step::Done(
                                     l.entries
-                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
                                         .ok()
                                         .and_then(|i| visible_at(&l.entries[i].versions, ts).cloned()),
                                 ),
                                 NodeKind::Forward { frozen, .. } => Step::Done(
                                     frozen
                                         .entries
-                                        .binary_search_by(|e| e.key.as_ref().cmp(key))
+                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
                                         .ok()
                                         .and_then(|i| visible_at(&frozen.entries[i].versions, ts).cloned()),
                                 ),
@@ -244,7 +244,7 @@ impl Tree {
         let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
         let in_leaf = |l: &LeafBase| {
             l.entries
-                .binary_search_by(|e| e.key.as_ref().cmp(key))
+                .binary_search_by(|e| node::key_cmp(&e.key, key))
                 .is_ok_and(|i| newer(&l.entries[i].versions))
         };
         loop {
@@ -592,8 +592,7 @@ impl Tree {
                     Step::Load(p) => Step::Load(p),
                     Step::Done((pid, v)) => match &v.bottom.kind {
                         NodeKind::Leaf(base) => {
-                            let merged = merge_leaf(&v.deltas, base, 0);
-                            Step::Done((visible_items(&merged, ts, keep), merged.bounds.high.clone()))
+                            Step::Done((visible_from(&v.deltas, base, lower, ts), base.bounds.high.clone()))
                         }
                         NodeKind::Forward { bounds, frozen, .. } => {
                             Step::Done((visible_items(frozen, ts, keep), bounds.high.clone()))
@@ -696,6 +695,61 @@ impl Tree {
     }
 }
 
+/// The entries of a leaf chain (deltas newest first above `base`) at or past `lower`,
+/// as seen at `ts`, tombstones left out: what `merge_leaf` then `visible_items` give, without
+/// building the merged leaf (no entry before `lower` is compared or cloned, and only the
+/// visible value of each key is).
+fn visible_from(
+    deltas: &[(&Bytes, &Version)],
+    base: &LeafBase,
+    lower: &Lower,
+    ts: u64,
+) -> Vec<(Bytes, Value)> {
+    let keep = |k: &[u8]| match lower {
+        Lower::Unbounded => true,
+        Lower::Key(lk, true) => k >= lk.as_ref(),
+        Lower::Key(lk, false) => k > lk.as_ref(),
+    };
+    let start = base.entries.partition_point(|e| !keep(&e.key));
+    let mut d: Vec<(&Bytes, &Version)> = deltas.iter().filter(|(k, _)| keep(k)).copied().collect();
+    d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
+    let mut out = Vec::with_capacity(base.entries.len() - start + d.len());
+    let mut push = |key: &Bytes, v: Option<&Version>| {
+        if let Some(Version { value, .. }) = v {
+            if !matches!(value, Value::Tombstone) {
+                out.push((key.clone(), value.clone()));
+            }
+        }
+    };
+    let (mut i, mut j) = (start, 0);
+    while i < base.entries.len() || j < d.len() {
+        let order = match (base.entries.get(i), d.get(j)) {
+            (Some(e), Some((k, _))) => k.as_ref().cmp(e.key.as_ref()),
+            (None, Some(_)) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        if order == std::cmp::Ordering::Greater {
+            push(&base.entries[i].key, visible_at(&base.entries[i].versions, ts));
+            i += 1;
+            continue;
+        }
+        let key = d[j].0;
+        let mut seen = None;
+        while j < d.len() && d[j].0 == key {
+            if seen.is_none() && d[j].1.ts <= ts {
+                seen = Some(d[j].1);
+            }
+            j += 1;
+        }
+        if order == std::cmp::Ordering::Equal {
+            seen = seen.or_else(|| visible_at(&base.entries[i].versions, ts));
+            i += 1;
+        }
+        push(key, seen);
+    }
+    out
+}
+
 fn visible_items(leaf: &LeafBase, ts: u64, keep: impl Fn(&Bytes) -> bool) -> Vec<(Bytes, Value)> {
     leaf.entries
         .iter()
@@ -705,4 +759,74 @@ fn visible_items(leaf: &LeafBase, ts: u64, keep: impl Fn(&Bytes) -> bool) -> Vec
             Some(v) => Some((e.key.clone(), v.value.clone())),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(k: u8) -> Bytes {
+        Bytes::from(vec![b'k', k])
+    }
+
+    fn version(ts: u64, tomb: bool) -> Version {
+        Version {
+            ts,
+            value: if tomb { Value::Tombstone } else { Value::Inline(Bytes::from(ts.to_string())) },
+        }
+    }
+
+    fn inline(items: &[(Bytes, Value)]) -> Vec<(Bytes, Option<Bytes>)> {
+        items
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Inline(b) => (k.clone(), Some(b.clone())),
+                _ => (k.clone(), None),
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// `visible_from` (the scan path) equals merging the chain and filtering it.
+        #[test]
+        fn visible_from_equals_merge_then_filter(
+            base_keys in proptest::collection::btree_map(0u8..40, (1u64..50, any::<bool>(), 0usize..3), 0..20),
+            delta_writes in proptest::collection::vec((0u8..40, any::<bool>()), 0..30),
+            lower in proptest::option::of((0u8..42, any::<bool>())),
+            ts in 0u64..120,
+        ) {
+            // Base versions are older than every delta (ts 1..50, then 50.. per delta, newest first).
+            let entries: Vec<Entry> = base_keys
+                .iter()
+                .map(|(k, (t, tomb, extra))| {
+                    let mut versions = vec![version(*t + *extra as u64, *tomb)];
+                    for e in 0..*extra as u64 {
+                        versions.push(version(*t + *extra as u64 - e - 1, false));
+                    }
+                    Entry { key: key(*k), versions }
+                })
+                .collect();
+            let base = LeafBase { bounds: Bounds::default(), entries };
+            let owned: Vec<(Bytes, Version)> = delta_writes
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, (k, tomb))| (key(*k), version(60 + i as u64, *tomb)))
+                .collect();
+            let deltas: Vec<(&Bytes, &Version)> = owned.iter().map(|(k, v)| (k, v)).collect();
+            let lower = match lower {
+                None => Lower::Unbounded,
+                Some((k, incl)) => Lower::Key(key(k), incl),
+            };
+            let keep = |k: &Bytes| match &lower {
+                Lower::Unbounded => true,
+                Lower::Key(lk, true) => k >= lk,
+                Lower::Key(lk, false) => k > lk,
+            };
+            let want = visible_items(&merge_leaf(&deltas, &base, 0), ts, keep);
+            let got = visible_from(&deltas, &base, &lower, ts);
+            prop_assert_eq!(inline(&got), inline(&want));
+        }
+    }
 }
