@@ -262,6 +262,11 @@ impl Direct {
         }
     }
 
+    /// Operations in flight that did not complete during their submission.
+    pub(super) fn waiting(&self) -> usize {
+        self.handed.load(Ordering::Relaxed)
+    }
+
     /// Counts one more operation as handed over (the caller holds that operation's slot
     /// lock). Returns whether the reaper may be asleep on `wake` and must be woken.
     fn hand_over(&self) -> bool {
