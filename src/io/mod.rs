@@ -3,17 +3,28 @@
 //!
 //! # Backends
 //!
-//! - **io_uring** (`uring.rs`, Linux only). One ring thread per *process*, started on first
-//!   use and shared by every `IoDriver` (so opening hundreds of databases opens one ring and
-//!   pins one set of registered buffers, not hundreds). It runs a tokio-uring runtime;
-//!   requests arrive on an unbounded channel, each becomes a task on the ring thread, and its
-//!   result comes back on a oneshot channel, which any executor can await. tokio-uring files
-//!   are `!Send`, so they live in a table on the ring thread keyed by a file id; an
-//!   [`IoFile`] holds the id and sends a close request when its last clone drops. A pool of
-//!   registered (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one
-//!   buffer; where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and
-//!   writes from ordinary buffers. Operations io_uring lacks (`set_len`, `read_dir`,
-//!   `exists`, `create_dir_all`) run on the `ringkv-fallback` thread pool.
+//! - **io_uring** (`uring.rs`, Linux only). Two rings per *process*, started on first use
+//!   and shared by every `IoDriver` (so opening hundreds of databases opens two rings and
+//!   pins one set of registered buffers, not hundreds).
+//!   - The *ring thread* runs a tokio-uring runtime; requests arrive on an unbounded
+//!     channel, each becomes a task on the ring thread, and its result comes back on a
+//!     oneshot channel, which any executor can await. tokio-uring files are `!Send`, so they
+//!     live in a table on the ring thread keyed by a file id; an [`IoFile`] holds the id and
+//!     sends a close request when its last clone drops. It runs open, close, rename, remove,
+//!     stat, fallocate, directory syncs and writes of 64 KiB or more. A pool of registered
+//!     (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one buffer;
+//!     where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and writes
+//!     from ordinary buffers.
+//!   - The *direct ring* (`direct.rs`) takes every read, every file sync and the writes
+//!     under 64 KiB (WAL batches), on a duplicate of the file's descriptor. The polling
+//!     thread pushes the SQE and calls `io_uring_enter` itself, then drains the completion
+//!     queue: a buffered write or a page-cache hit is done when its first poll returns, with
+//!     no thread woken. Operations still in flight are handed to a reaper thread that waits
+//!     for their completions and wakes their futures. Where the direct ring cannot be set up,
+//!     one warning is logged and the ring thread does everything.
+//!
+//!   Operations io_uring lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`) run on
+//!   the `ringkv-fallback` thread pool.
 //! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
 //!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
 //!
@@ -28,16 +39,19 @@
 //!
 //! # Contract
 //!
-//! 1. **Never blocks the caller.** Every operation is a `Send` future that waits on a
-//!    channel; disk I/O happens on the ring thread or on a pool thread. The futures work on
-//!    any executor (tokio multi-thread or current-thread, `futures::executor::block_on`, ...).
-//!    Only [`IoDriver::new`] may wait, once per process, for the ring to start.
+//! 1. **Never blocks the caller.** Every operation is a `Send` future; waiting for the disk
+//!    happens on the ring thread, on a pool thread, or in the kernel's io_uring workers. The
+//!    one thing a poll does in the kernel is the direct ring's `io_uring_enter`, which
+//!    completes an operation inline only when it need not wait for the device (a buffered
+//!    write, a page-cache hit) and otherwise queues it. The futures work on any executor
+//!    (tokio multi-thread or current-thread, `futures::executor::block_on`, ...). Only
+//!    [`IoDriver::new`] may wait, once per process, for the ring to start.
 //! 2. **Lazy submission.** Nothing is submitted until the future is first polled.
 //! 3. **Cancellation safety.** Once submitted, an operation runs to completion whether or not
 //!    its future is still alive: dropping the future drops only the receiving end of the
 //!    result channel. The buffers (the `Bytes` of a write, the `Vec` of a read, a registered
-//!    buffer) are owned by the ring-thread task or the pool job until the kernel is done with
-//!    them, so a dropped future never frees memory the kernel still reads or writes. A write
+//!    buffer) are owned by the ring-thread task, the direct ring's operation slot or the pool
+//!    job until the kernel is done with them, so a dropped future never frees memory the kernel still reads or writes. A write
 //!    whose future was dropped after its first poll still lands in full (or fails unseen).
 //! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
 //!    in flight at the same time complete in any order (io_uring completes out of order,
@@ -67,6 +81,8 @@ pub use crate::options::IoBackend;
 
 #[cfg(target_os = "linux")]
 mod buffers;
+#[cfg(target_os = "linux")]
+mod direct;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod threadpool;

@@ -1,0 +1,606 @@
+//! Submission from the caller's thread: a second process-wide io_uring, driven with the
+//! `io-uring` crate, for the small operations on the commit path (WAL writes, reads, syncs).
+//!
+//! ```text
+//!  caller (any thread, any executor)                reaper thread ("ringkv-reaper")
+//!  ---------------------------------                -------------------------------
+//!  first poll: push SQE (SQ mutex),                 sleeps on a condvar while no operation
+//!              io_uring_enter(to_submit)            is handed over; else blocks in
+//!              -> buffered writes and cached        io_uring_enter(0, 1, GETEVENTS),
+//!                 reads complete right here         drains the CQ (CQ mutex) and wakes
+//!              drain the CQ (CQ mutex)              the wakers of finished operations
+//!              done? Ready, no thread woken
+//!              else: hand over to the reaper ---->
+//! ```
+//!
+//! Invariants:
+//!
+//! 1. Every operation in flight is an `Arc<Slot>`; the SQE's `user_data` is a pointer made
+//!    by `Arc::into_raw`, i.e. one strong count owned by the kernel. Whoever takes the CQE
+//!    (a caller draining the CQ or the reaper) turns it back into the `Arc` with
+//!    `Arc::from_raw`, exactly once per SQE.
+//! 2. The slot owns everything the kernel touches: the read buffer, the `Bytes` of a write
+//!    and its iovec array, and an `Arc<std::fs::File>` (so the descriptor stays open until
+//!    the last CQE). The caller's future holds another count of the slot and nothing else,
+//!    so dropping it never frees memory the kernel uses.
+//! 3. Continuations (short reads and writes, writes of more than [`MAX_IOVECS`] buffers,
+//!    retries after `EINTR`/`ECANCELED`) are submitted by whoever takes the CQE, not by the
+//!    caller's future: a write whose future was dropped still lands in full.
+//! 4. The SQ is touched only under `sq`, the CQ only under `cq`; `cq` is never held while
+//!    `sq` is taken (continuations are submitted after the CQ mutex is released). The
+//!    `io_uring_enter` that submits runs outside `sq` (callers enter the kernel in
+//!    parallel; the kernel serialises submission itself), except when a full SQ must be
+//!    emptied before a push.
+//! 5. `handed` counts the operations whose caller saw no completion after submitting; the
+//!    reaper waits in the kernel only while it is non-zero, so operations that complete
+//!    during their submission wake no thread at all.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::{opcode, squeue, types, IoUring};
+use parking_lot::{Condvar, Mutex};
+
+/// Submission queue entries of the direct ring (the CQ gets twice as many).
+const RING_ENTRIES: u32 = 256;
+/// Most iovecs in one `writev` (`UIO_MAXIOV`).
+const MAX_IOVECS: usize = 1024;
+/// Most bytes asked of one read SQE (its length is a `u32`).
+const MAX_READ: usize = 1 << 30;
+/// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h); the crate keeps its copy private.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// The process-wide direct ring, set up on first use; `None` (after one warning) where the
+/// kernel refuses it, and callers then use the ring thread for everything.
+pub(super) fn global() -> Option<&'static Direct> {
+    static DIRECT: OnceLock<Option<&'static Direct>> = OnceLock::new();
+    *DIRECT.get_or_init(|| match Direct::start() {
+        Ok(direct) => Some(direct),
+        Err(e) => {
+            tracing::warn!(error = %e, "io_uring submission from the caller's thread is unavailable; \
+                all io_uring operations go through the ring thread");
+            None
+        }
+    })
+}
+
+/// A ring whose SQEs are submitted by the threads that poll the operations.
+pub(super) struct Direct {
+    ring: IoUring,
+    /// Serialises pushes to the SQ; counts the SQEs ever pushed (a ticket per SQE).
+    sq: Mutex<u64>,
+    /// Serialises draining the CQ.
+    cq: Mutex<()>,
+    /// Operations handed over to the reaper and not finished yet (invariant 5).
+    handed: AtomicUsize,
+    /// The reaper sleeps on `idle`/`wake` while `handed` is 0.
+    idle: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Direct {
+    fn start() -> io::Result<&'static Direct> {
+        let ring = IoUring::builder().setup_cqsize(RING_ENTRIES * 2).build(RING_ENTRIES)?;
+        let direct: &'static Direct = Box::leak(Box::new(Direct {
+            ring,
+            sq: Mutex::new(0),
+            cq: Mutex::new(()),
+            handed: AtomicUsize::new(0),
+            idle: Mutex::new(()),
+            wake: Condvar::new(),
+        }));
+        std::thread::Builder::new().name("ringkv-reaper".into()).spawn(move || direct.reap_forever())?;
+        Ok(direct)
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer only at the end of the file); with `exact`,
+    /// a file ending first is `UnexpectedEof`.
+    pub(super) fn read(
+        &'static self,
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+        exact: bool,
+    ) -> impl Future<Output = io::Result<Vec<u8>>> + Send + 'static {
+        let op = Op::Read { buf: Vec::with_capacity(len), len, offset, exact };
+        OpFuture::new(self, file, op)
+    }
+
+    /// Writes every byte of `bufs` at `offset`, continuing short writes.
+    pub(super) fn writev(
+        &'static self,
+        file: Arc<std::fs::File>,
+        offset: u64,
+        bufs: Vec<Bytes>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let bufs: Vec<Bytes> = bufs.into_iter().filter(|b| !b.is_empty()).collect();
+        let op = Op::Write { bufs, first: 0, iovecs: IoVecs(Vec::new()), offset };
+        let fut = OpFuture::new(self, file, op);
+        async move { fut.await.map(drop) }
+    }
+
+    /// `fdatasync` (`data_only`) or `fsync` of `file`.
+    pub(super) fn sync(
+        &'static self,
+        file: Arc<std::fs::File>,
+        data_only: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let fut = OpFuture::new(self, file, Op::Sync { data_only });
+        async move { fut.await.map(drop) }
+    }
+
+    /// Queues `entry` for `slot` and submits it. Never drops the entry: a full SQ is
+    /// submitted and the push retried.
+    ///
+    /// Only the push holds `self.sq`; the `io_uring_enter` that submits runs outside it, so
+    /// callers enter the kernel in parallel and one read that starts readahead (or reclaims
+    /// memory) inline does not hold up the others. Whichever enter takes the SQE, the caller
+    /// returns only once the kernel has consumed it (its ticket is at or below the head).
+    fn submit(&self, slot: Arc<Slot>, entry: squeue::Entry) {
+        let entry = entry.user_data(Arc::into_raw(slot) as u64);
+        let ticket = loop {
+            let mut pushes = self.sq.lock();
+            // SAFETY: the SQ is only accessed under `self.sq`, which is held, so no other
+            // `SubmissionQueue` of this ring exists while this one lives.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: the entry's pointers (buffer, iovecs, descriptor) belong to the slot
+            // whose strong count `user_data` holds (invariants 1 and 2), so they stay valid
+            // until its CQE is taken.
+            if unsafe { sq.push(&entry) }.is_ok() {
+                // Dropping `sq` publishes the new tail to the kernel.
+                drop(sq);
+                *pushes += 1;
+                break *pushes;
+            }
+            drop(sq);
+            // Full: submit what is queued, then push again.
+            let entered = self.enter_submit();
+            drop(pushes);
+            if let Err(e) = entered {
+                self.enter_failed(&e);
+            }
+        };
+        loop {
+            match self.ring.submitter().submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => self.enter_failed(&e),
+            }
+            let pushes = self.sq.lock();
+            // SAFETY: `self.sq` is held (see above).
+            let queued = unsafe { self.ring.submission_shared() }.len() as u64;
+            if *pushes - queued >= ticket {
+                return;
+            }
+        }
+    }
+
+    /// After an `io_uring_enter` that left SQEs queued: `EBUSY`/`EAGAIN` mean the kernel
+    /// wants completions reaped before it takes more (CQ overflow, out of memory); anything
+    /// else is logged and retried after a pause. Called without `self.sq` held.
+    fn enter_failed(&self, e: &io::Error) {
+        if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) {
+            tracing::error!(error = %e, "io_uring_enter failed; retrying");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.reap();
+        std::thread::yield_now();
+    }
+
+    /// Submits everything queued in the SQ (the caller holds `self.sq`). `EINTR` is retried;
+    /// `EBUSY`/`EAGAIN` (and anything else) are returned with the SQEs still queued.
+    fn enter_submit(&self) -> io::Result<()> {
+        loop {
+            match self.ring.submitter().submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            // SAFETY: the caller holds `self.sq`, so this is the only SQ view.
+            if unsafe { self.ring.submission_shared() }.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drains the CQ: finishes the operations that are done, wakes their callers, and
+    /// submits the continuations of the others. Returns once the CQ was seen empty.
+    fn reap(&self) {
+        loop {
+            let mut wakers = Vec::new();
+            let mut again = Vec::new();
+            {
+                let _cq = self.cq.lock();
+                // SAFETY: the CQ is only accessed under `self.cq`, which is held.
+                let cq = unsafe { self.ring.completion_shared() };
+                for cqe in cq {
+                    // SAFETY: every SQE of this ring carries `Arc::into_raw` of its slot as
+                    // `user_data` (in `submit`), and each CQE is taken once, here, under the
+                    // CQ mutex: this reclaims exactly the count that SQE's submission leaked.
+                    let slot = unsafe { Arc::from_raw(cqe.user_data() as *const Slot) };
+                    slot.complete(self, cqe.result(), &mut wakers, &mut again);
+                }
+                // Dropping `cq` publishes the new head to the kernel.
+            }
+            if wakers.is_empty() && again.is_empty() {
+                return;
+            }
+            wakers.into_iter().for_each(Waker::wake);
+            for (slot, entry) in again {
+                self.submit(slot, entry);
+            }
+        }
+    }
+
+    /// The reaper thread: waits for completions only while an operation is handed over.
+    fn reap_forever(&self) {
+        loop {
+            {
+                let mut idle = self.idle.lock();
+                while self.handed.load(Ordering::Acquire) == 0 {
+                    self.wake.wait(&mut idle);
+                }
+            }
+            // SAFETY: `enter` with no argument (`None`, size 0) and to_submit 0: it only waits
+            // for one CQE to be present; it reads and writes no memory of ours.
+            match unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None) } {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring_enter (wait) failed in the reaper");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            self.reap();
+        }
+    }
+
+    /// Operations in flight that did not complete during their submission.
+    pub(super) fn waiting(&self) -> usize {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more operation as handed over (the caller holds that operation's slot
+    /// lock). Returns whether the reaper may be asleep on `wake` and must be woken.
+    fn hand_over(&self) -> bool {
+        self.handed.fetch_add(1, Ordering::AcqRel) == 0
+    }
+
+    fn wake_reaper(&self) {
+        let _idle = self.idle.lock();
+        self.wake.notify_one();
+    }
+}
+
+/// An operation in flight, shared by the kernel (one count per queued SQE) and the caller's
+/// future.
+struct Slot {
+    state: Mutex<SlotState>,
+    file: Arc<std::fs::File>,
+}
+
+struct SlotState {
+    op: Op,
+    /// The outcome, once the last step completed.
+    done: Option<io::Result<Vec<u8>>>,
+    waker: Option<Waker>,
+    /// Counted in `Direct::handed`.
+    handed: bool,
+}
+
+/// The iovecs of a write.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the iovecs point into the `Bytes` of the same `Op::Write` (which are `Send` and
+// `Sync` and immutable) and are only rebuilt or read under the slot's mutex.
+unsafe impl Send for IoVecs {}
+
+enum Op {
+    Read { buf: Vec<u8>, len: usize, offset: u64, exact: bool },
+    Write { bufs: Vec<Bytes>, first: usize, iovecs: IoVecs, offset: u64 },
+    Sync { data_only: bool },
+}
+
+/// What a CQE leads to.
+enum Step {
+    Again(squeue::Entry),
+    Done(io::Result<Vec<u8>>),
+}
+
+impl Op {
+    /// The SQE of the next step. Pointers in it point into `self`'s heap buffers, which do not
+    /// move until `self` is dropped or the next `advance`.
+    fn entry(&mut self, fd: types::Fd) -> squeue::Entry {
+        match self {
+            Op::Read { buf, len, offset, .. } => {
+                let filled = buf.len();
+                let ask = (*len - filled).min(MAX_READ);
+                // `filled < len <= capacity`: the pointer stays inside the allocation.
+                let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+                opcode::Read::new(fd, ptr, ask as u32).offset(*offset + filled as u64).build()
+            }
+            Op::Write { bufs, first, iovecs, offset } => {
+                iovecs.0.clear();
+                iovecs.0.extend(
+                    bufs[*first..]
+                        .iter()
+                        .take(MAX_IOVECS)
+                        .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
+                );
+                opcode::Writev::new(fd, iovecs.0.as_ptr(), iovecs.0.len() as u32).offset(*offset).build()
+            }
+            Op::Sync { data_only } => {
+                let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+                opcode::Fsync::new(fd).flags(flags).build()
+            }
+        }
+    }
+
+    /// Takes the result `res` of the step last submitted.
+    fn advance(&mut self, res: i32, fd: types::Fd) -> Step {
+        // `EINTR` is retried like the blocking calls; `ECANCELED` comes only from the kernel
+        // cancelling the requests of a submitting thread that exits (ringkv never cancels),
+        // so the step is submitted again, by a thread that lives.
+        if res == -libc::EINTR || res == -libc::ECANCELED {
+            return Step::Again(self.entry(fd));
+        }
+        if res < 0 {
+            return Step::Done(Err(io::Error::from_raw_os_error(-res)));
+        }
+        let n = res as usize;
+        match self {
+            Op::Read { buf, len, offset, exact } => {
+                let filled = buf.len();
+                assert!(n <= *len - filled, "the kernel read {n} bytes of {}", *len - filled);
+                // SAFETY: the kernel initialised `n` bytes after the first `filled` (the step's
+                // SQE asked for at most `len - filled` bytes there), and `filled + n <= len <=
+                // capacity`.
+                unsafe { buf.set_len(filled + n) };
+                if n > 0 && buf.len() < *len {
+                    return Step::Again(self.entry(fd));
+                }
+                if *exact && buf.len() < *len {
+                    return Step::Done(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "read of {len} bytes at offset {offset} hit the end of the file after {} bytes",
+                            buf.len()
+                        ),
+                    )));
+                }
+                Step::Done(Ok(std::mem::take(buf)))
+            }
+            Op::Write { bufs, first, offset, iovecs } => {
+                let asked: usize = iovecs.0.iter().map(|v| v.iov_len).sum();
+                if n == 0 && asked > 0 {
+                    return Step::Done(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("wrote 0 bytes at offset {offset}"),
+                    )));
+                }
+                assert!(n <= asked, "the kernel wrote {n} bytes of {asked}");
+                *offset += n as u64;
+                let mut n = n;
+                while n > 0 {
+                    let head = &mut bufs[*first];
+                    if n >= head.len() {
+                        n -= head.len();
+                        *first += 1;
+                    } else {
+                        *head = head.slice(n..);
+                        n = 0;
+                    }
+                }
+                if *first < bufs.len() {
+                    return Step::Again(self.entry(fd));
+                }
+                Step::Done(Ok(Vec::new()))
+            }
+            Op::Sync { .. } => Step::Done(Ok(Vec::new())),
+        }
+    }
+}
+
+impl Slot {
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.file.as_raw_fd())
+    }
+
+    /// Takes the CQE result `res` of this slot's step (`self` is the count the SQE held).
+    fn complete(
+        self: Arc<Slot>,
+        ring: &Direct,
+        res: i32,
+        wakers: &mut Vec<Waker>,
+        again: &mut Vec<(Arc<Slot>, squeue::Entry)>,
+    ) {
+        let fd = self.fd();
+        let mut state = self.state.lock();
+        match state.op.advance(res, fd) {
+            Step::Again(entry) => {
+                drop(state);
+                again.push((self, entry));
+            }
+            Step::Done(result) => {
+                state.done = Some(result);
+                if std::mem::take(&mut state.handed) {
+                    ring.handed.fetch_sub(1, Ordering::AcqRel);
+                }
+                wakers.extend(state.waker.take());
+            }
+        }
+    }
+}
+
+/// The caller's side of an operation: submits on first poll (lazy, contract 2).
+struct OpFuture {
+    ring: &'static Direct,
+    slot: Arc<Slot>,
+    submitted: bool,
+}
+
+impl OpFuture {
+    fn new(ring: &'static Direct, file: Arc<std::fs::File>, op: Op) -> OpFuture {
+        let state = SlotState { op, done: None, waker: None, handed: false };
+        OpFuture { ring, slot: Arc::new(Slot { state: Mutex::new(state), file }), submitted: false }
+    }
+}
+
+impl Future for OpFuture {
+    type Output = io::Result<Vec<u8>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.submitted {
+            this.submitted = true;
+            let fd = this.slot.fd();
+            let entry = this.slot.state.lock().op.entry(fd);
+            this.ring.submit(Arc::clone(&this.slot), entry);
+            // Buffered writes and cached reads are done by now: finish them here.
+            this.ring.reap();
+        }
+        let mut state = this.slot.state.lock();
+        if let Some(result) = state.done.take() {
+            return Poll::Ready(result);
+        }
+        match &state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        if !state.handed {
+            state.handed = true;
+            // Counted under the slot lock, so the completion's decrement comes after.
+            let maybe_asleep = this.ring.hand_over();
+            drop(state);
+            if maybe_asleep {
+                this.ring.wake_reaper();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn ring() -> Option<&'static Direct> {
+        let ring = global();
+        if ring.is_none() {
+            eprintln!("the direct io_uring is unavailable, skipping");
+        }
+        ring
+    }
+
+    fn open(path: &std::path::Path) -> Arc<std::fs::File> {
+        Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn round_trip_write_read_fdatasync() {
+        let Some(ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = open(&dir.path().join("f"));
+        futures::executor::block_on(async {
+            let bufs = vec![Bytes::from_static(b"hello, "), Bytes::new(), Bytes::from_static(b"world")];
+            ring.writev(Arc::clone(&file), 3, bufs).await.unwrap();
+            ring.sync(Arc::clone(&file), true).await.unwrap();
+            ring.sync(Arc::clone(&file), false).await.unwrap();
+            assert_eq!(ring.read(Arc::clone(&file), 3, 12, true).await.unwrap(), b"hello, world");
+            assert_eq!(ring.read(Arc::clone(&file), 0, 3, true).await.unwrap(), [0, 0, 0]);
+            assert_eq!(ring.read(Arc::clone(&file), 10, 100, false).await.unwrap(), b"world");
+            assert_eq!(ring.read(Arc::clone(&file), 100, 10, false).await.unwrap(), b"");
+        });
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"\0\0\0hello, world");
+    }
+
+    #[test]
+    fn a_write_dropped_after_its_first_poll_lands_in_full() {
+        let Some(ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = open(&path);
+        // More buffers than one writev takes: the rest is submitted by whoever reaps.
+        let bufs: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(format!("{i:07}"))).collect();
+        let expected: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut fut = Box::pin(ring.writev(Arc::clone(&file), 0, bufs));
+        let waker = futures::task::noop_waker();
+        let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
+        drop(fut);
+        drop(file);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::fs::read(&path).unwrap() == expected {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the dropped write never landed in full");
+            // Nudge the ring: a later operation reaps (and continues) the dropped one.
+            let other = open(&dir.path().join("g"));
+            futures::executor::block_on(ring.sync(other, true)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn concurrent_reads_of_distinct_offsets() {
+        let Some(ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut std_file = std::fs::File::create(&path).unwrap();
+        for i in 0..256u32 {
+            std_file.write_all(&[i as u8; 4096]).unwrap();
+        }
+        drop(std_file);
+        let file = open(&path);
+        let reads = (0..256u64).map(|i| ring.read(Arc::clone(&file), i * 4096 + 7, 4000, true));
+        let results = futures::executor::block_on(futures::future::join_all(reads));
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), vec![i as u8; 4000], "read {i}");
+        }
+        // The same from many threads at once.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let file = Arc::clone(&file);
+                s.spawn(move || {
+                    for i in (t..256).step_by(4) {
+                        let got =
+                            futures::executor::block_on(ring.read(Arc::clone(&file), i * 4096, 4096, true));
+                        assert_eq!(got.unwrap(), vec![i as u8; 4096]);
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_read_past_the_end_with_exact_is_unexpected_eof() {
+        let Some(ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = open(&path);
+        futures::executor::block_on(async {
+            let err = ring.read(Arc::clone(&file), 4, 10, true).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            let err = ring.read(Arc::clone(&file), 50, 1, true).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            assert_eq!(ring.read(file, 4, 10, false).await.unwrap(), b"456789");
+        });
+    }
+}
