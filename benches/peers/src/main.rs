@@ -2,8 +2,8 @@
 //! measure of the device, in one run.
 //!
 //! ```sh
-//! cargo run --release -p ringkv-peers -- [--scale F] [--seconds 3] [--engines a,b] \
-//!     [--workloads mixed,ltm,durable,bulk,fio] [--dir DATA] [--out DIR]
+//! cargo run --release -p ringkv-peers -- [--scale F] [--bulk-keys N] [--seconds 3] \
+//!     [--engines a,b] [--workloads mixed,ltm,durable,bulk,fio] [--dir DATA] [--out DIR]
 //! ```
 //!
 //! The parent plans the steps and runs each (engine, task) in a child process of its own
@@ -46,6 +46,9 @@ struct Args {
     /// fits in 15 minutes on 2 cores.
     #[arg(long)]
     scale: Option<f64>,
+    /// Keys of the bulk load, overriding the scale's (10M at `--scale 1`).
+    #[arg(long)]
+    bulk_keys: Option<u64>,
     /// Engines, comma-separated: ringkv-uring, ringkv-threadpool, mace, redb, fjall, rocksdb, lmdb.
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<String>>,
@@ -465,7 +468,11 @@ fn parent(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("logs"))?;
     let data = args.dir.clone().unwrap_or_else(|| out.join("data"));
     std::fs::create_dir_all(&data)?;
-    let sizes = args.scale.map_or_else(Sizes::default_profile, Sizes::at);
+    let mut sizes = args.scale.map_or_else(Sizes::default_profile, Sizes::at);
+    if let Some(n) = args.bulk_keys {
+        anyhow::ensure!(n > 0, "--bulk-keys must be positive");
+        sizes.bulk_keys = n;
+    }
 
     let mut notes = Vec::new();
     let cgroups = sys::cgroup_available();
