@@ -15,8 +15,10 @@
 //!     (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one buffer;
 //!     where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and writes
 //!     from ordinary buffers.
-//!   - The *direct ring* (`direct.rs`) takes every read, every file sync and the writes
-//!     under 64 KiB (WAL batches), on a duplicate of the file's descriptor. The polling
+//!   - The *direct ring* (`direct.rs`) takes every file sync, the writes under 64 KiB (WAL
+//!     batches) and the reads made while fewer than 4 operations wait on its reaper (at
+//!     depth the ring thread completes cold reads faster), on a duplicate of the file's
+//!     descriptor. The polling
 //!     thread pushes the SQE and calls `io_uring_enter` itself, then drains the completion
 //!     queue: a buffered write or a page-cache hit is done when its first poll returns, with
 //!     no thread woken. Operations still in flight are handed to a reaper thread that waits
@@ -51,7 +53,8 @@
 //!    its future is still alive: dropping the future drops only the receiving end of the
 //!    result channel. The buffers (the `Bytes` of a write, the `Vec` of a read, a registered
 //!    buffer) are owned by the ring-thread task, the direct ring's operation slot or the pool
-//!    job until the kernel is done with them, so a dropped future never frees memory the kernel still reads or writes. A write
+//!    job until the kernel is done with them, so a dropped future never frees memory the
+//!    kernel still reads or writes. A write
 //!    whose future was dropped after its first poll still lands in full (or fails unseen).
 //! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
 //!    in flight at the same time complete in any order (io_uring completes out of order,

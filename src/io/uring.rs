@@ -11,7 +11,7 @@
 //!                                                     owns every buffer until completion
 //!  drop(last IoFile) --- Msg::Close(id) --->    serve(): removes the file from the table
 //!
-//!  read, sync, writes under 64 KiB (direct.rs, on the file's duplicate descriptor):
+//!  sync, writes under 64 KiB, reads at low depth (direct.rs, duplicate descriptor):
 //!  first poll: push SQE, io_uring_enter,        reaper thread ("ringkv-reaper"): waits
 //!  drain the CQ; Ready if done (buffered        for the CQEs of the operations not done
 //!  writes, cached reads), else hand over --->   at submission, wakes their futures
