@@ -151,6 +151,17 @@ pub enum Lower {
     Key(Bytes, bool),
 }
 
+impl Lower {
+    /// True if `key` is at or past this bound.
+    pub fn admits(&self, key: &[u8]) -> bool {
+        match self {
+            Lower::Unbounded => true,
+            Lower::Key(lk, true) => key >= lk.as_ref(),
+            Lower::Key(lk, false) => key > lk.as_ref(),
+        }
+    }
+}
+
 /// Outcome of a scan step: entries of one leaf and where the next step starts.
 pub type ScanBatch = (Vec<(Bytes, Value)>, Option<Bytes>);
 
@@ -580,11 +591,7 @@ impl Tree {
             Lower::Unbounded => &[],
             Lower::Key(k, _) => k,
         };
-        let keep = |k: &Bytes| match lower {
-            Lower::Unbounded => true,
-            Lower::Key(lk, true) => k >= lk,
-            Lower::Key(lk, false) => k > lk,
-        };
+        let keep = |k: &Bytes| lower.admits(k);
         loop {
             let step = {
                 let guard = epoch::pin();
@@ -705,11 +712,7 @@ fn visible_from(
     lower: &Lower,
     ts: u64,
 ) -> Vec<(Bytes, Value)> {
-    let keep = |k: &[u8]| match lower {
-        Lower::Unbounded => true,
-        Lower::Key(lk, true) => k >= lk.as_ref(),
-        Lower::Key(lk, false) => k > lk.as_ref(),
-    };
+    let keep = |k: &[u8]| lower.admits(k);
     let start = base.entries.partition_point(|e| !keep(&e.key));
     let mut d: Vec<(&Bytes, &Version)> = deltas.iter().filter(|(k, _)| keep(k)).copied().collect();
     d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
