@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example cli -- check <path>   # offline consistency check, read-only
-//! cargo run --release --example cli -- stats <path>   # opens the database (recovery runs)
+//! cargo run --release --example cli -- stats <path>   # read-only open (recovery in memory)
 //! ```
 //!
 //! Exit status of `check`: 0 when the database is clean (notes allowed), 1 when problems were
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use ringkv::{Db, Options};
 
 const USAGE: &str = "usage: cli check <path>   offline consistency check (changes nothing)
-       cli stats <path>   open the database (recovery runs) and print its counters";
+       cli stats <path>   open the database read-only (changes nothing) and print its counters";
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!("error: {msg}\n{USAGE}");
@@ -64,7 +64,7 @@ fn check(path: &Path) -> ExitCode {
 
 fn stats(path: &Path) -> ExitCode {
     let run = async {
-        let db = Db::open(path, Options::default()).await?;
+        let db = Db::open(path, Options { read_only: true, ..Options::default() }).await?;
         let s = db.stats();
         println!("ringkv database {} ({:?} backend)", path.display(), db.io_backend());
         println!("  buckets    {}", db.buckets()?.join(", "));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::db::DbInner;
+use crate::db::DbRef;
 use crate::error::{Error, Result};
 use crate::iter::{tree_stream, Iter, KeyRange};
 use crate::tree::Tree;
@@ -16,13 +16,13 @@ use crate::txn::{read_at, Txn};
 /// A handle to one bucket. Cheap to clone.
 #[derive(Clone)]
 pub struct Bucket {
-    pub(crate) db: Arc<DbInner>,
+    pub(crate) db: DbRef,
     pub(crate) tree: Arc<Tree>,
     name: Arc<str>,
 }
 
 impl Bucket {
-    pub(crate) fn new(db: Arc<DbInner>, tree: Arc<Tree>, name: &str) -> Bucket {
+    pub(crate) fn new(db: DbRef, tree: Arc<Tree>, name: &str) -> Bucket {
         Bucket { db, tree, name: name.into() }
     }
 

@@ -36,8 +36,8 @@
 //! 6. Directory: files recovery would delete (unreferenced data and blob files, old
 //!    manifests, `CURRENT.tmp`) are listed as notes.
 //!
-//! Run it on a closed database: files changed by a live one while it reads are reported as
-//! whatever the checker happened to see.
+//! It takes the shared lock of a read-only open, so it runs beside read-only opens but not
+//! beside a writer ([`Error::Locked`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,7 +48,7 @@ use rustc_hash::FxHashMap;
 
 use crate::db::{file_kind_of, is_stale, parse_file_id, Db};
 use crate::error::{Error, Result};
-use crate::io::{IoDriver, IoFile, OpenMode};
+use crate::io::{IoDriver, IoFile, LockMode, OpenMode};
 use crate::manifest::edit::{record_at, RecordAt};
 use crate::manifest::{parse_current, Edit, FileMeta, ManifestState, CURRENT};
 use crate::options::Options;
@@ -182,9 +182,17 @@ impl Db {
     /// Checks the database in directory `path` without opening it and without changing
     /// anything on disk (see [`crate::check`] for what is verified). Damage is reported in
     /// [`CheckReport::problems`], not as `Err`; `Err` means the check could not run: the
-    /// directory cannot be read or has no `CURRENT`. Only `opts.io_backend` is used.
+    /// directory cannot be read or has no `CURRENT`, or a writer has the database open
+    /// ([`Error::Locked`]: the check takes the shared lock of a read-only open, so no writer
+    /// changes the files while it reads them). Only `opts.io_backend` is used.
     pub async fn check(path: impl AsRef<Path>, opts: &Options) -> Result<CheckReport> {
         let io = IoDriver::for_options(opts)?;
+        let _lock = match io.lock_dir(path.as_ref(), LockMode::Shared).await {
+            Ok(lock) => Some(lock),
+            Err(e @ Error::Locked { .. }) => return Err(e),
+            // A directory that cannot be locked cannot be read either: the checker reports it.
+            Err(_) => None,
+        };
         Checker::new(io, path.as_ref()).run().await
     }
 }

@@ -1,9 +1,16 @@
 //! The database: open and recovery, the bucket catalogue, commits, checkpoints, close.
 //!
-//! Recovery (`Db::open`): read the manifest -> delete files it does not reference -> load
-//! the catalogue and the page table (every page starts as an on-disk stub, loaded on first
-//! touch) -> replay the WAL records above the checkpoint frontier (the WAL cuts its torn
-//! tail) -> start the background task.
+//! Recovery (`Db::open`): lock the directory (exclusive for a writer, shared for a
+//! read-only open; nothing is read before) -> read the manifest -> delete files it does not
+//! reference -> load the catalogue and the page table (every page starts as an on-disk
+//! stub, loaded on first touch) -> replay the WAL records above the checkpoint frontier (the
+//! WAL cuts its torn tail) -> start the background task. A read-only open does the same in
+//! memory only: it deletes, cuts, creates and syncs nothing and starts no background task.
+//!
+//! Lifetime: the lock is held until `close` returns or, when the last API handle (a
+//! [`DbRef`]) is dropped without `close`, until a background task has stopped the
+//! background work and flushed the WAL (`Drop for UserGuard`). Engine tasks hold
+//! `Arc<DbInner>`, never a `DbRef`, so they cannot keep a given-up database open.
 //!
 //! Commit protocol (`commit_writes`), numbered as the code follows it:
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
@@ -27,14 +34,14 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{self, Either, RemoteHandle};
+use futures::future::{self, Either, FutureExt, RemoteHandle};
 use futures::task::SpawnExt;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 use crate::bucket::Bucket;
 use crate::error::{Error, Result};
-use crate::io::IoDriver;
+use crate::io::{DirLock, IoDriver, LockMode};
 use crate::limits;
 use crate::manifest::{BucketMeta, Edit, Manifest, ManifestState};
 use crate::mvcc::Mvcc;
@@ -86,7 +93,10 @@ pub(crate) struct DbInner {
     pub ckpt_lock: tokio::sync::Mutex<()>,
     bucket_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
-    read_only: Mutex<Option<String>>,
+    /// The [`Error::ReadOnly`] every write gets once a durable write failed (`poison`).
+    poisoned: Mutex<Option<Error>>,
+    /// The directory lock (`Db::open`), released at the end of `close` or at drop.
+    lock: Mutex<Option<DirLock>>,
     pub live_files: Mutex<FxHashMap<u64, usize>>,
     pub checkpoints: std::sync::atomic::AtomicU64,
     bg_wake: tokio::sync::Notify,
@@ -96,7 +106,7 @@ pub(crate) struct DbInner {
 /// An open database. Cheap to clone; every clone is the same database.
 #[derive(Clone)]
 pub struct Db {
-    pub(crate) inner: Arc<DbInner>,
+    pub(crate) inner: DbRef,
 }
 
 fn background_pool() -> &'static futures::executor::ThreadPool {
@@ -140,19 +150,45 @@ pub(crate) fn check_value(value: &[u8]) -> Result<()> {
 impl Db {
     /// Opens (or creates) the database in directory `path`, recovering it after a crash.
     /// Works under any executor.
+    ///
+    /// The directory is locked first, before anything in it is read or written, and stays
+    /// locked until [`Db::close`] or the drop of the last handle: a writer excludes every
+    /// other open, in this process or another, and a read-only open
+    /// ([`Options::read_only`]) excludes writers. A conflicting open fails at once with
+    /// [`Error::Locked`]. An empty path, or one that is not a directory, is
+    /// [`Error::InvalidArgument`] before any file is touched.
+    ///
+    /// A read-only open recovers in memory only: it creates, renames, removes and writes
+    /// nothing (it works on a read-only mount), fails where there is no database, and
+    /// answers every write with [`Error::ReadOnly`].
     pub async fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let dir = path.as_ref().to_path_buf();
+        check_path(&dir)?;
         let io = IoDriver::for_options(&opts)?;
-        io.create_dir_all(&dir).await?;
-        let manifest = match Manifest::open(&io, &dir).await? {
+        let writable = !opts.read_only;
+        dropped_handover(&dir).await;
+        let lock = if writable {
+            io.create_dir_all(&dir).await?;
+            lock_dir(&io, &dir, LockMode::Exclusive).await?
+        } else {
+            lock_dir(&io, &dir, LockMode::Shared).await?
+        };
+        let manifest = match Manifest::open(&io, &dir, writable).await? {
             Some(m) => m,
-            None => Manifest::create(&io, &dir).await?,
+            None if writable => Manifest::create(&io, &dir).await?,
+            None => {
+                return Err(Error::NotFound(format!(
+                    "no database in {} (it has no {})",
+                    dir.display(),
+                    crate::manifest::CURRENT
+                )))
+            }
         };
         let state = manifest.state().await;
         let current = manifest.current_name().await;
         for name in io.read_dir(&dir).await? {
-            if is_stale(&name, &state, &current) {
+            if writable && is_stale(&name, &state, &current) {
                 tracing::info!(file = %name, "removing a file no manifest references");
                 io.remove_file(&dir.join(&name)).await?;
             }
@@ -185,10 +221,13 @@ impl Db {
             by_id.insert(b.id, t);
         }
         let wal_dir = dir.join("wal");
-        io.create_dir_all(&wal_dir).await?;
-        io.sync_dir(&dir).await?;
-        let (wal, records) =
-            Wal::open(io.clone(), wal_dir, state.checkpoint_ts, opts.wal_segment_bytes).await?;
+        let (wal, records) = if writable {
+            io.create_dir_all(&wal_dir).await?;
+            io.sync_dir(&dir).await?;
+            Wal::open(io.clone(), wal_dir, state.checkpoint_ts, opts.wal_segment_bytes).await?
+        } else {
+            Wal::open_read_only(io.clone(), wal_dir, state.checkpoint_ts).await?
+        };
         let mut last = state.checkpoint_ts;
         let replayed = records.len();
         for rec in records {
@@ -229,7 +268,8 @@ impl Db {
             ckpt_lock: tokio::sync::Mutex::new(()),
             bucket_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-            read_only: Mutex::new(None),
+            poisoned: Mutex::new(None),
+            lock: Mutex::new(Some(lock)),
             live_files: Mutex::new(live),
             checkpoints: Default::default(),
             bg_wake: tokio::sync::Notify::new(),
@@ -239,14 +279,14 @@ impl Db {
         let deterministic = inner.opts.sim.is_some();
         #[cfg(not(feature = "sim"))]
         let deterministic = false;
-        if !deterministic {
+        if !deterministic && writable {
             let handle =
                 background_pool().spawn_with_handle(background(Arc::downgrade(&inner))).map_err(|e| {
                     Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
                 })?;
             *inner.bg.lock() = Some(handle);
         }
-        Ok(Db { inner })
+        Ok(Db { inner: DbRef::new(inner) })
     }
 
     /// The I/O backend in use (`Uring` or `ThreadPool`).
@@ -333,9 +373,13 @@ impl Db {
         checkpoint::run(&self.inner).await
     }
 
-    /// Makes every commit so far durable (useful after `Durability::None` commits).
+    /// Makes every commit so far durable (useful after `Durability::None` commits). `Ok` at
+    /// once on a read-only open (it has nothing to flush).
     pub async fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
+        if self.inner.opts.read_only {
+            return Ok(());
+        }
         self.inner.wal.flush().await.inspect_err(|e| self.inner.poison(e))
     }
 
@@ -355,25 +399,71 @@ impl Db {
         }
     }
 
-    /// Flushes the WAL, checkpoints, stops the background task and closes the database.
-    /// Every later call on it (or on its buckets and transactions) is [`Error::Closed`].
+    /// Flushes the WAL, checkpoints, stops the background task, closes the database and
+    /// releases its directory lock. Every later call on it (or on its buckets and
+    /// transactions) is [`Error::Closed`]; a second `close` is `Ok`.
+    ///
+    /// On a database that turned read-only after a failed durable write, nothing more is
+    /// written and `close` returns the [`Error::ReadOnly`] naming that failure: the commits
+    /// it failed were never acknowledged, and the next open recovers what was.
     pub async fn close(&self) -> Result<()> {
         let db = &self.inner;
         if db.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        db.bg_wake.notify_one();
-        let bg = db.bg.lock().take();
+        let result = db.shut_down().await;
+        // Released only now: nothing of this open writes after this point.
+        drop(db.lock.lock().take());
+        result
+    }
+}
+
+impl DbInner {
+    /// The work of [`Db::close`] after `closed` is set.
+    async fn shut_down(&self) -> Result<()> {
+        self.bg_wake.notify_one();
+        let bg = self.bg.lock().take();
         if let Some(h) = bg {
             h.await;
         }
-        if db.read_only.lock().is_some() {
+        // A barrier: a commit or a bucket change that passed its `check_open` before
+        // `closed` was set finishes before the final flush (they check again under these
+        // locks, so none starts after).
+        drop(self.commit_lock.lock().await);
+        drop(self.bucket_lock.lock().await);
+        if self.opts.read_only {
             return Ok(());
         }
-        db.wal.flush().await.inspect_err(|e| db.poison(e))?;
-        checkpoint::run(db).await?;
+        if let Some(e) = self.poisoned.lock().clone() {
+            return Err(e);
+        }
+        self.wal.flush().await.inspect_err(|e| self.poison(e))?;
+        checkpoint::run(self).await?;
         Ok(())
     }
+}
+
+/// Refuses a path no database can live at, before anything is touched: an empty one (it
+/// would resolve to the working directory's entries one by one) or one holding a NUL byte.
+fn check_path(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(Error::invalid("the database path is empty"));
+    }
+    if dir.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(Error::invalid(format!("the database path {dir:?} holds a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Locks the database directory `dir`; a path that exists but is not a directory is
+/// [`Error::InvalidArgument`].
+async fn lock_dir(io: &IoDriver, dir: &Path, mode: LockMode) -> Result<DirLock> {
+    io.lock_dir(dir, mode).await.map_err(|e| match e {
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotADirectory => {
+            Error::invalid(format!("the database path {} is not a directory", dir.display()))
+        }
+        other => other,
+    })
 }
 
 /// Whether recovery deletes the directory entry `name`: a data or blob file the manifest
@@ -421,21 +511,36 @@ impl DbInner {
     }
 
     pub fn check_writable(&self) -> Result<()> {
-        if let Some(r) = &*self.read_only.lock() {
-            return Err(Error::ReadOnly(r.clone()));
+        if self.opts.read_only {
+            return Err(Error::ReadOnly("the database was opened read-only".into()));
+        }
+        if let Some(e) = &*self.poisoned.lock() {
+            return Err(e.clone());
         }
         Ok(())
     }
 
+    /// Whether writes are refused (a read-only open, or a poisoned database).
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only || self.poisoned.lock().is_some()
+    }
+
     /// Turns the database read-only after a failed durable write.
     pub fn poison(&self, e: &Error) {
-        if matches!(e, Error::Conflict | Error::InvalidArgument(_) | Error::NotFound(_) | Error::Closed) {
+        if matches!(
+            e,
+            Error::Conflict
+                | Error::InvalidArgument(_)
+                | Error::NotFound(_)
+                | Error::Closed
+                | Error::Locked { .. }
+        ) {
             return;
         }
-        let mut g = self.read_only.lock();
+        let mut g = self.poisoned.lock();
         if g.is_none() {
             tracing::error!(error = %e, "a durable write failed: the database is now read-only");
-            *g = Some(e.to_string());
+            *g = Some(Error::read_only_after(e));
         }
     }
 
@@ -547,6 +652,107 @@ impl DbInner {
     }
 }
 
+/// A handle on an open database held by the API's types (`Db`, `Bucket`, `Txn`,
+/// `Snapshot`, a scan's stream). Derefs to the engine state. The engine's own tasks hold
+/// `Arc<DbInner>` instead, so the drop of the last `DbRef` means the user is done with the
+/// database even while a background checkpoint still runs (see [`UserGuard`]).
+#[derive(Clone)]
+pub(crate) struct DbRef {
+    inner: Arc<DbInner>,
+    _user: Arc<UserGuard>,
+}
+
+impl std::ops::Deref for DbRef {
+    type Target = Arc<DbInner>;
+
+    fn deref(&self) -> &Arc<DbInner> {
+        &self.inner
+    }
+}
+
+impl DbRef {
+    fn new(inner: Arc<DbInner>) -> DbRef {
+        DbRef { _user: Arc::new(UserGuard { db: inner.clone() }), inner }
+    }
+}
+
+/// Dropped with the last [`DbRef`]: a database given up without [`Db::close`].
+struct UserGuard {
+    db: Arc<DbInner>,
+}
+
+impl Drop for UserGuard {
+    /// The database is closed for the API at once. Its commits are in the WAL, which the
+    /// next open replays, but those made with `Durability::None` (or `Buffered`) in its
+    /// last moments may still sit in the WAL's memory: a task on the background pool waits
+    /// for the background task to stop, writes and syncs the WAL, and only then releases
+    /// the directory lock. A new open of the same directory in this process waits for that
+    /// hand-over instead of failing with [`Error::Locked`]. If the process exits first,
+    /// those commits are lost, exactly as in a crash: call `close` to be sure. Nothing is
+    /// checkpointed.
+    fn drop(&mut self) {
+        let db = self.db.clone();
+        if db.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        db.bg_wake.notify_one();
+        #[cfg(feature = "sim")]
+        if db.opts.sim.is_some() {
+            // Deterministic runs have no background task: a drop is a crash of the process.
+            drop(db.lock.lock().take());
+            return;
+        }
+        if !db.opts.read_only {
+            tracing::warn!(dir = %db.dir.display(), "a database was dropped without close(): flushing its WAL in the background");
+        }
+        let key = handover_key(&db.dir);
+        let (done, handover) = futures::channel::oneshot::channel::<()>();
+        draining().lock().insert(key.clone(), handover.shared());
+        let task = async move {
+            let bg = db.bg.lock().take();
+            if let Some(h) = bg {
+                h.await;
+            }
+            drop(db.commit_lock.lock().await);
+            if !db.is_read_only() {
+                if let Err(e) = db.wal.flush().await {
+                    tracing::error!(dir = %db.dir.display(), error = %e, "the WAL flush of a dropped database failed");
+                }
+            }
+            drop(db.lock.lock().take());
+            draining().lock().remove(&key);
+            let _ = done.send(());
+        };
+        if let Err(e) = background_pool().spawn(task) {
+            tracing::error!(error = %e, "could not flush the WAL of a dropped database");
+        }
+    }
+}
+
+type Handover = future::Shared<futures::channel::oneshot::Receiver<()>>;
+
+/// Databases of this process dropped without `close` whose WAL is still being flushed (see
+/// `Drop for UserGuard`), by directory: a new open of the same directory waits for the flush
+/// and the release of the lock instead of failing with [`Error::Locked`].
+fn draining() -> &'static Mutex<FxHashMap<PathBuf, Handover>> {
+    static DRAINING: OnceLock<Mutex<FxHashMap<PathBuf, Handover>>> = OnceLock::new();
+    DRAINING.get_or_init(Default::default)
+}
+
+/// The key of `dir` in [`draining`]: the absolute path, without touching the disk.
+fn handover_key(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Waits until a database of this process on `dir`, dropped without `close`, has flushed
+/// its WAL and released its lock.
+async fn dropped_handover(dir: &Path) {
+    let pending = draining().lock().get(&handover_key(dir)).cloned();
+    if let Some(handover) = pending {
+        let _ = handover.await;
+    }
+}
+
 /// The background task of one database: WAL flushes for `Durability::None` and
 /// checkpoints on the size and time triggers. It holds only a weak reference, so a
 /// dropped database stops it.
@@ -574,7 +780,7 @@ async fn background(db: Weak<DbInner>) {
             }
         }
         let Some(d) = db.upgrade() else { return };
-        if d.is_closed() || d.read_only.lock().is_some() {
+        if d.is_closed() || d.is_read_only() {
             return;
         }
         if let Err(e) = d.wal.flush().await {

@@ -55,11 +55,31 @@ pub enum Error {
     /// The database (or the transaction) was closed.
     #[error("the database is closed")]
     Closed,
-    /// A durable write failed (for example an fsync); the database refuses further writes
-    /// until it is reopened, because a failed fsync must never be retried as if nothing
-    /// happened.
-    #[error("the database is read-only after a failed durable write: {0}")]
+    /// The database refuses writes, for the reason given: it was opened with
+    /// [`Options::read_only`](crate::Options::read_only), or a durable write failed (for
+    /// example an fsync) and it stays read-only until it is reopened, because a failed fsync
+    /// must never be retried as if nothing happened.
+    #[error("the database is read-only: {0}")]
     ReadOnly(String),
+    /// Another open holds the database directory: a writer excludes every other open (in
+    /// this process or another), a read-only open excludes writers. Nothing was read or
+    /// written. Retry once the other holder closed (or died: the lock dies with it).
+    #[error("the database at {} is in use by another open{}", path.display(), holders_text(holders))]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+        /// Process ids holding the directory's lock, where the platform tells (Linux);
+        /// this process's own id when the other open is in this process.
+        holders: Vec<u32>,
+    },
+}
+
+fn holders_text(holders: &[u32]) -> String {
+    match holders {
+        [] => String::new(),
+        [one] => format!(" (held by process {one})"),
+        many => format!(" (held by processes {many:?})"),
+    }
 }
 
 impl Error {
@@ -81,6 +101,16 @@ impl Error {
     /// True for [`Error::Conflict`].
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict)
+    }
+
+    /// The [`Error::ReadOnly`] a database answers writes with after `cause` made it
+    /// read-only. Its message names the cause once: a cause that is already a `ReadOnly`
+    /// is returned as it is.
+    pub(crate) fn read_only_after(cause: &Error) -> Error {
+        match cause {
+            Error::ReadOnly(_) => cause.clone(),
+            other => Error::ReadOnly(format!("a durable write failed: {other}")),
+        }
     }
 
     /// True for [`Error::Corruption`].

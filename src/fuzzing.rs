@@ -331,7 +331,7 @@ fn footer_for(frames_end: u64, ranges: &[u8], relocs: &[u8]) -> Footer {
 /// re-encodes to the same bytes.
 pub fn address_ranges(data: &[u8]) {
     let footer = footer_for(0, data, &[]);
-    let documented = data.len() % RANGE_LEN == 0 && {
+    let documented = data.len().is_multiple_of(RANGE_LEN) && {
         let r: Vec<(u64, u64)> = data.chunks_exact(RANGE_LEN).map(|c| (le_u64(c, 0), le_u64(c, 8))).collect();
         r.iter().all(|&(s, e)| s < e) && r.windows(2).all(|w| w[0].1 <= w[1].0)
     };

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 
-use crate::db::DbInner;
+use crate::db::DbRef;
 use crate::error::Result;
 use crate::mvcc::SnapshotGuard;
 use crate::tree::node::Value;
@@ -124,7 +124,7 @@ impl KeyRange {
 }
 
 struct ScanState {
-    db: Arc<DbInner>,
+    db: DbRef,
     tree: Arc<Tree>,
     snap: Arc<SnapshotGuard>,
     range: KeyRange,
@@ -136,7 +136,7 @@ struct ScanState {
 
 /// Stream of the committed pairs of `tree` in `range` visible at `snap`.
 pub(crate) fn tree_stream(
-    db: Arc<DbInner>,
+    db: DbRef,
     tree: Arc<Tree>,
     snap: Arc<SnapshotGuard>,
     range: KeyRange,

@@ -54,6 +54,11 @@ pub struct Options {
     pub checkpoint_interval: Option<Duration>,
     /// Size at which a WAL segment is closed and a new one started.
     pub wal_segment_bytes: u64,
+    /// Open read-only: recovery runs in memory only, nothing in the directory is created,
+    /// renamed, removed or written (so a database on a read-only mount opens), a shared lock
+    /// lets other read-only opens in but no writer, and every write is answered with
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly). The database must exist.
+    pub read_only: bool,
     /// Run checkpoints in the background (on the size and time triggers). When false,
     /// only [`Db::checkpoint`](crate::Db::checkpoint) and close checkpoint.
     pub background_checkpoints: bool,
@@ -77,6 +82,7 @@ impl Default for Options {
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Some(Duration::from_secs(30)),
             wal_segment_bytes: 64 * 1024 * 1024,
+            read_only: false,
             background_checkpoints: true,
             gc_live_ratio: 0.5,
             #[cfg(feature = "sim")]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::bucket::Bucket;
-use crate::db::{check_key, check_value, DbInner};
+use crate::db::{check_key, check_value, DbInner, DbRef};
 use crate::error::{Error, Result};
 use crate::iter::{overlay, tree_stream, Iter, KeyRange};
 use crate::mvcc::SnapshotGuard;
@@ -32,14 +32,14 @@ pub(crate) async fn read_at(db: &DbInner, tree: &Tree, key: &[u8], ts: u64) -> R
 
 /// A read-write transaction on one bucket.
 pub struct Txn {
-    db: Arc<DbInner>,
+    db: DbRef,
     tree: Arc<Tree>,
     snap: Arc<SnapshotGuard>,
     writes: BTreeMap<Bytes, Option<Bytes>>,
 }
 
 impl Txn {
-    pub(crate) fn new(db: Arc<DbInner>, tree: Arc<Tree>) -> Txn {
+    pub(crate) fn new(db: DbRef, tree: Arc<Tree>) -> Txn {
         let snap = Arc::new(db.mvcc.snapshot());
         Txn { db, tree, snap, writes: BTreeMap::new() }
     }
@@ -136,12 +136,12 @@ impl Txn {
 
 /// A read-only view of the whole database at one moment.
 pub struct Snapshot {
-    db: Arc<DbInner>,
+    db: DbRef,
     snap: Arc<SnapshotGuard>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(db: Arc<DbInner>) -> Snapshot {
+    pub(crate) fn new(db: DbRef) -> Snapshot {
         let snap = Arc::new(db.mvcc.snapshot());
         Snapshot { db, snap }
     }

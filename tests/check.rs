@@ -51,7 +51,7 @@ fn key(i: usize) -> Vec<u8> {
 
 /// Every 5th key holds a blob (above the inline limit), the others short inline values.
 fn value(bucket: usize, i: usize, round: usize) -> Vec<u8> {
-    let len = if i % 5 == 0 { 600 + (i * 7) % 300 } else { 40 + (i * 13) % 60 };
+    let len = if i.is_multiple_of(5) { 600 + (i * 7) % 300 } else { 40 + (i * 13) % 60 };
     let mut v = format!("{bucket}/{i}/{round}:").into_bytes();
     while v.len() < len {
         v.push(b'a' + ((v.len() * 7 + i + round) % 26) as u8);

@@ -449,7 +449,7 @@ async fn flipped_byte_in_a_blob_value() {
     let template = base.path().join("template");
     let o = Options { inline_limit: INLINE_LIMIT, ..opts() };
     // Even keys get blob values (300..700 bytes), odd keys inline ones (20 bytes).
-    let val = |i: usize| if i % 2 == 0 { value(i, 300 + i * 10) } else { value(i, 20) };
+    let val = |i: usize| if i.is_multiple_of(2) { value(i, 300 + i * 10) } else { value(i, 20) };
     {
         let db = Db::open(&template, o.clone()).await.unwrap();
         let b = db.bucket("b").await.unwrap();

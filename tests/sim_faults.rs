@@ -30,7 +30,7 @@ fn key(i: u64) -> Vec<u8> {
 
 fn value(i: u64, round: u64) -> Vec<u8> {
     // Every fifth value is over the inline limit of `options` (a blob).
-    let len = if i % 5 == 0 { 300 + (i % 7) as usize * 50 } else { 20 + (i % 13) as usize };
+    let len = if i.is_multiple_of(5) { 300 + (i % 7) as usize * 50 } else { 20 + (i % 13) as usize };
     let mut v = format!("{i}/{round}/").into_bytes();
     v.resize(len, b'a' + (i % 26) as u8);
     v

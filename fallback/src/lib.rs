@@ -7,6 +7,8 @@
 //!   job and returns a `Send` future of its result, so a caller on any executor (tokio,
 //!   smol, `futures::executor::block_on`) awaits disk I/O without blocking its own thread.
 //!   [`global`] is the pool shared by the whole process.
+//! - [`try_lock_dir`]: the advisory lock that keeps a second writer out of a database
+//!   directory.
 //! - Positional helpers meant to run inside such jobs: [`read_exact_at`],
 //!   [`read_to_fill_at`], [`write_all_vectored_at`], [`allocate`], [`sync_dir`]. They never
 //!   move a file cursor, so any number of jobs may use the same [`std::fs::File`] at once.
@@ -25,8 +27,10 @@
 
 #![warn(missing_docs)]
 
+mod lock;
 mod pool;
 mod positional;
 
+pub use lock::{try_lock_dir, DirLock, LockError, LockMode};
 pub use pool::{global, Canceled, Pool, DEFAULT_GLOBAL_THREADS, GLOBAL_THREADS_ENV};
 pub use positional::{allocate, read_exact_at, read_to_fill_at, sync_dir, write_all_vectored_at};

@@ -92,6 +92,8 @@ mod threadpool;
 #[cfg(target_os = "linux")]
 mod uring;
 
+pub use ringkv_fallback::LockMode;
+
 /// Environment variable that overrides [`IoBackend::Auto`]: `uring` or `threadpool`.
 pub const BACKEND_ENV: &str = "RINGKV_IO_BACKEND";
 
@@ -314,6 +316,27 @@ impl IoDriver {
         .map_err(|e| Error::io(path, "read_dir", e))
     }
 
+    /// Locks directory `path` in `mode` without waiting, for as long as the returned
+    /// [`DirLock`] lives (`flock` on the directory's own descriptor, see
+    /// `ringkv_fallback::try_lock_dir`; the simulated disk keeps its own table, which a
+    /// crash clears). A conflicting holder, in this process or another, is
+    /// [`Error::Locked`] naming the holders' process ids where the platform tells.
+    pub async fn lock_dir(&self, path: &Path, mode: LockMode) -> Result<DirLock> {
+        let locked = match &self.engine {
+            #[cfg(feature = "sim")]
+            Engine::Sim(disk) => disk
+                .lock_dir(path, mode)
+                .map(|held| held.map(|l| DirLock { _held: Held::Sim(l) }).ok_or_else(Vec::new)),
+            _ => threadpool::lock_dir(path.to_owned(), mode)
+                .await
+                .map(|held| held.map(|l| DirLock { _held: Held::Os(l) })),
+        };
+        match locked.map_err(|e| Error::io(path, "lock", e))? {
+            Ok(lock) => Ok(lock),
+            Err(holders) => Err(Error::Locked { path: path.to_owned(), holders }),
+        }
+    }
+
     /// Whether `path` exists (following symbolic links).
     pub async fn exists(&self, path: &Path) -> Result<bool> {
         match &self.engine {
@@ -322,6 +345,25 @@ impl IoDriver {
             _ => threadpool::exists(path.to_owned()).await,
         }
         .map_err(|e| Error::io(path, "stat", e))
+    }
+}
+
+/// A lock on a database directory ([`IoDriver::lock_dir`]); dropping it releases the lock.
+pub struct DirLock {
+    _held: Held,
+}
+
+/// Held only for its `Drop`, which releases the lock.
+#[allow(dead_code)]
+enum Held {
+    Os(ringkv_fallback::DirLock),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimLock),
+}
+
+impl fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirLock").finish_non_exhaustive()
     }
 }
 

@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::OpenMode;
+use super::{LockMode, OpenMode};
 
 const SECTOR: usize = 512;
 
@@ -196,6 +196,9 @@ struct State {
     misdirect: Option<(String, Armed)>,
     log: FaultLog,
     max_pending_polls: u32,
+    /// Directory locks held: (shared holders, exclusive held). A crash (the process died)
+    /// and a fork (another machine) start with none.
+    locks: BTreeMap<PathBuf, (usize, bool)>,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -372,6 +375,7 @@ impl SimDisk {
             misdirect: None,
             log: FaultLog::default(),
             max_pending_polls: 2,
+            locks: BTreeMap::new(),
         };
         state.rand();
         SimDisk { state: Arc::new(Mutex::new(state)) }
@@ -380,7 +384,9 @@ impl SimDisk {
     /// An independent copy of this disk as it is now (files, pending writes, faults and
     /// random state): what happens to one no longer affects the other.
     pub fn fork(&self) -> SimDisk {
-        SimDisk { state: Arc::new(Mutex::new(self.state.lock().clone())) }
+        let mut state = self.state.lock().clone();
+        state.locks.clear();
+        SimDisk { state: Arc::new(Mutex::new(state)) }
     }
 
     /// The seed this disk was made with.
@@ -528,6 +534,7 @@ impl SimDisk {
         s.live = names.clone();
         s.durable = names;
         s.generation += 1;
+        s.locks.clear();
         s.disarm();
         report
     }
@@ -690,11 +697,57 @@ impl SimDisk {
             .collect())
     }
 
+    /// Takes the lock of directory `path` in `mode` without waiting: `Ok(None)` when a
+    /// conflicting holder has it. Not an operation of the fault schedule (it counts no op).
+    pub(super) fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Option<SimLock>> {
+        let mut s = self.state.lock();
+        if s.entry(path) != Some(Entry::Dir) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "simulated disk: no such directory"));
+        }
+        let generation = s.generation;
+        let held = s.locks.entry(path.to_path_buf()).or_default();
+        let free = match mode {
+            LockMode::Shared => !held.1,
+            LockMode::Exclusive => !held.1 && held.0 == 0,
+        };
+        if !free {
+            return Ok(None);
+        }
+        match mode {
+            LockMode::Shared => held.0 += 1,
+            LockMode::Exclusive => held.1 = true,
+        }
+        Ok(Some(SimLock { disk: self.clone(), path: path.to_path_buf(), mode, generation }))
+    }
+
     pub(super) fn exists(&self, path: &Path) -> io::Result<bool> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "stat")?;
         Ok(s.entry(path).is_some())
+    }
+}
+
+/// A directory lock held on a [`SimDisk`]; released on drop unless a crash came first.
+pub(super) struct SimLock {
+    disk: SimDisk,
+    path: PathBuf,
+    mode: LockMode,
+    generation: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut s = self.disk.state.lock();
+        if s.generation != self.generation {
+            return;
+        }
+        if let Some(held) = s.locks.get_mut(&self.path) {
+            match self.mode {
+                LockMode::Shared => held.0 -= 1,
+                LockMode::Exclusive => held.1 = false,
+            }
+        }
     }
 }
 

@@ -46,6 +46,20 @@ fn open_options(mode: OpenMode) -> OpenOptions {
     options
 }
 
+/// Locks the directory `path` (see `ringkv_fallback::try_lock_dir`): `Ok(Err(holders))`
+/// when a conflicting holder has it.
+pub(super) async fn lock_dir(
+    path: PathBuf,
+    mode: super::LockMode,
+) -> io::Result<Result<ringkv_fallback::DirLock, Vec<u32>>> {
+    run(move || match ringkv_fallback::try_lock_dir(&path, mode) {
+        Ok(lock) => Ok(Ok(lock)),
+        Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
+        Err(ringkv_fallback::LockError::Io(e)) => Err(e),
+    })
+    .await
+}
+
 pub(super) async fn open(path: PathBuf, mode: OpenMode) -> io::Result<Arc<File>> {
     run(move || open_options(mode).open(&path).map(Arc::new)).await
 }

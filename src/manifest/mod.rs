@@ -11,7 +11,8 @@
 //!    `CURRENT` naming a complete manifest (the old or the new one).
 //! 4. Open makes the state it read durable (`fsync`) before anything acts on it.
 //! 5. A torn last record (an append interrupted by a crash) is cut at open, after a second
-//!    read agreed with the first. A bad record with an intact one after it is
+//!    read agreed with the first. A read-only open (`writable == false`) reads the same
+//!    state and changes nothing: no cut, no sync, and [`Manifest::commit`] is never called. A bad record with an intact one after it is
 //!    [`Error::Corruption`]: each record is synced before the next is written, so only the
 //!    last one can be torn.
 //!
@@ -52,8 +53,9 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Opens the manifest of `dir`, or returns `None` where there is no `CURRENT`.
-    pub async fn open(io: &IoDriver, dir: &Path) -> Result<Option<Manifest>> {
+    /// Opens the manifest of `dir`, or returns `None` where there is no `CURRENT`. With
+    /// `writable == false` the file is opened read-only and nothing is changed (protocol 5).
+    pub async fn open(io: &IoDriver, dir: &Path, writable: bool) -> Result<Option<Manifest>> {
         let cur_path = dir.join(CURRENT);
         if !io.exists(&cur_path).await? {
             return Ok(None);
@@ -64,7 +66,8 @@ impl Manifest {
         let number = parse_current(&raw, &cur_path)?;
         let name = manifest_name(number);
         let path = dir.join(&name);
-        let file = io.open(&path, OpenMode::ReadWrite).await.map_err(|e| match e {
+        let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
+        let file = io.open(&path, mode).await.map_err(|e| match e {
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Error::corruption(&cur_path, 0, format!("CURRENT names {name}, which does not exist"))
             }
@@ -73,7 +76,7 @@ impl Manifest {
         let flen = file.len().await?;
         let buf = file.read_exact_at(0, flen as usize).await?;
         let r = edit::replay(&buf, &path)?;
-        if r.torn {
+        if r.torn && writable {
             // Before cutting, read again: bytes that differ between two reads are a failing
             // device or bus, not a torn append, and must not cost an acknowledged edit.
             let again = file.read_exact_at(0, flen as usize).await?;
@@ -90,7 +93,9 @@ impl Manifest {
         // After a process crash the last record may sit unsynced in the page cache; open
         // acts on this state (it deletes files the state does not reference), so make it
         // durable first (regression `regression_restart_then_power_loss_keeps_referenced_files`).
-        file.sync_all().await?;
+        if writable {
+            file.sync_all().await?;
+        }
         Ok(Some(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),

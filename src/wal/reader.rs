@@ -28,7 +28,10 @@
 //!    process crash its tail may sit unsynced in the page cache, and the writer's next
 //!    segment must not exist on disk before it is durable (regression
 //!    `regression_restart_then_power_loss_keeps_the_log_contiguous`).
-//! 5. Records with `ts > frontier_ts` are returned in log order; every segment's largest
+//! 5. Read-only recovery (`writable == false`, for a read-only open) reads and checks the
+//!    same way and stops at the same place, but changes nothing: segments are opened
+//!    read-only, nothing is synced, truncated or deleted.
+//! 6. Records with `ts > frontier_ts` are returned in log order; every segment's largest
 //!    `ts` (over all its records, also those at or below the frontier) is returned for
 //!    [`Wal::remove_below`](super::Wal::remove_below).
 
@@ -67,8 +70,15 @@ pub(super) struct Recovered {
     pub(super) next_seq: u64,
 }
 
-/// Recovers the WAL in `dir`. See the module documentation for the protocol.
-pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Result<Recovered> {
+/// Recovers the WAL in `dir`. See the module documentation for the protocol; with
+/// `writable == false` nothing on disk is changed (5).
+pub(super) async fn recover(
+    io: &IoDriver,
+    dir: &Path,
+    frontier_ts: u64,
+    writable: bool,
+) -> Result<Recovered> {
+    let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
     let mut seqs: Vec<u64> =
         io.read_dir(dir).await?.iter().filter_map(|n| parse_segment_file_name(n)).collect();
     seqs.sort_unstable();
@@ -93,7 +103,7 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
     for (index, &seq) in seqs.iter().enumerate() {
         let is_last = index + 1 == seqs.len();
         let path = dir.join(segment_file_name(seq));
-        let file = io.open(&path, OpenMode::ReadWrite).await?;
+        let file = io.open(&path, mode).await?;
         let file_len = file.len().await?;
 
         let header = if file_len < SEGMENT_HEADER_LEN as u64 {
@@ -109,6 +119,9 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
                     reason = %e,
                     "WAL: last segment has no complete header (creation cut by a crash); deleting it"
                 );
+                if !writable {
+                    break;
+                }
                 drop(file);
                 io.remove_file(&path).await?;
                 io.sync_dir(dir).await?;
@@ -160,7 +173,7 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
         }
         segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
         next_seq = seq + 1;
-        if is_last && torn.is_none() {
+        if is_last && torn.is_none() && writable {
             // A process that died without a power loss leaves its last writes in the page
             // cache, maybe not yet durable. The writer is about to create a later segment,
             // and a later segment implies this one is complete on disk: make it so.
@@ -191,6 +204,15 @@ pub(super) async fn recover(io: &IoDriver, dir: &Path, frontier_ts: u64) -> Resu
                     offset,
                     format!("WAL record read differently twice ({reason}, then intact): unreliable reads"),
                 ));
+            }
+            if !writable {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    reason = %reason,
+                    "WAL: torn tail; a read-only open stops here and leaves it for the next writer to cut"
+                );
+                break;
             }
             tracing::warn!(
                 file = %path.display(),

@@ -42,7 +42,7 @@ fn rec(ts: u64, value_len: usize) -> WalRecord {
         key: Bytes::from(format!("key-{ts:08}")),
         value: Bytes::from(vec![(ts % 251) as u8; value_len]),
     }];
-    if ts % 3 == 0 {
+    if ts.is_multiple_of(3) {
         ops.push(WalOp::Delete { bucket: 1, key: Bytes::from(format!("old-{ts}")) });
     }
     WalRecord { ts, ops }

@@ -201,34 +201,8 @@ impl Wal {
         if segment_bytes <= 2 * SEGMENT_HEADER_LEN as u64 {
             return Err(Error::invalid(format!("wal segment_bytes {segment_bytes} too small")));
         }
-        let recovered = recover(&io, &dir, frontier_ts).await?;
-        let inner = Arc::new(Inner {
-            io,
-            dir,
-            segment_bytes,
-            state: Mutex::new(State {
-                pending: Vec::new(),
-                pending_bytes: 0,
-                pending_max_ts: None,
-                appended_lsn: 0,
-                written_lsn: 0,
-                synced_lsn: 0,
-                sync_wanted_lsn: 0,
-                in_flight: None,
-                active: None,
-                segments: recovered.segments.into(),
-                poisoned: None,
-            }),
-            remove_lock: tokio::sync::Mutex::new(()),
-            records_appended: AtomicU64::new(0),
-            batches_written: AtomicU64::new(0),
-            fsyncs: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            #[cfg(test)]
-            fail_next_write: Default::default(),
-            #[cfg(test)]
-            fail_next_sync: Default::default(),
-        });
+        let recovered = recover(&io, &dir, frontier_ts, true).await?;
+        let inner = Inner::new(io, dir, segment_bytes, recovered.segments, None);
         let active = inner.create_segment(recovered.next_seq).await?;
         {
             let mut st = inner.state.lock();
@@ -243,6 +217,69 @@ impl Wal {
         Ok((Wal { inner }, recovered.records))
     }
 
+    /// Recovery for a read-only open: the records [`Wal::open`] would return, read without
+    /// changing anything on disk (no cut, no new segment; `dir` missing reads as an empty
+    /// log). The returned WAL refuses every append with [`Error::ReadOnly`].
+    pub async fn open_read_only(
+        io: IoDriver,
+        dir: PathBuf,
+        frontier_ts: u64,
+    ) -> Result<(Wal, Vec<WalRecord>)> {
+        let recovered = if io.exists(&dir).await? {
+            recover(&io, &dir, frontier_ts, false).await?
+        } else {
+            super::reader::Recovered { records: Vec::new(), segments: Vec::new(), next_seq: 1 }
+        };
+        let inner = Inner::new(
+            io,
+            dir,
+            u64::MAX,
+            recovered.segments,
+            Some("the database was opened read-only".into()),
+        );
+        Ok((Wal { inner }, recovered.records))
+    }
+}
+
+impl Inner {
+    fn new(
+        io: IoDriver,
+        dir: PathBuf,
+        segment_bytes: u64,
+        segments: Vec<SegmentInfo>,
+        poisoned: Option<String>,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            io,
+            dir,
+            segment_bytes,
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                pending_bytes: 0,
+                pending_max_ts: None,
+                appended_lsn: 0,
+                written_lsn: 0,
+                synced_lsn: 0,
+                sync_wanted_lsn: 0,
+                in_flight: None,
+                active: None,
+                segments: segments.into(),
+                poisoned,
+            }),
+            remove_lock: tokio::sync::Mutex::new(()),
+            records_appended: AtomicU64::new(0),
+            batches_written: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_write: Default::default(),
+            #[cfg(test)]
+            fail_next_sync: Default::default(),
+        })
+    }
+}
+
+impl Wal {
     /// Encodes `rec` and appends it to the open batch. Synchronous and cheap (no I/O);
     /// called under the engine's commit lock, so records are appended in `ts` order (the
     /// WAL does not rely on it: it tracks the largest `ts` per segment).
@@ -430,7 +467,7 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                let reason = format!("WAL write failed: {e}");
+                let reason = format!("a durable write failed: {e}");
                 tracing::error!(error = %e, "WAL poisoned: refusing further writes");
                 st.pending.clear();
                 st.pending_bytes = 0;

@@ -231,7 +231,7 @@ impl Run {
                 self.totals.stacked += 1;
             }
         }
-        if self.totals.recoveries > 0 && self.totals.recoveries % 8 == 0 {
+        if self.totals.recoveries > 0 && self.totals.recoveries.is_multiple_of(8) {
             // The engine's own offline check of the crashed state: it may note a torn tail
             // or stale files, never a problem.
             let report =
