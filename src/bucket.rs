@@ -1,5 +1,9 @@
 //! Buckets: named keyspaces, each its own tree. Reads and one-operation writes can go
 //! straight to the bucket; anything else goes through a [`Txn`].
+//!
+//! [`Bucket::get`] takes one unit of cooperative budget (`crate::coop`) before it reads, so
+//! a loop of gets served from the page cache still yields to the executor; `put` and
+//! `delete` take theirs in [`Txn::commit`], scans on each item of their [`Iter`].
 
 use std::ops::RangeBounds;
 use std::sync::atomic::Ordering;
@@ -7,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::coop;
 use crate::db::DbRef;
 use crate::error::{Error, Result};
 use crate::iter::{tree_stream, Iter, KeyRange};
@@ -47,6 +52,7 @@ impl Bucket {
 
     /// Reads the latest committed value of `key`; `Ok(None)` when absent.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        coop::budget().await;
         self.check()?;
         let snap = self.db.mvcc.snapshot();
         read_at(&self.db, &self.tree, key.as_ref(), snap.ts()).await

@@ -4,16 +4,22 @@
 //! previous leaf's high key, so splits under a running scan are harmless), materialises
 //! the leaf's versions visible at the snapshot, and reads blob values as it yields them.
 //! A transaction's scan overlays its own uncommitted writes on the tree's stream.
+//!
+//! Every scan (of a bucket, a snapshot or a transaction) reaches its caller through
+//! [`Iter`], whose `poll_next` takes one unit of cooperative budget (`crate::coop`) before
+//! it works on each item, the end of the stream included: most items come from a leaf
+//! already in memory, so without it a scan loop would never yield to the executor.
 
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 
+use crate::coop;
 use crate::db::DbRef;
 use crate::error::Result;
 use crate::mvcc::SnapshotGuard;
@@ -23,17 +29,21 @@ use crate::tree::{Lower, Tree};
 /// A stream of `(key, value)` pairs in key order (or reverse key order).
 pub struct Iter {
     inner: BoxStream<'static, Result<(Bytes, Bytes)>>,
+    /// The budget unit of the item being produced was taken (it is taken once per item,
+    /// however many polls the item needs).
+    budget_taken: bool,
 }
 
 impl Iter {
     pub(crate) fn new(inner: BoxStream<'static, Result<(Bytes, Bytes)>>) -> Iter {
-        Iter { inner }
+        Iter { inner, budget_taken: false }
     }
 
     /// Collects the remaining pairs.
     pub async fn collect_vec(mut self) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
-        while let Some(item) = self.inner.next().await {
+        // Through `poll_next`, so each item takes its unit of budget.
+        while let Some(item) = self.next().await {
             out.push(item?);
         }
         Ok(out)
@@ -44,7 +54,14 @@ impl Stream for Iter {
     type Item = Result<(Bytes, Bytes)>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        let this = &mut *self;
+        if !this.budget_taken {
+            ready!(coop::poll_budget(cx));
+            this.budget_taken = true;
+        }
+        let item = ready!(this.inner.as_mut().poll_next(cx));
+        this.budget_taken = false;
+        Poll::Ready(item)
     }
 }
 

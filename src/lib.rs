@@ -29,6 +29,7 @@
 pub mod bucket;
 pub mod check;
 pub mod codec;
+mod coop;
 pub mod db;
 pub mod error;
 /// Entry points for the fuzz targets and their corpus replay; not a stable API.

@@ -5,6 +5,11 @@
 //! committed a write to one of its keys after its snapshot was taken (first committer
 //! wins). Dropping a transaction rolls it back. A [`Snapshot`] is a read-only view of every
 //! bucket; it never blocks and is never blocked.
+//!
+//! [`Txn::get`], [`Snapshot::get`] and [`Txn::commit_with`] (so [`Txn::commit`]) each take
+//! one unit of cooperative budget (`crate::coop`) before they do their work, and scans take
+//! one per item of their [`Iter`]: a loop of reads from the page cache, or of commits that
+//! never wait, still yields to the executor at a bounded rate.
 
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
@@ -13,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::bucket::Bucket;
+use crate::coop;
 use crate::db::{check_key, check_value, DbInner, DbRef};
 use crate::error::{Error, Result};
 use crate::iter::{overlay, tree_stream, Iter, KeyRange};
@@ -51,6 +57,7 @@ impl Txn {
 
     /// Reads a key: this transaction's own write if any, else the snapshot's value.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        coop::budget().await;
         let key = key.as_ref();
         check_key(key)?;
         self.db.check_open()?;
@@ -127,6 +134,7 @@ impl Txn {
 
     /// Commits with the given durability.
     pub async fn commit_with(self, durability: Durability) -> Result<u64> {
+        coop::budget().await;
         self.db.commit_writes(&self.tree, self.snap.ts(), &self.writes, durability).await
     }
 
@@ -160,6 +168,7 @@ impl Snapshot {
 
     /// Reads a key of `bucket` at this snapshot.
     pub async fn get(&self, bucket: &Bucket, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        coop::budget().await;
         let t = self.tree_of(bucket)?;
         read_at(&self.db, &t, key.as_ref(), self.snap.ts()).await
     }
