@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::db::{file_kind_of, is_stale, parse_file_id, Db};
+use crate::db::{dropped_handover, file_kind_of, is_stale, parse_file_id, Db};
 use crate::error::{Error, Result};
 use crate::io::{IoDriver, IoFile, LockMode, OpenMode};
 use crate::manifest::edit::{record_at, RecordAt};
@@ -184,9 +184,11 @@ impl Db {
     /// [`CheckReport::problems`], not as `Err`; `Err` means the check could not run: the
     /// directory cannot be read or has no `CURRENT`, or a writer has the database open
     /// ([`Error::Locked`]: the check takes the shared lock of a read-only open, so no writer
-    /// changes the files while it reads them). Only `opts.io_backend` is used.
+    /// changes the files while it reads them; a database of this process dropped without
+    /// `close` is waited for, as `Db::open` does). Only `opts.io_backend` is used.
     pub async fn check(path: impl AsRef<Path>, opts: &Options) -> Result<CheckReport> {
         let io = IoDriver::for_options(opts)?;
+        dropped_handover(path.as_ref()).await;
         let _lock = match io.lock_dir(path.as_ref(), LockMode::Shared).await {
             Ok(lock) => Some(lock),
             Err(e @ Error::Locked { .. }) => return Err(e),

@@ -746,7 +746,7 @@ fn handover_key(dir: &Path) -> PathBuf {
 
 /// Waits until a database of this process on `dir`, dropped without `close`, has flushed
 /// its WAL and released its lock.
-async fn dropped_handover(dir: &Path) {
+pub(crate) async fn dropped_handover(dir: &Path) {
     let pending = draining().lock().get(&handover_key(dir)).cloned();
     if let Some(handover) = pending {
         let _ = handover.await;

@@ -555,6 +555,31 @@ fn stale_files_are_notes() {
     }
 }
 
+/// What a second writer on the same directory leaves behind (possible before `Db::open`
+/// locked the directory, and still by hand): data files the manifest does not know, and WAL
+/// segments of its own, numbered past a gap, repeating timestamps the first one used.
+#[test]
+fn what_a_second_writer_leaves_behind_is_reported() {
+    let (_base, dir) = copy_of_template("second-writer");
+    let (data, _) = biggest(&dir, "data-");
+    fs::copy(&data, dir.join("data-0000000000abcdef.rkv")).unwrap();
+    let wal = dir.join("wal");
+    let segments = files_with_prefix(&wal, "wal-");
+    let last = segments.iter().max().unwrap();
+    let seq = u64::from_str_radix(&last.file_name().unwrap().to_str().unwrap()[4..20], 16).unwrap();
+    let name = |s: u64| format!("wal-{s:016x}.log");
+    fs::copy(last, wal.join(name(seq + 2))).unwrap();
+    let r = check_readonly(&dir);
+    assert!(!r.is_ok(), "{r}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("data-0000000000abcdef.rkv") && n.contains("stale")),
+        "the unknown data file is named: {:?}",
+        r.notes
+    );
+    assert_problem(&r, &wal.join(name(seq + 1)), Some(0), "WAL segment missing");
+    assert_problem(&r, &wal.join(name(seq + 2)), Some(8), "seq");
+}
+
 #[test]
 fn no_directory_or_no_current_is_an_error() {
     let base = tempfile::tempdir().unwrap();
