@@ -8,7 +8,7 @@
 //! memory only: it deletes, cuts, creates and syncs nothing and starts no background task.
 //!
 //! Lifetime: the lock is held until `close` returns or, when the last API handle (a
-//! [`DbRef`]) is dropped without `close`, until a background task has stopped the
+//! `DbRef`) is dropped without `close`, until a background task has stopped the
 //! background work and flushed the WAL (`Drop for UserGuard`). Engine tasks hold
 //! `Arc<DbInner>`, never a `DbRef`, so they cannot keep a given-up database open.
 //!

@@ -14,7 +14,10 @@ pub enum Durability {
     /// `commit` returns after the WAL bytes reached the kernel (a crash of the process
     /// loses nothing; a crash of the machine may).
     Buffered,
-    /// `commit` returns at once; the WAL is written in the background.
+    /// `commit` returns at once; the WAL is written and synced in the background (within
+    /// about 20 ms), by [`Db::flush`](crate::Db::flush), by `close`, and by the drop of a
+    /// database not closed (before it releases its lock). A crash or a process exit before
+    /// then loses those commits (and every later one: the log is a prefix).
     None,
 }
 

@@ -127,12 +127,25 @@ impl Txn {
     }
 
     /// Commits with the database's default durability. Returns the commit timestamp.
+    ///
+    /// A commit is acknowledged when this future returns `Ok`. A commit whose future is
+    /// dropped after its first poll may or may not have committed (it may be applied and
+    /// reach the WAL without being acknowledged): read the keys back to know. One dropped
+    /// before its first poll did nothing.
     pub async fn commit(self) -> Result<u64> {
         let d = self.db.opts.durability;
         self.commit_with(d).await
     }
 
-    /// Commits with the given durability.
+    /// Commits with the given durability; see [`Txn::commit`] for what a dropped commit
+    /// future leaves. With [`Durability::None`] the commit returns before its WAL record is
+    /// written: a background task writes and syncs it within about 20 ms, [`Db::flush`]
+    /// and [`Db::close`] do at once, and a `Db` dropped without `close` does before it
+    /// releases its lock; a crash (or a process exit) before then loses it, together with
+    /// every later commit.
+    ///
+    /// [`Db::flush`]: crate::Db::flush
+    /// [`Db::close`]: crate::Db::close
     pub async fn commit_with(self, durability: Durability) -> Result<u64> {
         coop::budget().await;
         self.db.commit_writes(&self.tree, self.snap.ts(), &self.writes, durability).await
