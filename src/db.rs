@@ -626,7 +626,7 @@ impl DbInner {
                 match tree.apply(f, k, &version) {
                     Ok(Step::Done(())) => {}
                     Ok(Step::Load(_)) | Err(_) => {
-                        let e = Error::ReadOnly(format!("commit {ts} could not be applied in memory"));
+                        let e = Error::internal(format!("commit {ts} could not be applied in memory"));
                         self.poison(&e);
                         return Err(e);
                     }

@@ -2,7 +2,8 @@
 //!
 //! Every fallible public call returns [`Result<T>`]. Internal failures are folded into
 //! [`Error`] with enough context to act on: an I/O error names the path and the operation,
-//! a corruption names the file and the byte offset. Bytes read from disk are never trusted:
+//! a corruption names the file and the byte offset (it always means bytes read from disk
+//! failed a check; a broken in-memory invariant of the engine is [`Error::Internal`]). Bytes read from disk are never trusted:
 //! a bad checksum or an impossible length becomes [`Error::Corruption`], never a panic and
 //! never data handed to the caller.
 //!
@@ -61,6 +62,11 @@ pub enum Error {
     /// must never be retried as if nothing happened.
     #[error("the database is read-only: {0}")]
     ReadOnly(String),
+    /// The engine broke one of its own invariants in memory (a bug in ringkv, not damage on
+    /// disk: that is [`Error::Corruption`]). The database turns read-only; reopening it
+    /// recovers from the files. Please report it.
+    #[error("internal error (a bug in ringkv): {0}")]
+    Internal(String),
     /// Another open holds the database directory: a writer excludes every other open (in
     /// this process or another), a read-only open excludes writers. Nothing was read or
     /// written. Retry once the other holder closed (or died: the lock dies with it).
@@ -93,6 +99,11 @@ impl Error {
         Error::Corruption { file: file.into(), offset, what: what.into() }
     }
 
+    /// Builds an [`Error::Internal`].
+    pub(crate) fn internal(what: impl Into<String>) -> Error {
+        Error::Internal(what.into())
+    }
+
     /// Builds an [`Error::InvalidArgument`].
     pub fn invalid(what: impl Into<String>) -> Error {
         Error::InvalidArgument(what.into())
@@ -109,7 +120,8 @@ impl Error {
     pub(crate) fn read_only_after(cause: &Error) -> Error {
         match cause {
             Error::ReadOnly(_) => cause.clone(),
-            other => Error::ReadOnly(format!("a durable write failed: {other}")),
+            Error::Io { .. } => Error::ReadOnly(format!("a durable write failed: {cause}")),
+            other => Error::ReadOnly(other.to_string()),
         }
     }
 

@@ -169,7 +169,7 @@ impl Forest {
 
     /// Error for a reference to an unused page id.
     pub fn dangling(&self, pid: Pid) -> Error {
-        Error::corruption(self.store.dir(), 0, format!("reference to unused page {pid}"))
+        Error::internal(format!("reference to unused page {pid}"))
     }
 
     /// Sets the page's CLOCK bit.
@@ -366,7 +366,7 @@ impl Forest {
                 return Ok(());
             }
         }
-        Err(Error::corruption(self.store.dir(), addr, "page load lost every race"))
+        Err(Error::internal(format!("the load of page {pid} (address {addr}) lost every race")))
     }
 
     /// Evicts clean leaves (CLOCK) while the cache is over capacity. Each call scans at

@@ -203,10 +203,10 @@ impl Tree {
                 NodeKind::Upsert { .. } => unreachable!(),
             }
             if pid == 0 {
-                return Err(Error::corruption(f.store.dir(), 0, "tree key range has a hole"));
+                return Err(Error::internal("tree key range has a hole"));
             }
         }
-        Err(Error::corruption(f.store.dir(), 0, "tree descent does not terminate"))
+        Err(Error::internal("tree descent does not terminate"))
     }
 
     /// The newest version of `key` visible at `ts` (tombstones included), or `None`.
@@ -525,7 +525,7 @@ impl Tree {
         let parent = self.find_parent(f, child_low, child, guard)?;
         let v = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
         let NodeKind::Inner(inner) = &v.bottom.kind else {
-            return Err(Error::corruption(f.store.dir(), 0, "parent is not an index node"));
+            return Err(Error::internal("parent is not an index node"));
         };
         let mut new = inner.clone();
         let pos = new.children.partition_point(|(s, _)| s.as_ref() < sep.as_ref());
@@ -581,7 +581,7 @@ impl Tree {
             }
             pid = c;
         }
-        Err(Error::corruption(f.store.dir(), 0, "parent search does not terminate"))
+        Err(Error::internal("parent search does not terminate"))
     }
 
     /// One forward scan step: the visible entries of the leaf holding `lower`, and the
@@ -698,7 +698,7 @@ impl Tree {
                 NodeKind::Upsert { .. } => unreachable!(),
             }
         }
-        Err(Error::corruption(f.store.dir(), 0, "tree descent does not terminate"))
+        Err(Error::internal("tree descent does not terminate"))
     }
 }
 
