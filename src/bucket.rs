@@ -12,11 +12,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::coop;
-use crate::db::DbRef;
+use crate::engine::read::{read_at, tree_stream, KeyRange};
+use crate::engine::DbRef;
 use crate::error::{Error, Result};
-use crate::iter::{tree_stream, Iter, KeyRange};
+use crate::iter::Iter;
 use crate::tree::Tree;
-use crate::txn::{read_at, Txn};
+use crate::txn::Txn;
 
 /// A handle to one bucket. Cheap to clone.
 #[derive(Clone)]

@@ -46,13 +46,16 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::db::{dropped_handover, file_kind_of, is_stale, parse_file_id, Db};
+use crate::db::Db;
+use crate::engine::lifetime::dropped_handover;
+use crate::engine::open::is_stale;
 use crate::error::{Error, Result};
 use crate::io::{IoDriver, IoFile, LockMode, OpenMode};
 use crate::manifest::edit::{record_at, RecordAt};
 use crate::manifest::{parse_current, Edit, FileMeta, ManifestState, CURRENT};
 use crate::options::Options;
 use crate::store::data_file::{self, FileKind, Footer, RelocEntry, FOOTER_LEN, RELOC_ENTRY_LEN};
+use crate::store::data_file::{file_kind_of, parse_file_id};
 use crate::store::page::{self, PageImage};
 use crate::tree::node::Value;
 use crate::wal::reader::{damage_after, Item, SegmentReader};

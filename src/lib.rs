@@ -23,14 +23,16 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See `DESIGN.md`-style module docs for each layer's contract and `docs/format.md` for
-//! every on-disk structure.
+//! `docs/design.md` in the repository is the map (layers, protocols, invariants, what is
+//! assumed of the disk); each module's doc comment states its contract, and
+//! `docs/format.md` draws every on-disk structure.
 
 pub mod bucket;
 pub mod check;
 pub mod codec;
 mod coop;
 pub mod db;
+mod engine;
 pub mod error;
 /// Entry points for the fuzz targets and their corpus replay; not a stable API.
 #[doc(hidden)]

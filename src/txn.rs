@@ -19,22 +19,13 @@ use bytes::Bytes;
 
 use crate::bucket::Bucket;
 use crate::coop;
-use crate::db::{check_key, check_value, DbInner, DbRef};
+use crate::engine::read::{overlay, read_at, tree_stream, KeyRange};
+use crate::engine::{check_key, check_value, DbRef};
 use crate::error::{Error, Result};
-use crate::iter::{overlay, tree_stream, Iter, KeyRange};
+use crate::iter::Iter;
 use crate::mvcc::SnapshotGuard;
 use crate::options::Durability;
 use crate::tree::Tree;
-
-/// Reads `key` from `tree` at `snap`.
-pub(crate) async fn read_at(db: &DbInner, tree: &Tree, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
-    check_key(key)?;
-    db.check_open()?;
-    match tree.get_version(&db.forest, key, ts).await? {
-        Some(v) => db.forest.resolve(&v.value).await,
-        None => Ok(None),
-    }
-}
 
 /// A read-write transaction on one bucket.
 pub struct Txn {

@@ -288,6 +288,24 @@ pub fn check_frame(frame: &[u8], e: &RelocEntry, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The id of a `data-<16 hex>.rkv` or `blob-<16 hex>.rkv` file name.
+pub(crate) fn parse_file_id(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("data-").or_else(|| name.strip_prefix("blob-"))?;
+    let hex = rest.strip_suffix(".rkv")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Which kind of file a name is (`data-...` or `blob-...`).
+pub(crate) fn file_kind_of(name: &str) -> Option<FileKind> {
+    if name.starts_with("data-") {
+        Some(FileKind::Data)
+    } else if name.starts_with("blob-") {
+        Some(FileKind::Blob)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@
 //! was written and synced (see `checkpoint`), and removed from disk only after the edit
 //! that forgets it is durable.
 
-pub mod checkpoint;
 pub mod data_file;
 pub mod page;
 

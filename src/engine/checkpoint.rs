@@ -1,0 +1,263 @@
+//! Checkpoint: seal the dirty pages in one cut, write them (and new blob values) to fresh
+//! files as async vectored writes, publish, then move the WAL frontier.
+//!
+//! Protocol:
+//! 1. Pages whose chain ends in a disk stub (blind writes) are loaded first.
+//! 2. The cut: with every tree's structure lock held (so the captured structure is
+//!    complete), register a snapshot at `cut = visible` (so no trim can drop a version the
+//!    images need), seal the dirty set and encode each sealed page with the versions at or
+//!    below `cut`. Nothing awaits while the locks are held.
+//! 3. Write the blob file and the data file (frames, ranges, relocation table, footer), in
+//!    chunks submitted concurrently, then `fdatasync` each and sync the directory.
+//! 4. Publish: one manifest edit adds both files, points every captured page at its new
+//!    address and sets the WAL frontier to `cut`. Data first, metadata last: a crash
+//!    before the edit is durable leaves unreferenced files that open deletes.
+//! 5. In memory: the files become readable, pages whose image holds their whole chain
+//!    become evictable, pages with versions above the cut stay dirty.
+//! 6. Data files no page points into any more are dropped by a second edit, then deleted;
+//!    WAL segments wholly at or below `cut` are deleted.
+//!
+//! A failure in steps 3-4 puts the sealed pages back in the dirty set and turns the
+//! database read-only (a failed fsync is never retried as if nothing happened). After the
+//! steps, GC (`super::gc`) picks the data files whose live pages fell below
+//! `Options::gc_live_ratio` and marks those pages dirty, so the next checkpoint moves them.
+//!
+//! Each step is a function of its own, named after it; [`run`] calls them in order.
+
+use std::sync::atomic::Ordering;
+
+use super::DbInner;
+use crate::error::{Error, Result};
+use crate::manifest::{Edit, FileMeta, PageLoc};
+use crate::mvcc::SnapshotGuard;
+use crate::store::data_file::{FileBuilder, FileKind, RelocEntry};
+use crate::tree::forest::{Captured, PendingBlob};
+use crate::tree::node::Pid;
+
+/// What one checkpoint did.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStats {
+    /// The cut timestamp (the new WAL frontier).
+    pub cut_ts: u64,
+    /// Pages written.
+    pub pages: usize,
+    /// Blob values written.
+    pub blobs: usize,
+    /// Bytes written to data and blob files.
+    pub bytes: u64,
+    /// Files deleted because nothing pointed into them any more.
+    pub files_removed: usize,
+    /// WAL segments deleted.
+    pub wal_segments_removed: usize,
+    /// Pages marked for rewriting by GC (their files are mostly garbage).
+    pub gc_pages: usize,
+}
+
+const MAX_CUT_ATTEMPTS: usize = 16;
+
+/// Reads this many pages at once when a checkpoint loads the pages it must write.
+const LOAD_DEPTH: usize = 64;
+
+/// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
+/// the cache leave one evicted page per write to fold in; one at a time, the checkpoint
+/// would wait a device round trip per page).
+async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(pids).map(|pid| f.load(pid)).buffer_unordered(LOAD_DEPTH).try_collect().await
+}
+
+/// Runs one checkpoint (serialised by `ckpt_lock`): the steps of the module doc.
+pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
+    let _g = db.ckpt_lock.lock().await;
+    db.check_writable()?;
+    let Cut { snap, sealed, pages, blobs } = cut(db).await?;
+    let cut_ts = snap.ts();
+    let (state_ts, _) = db.manifest.frontier_and_next_bucket().await;
+    if pages.is_empty() && blobs.is_empty() && cut_ts == state_ts {
+        return Ok(CheckpointStats { cut_ts, ..Default::default() });
+    }
+    let mut stats = CheckpointStats { cut_ts, pages: pages.len(), blobs: blobs.len(), ..Default::default() };
+    let (new_files, placed) = match write_and_publish(db, cut_ts, pages, &blobs, &mut stats).await {
+        Ok(x) => x,
+        Err(e) => {
+            db.forest.restore_dirty(sealed);
+            db.poison(&e);
+            return Err(e);
+        }
+    };
+    let (new_data_file, dead) = publish_in_memory(db, new_files, &blobs, &placed, cut_ts);
+    drop(snap);
+    db.forest.needs_checkpoint.store(false, Ordering::Relaxed);
+    db.checkpoints.fetch_add(1, Ordering::Relaxed);
+    drop_dead(db, dead, cut_ts, &mut stats).await?;
+    stats.gc_pages = super::gc::mark_sparse_files(db, new_data_file);
+    Ok(stats)
+}
+
+/// What steps 1-2 hand to the rest: the cut's snapshot, the sealed dirty set and the
+/// captured images.
+struct Cut {
+    snap: SnapshotGuard,
+    sealed: rustc_hash::FxHashSet<Pid>,
+    pages: Vec<Captured>,
+    blobs: Vec<PendingBlob>,
+}
+
+/// Steps 1-2: load the pages whose chain ends in a disk stub, then seal and capture the
+/// dirty set under every tree's structure lock at one snapshot.
+async fn cut(db: &DbInner) -> Result<Cut> {
+    let f = &db.forest;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if attempt > MAX_CUT_ATTEMPTS {
+            return Err(Error::ReadOnly("checkpoint could not load the pages it must write".into()));
+        }
+        load_all(f, f.dirty_unloaded()).await?;
+        let trees = db.trees();
+        let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
+        let snap = db.mvcc.snapshot();
+        let horizon = db.mvcc.horizon();
+        let sealed = f.take_dirty();
+        match f.capture(&sealed, snap.ts(), horizon) {
+            Ok((pages, blobs)) => {
+                drop(locks);
+                return Ok(Cut { snap, sealed, pages, blobs });
+            }
+            Err(need) => {
+                f.restore_dirty(sealed);
+                drop(locks);
+                drop(snap);
+                load_all(f, need).await?;
+            }
+        }
+    }
+}
+
+/// A new file, with its relocation table, written and synced but not yet readable.
+type NewFile = (FileMeta, Vec<RelocEntry>);
+
+/// Steps 3-4: write the blob file and the data file, sync them and the directory, then
+/// commit the manifest edit that publishes them, the pages' new addresses and the WAL
+/// frontier `cut_ts`. Returns the new files and each captured page with its address and
+/// length.
+async fn write_and_publish(
+    db: &DbInner,
+    cut_ts: u64,
+    pages: Vec<Captured>,
+    blobs: &[PendingBlob],
+    stats: &mut CheckpointStats,
+) -> Result<(Vec<NewFile>, Vec<(Captured, u64, u32)>)> {
+    let mut edits = Vec::new();
+    let mut new_files = Vec::new();
+    if !blobs.is_empty() {
+        let mut b = FileBuilder::new(FileKind::Blob);
+        for pb in blobs {
+            let bytes =
+                pb.cell.bytes.clone().ok_or_else(|| {
+                    Error::ReadOnly("a blob without an address has no bytes in memory".into())
+                })?;
+            b.add(pb.addr, bytes);
+        }
+        let (meta, relocs) = db.store.write_file(b, FileKind::Blob).await?;
+        stats.bytes += meta.size;
+        edits.push(Edit::AddFile(meta.clone()));
+        new_files.push((meta, relocs));
+    }
+    let mut placed = Vec::with_capacity(pages.len());
+    if !pages.is_empty() {
+        let mut b = FileBuilder::new(FileKind::Data);
+        let mut locs = Vec::with_capacity(pages.len());
+        for mut c in pages {
+            if c.freed {
+                locs.push((c.pid, PageLoc { addr: 0, len: 0 }));
+                placed.push((c, 0, 0));
+                continue;
+            }
+            if c.copy_from != 0 {
+                // An unloaded page moved by GC: copy its verified frame as is.
+                c.image = db.store.read_frame(c.copy_from).await?.bytes;
+            }
+            let addr = db.store.alloc_addr();
+            let len = c.image.len() as u32;
+            b.add(addr, c.image.clone());
+            locs.push((c.pid, PageLoc { addr, len }));
+            placed.push((c, addr, len));
+        }
+        if !b.is_empty() {
+            let (meta, relocs) = db.store.write_file(b, FileKind::Data).await?;
+            stats.bytes += meta.size;
+            edits.push(Edit::AddFile(meta.clone()));
+            new_files.push((meta, relocs));
+        }
+        edits.push(Edit::SetPages(locs));
+    }
+    db.io.sync_dir(&db.dir).await?;
+    edits.push(Edit::Checkpoint(cut_ts));
+    let (_, next_bucket) = db.manifest.frontier_and_next_bucket().await;
+    edits.push(db.counters(next_bucket));
+    db.manifest.commit(edits).await?;
+    Ok((new_files, placed))
+}
+
+/// Step 5: the new files become readable, blobs learn their addresses, pages their new
+/// images; the live-page counts move from the old files to the new data file. Returns the
+/// new data file's id and the files no page points into any more.
+fn publish_in_memory(
+    db: &DbInner,
+    new_files: Vec<NewFile>,
+    blobs: &[PendingBlob],
+    placed: &[(Captured, u64, u32)],
+    cut_ts: u64,
+) -> (Option<u64>, Vec<u64>) {
+    let mut new_data_file = None;
+    for (meta, relocs) in new_files {
+        if meta.kind == FileKind::Data {
+            new_data_file = Some(meta.id);
+        }
+        db.store.add_file(meta, Some(relocs));
+    }
+    for pb in blobs {
+        pb.cell.set_addr(pb.addr);
+    }
+    let old = db.forest.publish(placed, cut_ts);
+    let mut live = db.live_files.lock();
+    if let Some(id) = new_data_file {
+        *live.entry(id).or_insert(0) += placed.iter().filter(|p| !p.0.freed).count();
+    }
+    let mut touched = Vec::new();
+    for a in old {
+        if let Some(id) = db.store.file_of(a) {
+            if let Some(n) = live.get_mut(&id) {
+                *n -= 1;
+                touched.push(id);
+            }
+        }
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let dead: Vec<u64> = touched.into_iter().filter(|id| live.get(id) == Some(&0)).collect();
+    for id in &dead {
+        live.remove(id);
+    }
+    (new_data_file, dead)
+}
+
+/// Step 6: a second manifest edit drops the dead files, which are then deleted; WAL
+/// segments wholly at or below the cut are deleted.
+async fn drop_dead(db: &DbInner, dead: Vec<u64>, cut_ts: u64, stats: &mut CheckpointStats) -> Result<()> {
+    if !dead.is_empty() {
+        db.manifest
+            .commit(dead.iter().map(|&id| Edit::RemoveFile(id)).collect())
+            .await
+            .inspect_err(|e| db.poison(e))?;
+        for id in dead {
+            if let Some(path) = db.store.forget_file(id) {
+                db.io.remove_file(&path).await?;
+                stats.files_removed += 1;
+            }
+        }
+    }
+    stats.wal_segments_removed = db.wal.remove_below(cut_ts).await?;
+    Ok(())
+}

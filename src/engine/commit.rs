@@ -1,0 +1,115 @@
+//! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
+//! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
+//!    what must be read; an evicted leaf is read only when its image could hold a version
+//!    newer than the snapshot).
+//! 2. Under the commit lock: the check again (first-committer-wins) unless no commit was
+//!    applied since the pre-check began (`visible` unchanged), then, with no
+//!    `.await` in between (so a dropped future cannot stop half way): assign the timestamp,
+//!    append the WAL record, apply every version to its tree, publish the timestamp.
+//! 3. Outside the lock: wait for the WAL to reach the requested durability. Group commit
+//!    happens here: every committer waiting at once shares one write and one fsync.
+//!
+//! A commit is visible to new snapshots at step 2 and acknowledged at step 3. A crash
+//! between them loses it together with every later commit (the WAL is a prefix), so no
+//! acknowledged commit can depend on a lost one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::{checkpoint, make_value, DbInner};
+use crate::error::{Error, Result};
+use crate::options::Durability;
+use crate::tree::node::Version;
+use crate::tree::{Step, Tree};
+use crate::wal::{WalOp, WalRecord};
+
+impl DbInner {
+    /// The commit protocol (module doc). `writes` maps keys to new values (None = delete).
+    pub async fn commit_writes(
+        &self,
+        tree: &Tree,
+        snapshot_ts: u64,
+        writes: &BTreeMap<Bytes, Option<Bytes>>,
+        durability: Durability,
+    ) -> Result<u64> {
+        self.check_open()?;
+        self.check_writable()?;
+        if writes.is_empty() {
+            return Ok(snapshot_ts);
+        }
+        let f = &self.forest;
+        // Write stall: when dirty pages hold the cache far past its capacity, this committer
+        // runs a checkpoint (or waits for the running one) so that pages become evictable.
+        // This bounds memory when writes outrun background checkpoints.
+        if f.mem_used() > 2 * self.opts.cache_capacity as i64 {
+            checkpoint::run(self).await?;
+            f.evict_to_capacity();
+        }
+        // The conflict check runs outside the commit lock (its page loads must not
+        // serialise committers) and again under it, unless no commit was applied in
+        // between: every commit publishes its timestamp before releasing the lock, so an
+        // unchanged `visible` means the first check's answers still hold.
+        let checked_at = self.mvcc.visible();
+        for k in writes.keys() {
+            if tree.written_after(f, k, snapshot_ts).await? {
+                return Err(Error::Conflict);
+            }
+        }
+        let (ts, lsn) = {
+            let _g = self.commit_lock.lock().await;
+            self.check_open()?;
+            self.check_writable()?;
+            if tree.dropped.load(Ordering::Acquire) {
+                return Err(Error::NotFound("the bucket was dropped".into()));
+            }
+            if self.mvcc.visible() != checked_at {
+                for k in writes.keys() {
+                    if tree.written_after(f, k, snapshot_ts).await? {
+                        return Err(Error::Conflict);
+                    }
+                }
+            }
+            // No await from here to the end of the block (protocol 2).
+            let ts = self.mvcc.assign();
+            let ops = writes
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => WalOp::Put { bucket: tree.id, key: k.clone(), value: v.clone() },
+                    None => WalOp::Delete { bucket: tree.id, key: k.clone() },
+                })
+                .collect();
+            let lsn = match self.wal.append(&WalRecord { ts, ops }) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.poison(&e);
+                    return Err(e);
+                }
+            };
+            for (k, v) in writes {
+                let version = Version { ts, value: make_value(v.clone(), self.opts.inline_limit) };
+                match tree.apply(f, k, &version) {
+                    Ok(Step::Done(())) => {}
+                    Ok(Step::Load(_)) | Err(_) => {
+                        let e = Error::internal(format!("commit {ts} could not be applied in memory"));
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                }
+            }
+            self.mvcc.publish(ts);
+            (ts, lsn)
+        };
+        if self.forest.written_since_cut() as usize > self.opts.checkpoint_bytes
+            || self.forest.needs_checkpoint.load(Ordering::Relaxed)
+        {
+            self.bg_wake.notify_one();
+        }
+        if let Err(e) = self.wal.wait(lsn, durability).await {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(ts)
+    }
+}

@@ -1,0 +1,240 @@
+//! Open and recovery, in the order [`open`] runs them:
+//! 1. Check the options and the path (an empty or NUL-holding path is refused before any
+//!    file is touched); wait for a database of this process dropped on the same directory
+//!    to hand its lock over.
+//! 2. Lock the directory: exclusive for a writer (which first creates it), shared for a
+//!    read-only open. Nothing in it is read before.
+//! 3. Read the manifest (a writer creates one where there is none; a read-only open fails).
+//! 4. A writer deletes the files no manifest references (`is_stale`).
+//! 5. Build the store, the page table (every page starts as an on-disk stub, loaded on
+//!    first touch) and the catalogue of buckets.
+//! 6. Recover the WAL (a writer cuts its torn tail and starts a new segment; a read-only
+//!    open changes nothing) and replay the records above the checkpoint frontier.
+//! 7. Start the background task (a writer on a real disk).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use futures::task::SpawnExt;
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
+
+use super::background::{background, background_pool};
+use super::lifetime::dropped_handover;
+use super::{make_value, DbInner};
+use crate::error::{Error, Result};
+use crate::io::{DirLock, IoDriver, LockMode};
+use crate::manifest::{Manifest, ManifestState};
+use crate::mvcc::Mvcc;
+use crate::options::Options;
+use crate::store::data_file::parse_file_id;
+use crate::store::Store;
+use crate::tree::node::{LeafBase, NodeKind, Version};
+use crate::tree::{Forest, Tree};
+use crate::wal::{Wal, WalOp};
+
+/// Opens the database in `path` (the steps of the module doc).
+pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
+    // Step 1.
+    opts.validate()?;
+    let dir = path.to_path_buf();
+    check_path(&dir)?;
+    let io = IoDriver::for_options(&opts)?;
+    let writable = !opts.read_only;
+    dropped_handover(&dir).await;
+    // Step 2.
+    let lock = if writable {
+        io.create_dir_all(&dir).await?;
+        lock_dir(&io, &dir, LockMode::Exclusive).await?
+    } else {
+        lock_dir(&io, &dir, LockMode::Shared).await?
+    };
+    // Steps 3-4.
+    let manifest = read_manifest(&io, &dir, writable).await?;
+    let state = manifest.state().await;
+    if writable {
+        remove_stale(&io, &dir, &state, &manifest.current_name().await).await?;
+    }
+    // Step 5.
+    let store = Arc::new(Store::new(
+        io.clone(),
+        dir.clone(),
+        state.files.values().cloned(),
+        state.next_addr,
+        state.next_file,
+    ));
+    let mvcc = Mvcc::new(state.checkpoint_ts);
+    let forest = Arc::new(Forest::new(
+        store.clone(),
+        mvcc.clone(),
+        opts.cache_capacity,
+        state.next_pid,
+        state.pages.iter().map(|(pid, loc)| (*pid, loc.addr, loc.len)),
+    ));
+    let live = store.live_counts(state.pages.values().map(|l| l.addr));
+    let (catalog, by_id) = load_catalog(&forest, &state);
+    // Step 6.
+    let wal = replay_wal(&io, &dir, &opts, &state, &forest, &mvcc, &by_id).await?;
+    let inner = Arc::new(DbInner {
+        dir,
+        opts,
+        io,
+        store,
+        forest,
+        mvcc,
+        wal,
+        manifest,
+        catalog: RwLock::new(catalog),
+        by_id: RwLock::new(by_id),
+        commit_lock: tokio::sync::Mutex::new(()),
+        ckpt_lock: tokio::sync::Mutex::new(()),
+        bucket_lock: tokio::sync::Mutex::new(()),
+        closed: AtomicBool::new(false),
+        poisoned: Mutex::new(None),
+        lock: Mutex::new(Some(lock)),
+        live_files: Mutex::new(live),
+        checkpoints: Default::default(),
+        bg_wake: tokio::sync::Notify::new(),
+        bg: Mutex::new(None),
+    });
+    // Step 7.
+    #[cfg(feature = "sim")]
+    let deterministic = inner.opts.sim.is_some();
+    #[cfg(not(feature = "sim"))]
+    let deterministic = false;
+    if !deterministic && writable {
+        let handle =
+            background_pool().spawn_with_handle(background(Arc::downgrade(&inner))).map_err(|e| {
+                Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
+            })?;
+        *inner.bg.lock() = Some(handle);
+    }
+    Ok(inner)
+}
+
+/// Step 3: the manifest of `dir`; a writer creates one where there is none, a read-only
+/// open fails with [`Error::NotFound`].
+async fn read_manifest(io: &IoDriver, dir: &Path, writable: bool) -> Result<Manifest> {
+    match Manifest::open(io, dir, writable).await? {
+        Some(m) => Ok(m),
+        None if writable => Manifest::create(io, dir).await,
+        None => Err(Error::NotFound(format!(
+            "no database in {} (it has no {})",
+            dir.display(),
+            crate::manifest::CURRENT
+        ))),
+    }
+}
+
+/// Step 4: deletes every entry of `dir` that [`is_stale`].
+async fn remove_stale(io: &IoDriver, dir: &Path, state: &ManifestState, current: &str) -> Result<()> {
+    for name in io.read_dir(dir).await? {
+        if is_stale(&name, state, current) {
+            tracing::info!(file = %name, "removing a file no manifest references");
+            io.remove_file(&dir.join(&name)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The catalogue by name and by id.
+type Catalog = (FxHashMap<String, Arc<Tree>>, FxHashMap<u32, Arc<Tree>>);
+
+/// Step 5: a tree per bucket of the manifest; a root page never checkpointed starts as an
+/// empty dirty leaf.
+fn load_catalog(forest: &Forest, state: &ManifestState) -> Catalog {
+    let mut catalog = FxHashMap::default();
+    let mut by_id = FxHashMap::default();
+    for b in state.buckets.values() {
+        if !state.pages.contains_key(&b.root) {
+            forest.install_new(b.root, NodeKind::Leaf(LeafBase::default()));
+            forest.mark_dirty(b.root);
+        }
+        let t = Arc::new(Tree::new(b.id, b.root));
+        catalog.insert(b.name.clone(), t.clone());
+        by_id.insert(b.id, t);
+    }
+    (catalog, by_id)
+}
+
+/// Step 6: recovers the WAL (a writer creates its directory, cuts the torn tail and starts
+/// a segment; a read-only open changes nothing), replays the records above the checkpoint
+/// frontier into the trees and moves the clock past them.
+async fn replay_wal(
+    io: &IoDriver,
+    dir: &Path,
+    opts: &Options,
+    state: &ManifestState,
+    forest: &Forest,
+    mvcc: &Mvcc,
+    by_id: &FxHashMap<u32, Arc<Tree>>,
+) -> Result<Wal> {
+    let wal_dir = dir.join("wal");
+    let (wal, records) = if opts.read_only {
+        Wal::open_read_only(io.clone(), wal_dir, state.checkpoint_ts).await?
+    } else {
+        io.create_dir_all(&wal_dir).await?;
+        io.sync_dir(dir).await?;
+        Wal::open(io.clone(), wal_dir, state.checkpoint_ts, opts.wal_segment_bytes).await?
+    };
+    let mut last = state.checkpoint_ts;
+    let replayed = records.len();
+    for rec in records {
+        if rec.ts <= last {
+            return Err(Error::corruption(
+                dir.join("wal"),
+                0,
+                format!("WAL timestamps out of order at {}", rec.ts),
+            ));
+        }
+        for op in rec.ops {
+            let (bucket, key, value) = match op {
+                WalOp::Put { bucket, key, value } => (bucket, key, Some(value)),
+                WalOp::Delete { bucket, key } => (bucket, key, None),
+            };
+            let Some(tree) = by_id.get(&bucket) else { continue };
+            let version = Version { ts: rec.ts, value: make_value(value, opts.inline_limit) };
+            tree.upsert(forest, &key, &version).await?;
+        }
+        last = rec.ts;
+    }
+    mvcc.advance_to(last);
+    if replayed > 0 {
+        tracing::info!(records = replayed, last_ts = last, "replayed the WAL");
+    }
+    Ok(wal)
+}
+
+/// Refuses a path no database can live at, before anything is touched: an empty one (it
+/// would resolve to the working directory's entries one by one) or one holding a NUL byte.
+fn check_path(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(Error::invalid("the database path is empty"));
+    }
+    if dir.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(Error::invalid(format!("the database path {dir:?} holds a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Locks the database directory `dir`; a path that exists but is not a directory is
+/// [`Error::InvalidArgument`].
+async fn lock_dir(io: &IoDriver, dir: &Path, mode: LockMode) -> Result<DirLock> {
+    io.lock_dir(dir, mode).await.map_err(|e| match e {
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotADirectory => {
+            Error::invalid(format!("the database path {} is not a directory", dir.display()))
+        }
+        other => other,
+    })
+}
+
+/// Whether recovery deletes the directory entry `name`: a data or blob file the manifest
+/// does not reference, `CURRENT.tmp`, or a manifest other than `current`.
+pub(crate) fn is_stale(name: &str, state: &ManifestState, current: &str) -> bool {
+    if let Some(id) = parse_file_id(name) {
+        !state.files.contains_key(&id)
+    } else {
+        name == "CURRENT.tmp" || (name.starts_with("MANIFEST-") && name != current)
+    }
+}
