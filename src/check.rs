@@ -192,7 +192,7 @@ impl Db {
     pub async fn check(path: impl AsRef<Path>, opts: &Options) -> Result<CheckReport> {
         let io = IoDriver::for_options(opts)?;
         dropped_handover(path.as_ref()).await;
-        let _lock = match io.lock_dir(path.as_ref(), LockMode::Shared).await {
+        let _lock = match crate::engine::open::lock_dir(&io, path.as_ref(), LockMode::Shared).await {
             Ok(lock) => Some(lock),
             Err(e @ Error::Locked { .. }) => return Err(e),
             // A directory that cannot be locked cannot be read either: the checker reports it.

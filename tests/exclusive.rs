@@ -499,3 +499,38 @@ fn commits_without_durability_survive_a_drop_without_close() {
         });
     }
 }
+
+/// Regression: a child spawned by another thread shares the lock's descriptor from its
+/// `fork` until its `exec`, so a lock just released by `close` could still look held. A
+/// reopen right after `close` must succeed while processes are being spawned.
+#[test]
+fn reopen_after_close_while_another_thread_spawns_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                Command::new("true").status().unwrap();
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    block_on(async {
+        for round in 0..200u32 {
+            let db = Db::open(dir.path(), Options::default())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            db.bucket("b").await.unwrap().put(key(round), value(round)).await.unwrap();
+            db.close().await.unwrap();
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(spawner.join().unwrap() > 0, "processes were spawned during the reopens");
+    block_on(async {
+        let db = Db::open(dir.path(), read_only()).await.unwrap();
+        assert_keys(&db, 200).await;
+    });
+}

@@ -146,7 +146,7 @@ fn draining() -> &'static Mutex<FxHashMap<PathBuf, Handover>> {
 }
 
 /// The key of `dir` in [`draining`]: the absolute path, without touching the disk.
-fn handover_key(dir: &Path) -> PathBuf {
+pub(crate) fn handover_key(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 

@@ -36,7 +36,7 @@ use rustc_hash::FxHashMap;
 pub(crate) use lifetime::DbRef;
 
 use crate::error::{Error, Result};
-use crate::io::{DirLock, IoDriver};
+use crate::io::IoDriver;
 use crate::limits;
 use crate::manifest::{Edit, Manifest};
 use crate::mvcc::Mvcc;
@@ -66,7 +66,7 @@ pub(crate) struct DbInner {
     /// The [`Error::ReadOnly`] every write gets once a durable write failed (`poison`).
     pub poisoned: Mutex<Option<Error>>,
     /// The directory lock (`Db::open`), released at the end of `close` or at drop.
-    pub lock: Mutex<Option<DirLock>>,
+    pub lock: Mutex<Option<open::HeldLock>>,
     pub live_files: Mutex<FxHashMap<u64, usize>>,
     pub checkpoints: std::sync::atomic::AtomicU64,
     pub bg_wake: tokio::sync::Notify,

@@ -12,16 +12,17 @@
 //!    open changes nothing) and replay the records above the checkpoint frontier.
 //! 7. Start the background task (a writer on a real disk).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures::task::SpawnExt;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 use super::background::{background, background_pool};
-use super::lifetime::dropped_handover;
+use super::lifetime::{dropped_handover, handover_key};
 use super::{make_value, DbInner};
 use crate::error::{Error, Result};
 use crate::io::{DirLock, IoDriver, LockMode};
@@ -218,15 +219,68 @@ fn check_path(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Locks the database directory `dir`; a path that exists but is not a directory is
-/// [`Error::InvalidArgument`].
-async fn lock_dir(io: &IoDriver, dir: &Path, mode: LockMode) -> Result<DirLock> {
-    io.lock_dir(dir, mode).await.map_err(|e| match e {
-        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotADirectory => {
-            Error::invalid(format!("the database path {} is not a directory", dir.display()))
+/// A directory lock taken by [`lock_dir`], registered as held by this process until it is
+/// dropped.
+pub(crate) struct HeldLock {
+    key: PathBuf,
+    _lock: DirLock,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let mut held = held_here().lock();
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
         }
-        other => other,
-    })
+    }
+}
+
+/// How many locks this process holds on each directory (by [`handover_key`]).
+fn held_here() -> &'static Mutex<FxHashMap<PathBuf, usize>> {
+    static HELD: OnceLock<Mutex<FxHashMap<PathBuf, usize>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+/// Tries of a lock that only a child of this process can be holding (below).
+const FORK_WINDOW_TRIES: u32 = 50;
+
+/// Locks the database directory `dir` in `mode`; a path that exists but is not a directory
+/// is [`Error::InvalidArgument`], a conflicting holder [`Error::Locked`].
+///
+/// A `flock` belongs to the open file description, which a child process shares from its
+/// `fork` until its `exec` closes it: a lock this process just released can still look
+/// held for that window when another thread is spawning a process. So when the holder can
+/// only be this process (`/proc/locks` names no other pid) and this process holds no lock on
+/// `dir` itself, the lock is tried again, every millisecond up to [`FORK_WINDOW_TRIES`]
+/// times; a lock held by another process, or by another open in this process, fails at
+/// once.
+pub(crate) async fn lock_dir(io: &IoDriver, dir: &Path, mode: LockMode) -> Result<HeldLock> {
+    let key = handover_key(dir);
+    let me = std::process::id();
+    let mut tries = 0;
+    loop {
+        match io.lock_dir(dir, mode).await {
+            Ok(lock) => {
+                *held_here().lock().entry(key.clone()).or_insert(0) += 1;
+                return Ok(HeldLock { key, _lock: lock });
+            }
+            Err(Error::Locked { ref holders, .. })
+                if tries < FORK_WINDOW_TRIES
+                    && holders.iter().all(|&p| p == me)
+                    && !held_here().lock().contains_key(&key) =>
+            {
+                tries += 1;
+                futures_timer::Delay::new(Duration::from_millis(1)).await;
+            }
+            Err(Error::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(Error::invalid(format!("the database path {} is not a directory", dir.display())))
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether recovery deletes the directory entry `name`: a data or blob file the manifest
