@@ -533,7 +533,6 @@ pub fn current(data: &[u8]) {
 /// else is, except the one commit whose outcome the halt left unknown (present or absent
 /// as a whole); a read before a halt returns the model's value; an operation fails only
 /// after a halt; and at the end the offline check of the crashed state finds no problem.
-#[cfg(feature = "sim")]
 pub fn life_cycle(data: &[u8]) {
     use std::collections::BTreeMap;
 

@@ -32,7 +32,8 @@ pub mod codec;
 mod coop;
 pub mod db;
 pub mod error;
-/// Entry points for the fuzz targets and their corpus replay; not a stable API.
+/// Entry points for the fuzz targets and their corpus replay (feature `fuzzing`); not a stable API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
