@@ -18,9 +18,11 @@
 //! checksums is fuzzed as well.
 //!
 //! The data-file tables and footer have no encoder of their own (`FileBuilder::finish` writes
-//! them inline), so their targets re-encode with [`encode_footer`], [`encode_ranges`] and
-//! [`encode_relocs`], written from `docs/format.md`; a unit test checks them against
-//! `FileBuilder`.
+//! them inline), so their targets re-encode with
+//! [`encode_footer`](crate::fuzzing::encode_footer),
+//! [`encode_ranges`](crate::fuzzing::encode_ranges) and
+//! [`encode_relocs`](crate::fuzzing::encode_relocs), written from `docs/format.md`; a unit
+//! test checks them against `FileBuilder`.
 
 use bytes::{BufMut, Bytes};
 use std::path::Path;
