@@ -18,9 +18,11 @@
 //! checksums is fuzzed as well.
 //!
 //! The data-file tables and footer have no encoder of their own (`FileBuilder::finish` writes
-//! them inline), so their targets re-encode with [`encode_footer`], [`encode_ranges`] and
-//! [`encode_relocs`], written from `docs/format.md`; a unit test checks them against
-//! `FileBuilder`.
+//! them inline), so their targets re-encode with
+//! [`encode_footer`](crate::fuzzing::encode_footer),
+//! [`encode_ranges`](crate::fuzzing::encode_ranges) and
+//! [`encode_relocs`](crate::fuzzing::encode_relocs), written from `docs/format.md`; a unit
+//! test checks them against `FileBuilder`.
 
 use bytes::{BufMut, Bytes};
 use std::path::Path;
@@ -533,7 +535,6 @@ pub fn current(data: &[u8]) {
 /// else is, except the one commit whose outcome the halt left unknown (present or absent
 /// as a whole); a read before a halt returns the model's value; an operation fails only
 /// after a halt; and at the end the offline check of the crashed state finds no problem.
-#[cfg(feature = "sim")]
 pub fn life_cycle(data: &[u8]) {
     use std::collections::BTreeMap;
 

@@ -34,7 +34,8 @@ mod coop;
 pub mod db;
 mod engine;
 pub mod error;
-/// Entry points for the fuzz targets and their corpus replay; not a stable API.
+/// Entry points for the fuzz targets and their corpus replay (feature `fuzzing`); not a stable API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

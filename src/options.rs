@@ -60,7 +60,7 @@ pub struct Options {
     /// Open read-only: recovery runs in memory only, nothing in the directory is created,
     /// renamed, removed or written (so a database on a read-only mount opens), a shared lock
     /// lets other read-only opens in but no writer, and every write is answered with
-    /// [`Error::ReadOnly`](crate::Error::ReadOnly). The database must exist.
+    /// [`Error::ReadOnly`]. The database must exist.
     pub read_only: bool,
     /// Run checkpoints in the background (on the size and time triggers). When false,
     /// only [`Db::checkpoint`](crate::Db::checkpoint) and close checkpoint.
@@ -69,8 +69,8 @@ pub struct Options {
     pub gc_live_ratio: f64,
     /// Run on this simulated disk instead of a real one (feature `sim`, for tests). The
     /// background task does not run on a simulated disk, so a single-threaded run replays
-    /// exactly from the disk's seed: checkpoints happen on [`Db::checkpoint`], on close
-    /// and at the write stall.
+    /// exactly from the disk's seed: checkpoints happen on
+    /// [`Db::checkpoint`](crate::Db::checkpoint), on close and at the write stall.
     #[cfg(feature = "sim")]
     pub sim: Option<crate::io::sim::SimDisk>,
 }

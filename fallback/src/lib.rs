@@ -25,8 +25,6 @@
 //! 4. The write helpers write every byte or return an error: short writes are continued,
 //!    `EINTR` is retried, a zero-byte write is [`std::io::ErrorKind::WriteZero`].
 
-#![warn(missing_docs)]
-
 mod lock;
 mod pool;
 mod positional;

@@ -205,7 +205,9 @@ impl Forest {
     pub fn uninstall(&self, pid: Pid, guard: &Guard) {
         let slot = self.table.slot(pid);
         let prev = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
-        // SAFETY: the page never became reachable (the CAS that would have linked it failed).
+        // SAFETY: the swap just took the chain out of its slot, and no node links to `pid`
+        // (the `replace` that would have linked it failed), so only a pin that predates the
+        // swap can still reach it (a thread that loaded the slot by page id meanwhile).
         let mem = unsafe { retire_chain(prev, guard) };
         self.mem.fetch_sub(mem as i64, Ordering::Relaxed);
         self.free_pids.lock().push(pid);

@@ -103,12 +103,16 @@ pub unsafe fn retire_chain(head: Shared<'_, Node>, guard: &Guard) -> usize {
 impl Drop for MappingTable {
     fn drop(&mut self) {
         // SAFETY: we have `&mut self`: no other thread can hold a reference into the table,
-        // so an unprotected guard is enough to walk and free every chain now.
+        // so an unprotected guard (whose `defer_destroy` frees at once) is enough to walk and
+        // free every chain now. This assumes no node reference outlives the `Forest` that
+        // owns the table; `ChainView<'g>` is bound to its guard's lifetime only, so that is
+        // kept by the callers (every view is used while they borrow the forest), not by types.
         let guard = unsafe { epoch::unprotected() };
         for chunk in self.chunks.iter().filter_map(|c| c.get()) {
             for slot in chunk.iter() {
                 let head = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
-                // SAFETY: the table is being dropped; the chain is unreachable.
+                // SAFETY: the swap just took the chain out of its slot, and with `&mut self`
+                // (see above) no reader can still reach it.
                 unsafe { retire_chain(head, guard) };
             }
         }
