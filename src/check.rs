@@ -50,14 +50,14 @@ use crate::db::Db;
 use crate::engine::lifetime::dropped_handover;
 use crate::engine::open::is_stale;
 use crate::error::{Error, Result};
+use crate::files::{file_kind_of, parse_file_id};
 use crate::io::{IoDriver, IoFile, LockMode, OpenMode};
 use crate::manifest::edit::{record_at, RecordAt};
 use crate::manifest::{parse_current, Edit, FileMeta, ManifestState, CURRENT};
 use crate::options::Options;
 use crate::store::data_file::{self, FileKind, Footer, RelocEntry, FOOTER_LEN, RELOC_ENTRY_LEN};
-use crate::store::data_file::{file_kind_of, parse_file_id};
-use crate::store::page::{self, PageImage};
 use crate::tree::node::Value;
+use crate::tree::page::{self, PageImage};
 use crate::wal::reader::{damage_after, Item, SegmentReader};
 use crate::wal::record::{decode_frame, decode_segment_header, RecordError, FRAME_LEN, SEGMENT_HEADER_LEN};
 use crate::wal::{parse_segment_file_name, segment_file_name};
@@ -190,7 +190,7 @@ impl Db {
     /// changes the files while it reads them; a database of this process dropped without
     /// `close` is waited for, as `Db::open` does). Only `opts.io_backend` is used.
     pub async fn check(path: impl AsRef<Path>, opts: &Options) -> Result<CheckReport> {
-        let io = IoDriver::for_options(opts)?;
+        let io = opts.io_driver()?;
         dropped_handover(path.as_ref()).await;
         let _lock = match crate::engine::open::lock_dir(&io, path.as_ref(), LockMode::Shared).await {
             Ok(lock) => Some(lock),

@@ -30,8 +30,8 @@ use std::path::Path;
 use crate::manifest::edit::{self, Edit, ManifestState};
 use crate::manifest::{current_contents, parse_current};
 use crate::store::data_file::{self, FileBuilder, FileKind, Footer, RelocEntry, FOOTER_LEN, RELOC_ENTRY_LEN};
-use crate::store::page::{self, PageImage};
 use crate::tree::node::{Bounds, InnerBase, LeafBase, Value};
+use crate::tree::page::{self, PageImage};
 use crate::wal::record::{self, FRAME_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
 
 /// Size of one address range on disk (`start u64 | end u64`).

@@ -34,6 +34,7 @@ mod coop;
 pub mod db;
 mod engine;
 pub mod error;
+pub mod files;
 /// Entry points for the fuzz targets and their corpus replay (feature `fuzzing`); not a stable API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

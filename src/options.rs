@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+pub use crate::io::IoBackend;
+use crate::io::IoDriver;
 use crate::limits;
 
 /// When a commit counts as done.
@@ -19,24 +21,6 @@ pub enum Durability {
     /// database not closed (before it releases its lock). A crash or a process exit before
     /// then loses those commits (and every later one: the log is a prefix).
     None,
-}
-
-/// Which I/O backend a database uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IoBackend {
-    /// Probe io_uring at open; fall back to the thread pool (with a warning) where it is
-    /// missing. The environment variable `RINGKV_IO_BACKEND=uring|threadpool` overrides
-    /// `Auto`.
-    #[default]
-    Auto,
-    /// io_uring through the shared ring thread. Open fails if io_uring is unavailable.
-    Uring,
-    /// The `ringkv-fallback` thread pool of positional reads and writes.
-    ThreadPool,
-    /// The simulated disk of `Options::sim` (feature `sim`); reported by
-    /// [`Db::io_backend`](crate::Db::io_backend), never chosen through this enum.
-    #[cfg(feature = "sim")]
-    Simulated,
 }
 
 /// Options for [`Db::open`](crate::Db::open).
@@ -95,6 +79,16 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The I/O driver of a database with these options: the simulated disk of `sim` where
+    /// one is set (feature `sim`), else [`IoDriver::new`] of `io_backend`.
+    pub(crate) fn io_driver(&self) -> Result<IoDriver> {
+        #[cfg(feature = "sim")]
+        if let Some(disk) = &self.sim {
+            return Ok(IoDriver::simulated(disk.clone()));
+        }
+        IoDriver::new(self.io_backend)
+    }
+
     /// Checks every option; a bad one is [`Error::InvalidArgument`].
     pub fn validate(&self) -> Result<()> {
         if self.cache_capacity < limits::MIN_CACHE_CAPACITY {

@@ -4,7 +4,7 @@
 //! never panic; everything else must still read correctly.
 //!
 //! The files are parsed here independently of the engine, following the layouts
-//! documented in `src/store/data_file.rs`, `src/store/page.rs` and `src/wal/record.rs`.
+//! documented in `src/store/data_file.rs`, `src/tree/page.rs` and `src/wal/record.rs`.
 //!
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
@@ -110,7 +110,7 @@ enum Page {
     Inner,
 }
 
-/// Decodes a page image (layout in `src/store/page.rs`) far enough to list a leaf's keys.
+/// Decodes a page image (layout in `src/tree/page.rs`) far enough to list a leaf's keys.
 fn parse_page(b: &[u8]) -> Page {
     let mut c = Cur { b, at: 0 };
     let kind = c.u8();

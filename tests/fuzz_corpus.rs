@@ -235,8 +235,8 @@ mod seeds {
     use bytes::Bytes;
     use ringkv::manifest::{manifest_name, BucketMeta, Edit, FileMeta, ManifestState, PageLoc};
     use ringkv::store::data_file::{self, FileBuilder, FileKind, FOOTER_LEN};
-    use ringkv::store::page;
     use ringkv::tree::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
+    use ringkv::tree::page;
     use ringkv::wal::record;
     use ringkv::wal::{WalOp, WalRecord};
     use ringkv::{Db, Options};

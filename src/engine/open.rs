@@ -25,11 +25,11 @@ use super::background::{background, background_pool};
 use super::lifetime::{dropped_handover, handover_key};
 use super::{make_value, DbInner};
 use crate::error::{Error, Result};
+use crate::files::parse_file_id;
 use crate::io::{DirLock, IoDriver, LockMode};
 use crate::manifest::{Manifest, ManifestState};
 use crate::mvcc::Mvcc;
 use crate::options::Options;
-use crate::store::data_file::parse_file_id;
 use crate::store::Store;
 use crate::tree::node::{LeafBase, NodeKind, Version};
 use crate::tree::{Forest, Tree};
@@ -41,7 +41,7 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
     opts.validate()?;
     let dir = path.to_path_buf();
     check_path(&dir)?;
-    let io = IoDriver::for_options(&opts)?;
+    let io = opts.io_driver()?;
     let writable = !opts.read_only;
     dropped_handover(&dir).await;
     // Step 2.

@@ -80,7 +80,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-pub use crate::options::IoBackend;
 
 #[cfg(target_os = "linux")]
 mod buffers;
@@ -93,6 +92,24 @@ mod threadpool;
 mod uring;
 
 pub use ringkv_fallback::LockMode;
+
+/// Which I/O backend a database uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// Probe io_uring at open; fall back to the thread pool (with a warning) where it is
+    /// missing. The environment variable `RINGKV_IO_BACKEND=uring|threadpool` overrides
+    /// `Auto`.
+    #[default]
+    Auto,
+    /// io_uring through the shared ring thread. Open fails if io_uring is unavailable.
+    Uring,
+    /// The `ringkv-fallback` thread pool of positional reads and writes.
+    ThreadPool,
+    /// The simulated disk of `Options::sim` (feature `sim`); reported by
+    /// `Db::io_backend`, never chosen through this enum.
+    #[cfg(feature = "sim")]
+    Simulated,
+}
 
 /// Environment variable that overrides [`IoBackend::Auto`]: `uring` or `threadpool`.
 pub const BACKEND_ENV: &str = "RINGKV_IO_BACKEND";
@@ -188,14 +205,10 @@ impl IoDriver {
         Ok(IoDriver { engine, stats: Arc::default() })
     }
 
-    /// The driver a database with options `opts` uses: the simulated disk of `opts.sim`
-    /// where one is set (feature `sim`), else [`IoDriver::new`] of `opts.io_backend`.
-    pub fn for_options(opts: &crate::Options) -> Result<IoDriver> {
-        #[cfg(feature = "sim")]
-        if let Some(disk) = &opts.sim {
-            return Ok(IoDriver { engine: Engine::Sim(disk.clone()), stats: Arc::default() });
-        }
-        IoDriver::new(opts.io_backend)
+    /// A driver on the simulated disk `disk` (feature `sim`).
+    #[cfg(feature = "sim")]
+    pub fn simulated(disk: sim::SimDisk) -> IoDriver {
+        IoDriver { engine: Engine::Sim(disk), stats: Arc::default() }
     }
 
     /// The backend in use: [`IoBackend::Uring`] or [`IoBackend::ThreadPool`] (or

@@ -28,23 +28,10 @@ use rustc_hash::FxHashMap;
 
 use crate::codec::{Reader, Truncated};
 use crate::error::{Error, Result};
+use crate::files::{FileKind, FileMeta};
 use crate::limits::{MAX_BUCKET_NAME_LEN, MAX_MANIFEST_RECORD_LEN};
-use crate::store::data_file::FileKind;
 
 const FORMAT_VERSION: u8 = 1;
-
-/// A data or blob file known to the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileMeta {
-    /// File id (names the file).
-    pub id: u64,
-    /// Data or blob.
-    pub kind: FileKind,
-    /// Size in bytes.
-    pub size: u64,
-    /// Logical address intervals it holds.
-    pub ranges: Vec<(u64, u64)>,
-}
 
 /// Where a page image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

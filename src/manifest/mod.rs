@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+pub use crate::files::FileMeta;
 use crate::io::{IoDriver, IoFile, OpenMode};
-pub use edit::{BucketMeta, Edit, FileMeta, ManifestState, PageLoc};
+pub use edit::{BucketMeta, Edit, ManifestState, PageLoc};
 
 /// Manifest size past which it is rewritten as a snapshot.
 pub const REWRITE_BYTES: u64 = 4 * 1024 * 1024;

@@ -45,41 +45,7 @@ const RANGE_LEN: usize = 16;
 
 const _: () = assert!(FOOTER_LEN == 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 4 + 4);
 
-/// What a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    /// Page images.
-    Data,
-    /// Large values.
-    Blob,
-}
-
-impl FileKind {
-    /// On-disk code.
-    pub fn code(self) -> u32 {
-        match self {
-            FileKind::Data => 1,
-            FileKind::Blob => 2,
-        }
-    }
-
-    /// From the on-disk code.
-    pub fn from_code(c: u32) -> Option<FileKind> {
-        match c {
-            1 => Some(FileKind::Data),
-            2 => Some(FileKind::Blob),
-            _ => None,
-        }
-    }
-
-    /// File name of file `id` of this kind.
-    pub fn file_name(self, id: u64) -> String {
-        match self {
-            FileKind::Data => format!("data-{id:016x}.rkv"),
-            FileKind::Blob => format!("blob-{id:016x}.rkv"),
-        }
-    }
-}
+pub use crate::files::FileKind;
 
 /// Where one frame lives inside its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,24 +252,6 @@ pub fn check_frame(frame: &[u8], e: &RelocEntry, file: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The id of a `data-<16 hex>.rkv` or `blob-<16 hex>.rkv` file name.
-pub(crate) fn parse_file_id(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix("data-").or_else(|| name.strip_prefix("blob-"))?;
-    let hex = rest.strip_suffix(".rkv")?;
-    u64::from_str_radix(hex, 16).ok()
-}
-
-/// Which kind of file a name is (`data-...` or `blob-...`).
-pub(crate) fn file_kind_of(name: &str) -> Option<FileKind> {
-    if name.starts_with("data-") {
-        Some(FileKind::Data)
-    } else if name.starts_with("blob-") {
-        Some(FileKind::Blob)
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,10 @@
 //! `Error::Corruption` naming the file and the frame's offset; it is never returned as data.
 //!
 //! Files are immutable once written. A file is published by a manifest edit only after it
-//! was written and synced (see `checkpoint`), and removed from disk only after the edit
+//! was written and synced (see `crate::engine::checkpoint`), and removed from disk only after the edit
 //! that forgets it is durable.
 
 pub mod data_file;
-pub mod page;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +22,8 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::files::FileMeta;
 use crate::io::{IoDriver, IoFile, OpenMode};
-use crate::manifest::FileMeta;
 use data_file::{FileBuilder, FileKind, RelocEntry, FOOTER_LEN};
 
 /// Largest single write submitted for a file (fits one registered buffer).

@@ -28,10 +28,10 @@ use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
+use super::page::{self, PageImage};
 use crate::error::{Error, Result};
 use crate::limits::MAX_PAGES;
 use crate::mvcc::Mvcc;
-use crate::store::page::{self, PageImage};
 use crate::store::Store;
 use crate::tree::mapping::{retire_chain, MappingTable};
 use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};

@@ -20,6 +20,7 @@
 pub mod forest;
 pub mod mapping;
 pub mod node;
+pub mod page;
 
 use std::ops::Bound;
 use std::sync::atomic::Ordering;

@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
+use super::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
 use crate::codec::{put_bytes32, Reader, Truncated};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use crate::tree::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
 
 const KIND_LEAF: u8 = 1;
 const KIND_INNER: u8 = 2;
