@@ -8,6 +8,7 @@
 //! Environment: `RINGKV_BENCH_KEYS` (default 200000), `RINGKV_BENCH_VALUE` (default 1024),
 //! `RINGKV_BENCH_CACHE_MB` (default 32), `RINGKV_BENCH_READS` (default 100000 per depth),
 //! `RINGKV_BENCH_DIR` (default: a temp dir).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

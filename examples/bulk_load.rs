@@ -5,6 +5,7 @@
 //! comparison; this is what `perf record` runs.
 //!
 //! `cargo run --release --example bulk_load -- [n=1000000] [cache MiB=256] [batch=1000] [dir]`
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::time::Instant;
 

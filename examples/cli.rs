@@ -9,6 +9,7 @@
 //! found or the check could not run (no `CURRENT`, unreadable files), 2 on a usage error
 //! (unknown command, wrong arguments, `<path>` not a directory). The backend follows
 //! `RINGKV_IO_BACKEND` (uring | threadpool), default: probe io_uring.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

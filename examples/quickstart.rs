@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release --example quickstart [-- <dir>]`
 //! The backend follows `RINGKV_IO_BACKEND` (uring | threadpool), default: probe io_uring.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::time::Instant;
 

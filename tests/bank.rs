@@ -12,6 +12,7 @@
 //!
 //! Randomized: the seed is printed; `RINGKV_TEST_SEED=<n>` replays the random choices
 //! (the interleaving of tasks is up to the scheduler).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 mod common;
 

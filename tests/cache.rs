@@ -7,6 +7,7 @@
 //! whose snapshot is older must read it.
 //!
 //! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Error, Options};

@@ -8,6 +8,7 @@
 //!
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 mod common;
 

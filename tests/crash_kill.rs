@@ -49,7 +49,7 @@
 //! Environment: `RINGKV_CRASH_SEED` replays a plan (the seed is printed; timing still
 //! varies), `RINGKV_CRASH_CYCLES` sets the number of cycles (default 20). The backend is
 //! whatever `RINGKV_IO_BACKEND` selects; the child inherits it.
-
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;

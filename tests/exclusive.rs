@@ -11,7 +11,7 @@
 //!
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file; the child inherits it.
-
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -9,6 +9,7 @@
 //!   lets a second task that yields K times run to its end, which stops the loop.
 //!
 //! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::cell::Cell;
 use std::future::Future;

@@ -2,6 +2,7 @@
 //!
 //! Every test runs once per backend: io_uring (skipped, with a message, only where the
 //! probe says it is unavailable) and the thread pool.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::future::Future;
 use std::io::ErrorKind;

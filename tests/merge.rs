@@ -1,6 +1,7 @@
 //! Merges: deleting most keys shrinks leaves until they merge into their left siblings;
 //! reads, scans (both directions), checkpoints and reopen stay exact, and the merged range
 //! takes new writes. Runs on the backend `RINGKV_IO_BACKEND` selects.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::collections::BTreeMap;
 

@@ -37,6 +37,7 @@
 //! - `RINGKV_MODEL_VERBOSE=1`: print what each case exercised (keys, cache peak, pages and
 //!   blobs checkpointed, reopens, conflicts).
 //! - `RINGKV_IO_BACKEND=uring|threadpool` picks the backend (the options use `Auto`).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -21,6 +21,7 @@
 //! Randomized: the seed is printed; `RINGKV_TEST_SEED=<n>` replays the random choices
 //! (the interleaving of tasks is up to the scheduler). `RINGKV_IO_BACKEND=uring|threadpool`
 //! picks the backend (the options use `Auto`).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 mod common;
 

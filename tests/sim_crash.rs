@@ -5,6 +5,7 @@
 //!
 //! Seeds: `RINGKV_SIM_SEED=<n>` replays one run exactly; `RINGKV_SIM_RUNS` and
 //! `RINGKV_SIM_CYCLES` scale the test (the soak command in README uses them).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 mod common;
 

@@ -10,6 +10,7 @@
 //!   `Error::Corruption`, never returned as data.
 //!
 //! Figures are printed (`--nocapture`).
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 mod common;
 

@@ -28,7 +28,9 @@ pub fn key_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let n = a.len().min(b.len());
     let (mut ca, mut cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {
-        let (x, y) = (u64::from_be_bytes(x.try_into().unwrap()), u64::from_be_bytes(y.try_into().unwrap()));
+        const EIGHT: &str = "chunks_exact(8) yields 8 bytes";
+        let (x, y) =
+            (u64::from_be_bytes(x.try_into().expect(EIGHT)), u64::from_be_bytes(y.try_into().expect(EIGHT)));
         if x != y {
             return x.cmp(&y);
         }
