@@ -14,7 +14,8 @@
 //!    `fdatasync` submitted after its write completed; it is returned by recovery (unless a
 //!    checkpoint frontier at or above its `ts` was passed to [`Wal::open`]).
 //! 2. Recovery never returns a record that fails its CRC or its structural checks: the
-//!    first such record ends the log and is cut (truncation, deletion of later segments).
+//!    first such record ends the log and is cut (the segment is truncated there; a bad
+//!    record before the last segment is `Corruption`).
 //! 3. A segment exists only once every earlier segment is fsynced and complete, and the
 //!    segments on disk always form a contiguous run of sequence numbers.
 //! 4. After a failed write or fsync the WAL is poisoned: nothing is appended or

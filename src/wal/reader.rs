@@ -79,6 +79,52 @@ pub(super) async fn recover(
     writable: bool,
 ) -> Result<Recovered> {
     let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
+    let seqs = list_segments(io, dir).await?;
+    let mut records = Vec::new();
+    let mut segments = Vec::with_capacity(seqs.len());
+    // The smallest seq seen, reused if every segment turns out to be a cut creation.
+    let mut next_seq = seqs.first().copied().unwrap_or(1);
+    for (index, &seq) in seqs.iter().enumerate() {
+        let is_last = index + 1 == seqs.len();
+        let path = dir.join(segment_file_name(seq));
+        let file = io.open(&path, mode).await?;
+        let file_len = file.len().await?;
+        if !check_header(&file, &path, seq, file_len, is_last).await? {
+            // A creation cut by a crash (step 2): the log ends before this segment.
+            if writable {
+                drop(file);
+                io.remove_file(&path).await?;
+                io.sync_dir(dir).await?;
+            }
+            break;
+        }
+        let (max_ts, end, torn) = read_records(&file, &path, file_len, frontier_ts, &mut records).await?;
+        segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
+        next_seq = seq + 1;
+        if is_last && torn.is_none() && writable {
+            // A process that died without a power loss leaves its last writes in the page
+            // cache, maybe not yet durable. The writer is about to create a later segment,
+            // and a later segment implies this one is complete on disk: make it so (step 4).
+            file.sync_data().await?;
+        }
+        if let Some(reason) = torn {
+            let later = &seqs[index + 1..];
+            if !later.is_empty() {
+                // A segment is created only after the previous one is complete and synced,
+                // so only the last segment can have a torn tail: a bad record before it is
+                // corruption, and cutting there would silently drop acknowledged commits.
+                return Err(reason.at(&path, end));
+            }
+            cut_torn_tail(&file, &path, end, file_len, reason, writable).await?;
+            break;
+        }
+    }
+    Ok(Recovered { records, segments, next_seq })
+}
+
+/// Step 1: the sequence numbers of the segments in `dir`, in order; a gap is
+/// [`Error::Corruption`] naming the missing segment.
+async fn list_segments(io: &IoDriver, dir: &Path) -> Result<Vec<u64>> {
     let mut seqs: Vec<u64> =
         io.read_dir(dir).await?.iter().filter_map(|n| parse_segment_file_name(n)).collect();
     seqs.sort_unstable();
@@ -95,145 +141,125 @@ pub(super) async fn recover(
             ));
         }
     }
+    Ok(seqs)
+}
 
-    let mut records = Vec::new();
-    let mut segments = Vec::with_capacity(seqs.len());
-    // The smallest seq seen, reused if every segment turns out to be a cut creation.
-    let mut next_seq = seqs.first().copied().unwrap_or(1);
-    for (index, &seq) in seqs.iter().enumerate() {
-        let is_last = index + 1 == seqs.len();
-        let path = dir.join(segment_file_name(seq));
-        let file = io.open(&path, mode).await?;
-        let file_len = file.len().await?;
-
-        let header = if file_len < SEGMENT_HEADER_LEN as u64 {
-            Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
-        } else {
-            decode_segment_header(&file.read_exact_at(0, SEGMENT_HEADER_LEN).await?)
-        };
-        match header {
-            Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
-                tracing::warn!(
-                    file = %path.display(),
-                    len = file_len,
-                    reason = %e,
-                    "WAL: last segment has no complete header (creation cut by a crash); deleting it"
-                );
-                if !writable {
-                    break;
-                }
-                drop(file);
-                io.remove_file(&path).await?;
-                io.sync_dir(dir).await?;
-                break;
-            }
-            Err(e) => return Err(e.at(&path, 0)),
-            Ok(found) if found != seq => {
-                return Err(Error::corruption(
-                    &path,
-                    8,
-                    format!("segment header holds seq {found}, the file name says {seq}"),
-                ));
-            }
-            Ok(_) => {}
-        }
-
-        let mut reader = SegmentReader::new(&file, file_len);
-        let mut offset = SEGMENT_HEADER_LEN as u64;
-        let mut max_ts: Option<u64> = None;
-        let mut torn = None;
-        // Bounded: every iteration consumes at least FRAME_LEN + MIN_PAYLOAD_LEN bytes.
-        while offset < file_len {
-            match reader.record_at(offset).await? {
-                Ok((Item::Mark { at, .. }, used)) => {
-                    if at != offset {
-                        return Err(Error::corruption(
-                            &path,
-                            offset,
-                            format!(
-                                "a batch mark written for offset {at} lies at {offset}: a misdirected write"
-                            ),
-                        ));
-                    }
-                    offset += used as u64;
-                }
-                Ok((Item::Record(rec), used)) => {
-                    assert!(used > FRAME_LEN && offset + used as u64 <= file_len);
-                    offset += used as u64;
-                    max_ts = Some(max_ts.map_or(rec.ts, |m| m.max(rec.ts)));
-                    if rec.ts > frontier_ts {
-                        records.push(rec);
-                    }
-                }
-                Err(e) => {
-                    torn = Some(e);
-                    break;
-                }
-            }
-        }
-        segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
-        next_seq = seq + 1;
-        if is_last && torn.is_none() && writable {
-            // A process that died without a power loss leaves its last writes in the page
-            // cache, maybe not yet durable. The writer is about to create a later segment,
-            // and a later segment implies this one is complete on disk: make it so.
-            file.sync_data().await?;
-        }
-
-        if let Some(reason) = torn {
-            let later = &seqs[index + 1..];
-            if !later.is_empty() {
-                // A segment is created only after the previous one is complete and synced,
-                // so only the last segment can have a torn tail: a bad record before it is
-                // corruption, and cutting there would silently drop acknowledged commits.
-                return Err(reason.at(&path, offset));
-            }
-            // A torn append is the end of what was written; damage is not. A batch written
-            // after this offset was synced, or a batch found where it was not written,
-            // proves the bad record was durable once.
-            if let Some(why) = damage_after(&file, offset, file_len).await? {
-                return Err(Error::corruption(&path, offset, format!("{reason}; {why}")));
-            }
-            // Read the record again before cutting: if it decodes now, the first read
-            // returned damaged bytes (a failing device or bus), and cutting would drop
-            // records that may be acknowledged.
-            let mut again = SegmentReader { file: &file, file_len, buf: Vec::new(), buf_offset: 0 };
-            if again.record_at(offset).await?.is_ok() {
-                return Err(Error::corruption(
-                    &path,
-                    offset,
-                    format!("WAL record read differently twice ({reason}, then intact): unreliable reads"),
-                ));
-            }
-            if !writable {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset,
-                    reason = %reason,
-                    "WAL: torn tail; a read-only open stops here and leaves it for the next writer to cut"
-                );
-                break;
-            }
+/// Step 2: checks the header of segment `seq`. `Ok(false)` for the last segment when it is
+/// no longer than a header and the header is bad: a creation cut by a crash (it holds no
+/// record).
+async fn check_header(file: &IoFile, path: &Path, seq: u64, file_len: u64, is_last: bool) -> Result<bool> {
+    let header = if file_len < SEGMENT_HEADER_LEN as u64 {
+        Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
+    } else {
+        decode_segment_header(&file.read_exact_at(0, SEGMENT_HEADER_LEN).await?)
+    };
+    match header {
+        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
             tracing::warn!(
                 file = %path.display(),
-                offset,
-                cut_bytes = file_len - offset,
-                reason = %reason,
-                deleted_segments = ?later.iter().map(|s| segment_file_name(*s)).collect::<Vec<_>>(),
-                "WAL: torn tail; truncating the segment here and deleting every later segment"
+                len = file_len,
+                reason = %e,
+                "WAL: last segment has no complete header (creation cut by a crash); deleting it"
             );
-            // Newest first, each deletion durable before the next: a crash in the middle
-            // leaves a contiguous run whose recovery finds this same cut again.
-            for &later_seq in later.iter().rev() {
-                io.remove_file(&dir.join(segment_file_name(later_seq))).await?;
-                io.sync_dir(dir).await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.at(path, 0)),
+        Ok(found) if found != seq => Err(Error::corruption(
+            path,
+            8,
+            format!("segment header holds seq {found}, the file name says {seq}"),
+        )),
+        Ok(_) => Ok(true),
+    }
+}
+
+/// Step 3, reading: the records of one segment from its header on, those above
+/// `frontier_ts` pushed to `records`. Returns the largest `ts` seen, the offset where
+/// reading stopped, and why it stopped early (a record that does not decode), if it did.
+async fn read_records(
+    file: &IoFile,
+    path: &Path,
+    file_len: u64,
+    frontier_ts: u64,
+    records: &mut Vec<WalRecord>,
+) -> Result<(Option<u64>, u64, Option<RecordError>)> {
+    let mut reader = SegmentReader::new(file, file_len);
+    let mut offset = SEGMENT_HEADER_LEN as u64;
+    let mut max_ts: Option<u64> = None;
+    // Bounded: every iteration consumes at least FRAME_LEN + MIN_PAYLOAD_LEN bytes.
+    while offset < file_len {
+        match reader.record_at(offset).await? {
+            Ok((Item::Mark { at, .. }, used)) => {
+                if at != offset {
+                    return Err(Error::corruption(
+                        path,
+                        offset,
+                        format!("a batch mark written for offset {at} lies at {offset}: a misdirected write"),
+                    ));
+                }
+                offset += used as u64;
             }
-            file.set_len(offset).await?;
-            file.sync_all().await?;
-            break;
+            Ok((Item::Record(rec), used)) => {
+                assert!(used > FRAME_LEN && offset + used as u64 <= file_len);
+                offset += used as u64;
+                max_ts = Some(max_ts.map_or(rec.ts, |m| m.max(rec.ts)));
+                if rec.ts > frontier_ts {
+                    records.push(rec);
+                }
+            }
+            Err(e) => return Ok((max_ts, offset, Some(e))),
         }
     }
-    Ok(Recovered { records, segments, next_seq })
+    Ok((max_ts, offset, None))
+}
+
+/// Step 3, cutting: the last segment's first bad record at `offset` is a torn append only
+/// if nothing proves it was durable once (a batch mark after it, or a second read that
+/// decodes it); then a writer truncates the segment there and syncs it.
+async fn cut_torn_tail(
+    file: &IoFile,
+    path: &Path,
+    offset: u64,
+    file_len: u64,
+    reason: RecordError,
+    writable: bool,
+) -> Result<()> {
+    // A torn append is the end of what was written; damage is not. A batch written
+    // after this offset was synced, or a batch found where it was not written,
+    // proves the bad record was durable once.
+    if let Some(why) = damage_after(file, offset, file_len).await? {
+        return Err(Error::corruption(path, offset, format!("{reason}; {why}")));
+    }
+    // Read the record again before cutting: if it decodes now, the first read
+    // returned damaged bytes (a failing device or bus), and cutting would drop
+    // records that may be acknowledged.
+    let mut again = SegmentReader { file, file_len, buf: Vec::new(), buf_offset: 0 };
+    if again.record_at(offset).await?.is_ok() {
+        return Err(Error::corruption(
+            path,
+            offset,
+            format!("WAL record read differently twice ({reason}, then intact): unreliable reads"),
+        ));
+    }
+    if !writable {
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            reason = %reason,
+            "WAL: torn tail; a read-only open stops here and leaves it for the next writer to cut"
+        );
+        return Ok(());
+    }
+    tracing::warn!(
+        file = %path.display(),
+        offset,
+        cut_bytes = file_len - offset,
+        reason = %reason,
+        "WAL: torn tail; truncating the segment here"
+    );
+    file.set_len(offset).await?;
+    file.sync_all().await?;
+    Ok(())
 }
 
 /// Looks past the bad record at `bad` for batch marks that prove damage: one found at an
