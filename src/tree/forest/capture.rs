@@ -1,0 +1,143 @@
+//! The forest's side of a checkpoint: capturing the images of the sealed dirty pages at the
+//! cut, publishing their new addresses (forest invariants 1 and 5), and GC's marking of the
+//! pages of sparse files.
+
+use super::*;
+
+impl Forest {
+    /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
+    /// tree's structure lock). Versions above the cut are left out (the WAL replays them).
+    /// Fails with the pages that must be loaded first.
+    #[allow(clippy::type_complexity)]
+    pub fn capture(
+        &self,
+        pids: &FxHashSet<Pid>,
+        cut_ts: u64,
+        horizon: u64,
+    ) -> std::result::Result<(Vec<Captured>, Vec<PendingBlob>), Vec<Pid>> {
+        assert!(horizon <= cut_ts);
+        let guard = epoch::pin();
+        let mut out = Vec::with_capacity(pids.len());
+        let mut blobs: Vec<PendingBlob> = Vec::new();
+        let mut blob_ids: FxHashMap<*const BlobCell, u64> = FxHashMap::default();
+        let mut unloaded = Vec::new();
+        let mut sorted: Vec<Pid> = pids.iter().copied().collect();
+        sorted.sort_unstable();
+        for pid in sorted {
+            let Some(v) = ChainView::load(self, pid, &guard) else { continue };
+            let mut image = Vec::new();
+            let mut complete = true;
+            match &v.bottom.kind {
+                NodeKind::Inner(i) => page::encode_inner(i, &mut image),
+                NodeKind::Leaf(base) => {
+                    let mut merged = merge_leaf(&v.deltas, base, horizon);
+                    for e in &mut merged.entries {
+                        let before = e.versions.len();
+                        e.versions.retain(|x| x.ts <= cut_ts);
+                        complete &= before == e.versions.len();
+                    }
+                    merged.entries.retain(|e| !e.versions.is_empty());
+                    page::encode_leaf(&merged, &mut image, &mut |cell| {
+                        let a = cell.addr();
+                        if a != 0 {
+                            return a;
+                        }
+                        *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
+                            let addr = self.store.alloc_addr();
+                            blobs.push(PendingBlob { cell: cell.clone(), addr });
+                            addr
+                        })
+                    });
+                }
+                NodeKind::Disk { .. } if v.deltas.is_empty() => {
+                    let addr = self.table.slot(pid).meta.lock().addr;
+                    assert!(addr != 0, "an unloaded page has an address");
+                    out.push(Captured {
+                        pid,
+                        seq: v.head_node.seq,
+                        image: Bytes::new(),
+                        complete: true,
+                        copy_from: addr,
+                        freed: false,
+                    });
+                    continue;
+                }
+                NodeKind::Disk { .. } => {
+                    unloaded.push(pid);
+                    continue;
+                }
+                NodeKind::Forward { .. } => {
+                    let c = Captured {
+                        pid,
+                        seq: v.head_node.seq,
+                        image: Bytes::new(),
+                        complete: true,
+                        copy_from: 0,
+                        freed: true,
+                    };
+                    out.push(c);
+                    continue;
+                }
+                NodeKind::Upsert { .. } => unreachable!(),
+            }
+            out.push(Captured {
+                pid,
+                seq: v.head_node.seq,
+                image: Bytes::from(image),
+                complete,
+                copy_from: 0,
+                freed: false,
+            });
+        }
+        if !unloaded.is_empty() {
+            return Err(unloaded);
+        }
+        Ok((out, blobs))
+    }
+
+    /// After a checkpoint is durable: points each captured page at its new image (a page
+    /// becomes evictable when its image holds its whole chain and the chain has not changed
+    /// since), keeps pages with versions above the cut dirty, and returns the addresses the
+    /// new images replaced.
+    pub fn publish(&self, pages: &[(Captured, u64, u32)], cut_ts: u64) -> Vec<u64> {
+        // Invariant 5: raised before any meta below makes a page evictable.
+        self.disk_ts.fetch_max(cut_ts, Ordering::SeqCst);
+        let mut old = Vec::with_capacity(pages.len());
+        for (c, addr, len) in pages {
+            let slot = self.table.slot(c.pid);
+            {
+                let mut meta = slot.meta.lock();
+                if meta.addr != 0 {
+                    old.push(meta.addr);
+                }
+                *meta = crate::tree::mapping::SlotMeta {
+                    addr: *addr,
+                    len: *len,
+                    flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
+                };
+            }
+            if !c.complete {
+                self.mark_dirty(c.pid);
+            }
+        }
+        self.note_clean();
+        old
+    }
+
+    /// Marks dirty every page whose published image lies in one of `files` (GC: the next
+    /// checkpoint rewrites them elsewhere, after which nothing points into those files).
+    /// Returns how many pages were marked.
+    pub fn mark_files_dirty(&self, files: &FxHashSet<u64>) -> usize {
+        let mut pids = Vec::new();
+        for pid in 1..self.next_pid() {
+            let Some(slot) = self.table.try_slot(pid) else { continue };
+            let addr = slot.meta.lock().addr;
+            if addr != 0 && self.store.file_of(addr).is_some_and(|id| files.contains(&id)) {
+                pids.push(pid);
+            }
+        }
+        let n = pids.len();
+        self.restore_dirty(pids);
+        n
+    }
+}
