@@ -876,99 +876,132 @@ impl Checker {
                     continue;
                 }
             };
-            let header = if file_len < SEGMENT_HEADER_LEN as u64 {
-                Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
-            } else {
-                match file.read_exact_at(0, SEGMENT_HEADER_LEN).await {
-                    Ok(b) => decode_segment_header(&b),
-                    Err(e) => {
-                        self.problem(e);
-                        continue;
-                    }
-                }
-            };
-            match header {
-                Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
-                    self.note(format!(
-                        "{}: no complete header ({e}): a creation cut by a crash; recovery will delete it",
-                        path.display()
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    self.problem(e.at(&path, 0));
-                    continue;
-                }
-                Ok(found) if found != seq => {
-                    self.problem(Error::corruption(
-                        &path,
-                        8,
-                        format!("segment header holds seq {found}, the file name says {seq}"),
-                    ));
-                    continue;
-                }
-                Ok(_) => self.report.bytes_checked += SEGMENT_HEADER_LEN as u64,
+            if !self.check_segment_header(&file, &path, seq, file_len, is_last).await {
+                continue;
             }
-            let mut reader = SegmentReader::new(&file, file_len);
-            let mut offset = SEGMENT_HEADER_LEN as u64;
-            // Bounded: every iteration moves `offset` forward by a whole record or ends.
-            while offset < file_len {
-                let reason = match reader.record_at(offset).await {
-                    Err(e) => {
-                        self.problem(e);
-                        break;
+            self.check_segment_records(&file, &path, file_len, is_last, frontier, &mut last_ts).await;
+        }
+    }
+
+    /// Step 5, a segment's header: magic and sequence number. False when the records
+    /// cannot be read (a problem, or the note of a creation cut by a crash).
+    async fn check_segment_header(
+        &mut self,
+        file: &IoFile,
+        path: &Path,
+        seq: u64,
+        file_len: u64,
+        is_last: bool,
+    ) -> bool {
+        let header = if file_len < SEGMENT_HEADER_LEN as u64 {
+            Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
+        } else {
+            match file.read_exact_at(0, SEGMENT_HEADER_LEN).await {
+                Ok(b) => decode_segment_header(&b),
+                Err(e) => {
+                    self.problem(e);
+                    return false;
+                }
+            }
+        };
+        match header {
+            Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+                self.note(format!(
+                    "{}: no complete header ({e}): a creation cut by a crash; recovery will delete it",
+                    path.display()
+                ));
+                return false;
+            }
+            Err(e) => {
+                self.problem(e.at(path, 0));
+                return false;
+            }
+            Ok(found) if found != seq => {
+                self.problem(Error::corruption(
+                    path,
+                    8,
+                    format!("segment header holds seq {found}, the file name says {seq}"),
+                ));
+                return false;
+            }
+            Ok(_) => self.report.bytes_checked += SEGMENT_HEADER_LEN as u64,
+        }
+        true
+    }
+
+    /// Step 5, a segment's records: every frame, CRC and payload; timestamps above the
+    /// frontier strictly increase (`last_ts` carries over from the previous segment); a bad
+    /// record at the very end of the last segment is the torn tail (a note).
+    async fn check_segment_records(
+        &mut self,
+        file: &IoFile,
+        path: &Path,
+        file_len: u64,
+        is_last: bool,
+        frontier: u64,
+        last_ts: &mut u64,
+    ) {
+        let mut reader = SegmentReader::new(file, file_len);
+        let mut offset = SEGMENT_HEADER_LEN as u64;
+        // Bounded: every iteration moves `offset` forward by a whole record or ends.
+        while offset < file_len {
+            let reason = match reader.record_at(offset).await {
+                Err(e) => {
+                    self.problem(e);
+                    break;
+                }
+                Ok(Ok((Item::Mark { at }, used))) => {
+                    if at != offset {
+                        self.problem(Error::corruption(
+                            path,
+                            offset,
+                            format!(
+                                "a batch mark written for offset {at} lies at {offset}: a misdirected write"
+                            ),
+                        ));
                     }
-                    Ok(Ok((Item::Mark { at }, used))) => {
-                        if at != offset {
+                    self.report.bytes_checked += used as u64;
+                    offset += used as u64;
+                    continue;
+                }
+                Ok(Ok((Item::Record(rec), used))) => {
+                    self.report.wal_records += 1;
+                    self.report.bytes_checked += used as u64;
+                    if rec.ts > frontier {
+                        self.report.wal_records_to_replay += 1;
+                        if rec.ts <= *last_ts {
                             self.problem(Error::corruption(
-                                &path,
+                                path,
                                 offset,
-                                format!("a batch mark written for offset {at} lies at {offset}: a misdirected write"),
+                                format!("WAL timestamp {} out of order (after {})", rec.ts, *last_ts),
                             ));
                         }
-                        self.report.bytes_checked += used as u64;
-                        offset += used as u64;
-                        continue;
+                        *last_ts = (*last_ts).max(rec.ts);
                     }
-                    Ok(Ok((Item::Record(rec), used))) => {
-                        self.report.wal_records += 1;
-                        self.report.bytes_checked += used as u64;
-                        if rec.ts > frontier {
-                            self.report.wal_records_to_replay += 1;
-                            if rec.ts <= last_ts {
-                                self.problem(Error::corruption(
-                                    &path,
-                                    offset,
-                                    format!("WAL timestamp {} out of order (after {last_ts})", rec.ts),
-                                ));
-                            }
-                            last_ts = last_ts.max(rec.ts);
-                        }
-                        offset += used as u64;
-                        continue;
-                    }
-                    Ok(Err(reason)) => reason,
-                };
-                let next = next_intact(&mut reader, offset, file_len).await;
-                if !is_last {
-                    self.problem(reason.at(&path, offset));
-                } else if let Some(why) = match damage_after(&file, offset, file_len).await {
-                    Ok(why) => why,
-                    Err(e) => Some(e.to_string()),
-                } {
-                    // The same rule recovery applies (a batch mark proves the record was durable).
-                    self.problem(Error::corruption(&path, offset, format!("{reason}; {why}")));
-                } else {
-                    self.note(format!(
-                        "{}: torn tail at offset {offset} ({} bytes, {reason}); recovery will cut it",
-                        path.display(),
-                        file_len - offset
-                    ));
+                    offset += used as u64;
+                    continue;
                 }
-                match next {
-                    Some(n) => offset = n,
-                    None => break,
-                }
+                Ok(Err(reason)) => reason,
+            };
+            let next = next_intact(&mut reader, offset, file_len).await;
+            if !is_last {
+                self.problem(reason.at(path, offset));
+            } else if let Some(why) = match damage_after(file, offset, file_len).await {
+                Ok(why) => why,
+                Err(e) => Some(e.to_string()),
+            } {
+                // The same rule recovery applies (a batch mark proves the record was durable).
+                self.problem(Error::corruption(path, offset, format!("{reason}; {why}")));
+            } else {
+                self.note(format!(
+                    "{}: torn tail at offset {offset} ({} bytes, {reason}); recovery will cut it",
+                    path.display(),
+                    file_len - offset
+                ));
+            }
+            match next {
+                Some(n) => offset = n,
+                None => break,
             }
         }
     }
