@@ -498,15 +498,33 @@ impl Checker {
             FileKind::Data => self.report.data_files += 1,
             FileKind::Blob => self.report.blob_files += 1,
         }
-        if !self.exists(&path).await {
+        let (file, size) = self.open_sized(&path, meta).await?;
+        let footer = self.read_footer(&file, &path, size).await?;
+        if footer.kind != kind {
             self.problem(Error::corruption(
                 &path,
+                size - FOOTER_LEN as u64,
+                format!("footer says a {:?} file, the name says {kind:?}", footer.kind),
+            ));
+        }
+        let relocs = self.check_tables(&file, &path, &footer, size, meta).await?;
+        let frames = self.check_frames(&file, &path, kind, &footer, &relocs).await;
+        Some(CheckedFile { path, kind, reloc_offset: footer.reloc_offset, frames })
+    }
+
+    /// Step 3, a file's presence and size: it exists and is as long as the manifest says
+    /// (longer is a note), and holds at least a footer. Returns it open, with the size to
+    /// check.
+    async fn open_sized(&mut self, path: &Path, meta: Option<&FileMeta>) -> Option<(IoFile, u64)> {
+        if !self.exists(path).await {
+            self.problem(Error::corruption(
+                path,
                 0,
                 format!("missing: the manifest references it ({} bytes)", meta.map_or(0, |m| m.size)),
             ));
             return None;
         }
-        let file = self.open(&path).await?;
+        let file = self.open(path).await?;
         let on_disk = match file.len().await {
             Ok(l) => l,
             Err(e) => {
@@ -517,7 +535,7 @@ impl Checker {
         let size = meta.map_or(on_disk, |m| m.size);
         if on_disk < size {
             self.problem(Error::corruption(
-                &path,
+                path,
                 on_disk,
                 format!("file is {on_disk} bytes, the manifest says {size}"),
             ));
@@ -532,20 +550,26 @@ impl Checker {
         }
         if size < FOOTER_LEN as u64 {
             self.problem(Error::corruption(
-                &path,
+                path,
                 0,
                 format!("file of {size} bytes is shorter than its footer"),
             ));
             return None;
         }
-        let footer = self.read_footer(&file, &path, size).await?;
-        if footer.kind != kind {
-            self.problem(Error::corruption(
-                &path,
-                size - FOOTER_LEN as u64,
-                format!("footer says a {:?} file, the name says {kind:?}", footer.kind),
-            ));
-        }
+        Some((file, size))
+    }
+
+    /// Step 3, a file's tables: the address ranges and the relocation table decode, agree
+    /// with the manifest and with each other, and every entry lies inside the ranges.
+    /// Returns the relocation entries.
+    async fn check_tables(
+        &mut self,
+        file: &IoFile,
+        path: &Path,
+        footer: &Footer,
+        size: u64,
+        meta: Option<&FileMeta>,
+    ) -> Option<Vec<RelocEntry>> {
         let tables_len = size - FOOTER_LEN as u64 - footer.ranges_offset;
         let tables = match file.read_exact_at(footer.ranges_offset, tables_len as usize).await {
             Ok(t) => t,
@@ -554,7 +578,7 @@ impl Checker {
                 return None;
             }
         };
-        let (ranges, relocs) = match data_file::parse_tables(&tables, &footer, &path) {
+        let (ranges, relocs) = match data_file::parse_tables(&tables, footer, path) {
             Ok(x) => x,
             Err(e) => {
                 self.problem(e);
@@ -565,7 +589,7 @@ impl Checker {
         self.report.relocation_entries += relocs.len() as u64;
         if meta.is_some_and(|m| m.ranges != ranges) {
             self.problem(Error::corruption(
-                &path,
+                path,
                 footer.ranges_offset,
                 "address ranges disagree with the manifest",
             ));
@@ -573,7 +597,7 @@ impl Checker {
         let in_ranges: u64 = ranges.iter().map(|(s, e)| e - s).sum();
         if in_ranges != relocs.len() as u64 {
             self.problem(Error::corruption(
-                &path,
+                path,
                 footer.ranges_offset,
                 format!("address ranges hold {in_ranges} addresses, the relocation table {}", relocs.len()),
             ));
@@ -582,14 +606,13 @@ impl Checker {
             let inside = ranges.partition_point(|r| r.1 <= e.addr);
             if ranges.get(inside).is_none_or(|r| r.0 > e.addr) {
                 self.problem(Error::corruption(
-                    &path,
+                    path,
                     footer.reloc_offset + (i * RELOC_ENTRY_LEN) as u64,
                     format!("relocation entry of address {} outside the file's address ranges", e.addr),
                 ));
             }
         }
-        let frames = self.check_frames(&file, &path, kind, &footer, &relocs).await;
-        Some(CheckedFile { path, kind, reloc_offset: footer.reloc_offset, frames })
+        Some(relocs)
     }
 
     async fn read_footer(&mut self, file: &IoFile, path: &Path, size: u64) -> Option<Footer> {
