@@ -374,13 +374,29 @@ impl Checker {
         };
         self.report.bytes_checked += buf.len() as u64;
 
+        let (state, page_record, first_bad) = self.replay_manifest(&path, &buf);
+        if first_bad {
+            // Without the snapshot record there is no state to check files against.
+            return None;
+        }
+        self.check_state(&path, &state);
+        self.report.checkpoint_ts = state.checkpoint_ts;
+        self.report.buckets = state.buckets.len();
+        Some(ManifestView { path, name, state, page_record })
+    }
+
+    /// Step 2, the records: each intact one applied to the state (and the record that last
+    /// set each page remembered); a malformed or damaged one a problem, or, at the very end,
+    /// the torn tail recovery will cut (a note). Returns the state, the page records, and
+    /// whether the first record (the snapshot) was bad.
+    fn replay_manifest(&mut self, path: &Path, buf: &[u8]) -> (ManifestState, FxHashMap<u64, u64>, bool) {
         let mut state = ManifestState::new();
         let mut page_record: FxHashMap<u64, u64> = FxHashMap::default();
         let mut first_bad = false;
         let mut pos = 0usize;
         // Bounded: every iteration moves `pos` forward by a whole record, or ends the loop.
         while pos < buf.len() {
-            match record_at(&buf, pos) {
+            match record_at(buf, pos) {
                 RecordAt::Intact { edits, len } => {
                     for e in &edits {
                         if let Edit::SetPages(v) = e {
@@ -395,7 +411,7 @@ impl Checker {
                 }
                 RecordAt::Malformed { at, len } => {
                     self.problem(Error::corruption(
-                        &path,
+                        path,
                         (pos + 8 + at) as u64,
                         "malformed manifest edit with a valid checksum",
                     ));
@@ -405,17 +421,17 @@ impl Checker {
                 RecordAt::Bad { claimed_len, what } => {
                     let next = claimed_len
                         .map(|l| pos + l)
-                        .filter(|&n| n < buf.len() && matches!(record_at(&buf, n), RecordAt::Intact { .. }));
+                        .filter(|&n| n < buf.len() && matches!(record_at(buf, n), RecordAt::Intact { .. }));
                     if pos == 0 {
                         self.problem(Error::corruption(
-                            &path,
+                            path,
                             0,
                             format!("{what} in the first record (the snapshot): recovery refuses to open"),
                         ));
                         first_bad = true;
                     } else if next.is_some() {
                         self.problem(Error::corruption(
-                            &path,
+                            path,
                             pos as u64,
                             format!(
                                 "{what}, and intact records follow it: recovery would take it for a torn \
@@ -436,14 +452,7 @@ impl Checker {
                 }
             }
         }
-        if first_bad {
-            // Without the snapshot record there is no state to check files against.
-            return None;
-        }
-        self.check_state(&path, &state);
-        self.report.checkpoint_ts = state.checkpoint_ts;
-        self.report.buckets = state.buckets.len();
-        Some(ManifestView { path, name, state, page_record })
+        (state, page_record, first_bad)
     }
 
     /// Invariants of the manifest state: everything allocated lies below its counter (else
