@@ -36,16 +36,7 @@ impl DbInner {
     /// The work of `close` after `closed` is set: stop the background task, let the
     /// commits already past their `check_open` finish, flush the WAL and checkpoint.
     async fn shut_down(&self) -> Result<()> {
-        self.bg_wake.notify_one();
-        let bg = self.bg.lock().take();
-        if let Some(h) = bg {
-            h.await;
-        }
-        // A barrier: a commit or a bucket change that passed its `check_open` before
-        // `closed` was set finishes before the final flush (they check again under these
-        // locks, so none starts after).
-        drop(self.commit_lock.lock().await);
-        drop(self.bucket_lock.lock().await);
+        self.quiesce().await;
         if self.opts.read_only {
             return Ok(());
         }
@@ -55,6 +46,19 @@ impl DbInner {
         self.wal.flush().await.inspect_err(|e| self.poison(e))?;
         checkpoint::run(self).await?;
         Ok(())
+    }
+
+    /// Once `closed` is set: stops the background task, then waits for a commit or a bucket
+    /// change that passed its `check_open` before (they check again under these locks, so
+    /// none starts after). Nothing of the API writes once this returns.
+    async fn quiesce(&self) {
+        self.bg_wake.notify_one();
+        let bg = self.bg.lock().take();
+        if let Some(h) = bg {
+            h.await;
+        }
+        drop(self.commit_lock.lock().await);
+        drop(self.bucket_lock.lock().await);
     }
 }
 
@@ -115,11 +119,7 @@ impl Drop for UserGuard {
         let (done, handover) = futures::channel::oneshot::channel::<()>();
         draining().lock().insert(key.clone(), handover.shared());
         let task = async move {
-            let bg = db.bg.lock().take();
-            if let Some(h) = bg {
-                h.await;
-            }
-            drop(db.commit_lock.lock().await);
+            db.quiesce().await;
             if !db.is_read_only() {
                 if let Err(e) = db.wal.flush().await {
                     tracing::error!(dir = %db.dir.display(), error = %e, "the WAL flush of a dropped database failed");
