@@ -9,6 +9,7 @@
 //! `RINGKV_BENCH_CACHE_MB` (default 32), `RINGKV_BENCH_READS` (default 100000 per depth),
 //! `RINGKV_BENCH_DIR` (default: a temp dir).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

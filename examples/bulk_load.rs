@@ -6,6 +6,7 @@
 //!
 //! `cargo run --release --example bulk_load -- [n=1000000] [cache MiB=256] [batch=1000] [dir]`
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::time::Instant;
 

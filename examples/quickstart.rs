@@ -4,6 +4,7 @@
 //! `cargo run --release --example quickstart [-- <dir>]`
 //! The backend follows `RINGKV_IO_BACKEND` (uring | threadpool), default: probe io_uring.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::time::Instant;
 

@@ -580,7 +580,15 @@ impl Checker {
         meta: Option<&FileMeta>,
     ) -> Option<Vec<RelocEntry>> {
         let tables_len = size - FOOTER_LEN as u64 - footer.ranges_offset;
-        let tables = match file.read_exact_at(footer.ranges_offset, tables_len as usize).await {
+        let Ok(tables_len_usize) = usize::try_from(tables_len) else {
+            self.problem(Error::corruption(
+                path,
+                footer.ranges_offset,
+                format!("tables of {tables_len} bytes do not fit in memory"),
+            ));
+            return None;
+        };
+        let tables = match file.read_exact_at(footer.ranges_offset, tables_len_usize).await {
             Ok(t) => t,
             Err(e) => {
                 self.problem(e);
@@ -668,7 +676,10 @@ impl Checker {
             assert!(end <= footer.ranges_offset);
             if !read_failed && (e.offset < window_at || end > window_at + window.len() as u64) {
                 let len = (e.len as u64).max(READ_CHUNK_BYTES).min(footer.ranges_offset - e.offset);
-                match file.read_exact_at(e.offset, len as usize).await {
+                // <= max(e.len: u32, READ_CHUNK_BYTES = 4 MiB): fits a usize.
+                #[allow(clippy::cast_possible_truncation)]
+                let len = len as usize;
+                match file.read_exact_at(e.offset, len).await {
                     Ok(b) => {
                         window = Bytes::from(b);
                         window_at = e.offset;
@@ -684,6 +695,9 @@ impl Checker {
                 frames.insert(e.addr, info);
                 continue;
             }
+            // The window covers `e.offset..end` (read above): `e.offset - window_at` is below
+            // `window.len()`, a usize.
+            #[allow(clippy::cast_possible_truncation)]
             let start = (e.offset - window_at) as usize;
             let bytes = window.slice(start..start + e.len as usize);
             match data_file::check_frame(&bytes, e, path) {
@@ -1062,7 +1076,11 @@ impl Checker {
     async fn read_all(&self, path: &Path, max: Option<u64>) -> Result<Vec<u8>> {
         let f = self.io.open(path, OpenMode::Read).await?;
         let len = f.len().await?;
-        f.read_exact_at(0, max.map_or(len, |m| len.min(m)) as usize).await
+        let want = max.map_or(len, |m| len.min(m));
+        let want = usize::try_from(want).map_err(|_| {
+            Error::corruption(path, 0, format!("file of {want} bytes does not fit in memory"))
+        })?;
+        f.read_exact_at(0, want).await
     }
 }
 

@@ -93,6 +93,9 @@ impl<'a> Reader<'a> {
 
 /// Appends a `u32` length and the bytes.
 pub fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    // Callers pass keys, bounds and separators (<= MAX_KEY_LEN, limits.rs) and inline values
+    // (<= MAX_VALUE_LEN): all far below u32::MAX.
+    #[allow(clippy::cast_possible_truncation)]
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);
 }

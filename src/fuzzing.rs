@@ -137,6 +137,8 @@ fn whole_file(file: &[u8], kind: FileKind) {
     if footer.kind != kind {
         return; // `Store` compares the kind with the manifest's and stops here
     }
+    // check_footer_claims asserted ranges_offset + tables + FOOTER_LEN == file.len().
+    #[allow(clippy::cast_possible_truncation)]
     let tables = &file[footer.ranges_offset as usize..footer_at];
     let (ranges, relocs) = match data_file::parse_tables(tables, &footer, path) {
         Ok(t) => t,
@@ -144,6 +146,8 @@ fn whole_file(file: &[u8], kind: FileKind) {
     };
     check_ranges(&ranges);
     check_relocs(&relocs, footer.ranges_offset);
+    // check_relocs asserted offset + len <= ranges_offset (<= file.len(), above).
+    #[allow(clippy::cast_possible_truncation)]
     let frame_of = |e: &RelocEntry| &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
     let mut frames_intact = true;
     for e in &relocs {
@@ -224,11 +228,15 @@ fn fix_file_crcs(b: &mut [u8]) {
         .is_some_and(|end| end == reloc_offset)
         && reloc_offset.checked_add(RELOC_ENTRY_LEN as u64 * u64::from(le_u32(b, f + 40))) == Some(f as u64);
     if tiles {
+        // `tiles`: ranges_offset <= reloc_offset <= f, a usize.
+        #[allow(clippy::cast_possible_truncation)]
         let (ranges_offset, reloc_offset) = (ranges_offset as usize, reloc_offset as usize);
         for at in (reloc_offset..f).step_by(RELOC_ENTRY_LEN) {
             let (offset, len) = (le_u64(b, at + 8), le_u32(b, at + 16));
             let end = offset.checked_add(u64::from(len)).filter(|&end| end <= ranges_offset as u64);
             if let Some(end) = end {
+                // offset <= end <= ranges_offset, a usize (filter above).
+                #[allow(clippy::cast_possible_truncation)]
                 let crc = crc32c::crc32c(&b[offset as usize..end as usize]);
                 put_crc(b, at + 20, crc);
             }
@@ -315,6 +323,9 @@ pub fn encode_relocs(relocs: &[RelocEntry]) -> Vec<u8> {
 
 /// A footer describing tables of `ranges` and `relocs` bytes that end a file whose frames
 /// end at `frames_end`, with their CRCs.
+// `ranges` and `relocs` are slices of one fuzz input (libFuzzer's -max_len, corpus files
+// of a few KiB): their entry counts are far below u32::MAX.
+#[allow(clippy::cast_possible_truncation)]
 fn footer_for(frames_end: u64, ranges: &[u8], relocs: &[u8]) -> Footer {
     Footer {
         kind: FileKind::Data,
@@ -487,7 +498,7 @@ pub fn manifest_snapshot(data: &[u8]) {
             Ok(r) => r,
             Err(e) => return assert!(e.is_corruption(), "{e}"),
         };
-        let valid = r.valid_len as usize;
+        let valid = usize::try_from(r.valid_len).unwrap_or(usize::MAX);
         assert!(valid <= data.len());
         assert_eq!(r.torn, valid != data.len());
         let cut = edit::replay(&data[..valid], path).expect("the intact prefix replays");
@@ -671,6 +682,8 @@ pub fn life_cycle(data: &[u8]) {
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

@@ -13,6 +13,7 @@
 //! Randomized: the seed is printed; `RINGKV_TEST_SEED=<n>` replays the random choices
 //! (the interleaving of tasks is up to the scheduler).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 mod common;
 

@@ -8,6 +8,7 @@
 //!
 //! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Error, Options};

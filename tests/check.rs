@@ -10,6 +10,7 @@
 //! The backend comes from `Options::default()` (`IoBackend::Auto`), so
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 mod common;
 

@@ -50,6 +50,7 @@
 //! varies), `RINGKV_CRASH_CYCLES` sets the number of cycles (default 20). The backend is
 //! whatever `RINGKV_IO_BACKEND` selects; the child inherits it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;

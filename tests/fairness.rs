@@ -10,6 +10,7 @@
 //!
 //! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::cell::Cell;
 use std::future::Future;

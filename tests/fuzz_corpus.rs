@@ -13,6 +13,7 @@
 //! `write_seed_corpus` (ignored) writes the seed corpora: real encodings made by the
 //! engine, from a database session and from its encoders. See `/work/notes/fuzz.md`.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -3,6 +3,7 @@
 //! Every test runs once per backend: io_uring (skipped, with a message, only where the
 //! probe says it is unavailable) and the thread pool.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::future::Future;
 use std::io::ErrorKind;

@@ -6,6 +6,7 @@
 //! today). The test fails on any other upward import, and also when a listed one is gone
 //! (so the list only ever shrinks, and shrinks in the same commit).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

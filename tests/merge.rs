@@ -2,6 +2,7 @@
 //! reads, scans (both directions), checkpoints and reopen stay exact, and the merged range
 //! takes new writes. Runs on the backend `RINGKV_IO_BACKEND` selects.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::collections::BTreeMap;
 

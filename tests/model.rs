@@ -38,6 +38,7 @@
 //!   blobs checkpointed, reopens, conflicts).
 //! - `RINGKV_IO_BACKEND=uring|threadpool` picks the backend (the options use `Auto`).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 use std::collections::BTreeMap;
 use std::fmt;

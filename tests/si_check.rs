@@ -22,6 +22,7 @@
 //! (the interleaving of tasks is up to the scheduler). `RINGKV_IO_BACKEND=uring|threadpool`
 //! picks the backend (the options use `Auto`).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 mod common;
 

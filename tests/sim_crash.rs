@@ -6,6 +6,7 @@
 //! Seeds: `RINGKV_SIM_SEED=<n>` replays one run exactly; `RINGKV_SIM_RUNS` and
 //! `RINGKV_SIM_CYCLES` scale the test (the soak command in README uses them).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 mod common;
 

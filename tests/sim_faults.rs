@@ -11,6 +11,7 @@
 //!
 //! Figures are printed (`--nocapture`).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
 
 mod common;
 

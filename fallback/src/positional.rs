@@ -199,6 +199,8 @@ fn write_all_vectored_with(
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     fn pattern(len: usize, seed: u8) -> Vec<u8> {

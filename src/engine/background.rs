@@ -66,7 +66,7 @@ pub(crate) async fn background(db: Weak<DbInner>) {
         if !d.opts.background_checkpoints {
             continue;
         }
-        let due_size = d.forest.written_since_cut() as usize > d.opts.checkpoint_bytes
+        let due_size = d.forest.written_since_cut() > d.opts.checkpoint_bytes as u64
             || d.forest.needs_checkpoint.load(Ordering::Relaxed);
         let due_time = d.opts.checkpoint_interval.is_some_and(|i| last_ckpt.elapsed() >= i)
             && d.forest.written_since_cut() > 0;

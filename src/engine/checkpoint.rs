@@ -179,8 +179,7 @@ async fn write_and_publish(
                 c.image = db.store.read_frame(c.copy_from).await?.bytes;
             }
             let addr = db.store.alloc_addr();
-            let len = c.image.len() as u32;
-            b.add(addr, c.image.clone());
+            let len = b.add(addr, c.image.clone()).len;
             locs.push((c.pid, PageLoc { addr, len }));
             placed.push((c, addr, len));
         }

@@ -43,7 +43,7 @@ impl DbInner {
         // Write stall: when dirty pages hold the cache far past its capacity, this committer
         // runs a checkpoint (or waits for the running one) so that pages become evictable.
         // This bounds memory when writes outrun background checkpoints.
-        if f.mem_used() > 2 * self.opts.cache_capacity as i64 {
+        if f.mem_used() > crate::tree::forest::capacity_i64(self.opts.cache_capacity).saturating_mul(2) {
             checkpoint::run(self).await?;
             f.evict_to_capacity();
         }
@@ -101,7 +101,7 @@ impl DbInner {
             self.mvcc.publish(ts);
             (ts, lsn)
         };
-        if self.forest.written_since_cut() as usize > self.opts.checkpoint_bytes
+        if self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
             || self.forest.needs_checkpoint.load(Ordering::Relaxed)
         {
             self.bg_wake.notify_one();

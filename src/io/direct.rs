@@ -324,7 +324,10 @@ impl Op {
                 let ask = (*len - filled).min(MAX_READ);
                 // `filled < len <= capacity`: the pointer stays inside the allocation.
                 let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-                opcode::Read::new(fd, ptr, ask as u32).offset(*offset + filled as u64).build()
+                // `ask <= MAX_READ` (1 GiB).
+                #[allow(clippy::cast_possible_truncation)]
+                let ask = ask as u32;
+                opcode::Read::new(fd, ptr, ask).offset(*offset + filled as u64).build()
             }
             Op::Write { bufs, first, iovecs, offset } => {
                 iovecs.0.clear();
@@ -334,7 +337,10 @@ impl Op {
                         .take(MAX_IOVECS)
                         .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
                 );
-                opcode::Writev::new(fd, iovecs.0.as_ptr(), iovecs.0.len() as u32).offset(*offset).build()
+                // At most MAX_IOVECS (1024) entries, taken above.
+                #[allow(clippy::cast_possible_truncation)]
+                let count = iovecs.0.len() as u32;
+                opcode::Writev::new(fd, iovecs.0.as_ptr(), count).offset(*offset).build()
             }
             Op::Sync { data_only } => {
                 let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
@@ -354,6 +360,8 @@ impl Op {
         if res < 0 {
             return Step::Done(Err(io::Error::from_raw_os_error(-res)));
         }
+        // `res >= 0`, checked above.
+        #[allow(clippy::cast_sign_loss)]
         let n = res as usize;
         match self {
             Op::Read { buf, len, offset, exact } => {
@@ -488,6 +496,8 @@ impl Future for OpFuture {
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use std::io::Write;

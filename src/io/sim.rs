@@ -312,7 +312,10 @@ impl State {
     }
 
     fn polls(&mut self) -> u32 {
-        self.below(u64::from(self.max_pending_polls) + 1) as u32
+        // Below `max_pending_polls + 1`, so at most `max_pending_polls`, a u32.
+        #[allow(clippy::cast_possible_truncation)]
+        let polls = self.below(u64::from(self.max_pending_polls) + 1) as u32;
+        polls
     }
 }
 
@@ -343,6 +346,9 @@ fn libc_enospc() -> i32 {
 fn apply(image: &mut Vec<u8>, change: &Change) {
     match change {
         Change::Write { offset, data } => {
+            // Test-only (the `sim` feature): each file's image is a Vec in memory, so an
+            // offset the simulated disk can honour is a usize (tests write near offset 0).
+            #[allow(clippy::cast_possible_truncation)]
             let start = *offset as usize;
             let end = start + data.len();
             if image.len() < end {
@@ -350,6 +356,8 @@ fn apply(image: &mut Vec<u8>, change: &Change) {
             }
             image[start..end].copy_from_slice(data);
         }
+        // As above: the image is in memory, so its length is a usize.
+        #[allow(clippy::cast_possible_truncation)]
         Change::SetLen(len) => image.resize(*len as usize, 0),
     }
 }
@@ -487,7 +495,8 @@ impl SimDisk {
                             report.torn += 1;
                         }
                         _ => {
-                            let garbage: Vec<u8> = (0..data.len()).map(|_| s.rand() as u8).collect();
+                            let garbage: Vec<u8> =
+                                (0..data.len()).map(|_| s.rand().to_le_bytes()[0]).collect();
                             apply(&mut image, &Change::Write { offset, data: garbage });
                             report.garbage += 1;
                         }
@@ -799,8 +808,10 @@ impl SimFile {
         let (polls, result) = {
             let mut s = self.lock("read")?;
             let live = &s.inodes.get(&self.ino).expect("inode").live;
-            let start = (offset as usize).min(live.len());
-            let end = (offset as usize).saturating_add(len).min(live.len());
+            // An offset past usize is past the in-memory image: saturate (same clamp).
+            let at = usize::try_from(offset).unwrap_or(usize::MAX);
+            let start = at.min(live.len());
+            let end = at.saturating_add(len).min(live.len());
             let mut buf = live[start..end].to_vec();
             let result = if exact && buf.len() < len {
                 Err(io::Error::new(io::ErrorKind::UnexpectedEof, "simulated disk: read past the end"))
@@ -909,11 +920,15 @@ fn tear(s: &mut State, image: &mut Vec<u8>, offset: u64, data: &[u8]) {
     match s.below(3) {
         // A prefix cut at a sector boundary.
         0 => {
+            // Below `sectors`, a usize.
+            #[allow(clippy::cast_possible_truncation)]
             let keep = (s.below(sectors as u64) as usize * SECTOR).min(data.len());
             apply(image, &Change::Write { offset, data: data[..keep].to_vec() });
         }
         // A prefix cut at a byte.
         1 => {
+            // Below `data.len()`, a usize.
+            #[allow(clippy::cast_possible_truncation)]
             let keep = s.below(data.len() as u64) as usize;
             apply(image, &Change::Write { offset, data: data[..keep].to_vec() });
         }
@@ -934,6 +949,8 @@ fn tear(s: &mut State, image: &mut Vec<u8>, offset: u64, data: &[u8]) {
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

@@ -182,8 +182,13 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
             Edit::AddFile(f) => {
                 p.put_u8(3);
                 p.put_u64_le(f.id);
+                // Kind codes are 1 and 2 (files.rs).
+                #[allow(clippy::cast_possible_truncation)]
                 p.put_u8(f.kind.code() as u8);
                 p.put_u64_le(f.size);
+                // Ranges of one file: at most its relocation entries, < u32::MAX (asserted by
+                // data_file::FileBuilder::add), or a u32 count decoded on replay.
+                #[allow(clippy::cast_possible_truncation)]
                 p.put_u32_le(f.ranges.len() as u32);
                 for (s, e) in &f.ranges {
                     p.put_u64_le(*s);
@@ -196,6 +201,8 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
             }
             Edit::SetPages(v) => {
                 p.put_u8(5);
+                // One entry per page id: at most MAX_PAGES (limits.rs, <= u32::MAX).
+                #[allow(clippy::cast_possible_truncation)]
                 p.put_u32_le(v.len() as u32);
                 for (pid, loc) in v {
                     p.put_u64_le(*pid);
@@ -207,6 +214,9 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                 p.put_u8(6);
                 p.put_u32_le(b.id);
                 p.put_u64_le(b.root);
+                // <= MAX_BUCKET_NAME_LEN (255): checked by engine::check_bucket_name on create and
+                // by decode_payload on replay.
+                #[allow(clippy::cast_possible_truncation)]
                 p.put_u16_le(b.name.len() as u16);
                 p.put_slice(b.name.as_bytes());
             }
@@ -217,6 +227,10 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
         }
     }
     let mut out = Vec::with_capacity(8 + p.len());
+    // Not checked here. The largest record is a snapshot: SetPages holds at most MAX_PAGES
+    // (2^26) entries of 20 bytes, 1.25 GiB, plus one AddFile per live file: below u32::MAX
+    // in practice, but no check bounds it.
+    #[allow(clippy::cast_possible_truncation)]
     out.put_u32_le(p.len() as u32);
     out.put_u32_le(crc32c::crc32c(&p));
     out.extend_from_slice(&p);

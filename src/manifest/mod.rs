@@ -75,12 +75,15 @@ impl Manifest {
             other => other,
         })?;
         let flen = file.len().await?;
-        let buf = file.read_exact_at(0, flen as usize).await?;
+        let flen = usize::try_from(flen).map_err(|_| {
+            Error::corruption(&path, 0, format!("manifest of {flen} bytes does not fit in memory"))
+        })?;
+        let buf = file.read_exact_at(0, flen).await?;
         let r = edit::replay(&buf, &path)?;
         if r.torn && writable {
             // Before cutting, read again: bytes that differ between two reads are a failing
             // device or bus, not a torn append, and must not cost an acknowledged edit.
-            let again = file.read_exact_at(0, flen as usize).await?;
+            let again = file.read_exact_at(0, flen).await?;
             if again != buf {
                 return Err(Error::corruption(
                     &path,

@@ -89,8 +89,12 @@ impl FileBuilder {
     pub fn add(&mut self, addr: u64, frame: Bytes) -> RelocEntry {
         assert!(self.relocs.last().is_none_or(|r| r.addr < addr), "addresses must increase");
         assert!(frame.len() <= MAX_FRAME_LEN);
-        let e =
-            RelocEntry { addr, offset: self.offset, len: frame.len() as u32, crc: crc32c::crc32c(&frame) };
+        // The footer's counts are u32 (docs/format.md); `finish` relies on this bound.
+        assert!(self.relocs.len() < u32::MAX as usize, "too many frames for one file");
+        // <= MAX_FRAME_LEN (1 GiB), asserted above.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = frame.len() as u32;
+        let e = RelocEntry { addr, offset: self.offset, len, crc: crc32c::crc32c(&frame) };
         self.offset += frame.len() as u64;
         self.frames.push(frame);
         self.relocs.push(e);
@@ -128,9 +132,13 @@ impl FileBuilder {
         tail.put_u32_le(FORMAT_VERSION);
         tail.put_u32_le(self.kind.code());
         tail.put_u64_le(ranges_off);
+        // ranges.len() <= relocs.len() < u32::MAX, asserted in `add`.
+        #[allow(clippy::cast_possible_truncation)]
         tail.put_u32_le(ranges.len() as u32);
         tail.put_u32_le(ranges_crc);
         tail.put_u64_le(ranges_off + reloc_start as u64);
+        // < u32::MAX, asserted in `add`.
+        #[allow(clippy::cast_possible_truncation)]
         tail.put_u32_le(self.relocs.len() as u32);
         tail.put_u32_le(reloc_crc);
         tail.put_u32_le(0);
@@ -255,6 +263,8 @@ pub fn check_frame(frame: &[u8], e: &RelocEntry, file: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

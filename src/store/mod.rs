@@ -178,7 +178,14 @@ impl Store {
                 }
                 let fb = h.read_exact_at(size - FOOTER_LEN as u64, FOOTER_LEN).await?;
                 let footer = data_file::parse_footer(&fb, &f.path, size)?;
-                let tlen = (size - FOOTER_LEN as u64 - footer.ranges_offset) as usize;
+                let tlen = size - FOOTER_LEN as u64 - footer.ranges_offset;
+                let tlen = usize::try_from(tlen).map_err(|_| {
+                    Error::corruption(
+                        &f.path,
+                        footer.ranges_offset,
+                        format!("tables of {tlen} bytes do not fit in memory"),
+                    )
+                })?;
                 let tb = h.read_exact_at(footer.ranges_offset, tlen).await?;
                 let (ranges, relocs) = data_file::parse_tables(&tb, &footer, &f.path)?;
                 if ranges != f.meta.ranges || footer.kind != f.meta.kind {

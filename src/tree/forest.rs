@@ -41,6 +41,20 @@ use crate::tree::mapping::{retire_chain, MappingTable};
 use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};
 use crate::tree::{merge_leaf, ChainView};
 
+/// `cache_capacity` as the signed byte count the cache's `mem` counter compares with,
+/// saturating at `i64::MAX` (`Options` bounds it only from below).
+pub(crate) fn capacity_i64(capacity: usize) -> i64 {
+    i64::try_from(capacity).unwrap_or(i64::MAX)
+}
+
+/// The signed delta of `n` bytes of node memory for the `mem` counter.
+// `n` is the size of live allocations (a node or a chain of them): at most isize::MAX,
+// Rust's allocation limit, so it fits an i64.
+#[allow(clippy::cast_possible_wrap)]
+pub(crate) fn mem_delta(n: usize) -> i64 {
+    n as i64
+}
+
 /// A decoded page image with the file and offset it came from.
 type LoadedImage = (PageImage, std::path::PathBuf, u64);
 type SharedLoad = futures::future::Shared<BoxFuture<'static, Result<Arc<LoadedImage>>>>;
@@ -156,6 +170,12 @@ impl Forest {
         self.mvcc.horizon()
     }
 
+    /// The cache capacity as the `mem` counter's type; a capacity past `i64::MAX` (an
+    /// "unbounded" `usize::MAX`, say) saturates instead of wrapping negative.
+    fn capacity_i64(&self) -> i64 {
+        capacity_i64(self.capacity)
+    }
+
     /// Bytes of cache in use.
     pub fn mem_used(&self) -> i64 {
         self.mem.load(Ordering::Relaxed)
@@ -189,7 +209,7 @@ impl Forest {
     /// Installs the first chain of a freshly allocated page id.
     pub fn install_new(&self, pid: Pid, kind: NodeKind) {
         let node = Node::base(1, kind);
-        self.mem.fetch_add(node.mem as i64, Ordering::Relaxed);
+        self.mem.fetch_add(mem_delta(node.mem), Ordering::Relaxed);
         let guard = epoch::pin();
         let slot = self.table.slot(pid);
         let prev = slot.head.swap(Owned::new(node), Ordering::AcqRel, &guard);
@@ -205,7 +225,7 @@ impl Forest {
         // (the `replace` that would have linked it failed), so only a pin that predates the
         // swap can still reach it (a thread that loaded the slot by page id meanwhile).
         let mem = unsafe { retire_chain(prev, guard) };
-        self.mem.fetch_sub(mem as i64, Ordering::Relaxed);
+        self.mem.fetch_sub(mem_delta(mem), Ordering::Relaxed);
         self.free_pids.lock().push(pid);
     }
 
@@ -213,13 +233,13 @@ impl Forest {
     /// CAS lost to a concurrent change.
     pub fn replace(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
         let node = Node::base(seq + 1, kind);
-        let mem = node.mem as i64;
+        let mem = mem_delta(node.mem);
         let slot = self.table.slot(pid);
         match slot.head.compare_exchange(head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, guard) {
             Ok(_) => {
                 // SAFETY: the CAS just unlinked `head`'s chain.
                 let old = unsafe { retire_chain(head, guard) };
-                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
                 self.mark_dirty(pid);
                 true
             }

@@ -56,7 +56,9 @@ impl MappingTable {
     /// The slot of `pid` (allocating its chunk on first use).
     pub fn slot(&self, pid: Pid) -> &Slot {
         assert!(pid != 0, "page id 0 is never valid");
-        let (c, i) = ((pid as usize) / MAPPING_CHUNK_LEN, (pid as usize) % MAPPING_CHUNK_LEN);
+        // A pid past usize is past the table too (MAX_PAGES <= u32::MAX, limits.rs).
+        let ix = usize::try_from(pid).unwrap_or(usize::MAX);
+        let (c, i) = (ix / MAPPING_CHUNK_LEN, ix % MAPPING_CHUNK_LEN);
         assert!(c < MAPPING_CHUNKS, "page id {pid} beyond the mapping table");
         let chunk = self.chunks[c].get_or_init(|| (0..MAPPING_CHUNK_LEN).map(|_| Slot::default()).collect());
         &chunk[i]
@@ -64,8 +66,8 @@ impl MappingTable {
 
     /// The slot of `pid` if its chunk exists.
     pub fn try_slot(&self, pid: Pid) -> Option<&Slot> {
-        let c = (pid as usize) / MAPPING_CHUNK_LEN;
-        self.chunks.get(c)?.get().map(|chunk| &chunk[(pid as usize) % MAPPING_CHUNK_LEN])
+        let ix = usize::try_from(pid).ok()?;
+        self.chunks.get(ix / MAPPING_CHUNK_LEN)?.get().map(|chunk| &chunk[ix % MAPPING_CHUNK_LEN])
     }
 
     /// Loads the head of `pid`.

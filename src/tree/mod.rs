@@ -323,7 +323,10 @@ impl Tree {
             let slot = f.table.slot(pid);
             if slot.head.compare_exchange(v.head, owned, Ordering::AcqRel, Ordering::Acquire, &guard).is_ok()
             {
-                f.note_write(pid, mem as isize, key.len() + version.value.mem_size());
+                // `mem` is the size of the node just allocated: at most isize::MAX.
+                #[allow(clippy::cast_possible_wrap)]
+                let mem = mem as isize;
+                f.note_write(pid, mem, key.len() + version.value.mem_size());
                 if depth >= CONSOLIDATE_CHAIN_LEN || big || shrinking {
                     self.maintain(f, pid, &guard);
                 }

@@ -55,7 +55,11 @@ pub struct BlobCell {
 impl BlobCell {
     /// A new in-memory blob not yet on disk.
     pub fn in_memory(bytes: Bytes) -> BlobCell {
-        BlobCell { len: bytes.len() as u32, addr: AtomicU64::new(0), bytes: Some(bytes) }
+        // A written value: <= MAX_VALUE_LEN (64 MiB, limits.rs), checked by engine::check_value
+        // on put and by the WAL decoder on replay.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = bytes.len() as u32;
+        BlobCell { len, addr: AtomicU64::new(0), bytes: Some(bytes) }
     }
 
     /// A blob known only by its address on disk.

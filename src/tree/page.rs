@@ -57,10 +57,16 @@ fn put_bounds(out: &mut Vec<u8>, b: &Bounds) {
 pub fn encode_leaf(leaf: &LeafBase, out: &mut Vec<u8>, blob_addr: &mut dyn FnMut(&Arc<BlobCell>) -> u64) {
     out.put_u8(KIND_LEAF);
     put_bounds(out, &leaf.bounds);
+    // Each entry encodes to at least 8 bytes and a page frame is asserted <= MAX_FRAME_LEN
+    // (1 GiB) by FileBuilder::add before it is written, so a count past u32::MAX never
+    // reaches disk.
+    #[allow(clippy::cast_possible_truncation)]
     out.put_u32_le(leaf.entries.len() as u32);
     for e in &leaf.entries {
         debug_assert!(!e.versions.is_empty());
         put_bytes32(out, &e.key);
+        // As for the entry count: each version encodes to at least 9 bytes.
+        #[allow(clippy::cast_possible_truncation)]
         out.put_u32_le(e.versions.len() as u32);
         for v in &e.versions {
             out.put_u64_le(v.ts);
@@ -84,6 +90,10 @@ pub fn encode_leaf(leaf: &LeafBase, out: &mut Vec<u8>, blob_addr: &mut dyn FnMut
 pub fn encode_inner(inner: &InnerBase, out: &mut Vec<u8>) {
     out.put_u8(KIND_INNER);
     put_bounds(out, &inner.bounds);
+    // Each child encodes to at least 8 bytes and a page frame is asserted <= MAX_FRAME_LEN
+    // (1 GiB) by FileBuilder::add before it is written, so a count past u32::MAX never
+    // reaches disk.
+    #[allow(clippy::cast_possible_truncation)]
     out.put_u32_le(inner.children.len() as u32);
     for (sep, pid) in &inner.children {
         put_bytes32(out, sep);

@@ -266,7 +266,11 @@ async fn cut_torn_tail(
 /// offset other than the one it was written for (a misdirected write), or one written when
 /// the segment was already synced beyond `bad`.
 pub(crate) async fn damage_after(file: &IoFile, bad: u64, file_len: u64) -> Result<Option<String>> {
-    let tail = file.read_exact_at(bad, (file_len - bad) as usize).await?;
+    let tail_len = file_len - bad;
+    let tail_len = usize::try_from(tail_len).map_err(|_| {
+        Error::corruption(file.path(), bad, format!("WAL tail of {tail_len} bytes does not fit in memory"))
+    })?;
+    let tail = file.read_exact_at(bad, tail_len).await?;
     for q in 1..tail.len() {
         let Some((at, synced_to)) = decode_mark(&tail[q..]) else { continue };
         let found = bad + q as u64;
@@ -318,10 +322,15 @@ impl<'a> SegmentReader<'a> {
         if offset < self.buf_offset || end > buf_end {
             // `end <= file_len` was checked, so this read is bounded by the file size.
             let read_len = (len.max(READ_CHUNK_BYTES) as u64).min(self.file_len - offset);
-            self.buf = self.file.read_exact_at(offset, read_len as usize).await?;
+            // <= max(len, READ_CHUNK_BYTES), both usizes.
+            #[allow(clippy::cast_possible_truncation)]
+            let read_len_usize = read_len as usize;
+            self.buf = self.file.read_exact_at(offset, read_len_usize).await?;
             self.buf_offset = offset;
             assert_eq!(self.buf.len() as u64, read_len);
         }
+        // `buf_offset <= offset` and `end <= buf_end` (checked or just read): below buf.len().
+        #[allow(clippy::cast_possible_truncation)]
         let start = (offset - self.buf_offset) as usize;
         Ok(Some(&self.buf[start..start + len]))
     }

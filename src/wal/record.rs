@@ -262,6 +262,8 @@ fn validate(rec: &WalRecord) -> Result<u64> {
 /// segment were durable.
 pub fn encode_mark(at: u64, synced_to: u64) -> Bytes {
     let mut buf = BytesMut::with_capacity(MARK_LEN);
+    // A constant: 24.
+    #[allow(clippy::cast_possible_truncation)]
     buf.put_slice(&(MARK_PAYLOAD_LEN as u32).to_le_bytes());
     buf.put_slice(&0u32.to_le_bytes());
     buf.put_slice(&0u64.to_le_bytes());
@@ -288,27 +290,37 @@ pub fn decode_mark(buf: &[u8]) -> Option<(u64, u64)> {
 /// Errors: [`Error::InvalidArgument`] if a key, a value or the whole record is over its bound.
 pub fn encode(rec: &WalRecord) -> Result<Bytes> {
     let len = validate(rec)?;
-    let len_usize = len as usize; // <= MAX_WAL_RECORD_LEN, checked by validate
+    // <= MAX_WAL_RECORD_LEN (1 GiB), checked by validate: fits usize and u32.
+    #[allow(clippy::cast_possible_truncation)]
+    let (len_usize, len_u32) = (len as usize, len as u32);
     let mut buf = BytesMut::with_capacity(FRAME_LEN + len_usize);
     // The frame goes first; its CRC is patched in once the payload is written.
-    buf.put_slice(&(len as u32).to_le_bytes());
+    buf.put_slice(&len_u32.to_le_bytes());
     buf.put_slice(&0u32.to_le_bytes());
     buf.put_slice(&rec.ts.to_le_bytes());
+    // validate checked u32::try_from(rec.ops.len()).
+    #[allow(clippy::cast_possible_truncation)]
     buf.put_slice(&(rec.ops.len() as u32).to_le_bytes());
     for op in &rec.ops {
         match op {
             WalOp::Put { bucket, key, value } => {
                 buf.put_u8(KIND_PUT);
                 buf.put_slice(&bucket.to_le_bytes());
-                buf.put_slice(&(key.len() as u32).to_le_bytes());
+                // <= MAX_KEY_LEN and <= MAX_VALUE_LEN (limits.rs), checked by validate.
+                #[allow(clippy::cast_possible_truncation)]
+                let (key_len, value_len) = (key.len() as u32, value.len() as u32);
+                buf.put_slice(&key_len.to_le_bytes());
                 buf.put_slice(key);
-                buf.put_slice(&(value.len() as u32).to_le_bytes());
+                buf.put_slice(&value_len.to_le_bytes());
                 buf.put_slice(value);
             }
             WalOp::Delete { bucket, key } => {
                 buf.put_u8(KIND_DELETE);
                 buf.put_slice(&bucket.to_le_bytes());
-                buf.put_slice(&(key.len() as u32).to_le_bytes());
+                // <= MAX_KEY_LEN (limits.rs), checked by validate.
+                #[allow(clippy::cast_possible_truncation)]
+                let key_len = key.len() as u32;
+                buf.put_slice(&key_len.to_le_bytes());
                 buf.put_slice(key);
             }
         }
@@ -461,6 +473,8 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<u64, RecordError> {
 }
 
 #[cfg(test)]
+// Unit tests build small images and patterns: their casts cannot truncate or are meant to.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

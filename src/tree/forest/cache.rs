@@ -90,7 +90,7 @@ impl Forest {
             };
             let node = Node::base(v.head_node.seq + 1, kind);
             let new_seq = node.seq;
-            let mem = node.mem as i64;
+            let mem = mem_delta(node.mem);
             let slot = self.table.slot(pid);
             let mut meta = slot.meta.lock();
             if slot
@@ -108,7 +108,7 @@ impl Forest {
                 drop(meta);
                 // SAFETY: the CAS just unlinked the old chain.
                 let old = unsafe { retire_chain(v.head, &guard) };
-                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
                 slot.referenced.store(true, Ordering::Relaxed);
                 self.maybe_evict(pid);
                 return Ok(());
@@ -126,7 +126,7 @@ impl Forest {
     /// page whose reference bit is set survives the call: a reader always gets to read the
     /// page it loaded, even when nothing else in the cache is clean.
     pub fn maybe_evict(&self, keep: Pid) {
-        if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
+        if self.mem.load(Ordering::Relaxed) <= self.capacity_i64() {
             return;
         }
         let limit = self.next_pid();
@@ -138,9 +138,9 @@ impl Forest {
             return;
         }
         let Some(_g) = self.evict_lock.try_lock() else { return };
-        let target = (self.capacity as i64) * 9 / 10;
+        let target = self.capacity_i64().saturating_mul(9) / 10;
         let guard = epoch::pin();
-        for _ in 0..EVICT_SCAN_BUDGET.min(limit as usize) {
+        for _ in 0..EVICT_SCAN_BUDGET.min(usize::try_from(limit).unwrap_or(usize::MAX)) {
             if self.mem.load(Ordering::Relaxed) <= target {
                 break;
             }
@@ -181,7 +181,7 @@ impl Forest {
                 v.head_node.seq + 1,
                 NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.clone()) },
             );
-            let mem = stub.mem as i64;
+            let mem = mem_delta(stub.mem);
             let head_ptr = v.head;
             if slot
                 .head
@@ -192,10 +192,10 @@ impl Forest {
                 self.barren.store(0, Ordering::Relaxed);
                 // SAFETY: the CAS just unlinked the old chain.
                 let old = unsafe { retire_chain(head_ptr, &guard) };
-                self.mem.fetch_add(mem - old as i64, Ordering::Relaxed);
+                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
             }
         }
-        if self.mem.load(Ordering::Relaxed) > self.capacity as i64 {
+        if self.mem.load(Ordering::Relaxed) > self.capacity_i64() {
             self.needs_checkpoint.store(true, Ordering::Relaxed);
         }
     }
@@ -207,9 +207,9 @@ impl Forest {
 
     /// Evicts until the cache is under capacity or one full sweep found nothing more.
     pub fn evict_to_capacity(&self) {
-        let sweeps = self.next_pid() as usize / EVICT_SCAN_BUDGET + 2;
+        let sweeps = usize::try_from(self.next_pid()).unwrap_or(usize::MAX) / EVICT_SCAN_BUDGET + 2;
         for _ in 0..sweeps {
-            if self.mem.load(Ordering::Relaxed) <= self.capacity as i64 {
+            if self.mem.load(Ordering::Relaxed) <= self.capacity_i64() {
                 break;
             }
             self.maybe_evict(0);
