@@ -47,7 +47,6 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use crate::db::Db;
-use crate::engine::lifetime::dropped_handover;
 use crate::engine::open::is_stale;
 use crate::error::{Error, Result};
 use crate::files::{file_kind_of, parse_file_id};
@@ -188,10 +187,9 @@ impl Db {
     /// directory cannot be read or has no `CURRENT`, or a writer has the database open
     /// ([`Error::Locked`]: the check takes the shared lock of a read-only open, so no writer
     /// changes the files while it reads them; a database of this process dropped without
-    /// `close` is waited for, as `Db::open` does). Only `opts.io_backend` is used.
+    /// `close` is waited for by the lock, as in `Db::open`). Only `opts.io_backend` is used.
     pub async fn check(path: impl AsRef<Path>, opts: &Options) -> Result<CheckReport> {
         let io = opts.io_driver()?;
-        dropped_handover(path.as_ref()).await;
         let _lock = match crate::engine::open::lock_dir(&io, path.as_ref(), LockMode::Shared).await {
             Ok(lock) => Some(lock),
             Err(e @ Error::Locked { .. }) => return Err(e),

@@ -3,9 +3,9 @@
 //! Every fallible public call returns [`Result<T>`]. Internal failures are folded into
 //! [`Error`] with enough context to act on: an I/O error names the path and the operation,
 //! a corruption names the file and the byte offset (it always means bytes read from disk
-//! failed a check; a broken in-memory invariant of the engine is [`Error::Internal`]). Bytes read from disk are never trusted:
-//! a bad checksum or an impossible length becomes [`Error::Corruption`], never a panic and
-//! never data handed to the caller.
+//! failed a check; a broken in-memory invariant of the engine is [`Error::Internal`]).
+//! Bytes read from disk are never trusted: a bad checksum or an impossible length becomes
+//! [`Error::Corruption`], never a panic and never data handed to the caller.
 //!
 //! `Error` is `Clone` (the I/O source is shared behind an `Arc`) because one failed group
 //! commit flush is reported to every transaction waiting on it.

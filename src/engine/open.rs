@@ -1,9 +1,9 @@
 //! Open and recovery, in the order [`open`] runs them:
 //! 1. Check the options and the path (an empty or NUL-holding path is refused before any
-//!    file is touched); wait for a database of this process dropped on the same directory
-//!    to hand its lock over.
-//! 2. Lock the directory: exclusive for a writer (which first creates it), shared for a
-//!    read-only open. Nothing in it is read before.
+//!    file is touched).
+//! 2. Lock the directory ([`lock_dir`]): exclusive for a writer (which first creates it),
+//!    shared for a read-only open, after a database of this process dropped on the same
+//!    directory handed its lock over. Nothing in it is read before.
 //! 3. Read the manifest (a writer creates one where there is none; a read-only open fails).
 //! 4. A writer deletes the files no manifest references (`is_stale`).
 //! 5. Build the store, the page table (every page starts as an on-disk stub, loaded on
@@ -43,7 +43,6 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
     check_path(&dir)?;
     let io = opts.io_driver()?;
     let writable = !opts.read_only;
-    dropped_handover(&dir).await;
     // Step 2.
     let lock = if writable {
         io.create_dir_all(&dir).await?;
@@ -250,6 +249,9 @@ const FORK_WINDOW_TRIES: u32 = 50;
 /// Locks the database directory `dir` in `mode`; a path that exists but is not a directory
 /// is [`Error::InvalidArgument`], a conflicting holder [`Error::Locked`].
 ///
+/// First waits for a database of this process on `dir`, dropped without `close`, to hand
+/// its lock over (`lifetime::dropped_handover`).
+///
 /// A `flock` belongs to the open file description, which a child process shares from its
 /// `fork` until its `exec` closes it: a lock this process just released can still look
 /// held for that window when another thread is spawning a process. So when the holder can
@@ -258,6 +260,7 @@ const FORK_WINDOW_TRIES: u32 = 50;
 /// times; a lock held by another process, or by another open in this process, fails at
 /// once.
 pub(crate) async fn lock_dir(io: &IoDriver, dir: &Path, mode: LockMode) -> Result<HeldLock> {
+    dropped_handover(dir).await;
     let key = handover_key(dir);
     let me = std::process::id();
     let mut tries = 0;
