@@ -3,6 +3,13 @@
 //!
 //! # Backends
 //!
+//! Each backend lives in its own file and implements the two traits of `backend.rs`
+//! (`Backend` for files and directories, `BackendFile` for one open file). The enums
+//! `Engine` and `Handle` below are the one place that names them all; every call is a
+//! `match` over them (the `on_engine!` / `on_file!` macros) that calls the same trait
+//! method on each arm: static dispatch, no `dyn`, no boxed future, and the `cfg` of an
+//! optional backend written once per enum.
+//!
 //! - **io_uring** (`uring.rs`, Linux only). Two rings per *process*, started on first use
 //!   and shared by every `IoDriver` (so opening hundreds of databases opens two rings and
 //!   pins one set of registered buffers, not hundreds).
@@ -80,7 +87,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use backend::{Backend, BackendFile, Written};
 
+mod backend;
 #[cfg(target_os = "linux")]
 mod buffers;
 #[cfg(target_os = "linux")]
@@ -162,13 +171,71 @@ pub struct IoDriver {
     stats: Arc<Counters>,
 }
 
+/// The backend of a driver: the one place that names them all. Every call goes through
+/// [`on_engine!`] / [`on_file!`], a `match` that calls the same [`Backend`] /
+/// [`BackendFile`] method on each arm (static dispatch, no boxed future).
 #[derive(Clone)]
 enum Engine {
     #[cfg(target_os = "linux")]
     Uring(&'static uring::Ring),
-    ThreadPool,
+    ThreadPool(threadpool::Pool),
     #[cfg(feature = "sim")]
     Sim(sim::SimDisk),
+}
+
+/// An open file of one of the [`Engine`]s.
+enum Handle {
+    #[cfg(target_os = "linux")]
+    Uring(uring::UringFile),
+    Pool(threadpool::PoolFile),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimFile),
+}
+
+/// `$body` with `$b` bound to the backend of `$engine`, whichever it is.
+macro_rules! on_engine {
+    ($engine:expr, $b:ident => $body:expr) => {
+        match $engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring($b) => $body,
+            Engine::ThreadPool($b) => $body,
+            #[cfg(feature = "sim")]
+            Engine::Sim($b) => $body,
+        }
+    };
+}
+
+/// `$body` with `$f` bound to the backend file of `$handle`, whichever it is.
+macro_rules! on_file {
+    ($handle:expr, $f:ident => $body:expr) => {
+        match $handle {
+            #[cfg(target_os = "linux")]
+            Handle::Uring($f) => $body,
+            Handle::Pool($f) => $body,
+            #[cfg(feature = "sim")]
+            Handle::Sim($f) => $body,
+        }
+    };
+}
+
+#[cfg(target_os = "linux")]
+impl From<uring::UringFile> for Handle {
+    fn from(f: uring::UringFile) -> Handle {
+        Handle::Uring(f)
+    }
+}
+
+impl From<threadpool::PoolFile> for Handle {
+    fn from(f: threadpool::PoolFile) -> Handle {
+        Handle::Pool(f)
+    }
+}
+
+#[cfg(feature = "sim")]
+impl From<sim::SimFile> for Handle {
+    fn from(f: sim::SimFile) -> Handle {
+        Handle::Sim(f)
+    }
 }
 
 impl fmt::Debug for IoDriver {
@@ -188,7 +255,7 @@ impl IoDriver {
     /// The probe runs once per process; this call waits for it the first time.
     pub fn new(backend: IoBackend) -> Result<IoDriver> {
         let engine = match resolve_env(backend)? {
-            IoBackend::ThreadPool => Engine::ThreadPool,
+            IoBackend::ThreadPool => Engine::ThreadPool(threadpool::Pool),
             #[cfg(feature = "sim")]
             IoBackend::Simulated => {
                 return Err(Error::invalid("the simulated disk is chosen by Options::sim, not by IoBackend"))
@@ -198,7 +265,7 @@ impl IoDriver {
                 Ok(engine) => engine,
                 Err(e) => {
                     warn_uring_unavailable(&e);
-                    Engine::ThreadPool
+                    Engine::ThreadPool(threadpool::Pool)
                 }
             },
         };
@@ -217,7 +284,7 @@ impl IoDriver {
         match self.engine {
             #[cfg(target_os = "linux")]
             Engine::Uring(_) => IoBackend::Uring,
-            Engine::ThreadPool => IoBackend::ThreadPool,
+            Engine::ThreadPool(_) => IoBackend::ThreadPool,
             #[cfg(feature = "sim")]
             Engine::Sim(_) => IoBackend::Simulated,
         }
@@ -236,14 +303,8 @@ impl IoDriver {
 
     /// Opens `path` in `mode`.
     pub async fn open(&self, path: &Path, mode: OpenMode) -> Result<IoFile> {
-        let handle = match &self.engine {
-            #[cfg(target_os = "linux")]
-            Engine::Uring(ring) => ring.open(path.to_owned(), mode).await.map(Handle::Uring),
-            Engine::ThreadPool => threadpool::open(path.to_owned(), mode).await.map(Handle::Pool),
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.open(path, mode).map(Handle::Sim),
-        }
-        .map_err(|e| Error::io(path, "open", e))?;
+        let handle = on_engine!(&self.engine, b => b.open(path, mode).await.map(Handle::from))
+            .map_err(|e| Error::io(path, "open", e))?;
         Ok(IoFile {
             inner: Arc::new(FileInner { path: path.to_owned(), stats: Arc::clone(&self.stats), handle }),
         })
@@ -252,27 +313,12 @@ impl IoDriver {
     /// Renames `from` to `to`, replacing `to` if it exists (not durable until
     /// [`IoDriver::sync_dir`] of the parent directory).
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        let (f, t) = (from.to_owned(), to.to_owned());
-        match &self.engine {
-            #[cfg(target_os = "linux")]
-            Engine::Uring(ring) => ring.rename(f, t).await,
-            Engine::ThreadPool => threadpool::rename(f, t).await,
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.rename(&f, &t),
-        }
-        .map_err(|e| Error::io(from, "rename", e))
+        on_engine!(&self.engine, b => b.rename(from, to).await).map_err(|e| Error::io(from, "rename", e))
     }
 
     /// Removes the file `path`.
     pub async fn remove_file(&self, path: &Path) -> Result<()> {
-        match &self.engine {
-            #[cfg(target_os = "linux")]
-            Engine::Uring(ring) => ring.remove_file(path.to_owned()).await,
-            Engine::ThreadPool => threadpool::remove_file(path.to_owned()).await,
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.remove_file(path),
-        }
-        .map_err(|e| Error::io(path, "remove", e))
+        on_engine!(&self.engine, b => b.remove_file(path).await).map_err(|e| Error::io(path, "remove", e))
     }
 
     /// Creates the directory `path` and its missing parents (Ok if it exists), durably: the
@@ -289,12 +335,8 @@ impl IoDriver {
         if created.is_empty() {
             return Ok(());
         }
-        match &self.engine {
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.create_dir_all(path),
-            _ => threadpool::create_dir_all(path.to_owned()).await,
-        }
-        .map_err(|e| Error::io(path, "create_dir", e))?;
+        on_engine!(&self.engine, b => b.create_dir_all(path).await)
+            .map_err(|e| Error::io(path, "create_dir", e))?;
         for dir in created.iter().rev() {
             let parent = match dir.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -308,25 +350,13 @@ impl IoDriver {
     /// Makes the entries of directory `path` durable: opens it read-only and fsyncs it.
     pub async fn sync_dir(&self, path: &Path) -> Result<()> {
         Counters::bump(&self.stats.fsyncs);
-        match &self.engine {
-            #[cfg(target_os = "linux")]
-            Engine::Uring(ring) => ring.sync_dir(path.to_owned()).await,
-            Engine::ThreadPool => threadpool::sync_dir(path.to_owned()).await,
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.sync_dir(path),
-        }
-        .map_err(|e| Error::io(path, "fsync", e))
+        on_engine!(&self.engine, b => b.sync_dir(path).await).map_err(|e| Error::io(path, "fsync", e))
     }
 
     /// The names (not paths) of the entries of directory `path`, sorted. Names that are not
     /// valid UTF-8 are skipped with a warning (ringkv never creates such names).
     pub async fn read_dir(&self, path: &Path) -> Result<Vec<String>> {
-        match &self.engine {
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.read_dir(path),
-            _ => threadpool::read_dir(path.to_owned()).await,
-        }
-        .map_err(|e| Error::io(path, "read_dir", e))
+        on_engine!(&self.engine, b => b.read_dir(path).await).map_err(|e| Error::io(path, "read_dir", e))
     }
 
     /// Locks directory `path` in `mode` without waiting, for as long as the returned
@@ -335,29 +365,17 @@ impl IoDriver {
     /// crash clears). A conflicting holder, in this process or another, is
     /// [`Error::Locked`] naming the holders' process ids where the platform tells.
     pub async fn lock_dir(&self, path: &Path, mode: LockMode) -> Result<DirLock> {
-        let locked = match &self.engine {
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk
-                .lock_dir(path, mode)
-                .map(|held| held.map(|l| DirLock { _held: Held::Sim(l) }).ok_or_else(Vec::new)),
-            _ => threadpool::lock_dir(path.to_owned(), mode)
-                .await
-                .map(|held| held.map(|l| DirLock { _held: Held::Os(l) })),
-        };
-        match locked.map_err(|e| Error::io(path, "lock", e))? {
-            Ok(lock) => Ok(lock),
+        match on_engine!(&self.engine, b => b.lock_dir(path, mode).await)
+            .map_err(|e| Error::io(path, "lock", e))?
+        {
+            Ok(held) => Ok(DirLock { _held: held }),
             Err(holders) => Err(Error::Locked { path: path.to_owned(), holders }),
         }
     }
 
     /// Whether `path` exists (following symbolic links).
     pub async fn exists(&self, path: &Path) -> Result<bool> {
-        match &self.engine {
-            #[cfg(feature = "sim")]
-            Engine::Sim(disk) => disk.exists(path),
-            _ => threadpool::exists(path.to_owned()).await,
-        }
-        .map_err(|e| Error::io(path, "stat", e))
+        on_engine!(&self.engine, b => b.exists(path).await).map_err(|e| Error::io(path, "stat", e))
     }
 }
 
@@ -366,7 +384,7 @@ pub struct DirLock {
     _held: Held,
 }
 
-/// Held only for its `Drop`, which releases the lock.
+/// A directory lock of one of the backends, held only for its `Drop`, which releases it.
 #[allow(dead_code)]
 enum Held {
     Os(ringkv_fallback::DirLock),
@@ -392,14 +410,6 @@ struct FileInner {
     path: PathBuf,
     stats: Arc<Counters>,
     handle: Handle,
-}
-
-enum Handle {
-    #[cfg(target_os = "linux")]
-    Uring(uring::UringFile),
-    Pool(Arc<std::fs::File>),
-    #[cfg(feature = "sim")]
-    Sim(sim::SimFile),
 }
 
 impl fmt::Debug for IoFile {
@@ -431,14 +441,8 @@ impl IoFile {
 
     async fn read(&self, offset: u64, len: usize, exact: bool) -> Result<Vec<u8>> {
         Counters::bump(&self.inner.stats.reads);
-        let buf = match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => f.read(offset, len, exact).await,
-            Handle::Pool(f) => threadpool::read(Arc::clone(f), offset, len, exact).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.read(offset, len, exact).await,
-        }
-        .map_err(self.err("read"))?;
+        let buf =
+            on_file!(&self.inner.handle, f => f.read(offset, len, exact).await).map_err(self.err("read"))?;
         debug_assert!(buf.len() == len || (!exact && buf.len() < len));
         Ok(buf)
     }
@@ -448,21 +452,11 @@ impl IoFile {
     pub async fn writev_at(&self, offset: u64, bufs: Vec<Bytes>) -> Result<()> {
         let stats = &self.inner.stats;
         Counters::bump(&stats.writes);
-        match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => match f.writev(offset, bufs).await {
-                Ok(uring::Written::Fixed) => {
-                    Counters::bump(&stats.fixed_writes);
-                    Ok(())
-                }
-                Ok(uring::Written::Unfixed) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Handle::Pool(f) => threadpool::writev(Arc::clone(f), offset, bufs).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.writev(offset, bufs).await,
+        match on_file!(&self.inner.handle, f => f.writev(offset, bufs).await).map_err(self.err("write"))? {
+            Written::Fixed => Counters::bump(&stats.fixed_writes),
+            Written::Unfixed => {}
         }
-        .map_err(self.err("write"))
+        Ok(())
     }
 
     /// Flushes the file's data (and the metadata needed to read it) to stable storage
@@ -479,52 +473,25 @@ impl IoFile {
 
     async fn sync(&self, data_only: bool) -> io::Result<()> {
         Counters::bump(&self.inner.stats.fsyncs);
-        match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => f.sync(data_only).await,
-            Handle::Pool(f) => threadpool::sync(Arc::clone(f), data_only).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.sync().await,
-        }
+        on_file!(&self.inner.handle, f => f.sync(data_only).await)
     }
 
     /// Reserves disk space for `offset..offset + len`, extending the file if it is shorter
     /// (`fallocate` mode 0; where the file system cannot preallocate, only the length is
     /// extended).
     pub async fn allocate(&self, offset: u64, len: u64) -> Result<()> {
-        match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => f.allocate(offset, len).await,
-            Handle::Pool(f) => threadpool::allocate(Arc::clone(f), offset, len).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.allocate(offset, len).await,
-        }
-        .map_err(self.err("fallocate"))
+        on_file!(&self.inner.handle, f => f.allocate(offset, len).await).map_err(self.err("fallocate"))
     }
 
     /// The file's length in bytes.
     #[allow(clippy::len_without_is_empty)]
     pub async fn len(&self) -> Result<u64> {
-        match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => f.len().await,
-            Handle::Pool(f) => threadpool::len(Arc::clone(f)).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.len().await,
-        }
-        .map_err(self.err("stat"))
+        on_file!(&self.inner.handle, f => f.len().await).map_err(self.err("stat"))
     }
 
     /// Truncates or extends (with zeros) the file to `len` bytes.
     pub async fn set_len(&self, len: u64) -> Result<()> {
-        match &self.inner.handle {
-            #[cfg(target_os = "linux")]
-            Handle::Uring(f) => f.set_len(len).await,
-            Handle::Pool(f) => threadpool::set_len(Arc::clone(f), len).await,
-            #[cfg(feature = "sim")]
-            Handle::Sim(f) => f.set_len(len).await,
-        }
-        .map_err(self.err("truncate"))
+        on_file!(&self.inner.handle, f => f.set_len(len).await).map_err(self.err("truncate"))
     }
 }
 

@@ -43,7 +43,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{LockMode, OpenMode};
+use super::backend::{Backend, BackendFile, Written};
+use super::{Held, LockMode, OpenMode};
 
 const SECTOR: usize = 512;
 
@@ -573,10 +574,14 @@ impl SimDisk {
     pub fn list(&self) -> Vec<PathBuf> {
         self.state.lock().live.keys().cloned().collect()
     }
+}
 
-    // ---- the backend interface used by `IoDriver` ----
+/// Every operation takes effect when it is called (the first poll) and completes at once;
+/// a file's reads and writes then stay pending for the polls the seed picks.
+impl Backend for SimDisk {
+    type File = SimFile;
 
-    pub(super) fn open(&self, path: &Path, mode: OpenMode) -> io::Result<SimFile> {
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<SimFile> {
         let mut s = self.state.lock();
         let generation = s.generation;
         s.begin(generation, "open")?;
@@ -613,7 +618,7 @@ impl SimDisk {
         })
     }
 
-    pub(super) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "rename")?;
@@ -629,7 +634,7 @@ impl SimDisk {
         Ok(())
     }
 
-    pub(super) fn remove_file(&self, path: &Path) -> io::Result<()> {
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "remove")?;
@@ -643,7 +648,7 @@ impl SimDisk {
         }
     }
 
-    pub(super) fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "create_dir")?;
@@ -670,7 +675,7 @@ impl SimDisk {
         Ok(())
     }
 
-    pub(super) fn sync_dir(&self, path: &Path) -> io::Result<()> {
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "fsync")?;
@@ -692,7 +697,7 @@ impl SimDisk {
         Ok(())
     }
 
-    pub(super) fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+    async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "read_dir")?;
@@ -708,7 +713,7 @@ impl SimDisk {
 
     /// Takes the lock of directory `path` in `mode` without waiting: `Ok(None)` when a
     /// conflicting holder has it. Not an operation of the fault schedule (it counts no op).
-    pub(super) fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Option<SimLock>> {
+    async fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Result<Held, Vec<u32>>> {
         let mut s = self.state.lock();
         if s.entry(path) != Some(Entry::Dir) {
             return Err(io::Error::new(io::ErrorKind::NotFound, "simulated disk: no such directory"));
@@ -720,16 +725,16 @@ impl SimDisk {
             LockMode::Exclusive => !held.1 && held.0 == 0,
         };
         if !free {
-            return Ok(None);
+            return Ok(Err(Vec::new()));
         }
         match mode {
             LockMode::Shared => held.0 += 1,
             LockMode::Exclusive => held.1 = true,
         }
-        Ok(Some(SimLock { disk: self.clone(), path: path.to_path_buf(), mode, generation }))
+        Ok(Ok(Held::Sim(SimLock { disk: self.clone(), path: path.to_path_buf(), mode, generation })))
     }
 
-    pub(super) fn exists(&self, path: &Path) -> io::Result<bool> {
+    async fn exists(&self, path: &Path) -> io::Result<bool> {
         let mut s = self.state.lock();
         let g = s.generation;
         s.begin(g, "stat")?;
@@ -803,8 +808,10 @@ impl SimFile {
     fn delay<T, F: FnOnce() -> T + Unpin>(&self, polls: u32, finish: F) -> Delayed<F> {
         Delayed { polls, finish: Some(finish) }
     }
+}
 
-    pub(super) async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
+impl BackendFile for SimFile {
+    async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
         let (polls, result) = {
             let mut s = self.lock("read")?;
             let live = &s.inodes.get(&self.ino).expect("inode").live;
@@ -829,13 +836,13 @@ impl SimFile {
         result
     }
 
-    pub(super) async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<()> {
+    async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
         if !self.writable {
             return Err(read_only());
         }
         let data: Vec<u8> = bufs.concat();
         if data.is_empty() {
-            return Ok(());
+            return Ok(Written::Unfixed);
         }
         let (polls, id) = {
             let mut s = self.lock("write")?;
@@ -857,10 +864,11 @@ impl SimFile {
         let disk = self.disk.clone();
         let ino = self.ino;
         self.delay(polls, move || disk.state.lock().observe(ino, id)).await;
-        Ok(())
+        Ok(Written::Unfixed)
     }
 
-    pub(super) async fn sync(&self) -> io::Result<()> {
+    /// Both kinds of sync make the file's observed writes and length changes durable.
+    async fn sync(&self, _data_only: bool) -> io::Result<()> {
         let polls = {
             let mut s = self.lock("fsync")?;
             if Armed::hit(&mut s.fail_sync) {
@@ -881,7 +889,7 @@ impl SimFile {
         Ok(())
     }
 
-    pub(super) async fn set_len(&self, len: u64) -> io::Result<()> {
+    async fn set_len(&self, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(read_only());
         }
@@ -900,7 +908,7 @@ impl SimFile {
         Ok(())
     }
 
-    pub(super) async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+    async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         let end = offset + len;
         let current = self.len().await?;
         if end > current {
@@ -909,7 +917,7 @@ impl SimFile {
         Ok(())
     }
 
-    pub(super) async fn len(&self) -> io::Result<u64> {
+    async fn len(&self) -> io::Result<u64> {
         let s = self.lock("stat")?;
         Ok(s.inodes.get(&self.ino).expect("inode").live.len() as u64)
     }
@@ -962,12 +970,12 @@ mod tests {
     fn synced_writes_survive_and_unsynced_ones_may_not() {
         let disk = SimDisk::new(1);
         block_on(async {
-            disk.create_dir_all(Path::new("/d")).unwrap();
-            disk.sync_dir(Path::new("/")).unwrap();
-            let f = disk.open(Path::new("/d/a"), OpenMode::Create).unwrap();
-            disk.sync_dir(Path::new("/d")).unwrap();
+            disk.create_dir_all(Path::new("/d")).await.unwrap();
+            disk.sync_dir(Path::new("/")).await.unwrap();
+            let f = disk.open(Path::new("/d/a"), OpenMode::Create).await.unwrap();
+            disk.sync_dir(Path::new("/d")).await.unwrap();
             f.writev(0, vec![Bytes::from_static(b"hello")]).await.unwrap();
-            f.sync().await.unwrap();
+            f.sync(true).await.unwrap();
             f.writev(5, vec![Bytes::from(vec![7u8; 4096])]).await.unwrap();
             assert_eq!(f.len().await.unwrap(), 4101);
         });
@@ -985,8 +993,8 @@ mod tests {
         for seed in 0..64 {
             let disk = SimDisk::new(seed);
             block_on(async {
-                let f = disk.open(Path::new("/a"), OpenMode::Create).unwrap();
-                disk.sync_dir(Path::new("/")).unwrap();
+                let f = disk.open(Path::new("/a"), OpenMode::Create).await.unwrap();
+                disk.sync_dir(Path::new("/")).await.unwrap();
                 f.writev(0, vec![Bytes::from_static(b"one")]).await.unwrap();
                 // Submitted and dropped after its first poll: unless the seed completed it
                 // at that poll, its completion was never seen.
@@ -995,7 +1003,7 @@ mod tests {
                 let mut cx = Context::from_waker(&waker);
                 let _ = w.as_mut().poll(&mut cx);
                 drop(w);
-                f.sync().await.unwrap();
+                f.sync(true).await.unwrap();
             });
             disk.crash();
             let bytes = disk.read_file(Path::new("/a")).unwrap();
@@ -1012,11 +1020,13 @@ mod tests {
         let mut lost = 0;
         for seed in 0..64 {
             let disk = SimDisk::new(seed);
-            let f = disk.open(Path::new("/kept"), OpenMode::Create).unwrap();
-            disk.sync_dir(Path::new("/")).unwrap();
-            drop(f);
-            disk.open(Path::new("/maybe"), OpenMode::Create).unwrap();
-            disk.rename(Path::new("/kept"), Path::new("/renamed")).unwrap();
+            block_on(async {
+                let f = disk.open(Path::new("/kept"), OpenMode::Create).await.unwrap();
+                disk.sync_dir(Path::new("/")).await.unwrap();
+                drop(f);
+                disk.open(Path::new("/maybe"), OpenMode::Create).await.unwrap();
+                disk.rename(Path::new("/kept"), Path::new("/renamed")).await.unwrap();
+            });
             disk.crash();
             let names = disk.list();
             assert!(
@@ -1034,11 +1044,11 @@ mod tests {
     fn faults_fire_where_armed_and_stale_handles_fail() {
         let disk = SimDisk::new(7);
         block_on(async {
-            let f = disk.open(Path::new("/a"), OpenMode::Create).unwrap();
+            let f = disk.open(Path::new("/a"), OpenMode::Create).await.unwrap();
             disk.fail_op(2, false);
             f.writev(0, vec![Bytes::from_static(b"x")]).await.unwrap();
-            assert_eq!(f.sync().await.unwrap_err().raw_os_error(), Some(5));
-            f.sync().await.unwrap();
+            assert_eq!(f.sync(true).await.unwrap_err().raw_os_error(), Some(5));
+            f.sync(true).await.unwrap();
             disk.fail_space(1, false);
             assert_eq!(
                 f.writev(1, vec![Bytes::from_static(b"y")]).await.unwrap_err().raw_os_error(),
@@ -1062,7 +1072,7 @@ mod tests {
         let run = |seed| {
             let disk = SimDisk::new(seed);
             block_on(async {
-                let f = disk.open(Path::new("/a"), OpenMode::Create).unwrap();
+                let f = disk.open(Path::new("/a"), OpenMode::Create).await.unwrap();
                 for i in 0..32u64 {
                     f.writev(i * 700, vec![Bytes::from(vec![i as u8; 700])]).await.unwrap();
                 }

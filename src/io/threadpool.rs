@@ -3,17 +3,18 @@
 //! Every function here queues one job on the shared pool and awaits its oneshot result. The
 //! job owns everything it touches (an `Arc<File>`, the `Bytes` of a write, the `Vec` of a
 //! read), so a caller dropping the future cannot free memory a pool thread is using. The
-//! directory helpers are also used by the io_uring backend for the operations io_uring
-//! lacks.
+//! directory operations of [`Pool`] also serve the io_uring backend where io_uring lacks
+//! the opcode (`read_dir`, `exists`, `create_dir_all`, the directory lock).
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::OpenMode;
+use super::backend::{Backend, BackendFile, Written};
+use super::{Held, LockMode, OpenMode};
 
 /// Runs `f` on the shared fallback pool.
 pub(super) async fn run<T, F>(f: F) -> io::Result<T>
@@ -46,103 +47,127 @@ fn open_options(mode: OpenMode) -> OpenOptions {
     options
 }
 
-/// Locks the directory `path` (see `ringkv_fallback::try_lock_dir`): `Ok(Err(holders))`
-/// when a conflicting holder has it.
-pub(super) async fn lock_dir(
-    path: PathBuf,
-    mode: super::LockMode,
-) -> io::Result<Result<ringkv_fallback::DirLock, Vec<u32>>> {
-    run(move || match ringkv_fallback::try_lock_dir(&path, mode) {
-        Ok(lock) => Ok(Ok(lock)),
-        Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
-        Err(ringkv_fallback::LockError::Io(e)) => Err(e),
-    })
-    .await
-}
+/// The thread-pool backend (the pool itself is `ringkv_fallback::global()`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Pool;
 
-pub(super) async fn open(path: PathBuf, mode: OpenMode) -> io::Result<Arc<File>> {
-    run(move || open_options(mode).open(&path).map(Arc::new)).await
-}
+/// A file of the thread-pool backend: a `std` file shared with the jobs in flight on it.
+pub(super) struct PoolFile(pub(super) Arc<File>);
 
-pub(super) async fn read(file: Arc<File>, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
-    if len == 0 {
-        return Ok(Vec::new());
+impl Backend for Pool {
+    type File = PoolFile;
+
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<PoolFile> {
+        let path = path.to_owned();
+        run(move || open_options(mode).open(&path).map(|f| PoolFile(Arc::new(f)))).await
     }
-    run(move || {
-        let mut buf = vec![0u8; len];
-        if exact {
-            ringkv_fallback::read_exact_at(&file, &mut buf, offset)?;
-        } else {
-            let n = ringkv_fallback::read_to_fill_at(&file, &mut buf, offset)?;
-            buf.truncate(n);
-        }
-        Ok(buf)
-    })
-    .await
-}
 
-pub(super) async fn writev(file: Arc<File>, offset: u64, bufs: Vec<Bytes>) -> io::Result<()> {
-    if bufs.iter().all(|b| b.is_empty()) {
-        return Ok(());
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        run(move || std::fs::rename(from, to)).await
     }
-    run(move || {
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_ref()).collect();
-        ringkv_fallback::write_all_vectored_at(&file, &slices, offset)
-    })
-    .await
-}
 
-pub(super) async fn sync(file: Arc<File>, data_only: bool) -> io::Result<()> {
-    run(move || if data_only { file.sync_data() } else { file.sync_all() }).await
-}
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
+        run(move || std::fs::remove_file(path)).await
+    }
 
-pub(super) async fn allocate(file: Arc<File>, offset: u64, len: u64) -> io::Result<()> {
-    run(move || ringkv_fallback::allocate(&file, offset, len)).await
-}
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
+        run(move || std::fs::create_dir_all(path)).await
+    }
 
-pub(super) async fn len(file: Arc<File>) -> io::Result<u64> {
-    run(move || Ok(file.metadata()?.len())).await
-}
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
+        run(move || ringkv_fallback::sync_dir(&path)).await
+    }
 
-pub(super) async fn set_len(file: Arc<File>, len: u64) -> io::Result<()> {
-    run(move || file.set_len(len)).await
-}
-
-pub(super) async fn rename(from: PathBuf, to: PathBuf) -> io::Result<()> {
-    run(move || std::fs::rename(from, to)).await
-}
-
-pub(super) async fn remove_file(path: PathBuf) -> io::Result<()> {
-    run(move || std::fs::remove_file(path)).await
-}
-
-pub(super) async fn create_dir_all(path: PathBuf) -> io::Result<()> {
-    run(move || std::fs::create_dir_all(path)).await
-}
-
-pub(super) async fn sync_dir(path: PathBuf) -> io::Result<()> {
-    run(move || ringkv_fallback::sync_dir(&path)).await
-}
-
-pub(super) async fn read_dir(path: PathBuf) -> io::Result<Vec<String>> {
-    run(move || {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&path)? {
-            match entry?.file_name().into_string() {
-                Ok(name) => names.push(name),
-                Err(name) => tracing::warn!(
-                    dir = %path.display(),
-                    name = ?name,
-                    "skipping a directory entry whose name is not UTF-8"
-                ),
+    async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let path: PathBuf = path.to_owned();
+        run(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&path)? {
+                match entry?.file_name().into_string() {
+                    Ok(name) => names.push(name),
+                    Err(name) => tracing::warn!(
+                        dir = %path.display(),
+                        name = ?name,
+                        "skipping a directory entry whose name is not UTF-8"
+                    ),
+                }
             }
-        }
-        names.sort_unstable();
-        Ok(names)
-    })
-    .await
+            names.sort_unstable();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn exists(&self, path: &Path) -> io::Result<bool> {
+        let path = path.to_owned();
+        run(move || path.try_exists()).await
+    }
+
+    /// `flock` on the directory's own descriptor (see `ringkv_fallback::try_lock_dir`).
+    async fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Result<Held, Vec<u32>>> {
+        let path = path.to_owned();
+        run(move || match ringkv_fallback::try_lock_dir(&path, mode) {
+            Ok(lock) => Ok(Ok(Held::Os(lock))),
+            Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
+            Err(ringkv_fallback::LockError::Io(e)) => Err(e),
+        })
+        .await
+    }
 }
 
-pub(super) async fn exists(path: PathBuf) -> io::Result<bool> {
-    run(move || path.try_exists()).await
+impl BackendFile for PoolFile {
+    async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let file = Arc::clone(&self.0);
+        run(move || {
+            let mut buf = vec![0u8; len];
+            if exact {
+                ringkv_fallback::read_exact_at(&file, &mut buf, offset)?;
+            } else {
+                let n = ringkv_fallback::read_to_fill_at(&file, &mut buf, offset)?;
+                buf.truncate(n);
+            }
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(Written::Unfixed);
+        }
+        let file = Arc::clone(&self.0);
+        run(move || {
+            let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_ref()).collect();
+            ringkv_fallback::write_all_vectored_at(&file, &slices, offset)
+        })
+        .await
+        .map(|()| Written::Unfixed)
+    }
+
+    async fn sync(&self, data_only: bool) -> io::Result<()> {
+        let file = Arc::clone(&self.0);
+        run(move || if data_only { file.sync_data() } else { file.sync_all() }).await
+    }
+
+    async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let file = Arc::clone(&self.0);
+        run(move || ringkv_fallback::allocate(&file, offset, len)).await
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        let file = Arc::clone(&self.0);
+        run(move || Ok(file.metadata()?.len())).await
+    }
+
+    async fn set_len(&self, len: u64) -> io::Result<()> {
+        let file = Arc::clone(&self.0);
+        run(move || file.set_len(len)).await
+    }
 }

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -53,9 +53,11 @@ use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::File;
 
+use super::backend::{Backend, BackendFile, Written};
 use super::buffers::FixedBuffers;
 use super::direct::{self, Direct};
-use super::{threadpool, OpenMode};
+use super::threadpool::{self, Pool};
+use super::{Held, LockMode, OpenMode};
 
 /// Submission queue entries of the shared ring.
 const RING_ENTRIES: u32 = 1024;
@@ -193,10 +195,18 @@ impl Ring {
         })
         .await
     }
+}
 
-    pub(super) async fn open(&'static self, path: PathBuf, mode: OpenMode) -> io::Result<UringFile> {
+/// Open, close, rename, remove and directory syncs run on the ring thread; the operations
+/// io_uring lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the fallback pool.
+impl Backend for &'static Ring {
+    type File = UringFile;
+
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<UringFile> {
+        let ring: &'static Ring = self;
         let direct = direct::global();
-        self.call(move |ctx| {
+        let path = path.to_owned();
+        ring.call(move |ctx| {
             let ctx = Rc::clone(ctx);
             async move {
                 let file = open_options(mode).open(&path).await?;
@@ -208,21 +218,28 @@ impl Ring {
                         None
                     }
                 });
-                Ok(UringFile { id: ctx.insert(file), ring: self, direct })
+                Ok(UringFile { id: ctx.insert(file), ring, direct })
             }
         })
         .await
     }
 
-    pub(super) async fn rename(&self, from: PathBuf, to: PathBuf) -> io::Result<()> {
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_owned(), to.to_owned());
         self.call(move |_| async move { tokio_uring::fs::rename(&from, &to).await }).await
     }
 
-    pub(super) async fn remove_file(&self, path: PathBuf) -> io::Result<()> {
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
         self.call(move |_| async move { tokio_uring::fs::remove_file(&path).await }).await
     }
 
-    pub(super) async fn sync_dir(&self, path: PathBuf) -> io::Result<()> {
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        Pool.create_dir_all(path).await
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
         self.call(move |_| async move {
             let dir = tokio_uring::fs::OpenOptions::new().read(true).open(&path).await?;
             let synced = dir.sync_all().await;
@@ -230,6 +247,18 @@ impl Ring {
             synced.and(closed)
         })
         .await
+    }
+
+    async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        Pool.read_dir(path).await
+    }
+
+    async fn exists(&self, path: &Path) -> io::Result<bool> {
+        Pool.exists(path).await
+    }
+
+    async fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Result<Held, Vec<u32>>> {
+        Pool.lock_dir(path, mode).await
     }
 }
 
@@ -257,16 +286,8 @@ impl Drop for UringFile {
     }
 }
 
-/// How a write went out.
-pub(super) enum Written {
-    /// Through a registered buffer (`IORING_OP_WRITE_FIXED`).
-    Fixed,
-    /// Through `writev` from the caller's buffers.
-    Unfixed,
-}
-
-impl UringFile {
-    pub(super) async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
+impl BackendFile for UringFile {
+    async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -296,7 +317,7 @@ impl UringFile {
             .await
     }
 
-    pub(super) async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
+    async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {
             return Ok(Written::Unfixed);
@@ -323,7 +344,7 @@ impl UringFile {
             .await
     }
 
-    pub(super) async fn sync(&self, data_only: bool) -> io::Result<()> {
+    async fn sync(&self, data_only: bool) -> io::Result<()> {
         if let Some(d) = &self.direct {
             return d.ring.sync(Arc::clone(&d.file), data_only).await;
         }
@@ -338,7 +359,7 @@ impl UringFile {
             .await
     }
 
-    pub(super) async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+    async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -359,16 +380,18 @@ impl UringFile {
         }
     }
 
-    pub(super) async fn len(&self) -> io::Result<u64> {
+    async fn len(&self) -> io::Result<u64> {
         self.ring.with_file(self.id, move |file, _| async move { Ok(file.statx().await?.stx_size) }).await
     }
 
     /// io_uring has no truncate in tokio-uring: a duplicate descriptor does it on the pool.
-    pub(super) async fn set_len(&self, len: u64) -> io::Result<()> {
+    async fn set_len(&self, len: u64) -> io::Result<()> {
         let file = self.dup().await?;
         threadpool::run(move || file.set_len(len)).await
     }
+}
 
+impl UringFile {
     /// A `std` file sharing this file's open file description, for the blocking calls
     /// io_uring lacks. The duplicate is made on the ring thread (a `fcntl`, no disk I/O).
     async fn dup(&self) -> io::Result<std::fs::File> {
@@ -598,7 +621,7 @@ mod tests {
         let Some(ring) = private_ring() else { return };
         let dir = tempfile::tempdir().unwrap();
         futures::executor::block_on(async {
-            let file = ring.open(dir.path().join("f"), OpenMode::Create).await.unwrap();
+            let file = ring.open(&dir.path().join("f"), OpenMode::Create).await.unwrap();
             let id = file.id;
             let open_files = || ring.call(|ctx| std::future::ready(Ok(ctx.files.borrow().len())));
             assert_eq!(open_files().await.unwrap(), 1);
