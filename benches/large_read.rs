@@ -10,6 +10,7 @@
 //! `RINGKV_BENCH_DIR` (default: a temp dir).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ fn key(i: u64) -> [u8; 16] {
 fn value(i: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     let mut x = i.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-    for b in v.iter_mut() {
+    for b in &mut v {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -73,9 +74,8 @@ fn run_one(backend: IoBackend) {
     let vlen = env_u64("RINGKV_BENCH_VALUE", 1024) as usize;
     let cache = env_u64("RINGKV_BENCH_CACHE_MB", 32) as usize * 1024 * 1024;
     let reads = env_u64("RINGKV_BENCH_READS", 100_000);
-    let base = std::env::var("RINGKV_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
+    let base =
+        std::env::var("RINGKV_BENCH_DIR").map_or_else(|_| std::env::temp_dir(), std::path::PathBuf::from);
     let dir = base.join(format!("ringkv-large-read-{:?}-{}", backend, std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let opts = Options {
@@ -103,7 +103,7 @@ fn run_one(backend: IoBackend) {
         let on_disk: u64 = std::fs::read_dir(&dir)
             .expect("dir")
             .filter_map(|e| e.ok()?.metadata().ok())
-            .filter(|m| m.is_file())
+            .filter(std::fs::Metadata::is_file)
             .map(|m| m.len())
             .sum();
         println!(
@@ -139,7 +139,7 @@ fn run_one(backend: IoBackend) {
                         h.record(t0.elapsed().as_nanos() as u64).expect("record");
                         // Touch every byte: compare with the expected value.
                         assert!(v.as_ref() == value(i, vlen).as_slice(), "value of key {i}");
-                        checksum = checksum.wrapping_add(v.iter().map(|&x| x as u64).sum::<u64>());
+                        checksum = checksum.wrapping_add(v.iter().map(|&x| u64::from(x)).sum::<u64>());
                     }
                     (h, checksum)
                 }));

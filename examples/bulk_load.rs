@@ -7,6 +7,7 @@
 //! `cargo run --release --example bulk_load -- [n=1000000] [cache MiB=256] [batch=1000] [dir]`
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::time::Instant;
 
@@ -57,10 +58,10 @@ fn main() -> ringkv::Result<()> {
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let cache_mib: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
     let batch: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let dir = args
-        .get(4)
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("ringkv-bulk-{}", std::process::id())));
+    let dir = args.get(4).map_or_else(
+        || std::env::temp_dir().join(format!("ringkv-bulk-{}", std::process::id())),
+        std::path::PathBuf::from,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");

@@ -8,9 +8,10 @@
 //! Exit status of `check`: 0 when the database is clean (notes allowed), 1 when problems were
 //! found or the check could not run (no `CURRENT`, unreadable files), 2 on a usage error
 //! (unknown command, wrong arguments, `<path>` not a directory). The backend follows
-//! `RINGKV_IO_BACKEND` (uring | threadpool), default: probe io_uring.
+//! `RINGKV_IO_BACKEND` (uring | threadpool), default: probe `io_uring`.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -2,9 +2,10 @@
 //! scans, closes, reopens, verifies everything is there, and prints what it did.
 //!
 //! `cargo run --release --example quickstart [-- <dir>]`
-//! The backend follows `RINGKV_IO_BACKEND` (uring | threadpool), default: probe io_uring.
+//! The backend follows `RINGKV_IO_BACKEND` (uring | threadpool), default: probe `io_uring`.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::time::Instant;
 
@@ -23,10 +24,10 @@ fn value(i: u32) -> String {
 }
 
 fn main() -> ringkv::Result<()> {
-    let dir = std::env::args()
-        .nth(1)
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("ringkv-quickstart-{}", std::process::id())));
+    let dir = std::env::args().nth(1).map_or_else(
+        || std::env::temp_dir().join(format!("ringkv-quickstart-{}", std::process::id())),
+        std::path::PathBuf::from,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");

@@ -670,10 +670,10 @@ impl Checker {
         for e in by_offset {
             let mut info = FrameInfo { offset: e.offset, len: e.len, ok: false, decoded: None };
             // parse_tables checked `offset + len <= ranges_offset`.
-            let end = e.offset + e.len as u64;
+            let end = e.offset + u64::from(e.len);
             assert!(end <= footer.ranges_offset);
             if !read_failed && (e.offset < window_at || end > window_at + window.len() as u64) {
-                let len = (e.len as u64).max(READ_CHUNK_BYTES).min(footer.ranges_offset - e.offset);
+                let len = u64::from(e.len).max(READ_CHUNK_BYTES).min(footer.ranges_offset - e.offset);
                 // <= max(e.len: u32, READ_CHUNK_BYTES = 4 MiB): fits a usize.
                 #[allow(clippy::cast_possible_truncation)]
                 let len = len as usize;
@@ -702,7 +702,7 @@ impl Checker {
                 Ok(()) => {
                     info.ok = true;
                     self.report.frames += 1;
-                    self.report.bytes_checked += e.len as u64;
+                    self.report.bytes_checked += u64::from(e.len);
                 }
                 Err(err) => self.problem(err),
             }
@@ -1087,7 +1087,7 @@ impl Checker {
 async fn next_intact(reader: &mut SegmentReader<'_>, offset: u64, file_len: u64) -> Option<u64> {
     let frame: [u8; FRAME_LEN] = reader.bytes_at(offset, FRAME_LEN).await.ok()??.try_into().ok()?;
     let (len, _) = decode_frame(&frame).ok()?;
-    let next = offset + (FRAME_LEN as u64) + len as u64;
+    let next = offset + (FRAME_LEN as u64) + u64::from(len);
     if next >= file_len {
         return None;
     }

@@ -78,18 +78,18 @@ pub(crate) fn poll_budget(cx: &mut Context<'_>) -> Poll<()> {
             }
             return tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress());
         }
-        if !n.is_multiple_of(YIELD_EVERY) {
-            Poll::Ready(())
-        } else {
+        if n.is_multiple_of(YIELD_EVERY) {
             cx.waker().wake_by_ref();
             Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     })
 }
 
 /// [`poll_budget`] as a future: takes one unit of budget, yielding first if it must.
 pub(crate) async fn budget() {
-    std::future::poll_fn(poll_budget).await
+    std::future::poll_fn(poll_budget).await;
 }
 
 #[cfg(test)]

@@ -539,6 +539,81 @@ pub fn current(data: &[u8]) {
     }
 }
 
+/// `life_cycle`'s model of the database: the acknowledged contents.
+type LifeModel = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The one write whose outcome a halt left unknown: its key and new value (`None` for a
+/// delete).
+type Unknown = Option<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Where `life_cycle` keeps its database on the simulated disk.
+const LIFE_DIR: &str = "/fuzz/db";
+
+/// Every pair of `b`, read by a full scan.
+async fn life_contents(b: &crate::Bucket) -> LifeModel {
+    use futures::TryStreamExt;
+    let it = b.iter().await.expect("scan after recovery");
+    it.map_ok(|(k, v)| (k.to_vec(), v.to_vec())).try_collect().await.expect("scan after recovery")
+}
+
+/// Reopens after a crash and checks the state against `model` (plus or minus `maybe`).
+async fn life_recover(
+    opts: &crate::Options,
+    model: &mut LifeModel,
+    maybe: &mut Unknown,
+) -> (crate::Db, crate::Bucket) {
+    let db = crate::Db::open(LIFE_DIR, opts.clone()).await.expect("recovery after a crash");
+    let b = db.bucket("f").await.expect("bucket after recovery");
+    let found = life_contents(&b).await;
+    let mut with = model.clone();
+    if let Some((k, v)) = maybe.take() {
+        match v {
+            Some(v) => with.insert(k, v),
+            None => with.remove(&k),
+        };
+    }
+    assert!(
+        found == *model || found == with,
+        "recovered state is neither the acknowledged one nor it plus the unknown commit"
+    );
+    *model = found;
+    (db, b)
+}
+
+/// A put (or, for `None`, a delete) of `key` as one `Sync` commit: acknowledged, it joins
+/// `model`; failed, it must follow a halt, and the first such write becomes `maybe`.
+async fn life_write(
+    b: &crate::Bucket,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    halted: bool,
+    model: &mut LifeModel,
+    maybe: &mut Unknown,
+) {
+    let commit = async {
+        let mut tx = b.begin()?;
+        match &value {
+            Some(v) => tx.put(&key, v)?,
+            None => tx.delete(&key)?,
+        }
+        tx.commit_with(crate::Durability::Sync).await
+    };
+    match commit.await {
+        Ok(_) => {
+            match value {
+                Some(v) => model.insert(key, v),
+                None => model.remove(&key),
+            };
+        }
+        Err(e) => {
+            assert!(halted, "a commit failed with no fault armed: {e}");
+            if maybe.is_none() {
+                *maybe = Some((key, value));
+            }
+        }
+    }
+}
+
 /// The life cycle of a database on the simulated disk, scripted by the input: puts and
 /// deletes (each a `Sync` commit), point reads, checkpoints, a halt of the disk at a chosen
 /// operation, and crashes (unsynced writes applied, dropped, torn or garbled) followed by
@@ -547,13 +622,9 @@ pub fn current(data: &[u8]) {
 /// as a whole); a read before a halt returns the model's value; an operation fails only
 /// after a halt; and at the end the offline check of the crashed state finds no problem.
 pub fn life_cycle(data: &[u8]) {
-    use std::collections::BTreeMap;
-
     use crate::io::sim::SimDisk;
-    use crate::{Bucket, Db, Durability, Options};
+    use crate::{Db, Options};
 
-    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
-    const DIR: &str = "/fuzz/db";
     let seed = data.iter().take(8).fold(0u64, |s, &b| s.rotate_left(8) ^ u64::from(b));
     let disk = SimDisk::new(seed);
     let opts = Options {
@@ -566,41 +637,13 @@ pub fn life_cycle(data: &[u8]) {
         checkpoint_interval: None,
         ..Options::default()
     };
-    async fn contents(b: &Bucket) -> Model {
-        use futures::TryStreamExt;
-        let it = b.iter().await.expect("scan after recovery");
-        it.map_ok(|(k, v)| (k.to_vec(), v.to_vec())).try_collect().await.expect("scan after recovery")
-    }
-    /// Reopens after a crash and checks the state against `model` (+ `maybe`).
-    async fn recover(
-        opts: &Options,
-        model: &mut Model,
-        maybe: &mut Option<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> (Db, Bucket) {
-        let db = Db::open(DIR, opts.clone()).await.expect("recovery after a crash");
-        let b = db.bucket("f").await.expect("bucket after recovery");
-        let found = contents(&b).await;
-        let mut with = model.clone();
-        if let Some((k, v)) = maybe.take() {
-            match v {
-                Some(v) => with.insert(k, v),
-                None => with.remove(&k),
-            };
-        }
-        assert!(
-            found == *model || found == with,
-            "recovered state is neither the acknowledged one nor it plus the unknown commit"
-        );
-        *model = found;
-        (db, b)
-    }
     // On a thread of its own: a caller inside a tokio task (the corpus replay test) would
     // otherwise run this executor on tokio's cooperative budget, which only a return to
     // the runtime refills, and tokio's locks would answer `Pending` forever.
     let run = || {
         futures::executor::block_on(async {
-            let (mut model, mut maybe) = (Model::new(), None);
-            let db = Db::open(DIR, opts.clone()).await.expect("create");
+            let (mut model, mut maybe) = (LifeModel::new(), None);
+            let db = Db::open(LIFE_DIR, opts.clone()).await.expect("create");
             let b = db.bucket("f").await.expect("bucket");
             let (mut db, mut b) = (db, b);
             let mut halted = false;
@@ -614,28 +657,7 @@ pub fn life_cycle(data: &[u8]) {
                 match code % 8 {
                     0..=3 => {
                         let value = (code % 8 != 3).then(|| vec![y; (x as usize * 7 + y as usize) % 200]);
-                        let commit = async {
-                            let mut tx = b.begin()?;
-                            match &value {
-                                Some(v) => tx.put(&key, v)?,
-                                None => tx.delete(&key)?,
-                            }
-                            tx.commit_with(Durability::Sync).await
-                        };
-                        match commit.await {
-                            Ok(_) => {
-                                match value {
-                                    Some(v) => model.insert(key, v),
-                                    None => model.remove(&key),
-                                };
-                            }
-                            Err(e) => {
-                                assert!(halted, "a commit failed with no fault armed: {e}");
-                                if maybe.is_none() {
-                                    maybe = Some((key, value));
-                                }
-                            }
-                        }
+                        life_write(&b, key, value, halted, &mut model, &mut maybe).await;
                     }
                     4 => {
                         if let Err(e) = db.checkpoint().await {
@@ -650,14 +672,14 @@ pub fn life_cycle(data: &[u8]) {
                         drop((b, db));
                         disk.crash();
                         halted = false;
-                        (db, b) = recover(&opts, &mut model, &mut maybe).await;
+                        (db, b) = life_recover(&opts, &mut model, &mut maybe).await;
                     }
                     _ => match b.get(&key).await {
                         Ok(got) => {
                             if !halted {
                                 assert_eq!(
                                     got.as_deref(),
-                                    model.get(&key).map(|v| v.as_slice()),
+                                    model.get(&key).map(std::vec::Vec::as_slice),
                                     "read before a halt"
                                 );
                             }
@@ -668,11 +690,11 @@ pub fn life_cycle(data: &[u8]) {
             }
             drop((b, db));
             disk.crash();
-            let report = Db::check(DIR, &opts).await.expect("check runs");
+            let report = Db::check(LIFE_DIR, &opts).await.expect("check runs");
             assert!(report.is_ok(), "the offline check of a crashed state found problems:\n{report}");
-            let (db, _) = recover(&opts, &mut model, &mut maybe).await;
+            let (db, _) = life_recover(&opts, &mut model, &mut maybe).await;
             db.close().await.expect("close");
-        })
+        });
     };
     std::thread::scope(|scope| {
         if let Err(panic) = scope.spawn(run).join() {

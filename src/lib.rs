@@ -1,7 +1,7 @@
 //! # ringkv
 //!
 //! An embedded, ordered, transactional key-value storage engine for async Rust, whose disk
-//! operations are awaited io_uring operations (with a thread-pool fallback).
+//! operations are awaited `io_uring` operations (with a thread-pool fallback).
 //!
 //! - A Bw-tree per bucket over a log-structured page store ([`tree`], [`store`]).
 //! - MVCC with snapshot isolation ([`mvcc`], [`Txn`], [`Snapshot`]).

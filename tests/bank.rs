@@ -14,6 +14,7 @@
 //! (the interleaving of tasks is up to the scheduler).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 mod common;
 
@@ -126,7 +127,7 @@ impl View<'_> {
 /// Reads every balance of `view` by a scan and by gets; checks both against each other and
 /// against the total; checks the counters against the log. Returns the balances.
 async fn check_view(view: &View<'_>, cfg: &Config, what: &str) -> Vec<u64> {
-    let total = cfg.accounts as u64 * INITIAL_BALANCE;
+    let total = u64::from(cfg.accounts) * INITIAL_BALANCE;
     let scanned: Vec<(Bytes, Bytes)> =
         view.range(b"acct/", b"acct0").await.unwrap_or_else(|e| panic!("{what}: scan: {e}"));
     let mut by_scan = Vec::with_capacity(cfg.accounts as usize);
@@ -223,7 +224,7 @@ async fn verify_final(db: &Db, cfg: &Config, results: &[TaskResult], what: &str)
     let b = db.existing_bucket("bank").unwrap();
     let snap = db.snapshot().unwrap();
     let balances = check_view(&View::Snap(&snap, &b), cfg, what).await;
-    let mut replay = vec![INITIAL_BALANCE as i128; cfg.accounts as usize];
+    let mut replay = vec![i128::from(INITIAL_BALANCE); cfg.accounts as usize];
     for (task, r) in results.iter().enumerate() {
         let cnt = snap.get(&b, cnt_key(task)).await.unwrap();
         let cnt = cnt.map_or(0, |v| u64_of(&cnt_key(task), &v));
@@ -236,8 +237,8 @@ async fn verify_final(db: &Db, cfg: &Config, results: &[TaskResult], what: &str)
         for (n, (k, v)) in log.iter().enumerate() {
             assert_eq!(k.as_ref(), log_key(task, n as u64).as_slice(), "{what}: log key");
             let (from, to, amount) = decode_transfer(v);
-            replay[from as usize] -= amount as i128;
-            replay[to as usize] += amount as i128;
+            replay[from as usize] -= i128::from(amount);
+            replay[to as usize] += i128::from(amount);
         }
     }
     let replay: Vec<u64> = replay.into_iter().map(|x| u64::try_from(x).expect("negative balance")).collect();
@@ -368,7 +369,7 @@ async fn run_bank(cfg: Config) -> Summary {
     assert!(commits > 0);
     assert_eq!(after.wal_records - before.wal_records, commits, "one WAL record per commit");
     assert!(ckpts > 0, "the checkpoint task ran");
-    let filler_bytes = (cfg.accounts * cfg.filler_per_account) as i64 * cfg.filler_len as i64;
+    let filler_bytes = i64::from(cfg.accounts * cfg.filler_per_account) * cfg.filler_len as i64;
     if filler_bytes > 2 * cfg.cache_capacity as i64 {
         // The tree is larger than the cache. Once a checkpoint made every page clean, the
         // next write (which runs eviction) must bring the cache back under its capacity.
@@ -478,7 +479,7 @@ async fn group_commit_shares_fsyncs() {
     db.close().await.unwrap();
 }
 
-/// Durability::None with a 256 KiB cache and a tree several times larger: eviction and
+/// `Durability::None` with a 256 KiB cache and a tree several times larger: eviction and
 /// reloads interleave with transfers, checks and checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_no_sync_small_cache() {

@@ -9,6 +9,7 @@
 //! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Error, Options};
@@ -109,7 +110,7 @@ fn conflicts_on_evicted_leaves_are_found() {
                 Err(Error::Conflict) => {}
                 other => panic!("round {round}: a write-write conflict committed: {other:?}"),
             }
-            read_evicted += (db.stats().page_reads > before) as u32;
+            read_evicted += u32::from(db.stats().page_reads > before);
             assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&value(i, round)[..]));
         }
         eprintln!("{read_evicted} of 20 conflict checks read an evicted leaf");

@@ -11,6 +11,7 @@
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 mod common;
 
@@ -196,13 +197,13 @@ fn layout(path: &Path) -> Layout {
     assert_eq!(crc32c::crc32c(&f[..52]), le_u32(f, 52), "footer crc");
     let ranges_offset = le_u64(f, 16);
     let reloc_offset = le_u64(f, 32);
-    let count = le_u32(f, 40) as u64;
+    let count = u64::from(le_u32(f, 40));
     assert_eq!(reloc_offset + count * RELOC_ENTRY_LEN, len - FOOTER_LEN);
     let frames = (0..count)
         .map(|i| {
             let at = (reloc_offset + i * RELOC_ENTRY_LEN) as usize;
             let fr = Frame { offset: le_u64(&b, at + 8), len: le_u32(&b, at + 16) };
-            let bytes = &b[fr.offset as usize..(fr.offset + fr.len as u64) as usize];
+            let bytes = &b[fr.offset as usize..(fr.offset + u64::from(fr.len)) as usize];
             assert_eq!(crc32c::crc32c(bytes), le_u32(&b, at + 20), "frame crc");
             fr
         })
@@ -381,7 +382,7 @@ fn flipped_frame_byte_is_a_problem_at_the_frame() {
     let (_base, dir) = copy_of_template("frame");
     let (data, l) = biggest(&dir, "data-");
     for fr in [l.frames[0], l.frames[l.frames.len() / 2]] {
-        flip(&data, fr.offset + fr.len as u64 / 2);
+        flip(&data, fr.offset + u64::from(fr.len) / 2);
     }
     let r = check_readonly(&dir);
     // Both damaged frames are reported: the check does not stop at the first.

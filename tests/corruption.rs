@@ -10,6 +10,7 @@
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 mod common;
 
@@ -71,7 +72,7 @@ fn parse_file(bytes: &[u8]) -> ParsedFile {
         .map(|i| {
             let e = &xt[i * RELOC_ENTRY_LEN..(i + 1) * RELOC_ENTRY_LEN];
             let r = Reloc { offset: le_u64(e, 8), len: le_u32(e, 16) };
-            let frame = &bytes[r.offset as usize..(r.offset + r.len as u64) as usize];
+            let frame = &bytes[r.offset as usize..(r.offset + u64::from(r.len)) as usize];
             assert_eq!(crc32c::crc32c(frame), le_u32(e, 20), "frame crc of entry {i}");
             r
         })
@@ -223,7 +224,7 @@ fn data_frames(dir: &Path) -> (PathBuf, ParsedFile, Vec<(Reloc, Page)>) {
     let frames = parsed
         .relocs
         .iter()
-        .map(|r| (*r, parse_page(&bytes[r.offset as usize..(r.offset + r.len as u64) as usize])))
+        .map(|r| (*r, parse_page(&bytes[r.offset as usize..(r.offset + u64::from(r.len)) as usize])))
         .collect();
     (path, parsed, frames)
 }
@@ -251,7 +252,7 @@ async fn flipped_byte_in_each_frame_of_a_data_file() {
 
     for (fi, (reloc, page)) in frames.iter().enumerate() {
         for (pos_name, pos) in
-            [("first byte", 0), ("middle", reloc.len as u64 / 2), ("last byte", reloc.len as u64 - 1)]
+            [("first byte", 0), ("middle", u64::from(reloc.len) / 2), ("last byte", u64::from(reloc.len) - 1)]
         {
             // The three positions of every frame would be slow; the middle of every frame
             // and both ends of a few.
@@ -470,7 +471,7 @@ async fn flipped_byte_in_a_blob_value() {
     // Which frame is which key's value: the value bytes say so.
     let mut frame_of: BTreeMap<usize, Reloc> = BTreeMap::new();
     for r in &parsed.relocs {
-        let frame = &bytes[r.offset as usize..(r.offset + r.len as u64) as usize];
+        let frame = &bytes[r.offset as usize..(r.offset + u64::from(r.len)) as usize];
         let i = (0..N).find(|&i| frame == val(i).as_slice()).expect("a blob frame is a value");
         frame_of.insert(i, *r);
     }
@@ -479,7 +480,7 @@ async fn flipped_byte_in_a_blob_value() {
         let dir = base.path().join(format!("run-{victim}"));
         copy_dir(&template, &dir);
         let blob = only_file(&dir, "blob-");
-        flip(&blob, r.offset + r.len as u64 / 2);
+        flip(&blob, r.offset + u64::from(r.len) / 2);
         let db = Db::open(&dir, o.clone()).await.unwrap();
         let b = db.existing_bucket("b").unwrap();
         for i in 0..N {
@@ -815,7 +816,7 @@ async fn regression_damaged_manifest_record_is_not_cut_as_a_torn_tail() {
     let before = (listing(&dir), fs::read(&manifest).unwrap());
     match Db::open(&dir, opts()).await {
         Err(Error::Corruption { file, offset, .. }) => {
-            assert_eq!((file, offset), (manifest.clone(), first as u64))
+            assert_eq!((file, offset), (manifest.clone(), first as u64));
         }
         Err(e) => panic!("expected Corruption, got {e}"),
         Ok(_) => panic!("opened over a damaged manifest record that intact records follow"),

@@ -51,6 +51,8 @@
 //! whatever `RINGKV_IO_BACKEND` selects; the child inherits it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
+#![allow(clippy::needless_pass_by_value)] // helpers shaped for the call sites
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
@@ -255,7 +257,7 @@ fn durability_of(w: usize, s: u64) -> Durability {
 }
 
 fn obs_to_string(obs: &[i64]) -> String {
-    obs.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",")
+    obs.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn parse_obs(s: &str) -> Option<Vec<i64>> {
@@ -285,7 +287,7 @@ fn options(child: bool) -> Options {
 /// parent closing the pipe ends the child.
 fn emit(line: &str) {
     let mut out = std::io::stdout().lock();
-    if out.write_all(format!("RKV {line}\n").as_bytes()).and_then(|_| out.flush()).is_err() {
+    if out.write_all(format!("RKV {line}\n").as_bytes()).and_then(|()| out.flush()).is_err() {
         std::process::exit(4);
     }
 }
@@ -677,7 +679,7 @@ async fn verify(dir: &Path, model: &mut Model, run: &Run, rng: &mut StdRng) -> R
         }
         acked[w].insert(s, obs);
         out.acks += 1;
-        out.acks_buffered += (d == "Buffered") as usize;
+        out.acks_buffered += usize::from(d == "Buffered");
     }
 
     let db = Db::open(dir, options(false)).await.map_err(|e| format!("reopen after the kill: {e}"))?;
@@ -932,8 +934,8 @@ fn sigkill_during_sync_commits_and_checkpoints() {
                 *t += x.parse::<u64>().unwrap_or(0);
             }
         }
-        in_open += killed_in_open as usize;
-        in_ckpt += killed_in_ckpt as usize;
+        in_open += usize::from(killed_in_open);
+        in_ckpt += usize::from(killed_in_ckpt);
         total_acks += v.acks;
         total_buffered += v.acks_buffered;
         println!(
@@ -954,7 +956,7 @@ fn sigkill_during_sync_commits_and_checkpoints() {
             verify_time
         );
     }
-    let commits: usize = model.known.iter().map(|k| k.len()).sum();
+    let commits: usize = model.known.iter().map(std::vec::Vec::len).sum();
     println!(
         "crash_kill: {cycles} cycles in {:?}: {total_acks} acknowledged commits verified \
          ({total_buffered} of them Buffered), {commits} commits in the database, {in_open} kills during \

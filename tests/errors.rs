@@ -5,6 +5,7 @@
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 mod common;
 
@@ -711,14 +712,14 @@ fn works_on_every_executor() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(executor_round(&path, 0, "tokio multi-thread"))
+            .block_on(executor_round(&path, 0, "tokio multi-thread"));
     });
     run_on("tokio current-thread", &|| {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(executor_round(
             &path,
             1,
             "tokio current-thread",
-        ))
+        ));
     });
     run_on("futures block_on", &|| futures::executor::block_on(executor_round(&path, 2, "block_on")));
     // Under tokio without the time and io drivers, too.
@@ -727,7 +728,7 @@ fn works_on_every_executor() {
             &path,
             3,
             "tokio current-thread, no drivers",
-        ))
+        ));
     });
 }
 

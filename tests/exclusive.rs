@@ -13,6 +13,7 @@
 //! `RINGKV_IO_BACKEND=uring|threadpool` selects it for the whole file; the child inherits it.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -233,7 +234,7 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (bool, u64, i64, i64, u64)> {
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A database whose next open has work to do: WAL records above the checkpoint (one of

@@ -14,6 +14,7 @@
 //! engine, from a database session and from its encoders. See `/work/notes/fuzz.md`.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -91,7 +92,7 @@ impl Rng {
 fn mutate(rng: &mut Rng, input: &[u8], corpus: &[(PathBuf, Vec<u8>)]) -> Vec<u8> {
     const BYTES: [u8; 6] = [0, 1, 0x7F, 0x80, 0xFE, 0xFF];
     let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..=rng.below(4) {
         let len = v.len();
         match rng.below(7) {
             0 if len > 0 => {

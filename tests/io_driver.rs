@@ -1,9 +1,10 @@
 //! The io layer through its public API, on both backends.
 //!
-//! Every test runs once per backend: io_uring (skipped, with a message, only where the
+//! Every test runs once per backend: `io_uring` (skipped, with a message, only where the
 //! probe says it is unavailable) and the thread pool.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::future::Future;
 use std::io::ErrorKind;

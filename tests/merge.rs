@@ -3,6 +3,7 @@
 //! takes new writes. Runs on the backend `RINGKV_IO_BACKEND` selects.
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 use std::collections::BTreeMap;
 

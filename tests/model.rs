@@ -7,7 +7,7 @@
 //! consumed partially, multi-operation transactions (reads see their own writes; commit,
 //! commit with a durability, rollback or drop; a checkpoint may run while one is open),
 //! write-write conflicts, bulk loads, range deletes (so leaves merge), empty and oversize
-//! keys (InvalidArgument), scans that keep running across later writes and a checkpoint,
+//! keys (`InvalidArgument`), scans that keep running across later writes and a checkpoint,
 //! snapshots read after later writes, concurrent tasks (slow readers of a snapshot or an
 //! iterator, and a writer committing to a third bucket "gamma" meanwhile), checkpoints,
 //! flushes, close + reopen, reopen without close (WAL replay), and drop + recreate of a
@@ -39,6 +39,8 @@
 //! - `RINGKV_IO_BACKEND=uring|threadpool` picks the backend (the options use `Auto`).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
+#![allow(clippy::ref_option, clippy::needless_pass_by_value)] // helpers shaped for the call sites
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -373,7 +375,7 @@ enum Op {
     },
     /// Waits for the concurrent tasks.
     Join,
-    /// Empty and oversize keys: InvalidArgument, and nothing changes.
+    /// Empty and oversize keys: `InvalidArgument`, and nothing changes.
     BadKeys {
         b: usize,
     },
@@ -963,16 +965,13 @@ impl Harness {
     }
 
     async fn put(&mut self, b: usize, k: &[u8], v: Option<Val>) -> Check {
-        match v {
-            Some(v) => {
-                let bytes = v.bytes();
-                eng!(self.buckets[b].put(k, &bytes).await);
-                self.models[b].insert(k.to_vec(), bytes);
-            }
-            None => {
-                eng!(self.buckets[b].delete(k).await);
-                self.models[b].remove(k);
-            }
+        if let Some(v) = v {
+            let bytes = v.bytes();
+            eng!(self.buckets[b].put(k, &bytes).await);
+            self.models[b].insert(k.to_vec(), bytes);
+        } else {
+            eng!(self.buckets[b].delete(k).await);
+            self.models[b].remove(k);
         }
         Ok(())
     }
@@ -1294,7 +1293,7 @@ async fn run_case(case: &Case) -> Check {
     let mut h = with_timeout("open", Harness::open(tmp.path(), opts)).await?;
     for (i, op) in case.ops.iter().enumerate() {
         with_timeout(&format!("op #{i}"), h.run(op)).await.map_err(|e| format!("op #{i} {op:?}: {e}"))?;
-        h.seen.max_keys = h.seen.max_keys.max(h.models.iter().map(|m| m.len()).sum());
+        h.seen.max_keys = h.seen.max_keys.max(h.models.iter().map(std::collections::BTreeMap::len).sum());
         h.seen.max_cache_bytes = h.seen.max_cache_bytes.max(h.db().stats().cache_bytes);
     }
     with_timeout("final reopen", async {

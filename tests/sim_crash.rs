@@ -7,6 +7,7 @@
 //! `RINGKV_SIM_CYCLES` scale the test (the soak command in README uses them).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
 
 mod common;
 
@@ -21,13 +22,12 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn random_crashes_lose_no_acknowledged_commit() {
     let started = Instant::now();
-    let (seeds, cycles): (Vec<u64>, u64) = match env_u64("RINGKV_SIM_SEED") {
-        Some(seed) => (vec![seed], env_u64("RINGKV_SIM_CYCLES").unwrap_or(100)),
-        None => {
-            let base = rand::random::<u32>() as u64;
-            let runs = env_u64("RINGKV_SIM_RUNS").unwrap_or(100);
-            ((base..base + runs).collect(), env_u64("RINGKV_SIM_CYCLES").unwrap_or(100))
-        }
+    let (seeds, cycles): (Vec<u64>, u64) = if let Some(seed) = env_u64("RINGKV_SIM_SEED") {
+        (vec![seed], env_u64("RINGKV_SIM_CYCLES").unwrap_or(100))
+    } else {
+        let base = u64::from(rand::random::<u32>());
+        let runs = env_u64("RINGKV_SIM_RUNS").unwrap_or(100);
+        ((base..base + runs).collect(), env_u64("RINGKV_SIM_CYCLES").unwrap_or(100))
     };
     eprintln!("sim_crash: seeds {}..={}, {cycles} cycles each", seeds[0], seeds[seeds.len() - 1]);
     let mut totals = Totals::default();
@@ -77,12 +77,12 @@ fn replay(seed: u64) {
 fn regression_current_never_names_a_lost_manifest() {
     // Soak seed: a power loss kept the rename of CURRENT.tmp over CURRENT but lost the
     // creation of the manifest it names (the directory was synced only after the rename).
-    replay(3346311580);
+    replay(3_346_311_580);
 }
 
 #[test]
 fn regression_open_does_not_act_on_an_unsynced_manifest_edit() {
     // Oracle seed: recovery deleted a file an unsynced manifest edit no longer referenced;
     // a power loss dropped the edit, and the durable manifest named a deleted file.
-    replay(3490281637);
+    replay(3_490_281_637);
 }

@@ -1,4 +1,4 @@
-//! I/O errors and damaged reads on the simulated disk (SQLite's I/O-error loops).
+//! I/O errors and damaged reads on the simulated disk (`SQLite`'s I/O-error loops).
 //!
 //! - Every-N loops: for N = 1, 2, ... operation N of a step (a commit, a checkpoint with GC,
 //!   a recovery) fails with EIO, or the Nth space-consuming operation with ENOSPC, until
@@ -12,6 +12,8 @@
 //! Figures are printed (`--nocapture`).
 #![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
+#![allow(clippy::items_after_statements)] // helpers next to their one use
 
 mod common;
 
@@ -222,7 +224,7 @@ fn every_n_io_error_and_enospc_loops() {
 #[test]
 fn a_failed_fsync_makes_the_database_read_only_and_a_reopen_recovers() {
     for crash in [false, true] {
-        let disk = SimDisk::new(5 + crash as u64);
+        let disk = SimDisk::new(5 + u64::from(crash));
         block_on(async {
             let (db, before) = setup(&disk).await;
             let b = db.bucket("t").await.unwrap();
@@ -235,7 +237,10 @@ fn a_failed_fsync_makes_the_database_read_only_and_a_reopen_recovers() {
             assert!(matches!(again, Error::ReadOnly(_)), "expected ReadOnly, got {again}");
             assert!(matches!(db.checkpoint().await, Err(Error::ReadOnly(_))));
             // Reads still work.
-            assert_eq!(b.get(key(2)).await.unwrap().as_deref(), before.get(&key(2)).map(|v| v.as_slice()));
+            assert_eq!(
+                b.get(key(2)).await.unwrap().as_deref(),
+                before.get(&key(2)).map(std::vec::Vec::as_slice)
+            );
             drop(b);
             drop(db);
             if crash {
@@ -412,7 +417,11 @@ fn regression_restart_then_power_loss_keeps_the_log_contiguous() {
         block_on(async {
             let db = Db::open(DB, options(&disk)).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             let found = scan(&db).await.unwrap();
-            assert_eq!(found.get(&b"after"[..]).map(|v| v.as_slice()), Some(&b"restart"[..]), "seed {seed}");
+            assert_eq!(
+                found.get(&b"after"[..]).map(std::vec::Vec::as_slice),
+                Some(&b"restart"[..]),
+                "seed {seed}"
+            );
             for i in 0..20u64 {
                 assert_eq!(found.get(&key(i)), Some(&value(i, 0)), "seed {seed}: buffered commit {i} lost");
             }

@@ -1,6 +1,6 @@
-//! Thread-pool positional file I/O for ringkv hosts without io_uring.
+//! Thread-pool positional file I/O for ringkv hosts without `io_uring`.
 //!
-//! This crate has no io_uring dependency and builds on every platform. It provides two
+//! This crate has no `io_uring` dependency and builds on every platform. It provides two
 //! things:
 //!
 //! - [`Pool`]: a fixed set of worker threads running blocking jobs. [`Pool::run`] queues a

@@ -142,13 +142,15 @@ impl Pool {
     }
 }
 
+// The thread's body: it owns its end of the queue and the counter for its whole life.
+#[allow(clippy::needless_pass_by_value)]
 fn worker(rx: Receiver<Job>, pending: Arc<AtomicUsize>) {
     // `recv` fails only once every sender is gone and the queue is drained.
     while let Ok(job) = rx.recv() {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(job)) {
             let what = panic
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_owned());
             tracing::error!(panic = %what, "a fallback I/O job panicked");

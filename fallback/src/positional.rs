@@ -219,7 +219,7 @@ mod tests {
         // A fake system call that writes at most 7 bytes (and at most 3 slices) per call.
         let bufs: Vec<Vec<u8>> =
             (0..50).map(|i| pattern(if i % 5 == 0 { 0 } else { i * 3 }, i as u8)).collect();
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        let slices: Vec<&[u8]> = bufs.iter().map(std::vec::Vec::as_slice).collect();
         let expected: Vec<u8> = bufs.concat();
         let mut image = vec![0u8; 10];
         let mut calls = 0;
@@ -274,7 +274,7 @@ mod tests {
             .open(dir.path().join("iov"))
             .unwrap();
         let bufs: Vec<Vec<u8>> = (0..3000).map(|i| pattern(i % 17, i as u8)).collect();
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        let slices: Vec<&[u8]> = bufs.iter().map(std::vec::Vec::as_slice).collect();
         write_all_vectored_at(&file, &slices, 5).unwrap();
         let got = contents(&file);
         assert_eq!(&got[..5], &[0; 5]);
@@ -282,7 +282,7 @@ mod tests {
 
         // A multi-MiB write through a few big slices.
         let big: Vec<Vec<u8>> = (0..4).map(|i| pattern(3 << 20, i)).collect();
-        let slices: Vec<&[u8]> = big.iter().map(|b| b.as_slice()).collect();
+        let slices: Vec<&[u8]> = big.iter().map(std::vec::Vec::as_slice).collect();
         write_all_vectored_at(&file, &slices, 0).unwrap();
         assert!(contents(&file) == big.concat(), "content differs");
     }

@@ -53,7 +53,7 @@ fn own(b: Bound<&[u8]>) -> Bound<Bytes> {
 
 impl KeyRange {
     pub fn from_bounds<K: AsRef<[u8]>, R: RangeBounds<K>>(r: &R) -> KeyRange {
-        let map = |b: Bound<&K>| own(b.map(|k| k.as_ref()));
+        let map = |b: Bound<&K>| own(b.map(std::convert::AsRef::as_ref));
         KeyRange { lo: map(r.start_bound()), hi: map(r.end_bound()) }
     }
 
@@ -153,7 +153,22 @@ pub(crate) fn tree_stream(
             let Some(bound) = st.next.take() else { return Ok(None) };
             let f = &st.db.forest;
             let ts = st.snap.ts();
-            if !st.reverse {
+            if st.reverse {
+                let (items, low) = st.tree.scan_backward(f, &bound, ts).await?;
+                let mut past_end = false;
+                for (k, v) in items {
+                    if st.range.above_lo(&k) {
+                        st.buf.push_back((k, v));
+                    } else {
+                        past_end = true;
+                        break;
+                    }
+                }
+                st.next = match low {
+                    Some(l) if !past_end && st.range.above_lo(&l) => Some(Bound::Excluded(l)),
+                    _ => None,
+                };
+            } else {
                 let lower = match bound {
                     Bound::Unbounded => Lower::Unbounded,
                     Bound::Included(k) => Lower::Key(k, true),
@@ -171,21 +186,6 @@ pub(crate) fn tree_stream(
                 }
                 st.next = match high {
                     Some(h) if !past_end && st.range.below_hi(&h) => Some(Bound::Included(h)),
-                    _ => None,
-                };
-            } else {
-                let (items, low) = st.tree.scan_backward(f, &bound, ts).await?;
-                let mut past_end = false;
-                for (k, v) in items {
-                    if st.range.above_lo(&k) {
-                        st.buf.push_back((k, v));
-                    } else {
-                        past_end = true;
-                        break;
-                    }
-                }
-                st.next = match low {
-                    Some(l) if !past_end && st.range.above_lo(&l) => Some(Bound::Excluded(l)),
                     _ => None,
                 };
             }

@@ -50,7 +50,7 @@ impl FixedBuffers {
     /// Copies `bufs` (`total` bytes in all), back to back, into a free registered buffer.
     /// `None` if they do not fit in one buffer, no buffer is free, or none is registered.
     pub(super) fn gather(&self, bufs: &[Bytes], total: usize) -> Option<Slice<FixedBuf>> {
-        debug_assert_eq!(total, bufs.iter().map(|b| b.len()).sum::<usize>());
+        debug_assert_eq!(total, bufs.iter().map(bytes::Bytes::len).sum::<usize>());
         if total == 0 || total > FIXED_BUF_LEN {
             return None;
         }

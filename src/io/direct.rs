@@ -1,4 +1,4 @@
-//! Submission from the caller's thread: a second process-wide io_uring, driven with the
+//! Submission from the caller's thread: a second process-wide `io_uring`, driven with the
 //! `io-uring` crate, for the small operations on the commit path (WAL writes, reads, syncs).
 //!
 //! ```text
@@ -54,7 +54,7 @@ const RING_ENTRIES: u32 = 256;
 const MAX_IOVECS: usize = 1024;
 /// Most bytes asked of one read SQE (its length is a `u32`).
 const MAX_READ: usize = 1 << 30;
-/// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h); the crate keeps its copy private.
+/// `IORING_ENTER_GETEVENTS` (`include/uapi/linux/io_uring.h`); the crate keeps its copy private.
 const ENTER_GETEVENTS: u32 = 1;
 
 /// The process-wide direct ring, set up on first use; `None` (after one warning) where the
@@ -186,7 +186,7 @@ impl Direct {
     /// wants completions reaped before it takes more (CQ overflow, out of memory); anything
     /// else is logged and retried after a pause. Called without `self.sq` held.
     fn enter_failed(&self, e: &io::Error) {
-        if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) {
+        if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) {
             tracing::error!(error = %e, "io_uring_enter failed; retrying");
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -10,7 +10,7 @@
 //! method on each arm: static dispatch, no `dyn`, no boxed future, and the `cfg` of an
 //! optional backend written once per enum.
 //!
-//! - **io_uring** (`uring.rs`, Linux only). Two rings per *process*, started on first use
+//! - **`io_uring`** (`uring.rs`, Linux only). Two rings per *process*, started on first use
 //!   and shared by every `IoDriver` (so opening hundreds of databases opens two rings and
 //!   pins one set of registered buffers, not hundreds).
 //!   - The *ring thread* runs a tokio-uring runtime; requests arrive on an unbounded
@@ -32,7 +32,7 @@
 //!     for their completions and wakes their futures. Where the direct ring cannot be set up,
 //!     one warning is logged and the ring thread does everything.
 //!
-//!   Operations io_uring lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`) run on
+//!   Operations `io_uring` lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`) run on
 //!   the `ringkv-fallback` thread pool.
 //! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
 //!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
@@ -41,7 +41,7 @@
 //!   tears and corrupts unsynced writes at a simulated crash and injects I/O errors; chosen
 //!   by `Options::sim`.
 //!
-//! [`IoBackend::Auto`] (the default) takes io_uring when the probe succeeds (the shared ring
+//! [`IoBackend::Auto`] (the default) takes `io_uring` when the probe succeeds (the shared ring
 //! starts, answers a no-op and knows the file opcodes ringkv uses) and otherwise logs a
 //! warning and takes the thread pool. `RINGKV_IO_BACKEND=uring|threadpool` overrides `Auto`.
 //! The probe runs once per process; its result (success or failure) is cached.
@@ -49,7 +49,7 @@
 //! # Contract
 //!
 //! 1. **Never blocks the caller.** Every operation is a `Send` future; waiting for the disk
-//!    happens on the ring thread, on a pool thread, or in the kernel's io_uring workers. The
+//!    happens on the ring thread, on a pool thread, or in the kernel's `io_uring` workers. The
 //!    one thing a poll does in the kernel is the direct ring's `io_uring_enter`, which
 //!    completes an operation inline only when it need not wait for the device (a buffered
 //!    write, a page-cache hit) and otherwise queues it. The futures work on any executor
@@ -64,7 +64,7 @@
 //!    kernel still reads or writes. A write
 //!    whose future was dropped after its first poll still lands in full (or fails unseen).
 //! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
-//!    in flight at the same time complete in any order (io_uring completes out of order,
+//!    in flight at the same time complete in any order (`io_uring` completes out of order,
 //!    pool threads run in parallel). An fsync covers exactly the writes whose completion the
 //!    caller *awaited before submitting the fsync*. Callers (the WAL, the checkpoint) submit
 //!    an fsync only after awaiting every write it must cover.
@@ -105,12 +105,12 @@ pub use ringkv_fallback::LockMode;
 /// Which I/O backend a database uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoBackend {
-    /// Probe io_uring at open; fall back to the thread pool (with a warning) where it is
+    /// Probe `io_uring` at open; fall back to the thread pool (with a warning) where it is
     /// missing. The environment variable `RINGKV_IO_BACKEND=uring|threadpool` overrides
     /// `Auto`.
     #[default]
     Auto,
-    /// io_uring through the shared ring thread. Open fails if io_uring is unavailable.
+    /// `io_uring` through the shared ring thread. Open fails if `io_uring` is unavailable.
     Uring,
     /// The `ringkv-fallback` thread pool of positional reads and writes.
     ThreadPool,
@@ -143,7 +143,7 @@ pub struct IoStats {
     pub reads: u64,
     /// Calls of [`IoFile::writev_at`] (fixed-buffer ones included).
     pub writes: u64,
-    /// Writes that went through a registered (fixed) buffer (io_uring only).
+    /// Writes that went through a registered (fixed) buffer (`io_uring` only).
     pub fixed_writes: u64,
     /// Calls of [`IoFile::sync_data`], [`IoFile::sync_all`] and [`IoDriver::sync_dir`].
     pub fsyncs: u64,
@@ -249,7 +249,7 @@ impl IoDriver {
     ///
     /// [`IoBackend::Auto`] is first overridden by the environment variable
     /// `RINGKV_IO_BACKEND=uring|threadpool` (another value is [`Error::InvalidArgument`]);
-    /// then it probes io_uring (the shared ring starts and answers a no-op) and, if io_uring
+    /// then it probes `io_uring` (the shared ring starts and answers a no-op) and, if `io_uring`
     /// is unavailable, logs a warning and uses the thread pool. A forced
     /// [`IoBackend::Uring`] that is unavailable is [`Error::Io`] with op `"io_uring setup"`.
     /// The probe runs once per process; this call waits for it the first time.

@@ -7,7 +7,7 @@
 //! - **Writes** change the live image at once and are queued as *pending* on their file. A
 //!   write future first applies itself, then returns `Pending` 0-2 times (chosen by the
 //!   seed), then completes and marks the write *observed*. Concurrent operations therefore
-//!   complete in an order the seed picks, like io_uring's out-of-order completions.
+//!   complete in an order the seed picks, like `io_uring`'s out-of-order completions.
 //! - **fsync / fdatasync** make durable exactly the pending writes (and length changes) of
 //!   the file that were *observed before the fsync was submitted*: a write whose completion
 //!   the caller had not seen is not covered (contract 4 of the module above). A write whose
@@ -211,6 +211,87 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 impl State {
+    /// The crash's files: each durable image plus each pending change's fate, in
+    /// submission order.
+    fn crash_files(&mut self, report: &mut CrashReport) {
+        let ids: Vec<u64> = self.inodes.keys().copied().collect();
+        for ino in ids {
+            let pending = std::mem::take(&mut self.inodes.get_mut(&ino).expect("inode").pending);
+            let mut image = std::mem::take(&mut self.inodes.get_mut(&ino).expect("inode").durable);
+            for p in pending {
+                match p.change {
+                    Change::SetLen(_) => {
+                        if self.below(2) == 0 {
+                            apply(&mut image, &p.change);
+                            report.applied += 1;
+                        } else {
+                            report.dropped += 1;
+                        }
+                    }
+                    Change::Write { offset, data } => match self.below(10) {
+                        0..=3 => {
+                            apply(&mut image, &Change::Write { offset, data });
+                            report.applied += 1;
+                        }
+                        4..=6 => report.dropped += 1,
+                        7 | 8 => {
+                            tear(self, &mut image, offset, &data);
+                            report.torn += 1;
+                        }
+                        _ => {
+                            let garbage: Vec<u8> =
+                                (0..data.len()).map(|_| self.rand().to_le_bytes()[0]).collect();
+                            apply(&mut image, &Change::Write { offset, data: garbage });
+                            report.garbage += 1;
+                        }
+                    },
+                }
+            }
+            let inode = self.inodes.get_mut(&ino).expect("inode");
+            inode.live.clone_from(&image);
+            inode.durable = image;
+        }
+    }
+
+    /// The crash's namespace: the durable one plus each pending operation kept or lost, in
+    /// order; entries under a lost directory and files no name refers to go.
+    fn crash_names(&mut self, report: &mut CrashReport) {
+        let mut names = std::mem::take(&mut self.durable);
+        for op in std::mem::take(&mut self.pending_names) {
+            if self.below(2) == 0 {
+                report.names_lost += 1;
+                self.trace(op.path(), "name operation lost at the crash");
+                continue;
+            }
+            self.trace(op.path(), "name operation kept at the crash");
+            report.names_kept += 1;
+            op.apply(&mut names);
+        }
+        // An entry whose parent directory did not survive goes with it.
+        let orphans: Vec<PathBuf> = names
+            .keys()
+            .filter(|p| {
+                p.ancestors().skip(1).any(|a| {
+                    !(a.as_os_str().is_empty() || a == Path::new("/")) && names.get(a) != Some(&Entry::Dir)
+                })
+            })
+            .cloned()
+            .collect();
+        for p in orphans {
+            names.remove(&p);
+        }
+        let referenced: std::collections::BTreeSet<u64> = names
+            .values()
+            .filter_map(|e| match e {
+                Entry::File(i) => Some(*i),
+                Entry::Dir => None,
+            })
+            .collect();
+        self.inodes.retain(|ino, _| referenced.contains(ino));
+        self.live = names.clone();
+        self.durable = names;
+    }
+
     fn rand(&mut self) -> u64 {
         splitmix(&mut self.rng)
     }
@@ -470,79 +551,8 @@ impl SimDisk {
     pub fn crash(&self) -> CrashReport {
         let mut s = self.state.lock();
         let mut report = CrashReport::default();
-        // Files: durable image plus each pending change's fate, in submission order.
-        let ids: Vec<u64> = s.inodes.keys().copied().collect();
-        for ino in ids {
-            let pending = std::mem::take(&mut s.inodes.get_mut(&ino).expect("inode").pending);
-            let mut image = std::mem::take(&mut s.inodes.get_mut(&ino).expect("inode").durable);
-            for p in pending {
-                match p.change {
-                    Change::SetLen(_) => {
-                        if s.below(2) == 0 {
-                            apply(&mut image, &p.change);
-                            report.applied += 1;
-                        } else {
-                            report.dropped += 1;
-                        }
-                    }
-                    Change::Write { offset, data } => match s.below(10) {
-                        0..=3 => {
-                            apply(&mut image, &Change::Write { offset, data });
-                            report.applied += 1;
-                        }
-                        4..=6 => report.dropped += 1,
-                        7 | 8 => {
-                            tear(&mut s, &mut image, offset, &data);
-                            report.torn += 1;
-                        }
-                        _ => {
-                            let garbage: Vec<u8> =
-                                (0..data.len()).map(|_| s.rand().to_le_bytes()[0]).collect();
-                            apply(&mut image, &Change::Write { offset, data: garbage });
-                            report.garbage += 1;
-                        }
-                    },
-                }
-            }
-            let inode = s.inodes.get_mut(&ino).expect("inode");
-            inode.live = image.clone();
-            inode.durable = image;
-        }
-        // Names: durable namespace plus each pending operation kept or lost, in order.
-        let mut names = std::mem::take(&mut s.durable);
-        for op in std::mem::take(&mut s.pending_names) {
-            if s.below(2) == 0 {
-                report.names_lost += 1;
-                s.trace(op.path(), "name operation lost at the crash");
-                continue;
-            }
-            s.trace(op.path(), "name operation kept at the crash");
-            report.names_kept += 1;
-            op.apply(&mut names);
-        }
-        // An entry whose parent directory did not survive goes with it.
-        let orphans: Vec<PathBuf> = names
-            .keys()
-            .filter(|p| {
-                p.ancestors().skip(1).any(|a| {
-                    !(a.as_os_str().is_empty() || a == Path::new("/")) && names.get(a) != Some(&Entry::Dir)
-                })
-            })
-            .cloned()
-            .collect();
-        for p in orphans {
-            names.remove(&p);
-        }
-        let referenced: std::collections::BTreeSet<u64> = names
-            .values()
-            .filter_map(|e| match e {
-                Entry::File(i) => Some(*i),
-                Entry::Dir => None,
-            })
-            .collect();
-        s.inodes.retain(|ino, _| referenced.contains(ino));
-        s.live = names.clone();
-        s.durable = names;
+        s.crash_files(&mut report);
+        s.crash_names(&mut report);
         s.generation += 1;
         s.locks.clear();
         s.disarm();
@@ -794,6 +804,11 @@ impl<T, F: FnOnce() -> T + Unpin> Future for Delayed<F> {
     }
 }
 
+/// A future that completes with `finish()` after returning `Pending` `polls` times.
+fn delay<T, F: FnOnce() -> T + Unpin>(polls: u32, finish: F) -> Delayed<F> {
+    Delayed { polls, finish: Some(finish) }
+}
+
 fn read_only() -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, "simulated disk: file opened read-only")
 }
@@ -803,10 +818,6 @@ impl SimFile {
         let mut s = self.disk.state.lock();
         s.begin(self.generation, what)?;
         Ok(s)
-    }
-
-    fn delay<T, F: FnOnce() -> T + Unpin>(&self, polls: u32, finish: F) -> Delayed<F> {
-        Delayed { polls, finish: Some(finish) }
     }
 }
 
@@ -832,7 +843,7 @@ impl BackendFile for SimFile {
             };
             (s.polls(), result)
         };
-        self.delay(polls, || ()).await;
+        delay(polls, || ()).await;
         result
     }
 
@@ -863,7 +874,7 @@ impl BackendFile for SimFile {
         };
         let disk = self.disk.clone();
         let ino = self.ino;
-        self.delay(polls, move || disk.state.lock().observe(ino, id)).await;
+        delay(polls, move || disk.state.lock().observe(ino, id)).await;
         Ok(Written::Unfixed)
     }
 
@@ -885,7 +896,7 @@ impl BackendFile for SimFile {
             }
             s.polls()
         };
-        self.delay(polls, || ()).await;
+        delay(polls, || ()).await;
         Ok(())
     }
 
@@ -904,7 +915,7 @@ impl BackendFile for SimFile {
         };
         let disk = self.disk.clone();
         let ino = self.ino;
-        self.delay(polls, move || disk.state.lock().observe(ino, id)).await;
+        delay(polls, move || disk.state.lock().observe(ino, id)).await;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! Every function here queues one job on the shared pool and awaits its oneshot result. The
 //! job owns everything it touches (an `Arc<File>`, the `Bytes` of a write, the `Vec` of a
 //! read), so a caller dropping the future cannot free memory a pool thread is using. The
-//! directory operations of [`Pool`] also serve the io_uring backend where io_uring lacks
+//! directory operations of [`Pool`] also serve the `io_uring` backend where `io_uring` lacks
 //! the opcode (`read_dir`, `exists`, `create_dir_all`, the directory lock).
 
 use std::fs::{File, OpenOptions};
@@ -139,12 +139,12 @@ impl BackendFile for PoolFile {
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        if bufs.iter().all(|b| b.is_empty()) {
+        if bufs.iter().all(bytes::Bytes::is_empty) {
             return Ok(Written::Unfixed);
         }
         let file = Arc::clone(&self.0);
         run(move || {
-            let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_ref()).collect();
+            let slices: Vec<&[u8]> = bufs.iter().map(std::convert::AsRef::as_ref).collect();
             ringkv_fallback::write_all_vectored_at(&file, &slices, offset)
         })
         .await

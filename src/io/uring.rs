@@ -1,4 +1,4 @@
-//! The io_uring backend: one ring thread per process, shared by every `IoDriver`, and one
+//! The `io_uring` backend: one ring thread per process, shared by every `IoDriver`, and one
 //! direct ring (`direct.rs`) that callers submit to from their own thread.
 //!
 //! ```text
@@ -198,7 +198,7 @@ impl Ring {
 }
 
 /// Open, close, rename, remove and directory syncs run on the ring thread; the operations
-/// io_uring lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the fallback pool.
+/// `io_uring` lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the fallback pool.
 impl Backend for &'static Ring {
     type File = UringFile;
 
@@ -318,7 +318,7 @@ impl BackendFile for UringFile {
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
         if total == 0 {
             return Ok(Written::Unfixed);
         }
@@ -384,7 +384,7 @@ impl BackendFile for UringFile {
         self.ring.with_file(self.id, move |file, _| async move { Ok(file.statx().await?.stx_size) }).await
     }
 
-    /// io_uring has no truncate in tokio-uring: a duplicate descriptor does it on the pool.
+    /// `io_uring` has no truncate in tokio-uring: a duplicate descriptor does it on the pool.
     async fn set_len(&self, len: u64) -> io::Result<()> {
         let file = self.dup().await?;
         threadpool::run(move || file.set_len(len)).await
@@ -393,7 +393,7 @@ impl BackendFile for UringFile {
 
 impl UringFile {
     /// A `std` file sharing this file's open file description, for the blocking calls
-    /// io_uring lacks. The duplicate is made on the ring thread (a `fcntl`, no disk I/O).
+    /// `io_uring` lacks. The duplicate is made on the ring thread (a `fcntl`, no disk I/O).
     async fn dup(&self) -> io::Result<std::fs::File> {
         self.ring
             .with_file(self.id, move |file, _| {
@@ -542,7 +542,7 @@ async fn write_all_vectored(file: &File, bufs: Vec<Bytes>, mut offset: u64) -> i
     let mut first = 0;
     while first < rest.len() {
         let batch: Vec<Bytes> = rest[first..].iter().take(MAX_IOVECS).cloned().collect();
-        let asked: usize = batch.iter().map(|b| b.len()).sum();
+        let asked: usize = batch.iter().map(bytes::Bytes::len).sum();
         let (result, _batch) = file.writev_at(batch, offset).await;
         let mut n = match result {
             Ok(0) => {

@@ -256,7 +256,7 @@ pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncat
             },
             3 => {
                 let id = r.u64()?;
-                let kind = FileKind::from_code(r.u8()? as u32).ok_or(Truncated { at })?;
+                let kind = FileKind::from_code(u32::from(r.u8()?)).ok_or(Truncated { at })?;
                 let size = r.u64()?;
                 let n = r.count32(16)?;
                 let mut ranges = Vec::with_capacity(n);

@@ -195,8 +195,8 @@ pub fn parse_footer(buf: &[u8], file: &Path, file_len: u64) -> Result<Footer> {
     }
     let kind = FileKind::from_code(kind).ok_or_else(|| bad("unknown file kind"))?;
     let tables_end = file_len - FOOTER_LEN as u64;
-    if ranges_offset.checked_add(ranges_count as u64 * RANGE_LEN as u64) != Some(reloc_offset)
-        || reloc_offset.checked_add(reloc_count as u64 * RELOC_ENTRY_LEN as u64) != Some(tables_end)
+    if ranges_offset.checked_add(u64::from(ranges_count) * RANGE_LEN as u64) != Some(reloc_offset)
+        || reloc_offset.checked_add(u64::from(reloc_count) * RELOC_ENTRY_LEN as u64) != Some(tables_end)
     {
         return Err(bad("table bounds do not match the file length"));
     }
@@ -228,7 +228,7 @@ pub fn parse_tables(buf: &[u8], footer: &Footer, file: &Path) -> Result<(Address
         ranges.push((s, e));
     }
     let mut relocs: Vec<RelocEntry> = Vec::with_capacity(footer.reloc_count as usize);
-    for i in 0..footer.reloc_count as u64 {
+    for i in 0..u64::from(footer.reloc_count) {
         let at = footer.reloc_offset + i * RELOC_ENTRY_LEN as u64;
         let e = RelocEntry {
             addr: r.u64().map_err(short)?,
@@ -237,7 +237,7 @@ pub fn parse_tables(buf: &[u8], footer: &Footer, file: &Path) -> Result<(Address
             crc: r.u32().map_err(short)?,
         };
         if relocs.last().is_some_and(|p| p.addr >= e.addr)
-            || e.offset.checked_add(e.len as u64).is_none_or(|end| end > footer.ranges_offset)
+            || e.offset.checked_add(u64::from(e.len)).is_none_or(|end| end > footer.ranges_offset)
         {
             return Err(Error::corruption(file, at, "bad relocation entry"));
         }
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(r2, ranges);
         assert_eq!(x2, relocs);
         let e = x2[1];
-        let frame = &file[e.offset as usize..(e.offset + e.len as u64) as usize];
+        let frame = &file[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
         check_frame(frame, &e, p).unwrap();
         let mut bad = frame.to_vec();
         bad[0] ^= 1;

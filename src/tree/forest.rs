@@ -294,9 +294,10 @@ impl Forest {
         match v {
             Value::Tombstone => Ok(None),
             Value::Inline(b) => Ok(Some(b.clone())),
-            Value::Blob(c) => match &c.bytes {
-                Some(b) => Ok(Some(b.clone())),
-                None => {
+            Value::Blob(c) => {
+                if let Some(b) = &c.bytes {
+                    Ok(Some(b.clone()))
+                } else {
                     let frame = self.store.read_frame(c.addr()).await?;
                     if frame.bytes.len() != c.len as usize {
                         return Err(Error::corruption(
@@ -307,7 +308,7 @@ impl Forest {
                     }
                     Ok(Some(frame.bytes))
                 }
-            },
+            }
         }
     }
 }

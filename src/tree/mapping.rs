@@ -111,7 +111,7 @@ impl Drop for MappingTable {
         // kept by the callers (every view is used while they borrow the forest), not by types.
         let guard = unsafe { epoch::unprotected() };
         for chunk in self.chunks.iter().filter_map(|c| c.get()) {
-            for slot in chunk.iter() {
+            for slot in chunk {
                 let head = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
                 // SAFETY: the swap just took the chain out of its slot, and with `&mut self`
                 // (see above) no reader can still reach it.

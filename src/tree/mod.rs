@@ -355,13 +355,13 @@ impl Tree {
                 }
             }
             None => {
-                self.consolidate(f, pid, horizon, guard);
+                Self::consolidate(f, pid, horizon, guard);
             }
         }
     }
 
     /// Replaces the chain of `pid` by one consolidated base. Returns the new base's size.
-    fn consolidate(&self, f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> bool {
+    fn consolidate(f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> bool {
         let Some(v) = ChainView::load(f, pid, guard) else { return false };
         let NodeKind::Leaf(base) = &v.bottom.kind else { return false };
         if v.deltas.is_empty() {
@@ -462,7 +462,7 @@ impl Tree {
             }
             let mut new = merge_leaf(&lv.deltas, lb, horizon);
             new.entries.extend(r.entries.iter().cloned());
-            new.bounds.high = rb.high.clone();
+            new.bounds.high.clone_from(&rb.high);
             new.bounds.right = rb.right;
             if f.replace(left, lv.head, lv.head_node.seq, NodeKind::Leaf(new), guard) {
                 extended = true;

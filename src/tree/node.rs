@@ -96,7 +96,7 @@ impl Value {
         match self {
             Value::Tombstone => 0,
             Value::Inline(b) => b.len(),
-            Value::Blob(c) => 32 + c.bytes.as_ref().map_or(0, |b| b.len()),
+            Value::Blob(c) => 32 + c.bytes.as_ref().map_or(0, bytes::Bytes::len),
         }
     }
 }
@@ -262,7 +262,7 @@ pub fn leaf_bytes(l: &LeafBase) -> usize {
 
 /// Approximate memory held by a leaf base.
 pub fn leaf_mem(l: &LeafBase) -> usize {
-    let mut n = 96 + l.bounds.low.len() + l.bounds.high.as_ref().map_or(0, |h| h.len());
+    let mut n = 96 + l.bounds.low.len() + l.bounds.high.as_ref().map_or(0, bytes::Bytes::len);
     for e in &l.entries {
         n += 48 + e.key.len();
         for v in &e.versions {

@@ -84,7 +84,7 @@ pub const MIN_PAYLOAD_LEN: usize = 12;
 pub const MARK_PAYLOAD_LEN: usize = 24;
 /// Encoded length of a batch mark.
 pub const MARK_LEN: usize = FRAME_LEN + MARK_PAYLOAD_LEN;
-/// Smallest encoded op (a delete of an empty key): kind + bucket + key_len.
+/// Smallest encoded op (a delete of an empty key): kind + bucket + `key_len`.
 const MIN_OP_LEN: usize = 9;
 /// Op kind byte of a put.
 const KIND_PUT: u8 = 1;

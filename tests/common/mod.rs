@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 pub fn seed(test: &str) -> u64 {
     let s = std::env::var("RINGKV_TEST_SEED")
         .ok()
-        .map(|v| v.parse().expect("RINGKV_TEST_SEED must be a u64"))
-        .unwrap_or_else(rand::random);
+        .map_or_else(rand::random, |v| v.parse().expect("RINGKV_TEST_SEED must be a u64"));
     eprintln!("{test}: seed {s} (replay with RINGKV_TEST_SEED={s})");
     s
 }

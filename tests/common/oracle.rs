@@ -1,4 +1,4 @@
-//! The crash oracle (RocksDB's method) over ringkv on the simulated disk.
+//! The crash oracle (`RocksDB`'s method) over ringkv on the simulated disk.
 //!
 //! A run is one [`SimDisk`] and one seed. Each *cycle* opens the database (recovery), checks
 //! the recovered state, runs a workload with a halt armed at a random I/O operation (the
@@ -132,7 +132,7 @@ fn value(id: u64, k: u64, rng: &mut Rng) -> Vec<u8> {
     let mut v = stamp.into_bytes();
     let mut x = id.wrapping_mul(31).wrapping_add(k);
     while v.len() < len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         v.push(b'a' + (x >> 59) as u8);
     }
     v
@@ -221,7 +221,7 @@ impl Run {
     /// state with the oracle and returns the open database.
     async fn recover(&mut self, stacked_percent: u64) -> Result<Db, String> {
         if self.rng.chance(stacked_percent) {
-            for _ in 0..1 + self.rng.below(4) {
+            for _ in 0..=self.rng.below(4) {
                 self.disk.halt_after(1 + self.rng.below(60));
                 // Either outcome is fine: the open is cut short or finishes; then power fails.
                 if let Ok(db) = Db::open(DB, options(&self.disk)).await {
@@ -326,7 +326,7 @@ impl Run {
         for _ in 0..8 {
             let k = key(self.rng.below(KEYS));
             let got = b.get(&k).await.map_err(|e| self.fail(format!("get after recovery: {e}")))?;
-            if got.as_deref() != expected.get(&k).map(|v| v.as_slice()) {
+            if got.as_deref() != expected.get(&k).map(std::vec::Vec::as_slice) {
                 return Err(self.fail(format!("get {} disagrees with the scan", String::from_utf8_lossy(&k))));
             }
         }
@@ -414,7 +414,7 @@ impl Run {
             let k = key(self.rng.below(KEYS));
             match b.get(&k).await {
                 Ok(got) => {
-                    if got.as_deref() != model.get(&k).map(|v| v.as_slice()) {
+                    if got.as_deref() != model.get(&k).map(std::vec::Vec::as_slice) {
                         return Err(
                             self.fail(format!("live read of {} is wrong", String::from_utf8_lossy(&k)))
                         );
@@ -438,7 +438,7 @@ impl Run {
             let id = self.next_id;
             self.next_id += 1;
             let mut writes = Vec::new();
-            for _ in 0..1 + self.rng.below(4) {
+            for _ in 0..=self.rng.below(4) {
                 let k = self.rng.below(KEYS);
                 if !used.insert(k) {
                     continue;

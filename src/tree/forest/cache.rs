@@ -2,7 +2,10 @@
 //! every concurrent loader), the CLOCK reference bits, and eviction of clean leaves past
 //! `cache_capacity` (forest invariants 1, 2 and 4).
 
-use super::*;
+use super::{
+    epoch, mem_delta, merge_leaf, page, retire_chain, Arc, ChainView, Error, Forest, FutureExt, LoadedImage,
+    Node, NodeKind, Ordering, Owned, PageImage, Pid, Result, EVICT_SCAN_BUDGET,
+};
 
 impl Forest {
     /// Sets the page's CLOCK bit.
@@ -18,21 +21,20 @@ impl Forest {
     async fn read_image(&self, addr: u64) -> Result<Arc<LoadedImage>> {
         let fut = {
             let mut m = self.inflight.lock();
-            match m.get(&addr) {
-                Some(f) => f.clone(),
-                None => {
-                    let store = self.store.clone();
-                    self.page_reads.fetch_add(1, Ordering::Relaxed);
-                    let f = async move {
-                        let frame = store.read_frame(addr).await?;
-                        let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
-                        Ok(Arc::new((img, frame.file, frame.offset)))
-                    }
-                    .boxed()
-                    .shared();
-                    m.insert(addr, f.clone());
-                    f
+            if let Some(f) = m.get(&addr) {
+                f.clone()
+            } else {
+                let store = self.store.clone();
+                self.page_reads.fetch_add(1, Ordering::Relaxed);
+                let f = async move {
+                    let frame = store.read_frame(addr).await?;
+                    let img = page::decode(&frame.bytes, &frame.file, frame.offset)?;
+                    Ok(Arc::new((img, frame.file, frame.offset)))
                 }
+                .boxed()
+                .shared();
+                m.insert(addr, f.clone());
+                f
             }
         };
         let r = fut.await;

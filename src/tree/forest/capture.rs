@@ -2,7 +2,10 @@
 //! cut, publishing their new addresses (forest invariants 1 and 5), and GC's marking of the
 //! pages of sparse files.
 
-use super::*;
+use super::{
+    epoch, merge_leaf, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
+    NodeKind, Ordering, PendingBlob, Pid,
+};
 
 impl Forest {
     /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
