@@ -53,6 +53,21 @@ fn proc_write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// `VmRSS` and `VmHWM` (peak RSS) of this process, in MiB.
+fn rss_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            >> 10
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn main() -> ringkv::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
@@ -83,11 +98,18 @@ fn main() -> ringkv::Result<()> {
             let done = (i + 1) * batch;
             if done % tenth < batch {
                 let s = db.stats();
+                let (rss, hwm) = rss_mib();
                 println!(
-                    "{done:>10} keys: {:>9.0} keys/s this tenth; {} checkpoints, cache {} MiB",
+                    "{done:>10} keys: {:>7.0} keys/s this tenth; {:>4} ckpts; cache {:>4} MiB, page table {:>3} MiB, \
+                     dirty {:>5}/{} pages, ckpt peak {:>3} MiB, wal buf {:>3} KiB; rss {rss} MiB (peak {hwm})",
                     tenth as f64 / lap.elapsed().as_secs_f64(),
                     s.checkpoints,
                     s.cache_bytes >> 20,
+                    s.page_table_bytes >> 20,
+                    s.dirty_pages,
+                    s.dirty_pages_limit,
+                    s.checkpoint_peak_bytes >> 20,
+                    s.wal_buffer_bytes >> 10,
                 );
                 lap = Instant::now();
             }
@@ -97,6 +119,8 @@ fn main() -> ringkv::Result<()> {
         let secs = t.elapsed().as_secs_f64();
         let written = proc_write_bytes() - w0;
         let logical = n * 144;
+        let (rss, hwm) = rss_mib();
+        println!("after close: rss {rss} MiB, peak rss {hwm} MiB");
         println!(
             "loaded {n} keys in {:.2} s (close {:.2} s): {:.0} keys/s; wrote {} MiB = {:.2}x the {} MiB of keys+values",
             secs,

@@ -17,8 +17,32 @@ pub use crate::engine::checkpoint::CheckpointStats;
 /// Counters describing a database, for monitoring and tests.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Bytes of page cache in use.
+    /// Heap bytes of the pages in memory, clean and dirty, with their deltas, counted as
+    /// the allocator sizes them. Clean pages are evicted past `cache_capacity`; dirty ones
+    /// hold it at most `dirty_limit` above (a commit past that runs a checkpoint first).
     pub cache_bytes: i64,
+    /// `Options::cache_capacity`.
+    pub cache_capacity: u64,
+    /// Heap bytes of the stubs standing for pages on disk: one per page not in memory,
+    /// never evicted (they grow with the database, not with the cache).
+    pub page_table_bytes: i64,
+    /// Pages changed since the last checkpoint.
+    pub dirty_pages: u64,
+    /// The bound on `dirty_pages` (`Options::dirty_limit` over
+    /// [`limits::DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
+    pub dirty_pages_limit: u64,
+    /// `dirty_pages_limit` in bytes: the bound of what a checkpoint holds, and of the
+    /// cache's excess over its capacity.
+    pub dirty_limit: u64,
+    /// Bytes of page images and copied frames the running checkpoint holds (0 between
+    /// checkpoints).
+    pub checkpoint_bytes: u64,
+    /// The most `checkpoint_bytes` held at once since open.
+    pub checkpoint_peak_bytes: u64,
+    /// Bytes of WAL records appended and not yet written.
+    pub wal_buffer_bytes: u64,
+    /// `Options::wal_buffer_limit`: past it, commits wait for the WAL write.
+    pub wal_buffer_limit: u64,
     /// Data and blob files.
     pub files: usize,
     /// WAL records appended since open.
@@ -120,8 +144,19 @@ impl Db {
     /// Counters for monitoring.
     pub fn stats(&self) -> Stats {
         let w = self.inner.wal.stats();
+        let (opts, forest) = (&self.inner.opts, &self.inner.forest);
+        let dirty_pages_limit = opts.dirty_pages_limit() as u64;
         Stats {
-            cache_bytes: self.inner.forest.mem_used(),
+            cache_bytes: forest.mem_used(),
+            cache_capacity: opts.cache_capacity as u64,
+            page_table_bytes: forest.stub_mem(),
+            dirty_pages: forest.dirty_pages() as u64,
+            dirty_pages_limit,
+            dirty_limit: dirty_pages_limit * crate::limits::DIRTY_PAGE_COST as u64,
+            checkpoint_bytes: self.inner.ckpt_mem.now(),
+            checkpoint_peak_bytes: self.inner.ckpt_mem.peak(),
+            wal_buffer_bytes: self.inner.wal.buffered_bytes(),
+            wal_buffer_limit: opts.wal_buffer_bytes() as u64,
             files: self.inner.store.files().len(),
             wal_records: w.records_appended,
             wal_fsyncs: w.fsyncs,

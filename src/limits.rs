@@ -22,6 +22,9 @@ pub const MAPPING_CHUNKS: usize = 1 << 14;
 pub const MIN_CACHE_CAPACITY: usize = 64 * 1024;
 /// Delta-chain length at which a leaf is consolidated.
 pub const CONSOLIDATE_CHAIN_LEN: usize = 16;
+/// Blind writes (deltas over an evicted leaf's stub) a leaf takes before the next writer
+/// loads it; folded in at once, more would make one image many times `SPLIT_LEAF_BYTES`.
+pub const MAX_BLIND_DELTAS: usize = CONSOLIDATE_CHAIN_LEN / 2;
 /// A leaf whose encoded size passes this many bytes is split.
 pub const SPLIT_LEAF_BYTES: usize = 4 * 1024;
 /// A leaf with at least this many keys may split.
@@ -33,3 +36,14 @@ const _: () = assert!(MAX_VALUE_LEN < MAX_WAL_RECORD_LEN);
 const _: () = assert!(MAX_VALUE_LEN < MAX_FRAME_LEN);
 const _: () = assert!(SPLIT_INNER_CHILDREN >= 4);
 const _: () = assert!(MAX_PAGES <= u32::MAX as u64);
+
+/// What one dirty page is counted as against `Options::dirty_limit`: a checkpoint holds
+/// its encoded image (a leaf splits past `SPLIT_LEAF_BYTES` when it is written in memory,
+/// but the blind writes folded into an evicted leaf when it is loaded can take it to about
+/// twice that) and, for a page written while evicted, the page loaded to fold them in.
+pub const DIRTY_PAGE_COST: usize = 4 * SPLIT_LEAF_BYTES;
+/// The dirty-page bound never goes below this many pages (tiny caches in tests would
+/// otherwise checkpoint on every commit).
+pub const MIN_DIRTY_PAGES: usize = 64;
+/// The WAL buffer bound (`Options::wal_buffer_limit`) never goes below this.
+pub const MIN_WAL_BUFFER: usize = 1 << 20;

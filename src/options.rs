@@ -51,6 +51,19 @@ pub struct Options {
     pub background_checkpoints: bool,
     /// A data or blob file whose live bytes fall below this fraction is rewritten by GC.
     pub gc_live_ratio: f64,
+    /// Bound on the pages changed since the last checkpoint, in bytes, each dirty page
+    /// counted as [`limits::DIRTY_PAGE_COST`] (its image, plus the page itself where a
+    /// checkpoint must load it). A background checkpoint starts at half of it; a commit
+    /// that finds it exceeded runs a checkpoint first (writers slow down instead of
+    /// memory growing). It bounds what a checkpoint holds, whatever the size of the
+    /// database. `None`: a quarter of `cache_capacity` (never below
+    /// [`limits::MIN_DIRTY_PAGES`] pages), so that the engine's memory stays near 1.5 times
+    /// `cache_capacity` plus the page table (`Stats::page_table_bytes`).
+    pub dirty_limit: Option<usize>,
+    /// Bound on WAL bytes appended and not yet written: past it a `Durability::None`
+    /// commit waits until its record reached the kernel, as a `Buffered` one does. `None`:
+    /// a sixteenth of `cache_capacity`, at least [`limits::MIN_WAL_BUFFER`].
+    pub wal_buffer_limit: Option<usize>,
     /// Run on this simulated disk instead of a real one (feature `sim`, for tests). The
     /// background task does not run on a simulated disk, so a single-threaded run replays
     /// exactly from the disk's seed: checkpoints happen on
@@ -72,6 +85,8 @@ impl Default for Options {
             read_only: false,
             background_checkpoints: true,
             gc_live_ratio: 0.5,
+            dirty_limit: None,
+            wal_buffer_limit: None,
             #[cfg(feature = "sim")]
             sim: None,
         }
@@ -87,6 +102,17 @@ impl Options {
             return Ok(IoDriver::simulated(disk.clone()));
         }
         IoDriver::new(self.io_backend)
+    }
+
+    /// The dirty-page bound of [`Options::dirty_limit`], in pages.
+    pub(crate) fn dirty_pages_limit(&self) -> usize {
+        let bytes = self.dirty_limit.unwrap_or(self.cache_capacity / 4);
+        (bytes / limits::DIRTY_PAGE_COST).max(limits::MIN_DIRTY_PAGES)
+    }
+
+    /// The WAL buffer bound of [`Options::wal_buffer_limit`], in bytes.
+    pub(crate) fn wal_buffer_bytes(&self) -> usize {
+        self.wal_buffer_limit.unwrap_or(self.cache_capacity / 16).max(limits::MIN_WAL_BUFFER)
     }
 
     /// Checks every option; a bad one is [`Error::InvalidArgument`].

@@ -7,7 +7,6 @@
 //! database turns read-only. The simulated disk runs no background task (deterministic
 //! replays).
 
-use std::sync::atomic::Ordering;
 use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -66,8 +65,7 @@ pub(crate) async fn background(db: Weak<DbInner>) {
         if !d.opts.background_checkpoints {
             continue;
         }
-        let due_size = d.forest.written_since_cut() > d.opts.checkpoint_bytes as u64
-            || d.forest.needs_checkpoint.load(Ordering::Relaxed);
+        let due_size = d.checkpoint_due();
         let due_time = d.opts.checkpoint_interval.is_some_and(|i| last_ckpt.elapsed() >= i)
             && d.forest.written_since_cut() > 0;
         if due_size || due_time {

@@ -7,8 +7,12 @@
 //!    complete), register a snapshot at `cut = visible` (so no trim can drop a version the
 //!    images need), seal the dirty set and encode each sealed page with the versions at or
 //!    below `cut`. Nothing awaits while the locks are held.
-//! 3. Write the blob file and the data file (frames, ranges, relocation table, footer), in
-//!    chunks submitted concurrently, then `fdatasync` each and sync the directory.
+//! 3. Write the blob file and the data file (frames, ranges, relocation table, footer)
+//!    through a `store::FileWriter`: frames are flushed every `store::FLUSH_BYTES` in
+//!    chunks submitted concurrently and each image is dropped once written, so the
+//!    checkpoint holds at most the images it captured (bounded by `Options::dirty_limit`,
+//!    which the commit path enforces) and one flush of frames GC copies; then `fdatasync`
+//!    each file and sync the directory. `DbInner::ckpt_mem` counts what it holds.
 //! 4. Publish: one manifest edit adds both files, points every captured page at its new
 //!    address and sets the WAL frontier to `cut`. Data first, metadata last: a crash
 //!    before the edit is durable leaves unreferenced files that open deletes.
@@ -30,7 +34,8 @@ use super::DbInner;
 use crate::error::{Error, Result};
 use crate::manifest::{Edit, FileMeta, PageLoc};
 use crate::mvcc::SnapshotGuard;
-use crate::store::data_file::{FileBuilder, FileKind, RelocEntry};
+use crate::store::data_file::{FileKind, RelocEntry};
+use crate::store::{FileWriter, FLUSH_BYTES};
 use crate::tree::forest::{Captured, PendingBlob};
 use crate::tree::node::Pid;
 
@@ -66,9 +71,18 @@ async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<()> {
     futures::stream::iter(pids).map(|pid| f.load(pid)).buffer_unordered(LOAD_DEPTH).try_collect().await
 }
 
-/// Runs one checkpoint (serialised by `ckpt_lock`): the steps of the module doc.
+/// Runs one checkpoint (serialised by `ckpt_lock`): the steps of the module doc. The
+/// checkpoint's memory gauge (`DbInner::ckpt_mem`) counts the images it holds and is
+/// cleared when it ends, however it ends.
 pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
     let _g = db.ckpt_lock.lock().await;
+    let stats = steps(db).await;
+    db.ckpt_mem.clear();
+    stats
+}
+
+/// The steps of [`run`], under `ckpt_lock`.
+async fn steps(db: &DbInner) -> Result<CheckpointStats> {
     db.check_writable()?;
     let Cut { snap, sealed, pages, blobs } = cut(db).await?;
     let cut_ts = snap.ts();
@@ -122,6 +136,7 @@ async fn cut(db: &DbInner) -> Result<Cut> {
         match f.capture(&sealed, snap.ts(), horizon) {
             Ok((pages, blobs)) => {
                 drop(locks);
+                db.ckpt_mem.hold(pages.iter().map(|c| c.image.len()).sum());
                 return Ok(Cut { snap, sealed, pages, blobs });
             }
             Err(need) => {
@@ -140,7 +155,9 @@ type NewFile = (FileMeta, Vec<RelocEntry>);
 /// Steps 3-4: write the blob file and the data file, sync them and the directory, then
 /// commit the manifest edit that publishes them, the pages' new addresses and the WAL
 /// frontier `cut_ts`. Returns the new files and each captured page with its address and
-/// length.
+/// length. Frames are written [`FLUSH_BYTES`] at a time and each page's image is dropped
+/// once written, so the checkpoint holds at most the images it captured plus one flush of
+/// frames it copies (GC), never a whole file.
 async fn write_and_publish(
     db: &DbInner,
     cut_ts: u64,
@@ -151,40 +168,27 @@ async fn write_and_publish(
     let mut edits = Vec::new();
     let mut new_files = Vec::new();
     if !blobs.is_empty() {
-        let mut b = FileBuilder::new(FileKind::Blob);
+        let mut w = db.store.create_file(FileKind::Blob).await?;
         for pb in blobs {
             let bytes =
                 pb.cell.bytes.clone().ok_or_else(|| {
                     Error::ReadOnly("a blob without an address has no bytes in memory".into())
                 })?;
-            b.add(pb.addr, bytes);
+            w.add(pb.addr, bytes);
+            if w.held_len() >= FLUSH_BYTES {
+                w.flush().await?;
+            }
         }
-        let (meta, relocs) = db.store.write_file(b, FileKind::Blob).await?;
+        let (meta, relocs) = w.finish().await?;
         stats.bytes += meta.size;
         edits.push(Edit::AddFile(meta.clone()));
         new_files.push((meta, relocs));
     }
     let mut placed = Vec::with_capacity(pages.len());
     if !pages.is_empty() {
-        let mut b = FileBuilder::new(FileKind::Data);
-        let mut locs = Vec::with_capacity(pages.len());
-        for mut c in pages {
-            if c.freed {
-                locs.push((c.pid, PageLoc { addr: 0, len: 0 }));
-                placed.push((c, 0, 0));
-                continue;
-            }
-            if c.copy_from != 0 {
-                // An unloaded page moved by GC: copy its verified frame as is.
-                c.image = db.store.read_frame(c.copy_from).await?.bytes;
-            }
-            let addr = db.store.alloc_addr();
-            let len = b.add(addr, c.image.clone()).len;
-            locs.push((c.pid, PageLoc { addr, len }));
-            placed.push((c, addr, len));
-        }
-        if !b.is_empty() {
-            let (meta, relocs) = db.store.write_file(b, FileKind::Data).await?;
+        let (w, locs) = write_pages(db, pages, &mut placed).await?;
+        if let Some(w) = w {
+            let (meta, relocs) = w.finish().await?;
             stats.bytes += meta.size;
             edits.push(Edit::AddFile(meta.clone()));
             new_files.push((meta, relocs));
@@ -197,6 +201,49 @@ async fn write_and_publish(
     edits.push(db.counters(next_bucket));
     db.manifest.commit(edits).await?;
     Ok((new_files, placed))
+}
+
+/// Step 3 for the pages: adds each captured image (or, for an unloaded page GC moves, its
+/// verified frame, read now) to a new data file, created at the first frame, flushing
+/// every [`FLUSH_BYTES`]; releases each image from the checkpoint's memory gauge as it is
+/// written. Returns the unfinished writer (`None` when every page was freed) and every
+/// page's new location.
+async fn write_pages(
+    db: &DbInner,
+    pages: Vec<Captured>,
+    placed: &mut Vec<(Captured, u64, u32)>,
+) -> Result<(Option<FileWriter>, Vec<(Pid, PageLoc)>)> {
+    let mut w: Option<FileWriter> = None;
+    let mut locs = Vec::with_capacity(pages.len());
+    for mut c in pages {
+        if c.freed {
+            locs.push((c.pid, PageLoc { addr: 0, len: 0 }));
+            placed.push((c, 0, 0));
+            continue;
+        }
+        let image = if c.copy_from == 0 {
+            std::mem::take(&mut c.image)
+        } else {
+            // An unloaded page moved by GC: copy its verified frame as is.
+            let frame = db.store.read_frame(c.copy_from).await?.bytes;
+            db.ckpt_mem.hold(frame.len());
+            frame
+        };
+        let writer = match &mut w {
+            Some(w) => w,
+            None => w.insert(db.store.create_file(FileKind::Data).await?),
+        };
+        let addr = db.store.alloc_addr();
+        let len = writer.add(addr, image).len;
+        locs.push((c.pid, PageLoc { addr, len }));
+        placed.push((c, addr, len));
+        if writer.held_len() >= FLUSH_BYTES {
+            let held = writer.held_len();
+            writer.flush().await?;
+            db.ckpt_mem.release(held);
+        }
+    }
+    Ok((w, locs))
 }
 
 /// Step 5: the new files become readable, blobs learn their addresses, pages their new

@@ -1,4 +1,7 @@
 //! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
+//! 0. Flow control: if the pages this commit may dirty (one per key) would take the dirty
+//!    set past `Options::dirty_limit`, or the cache is past `cache_capacity + dirty_limit`,
+//!    run a checkpoint first (`DbInner::over_dirty_limit`).
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
 //!    what must be read; an evicted leaf is read only when its image could hold a version
 //!    newer than the snapshot).
@@ -7,7 +10,9 @@
 //!    `.await` in between (so a dropped future cannot stop half way): assign the timestamp,
 //!    append the WAL record, apply every version to its tree, publish the timestamp.
 //! 3. Outside the lock: wait for the WAL to reach the requested durability. Group commit
-//!    happens here: every committer waiting at once shares one write and one fsync.
+//!    happens here: every committer waiting at once shares one write and one fsync. A
+//!    `Durability::None` commit waits as `Buffered` once more than
+//!    `Options::wal_buffer_limit` bytes are appended and unwritten.
 //!
 //! A commit is visible to new snapshots at step 2 and acknowledged at step 3. A crash
 //! between them loses it together with every later commit (the WAL is a prefix), so no
@@ -40,10 +45,11 @@ impl DbInner {
             return Ok(snapshot_ts);
         }
         let f = &self.forest;
-        // Write stall: when dirty pages hold the cache far past its capacity, this committer
-        // runs a checkpoint (or waits for the running one) so that pages become evictable.
-        // This bounds memory when writes outrun background checkpoints.
-        if f.mem_used() > crate::tree::forest::capacity_i64(self.opts.cache_capacity).saturating_mul(2) {
+        // Flow control: past the dirty-page bound, or with dirty pages holding the cache
+        // past its capacity by more than that bound, this committer runs a checkpoint (or
+        // waits for the running one) before it writes. Writers slow down to the pace of
+        // checkpoints instead of memory growing with them (`Options::dirty_limit`).
+        if self.over_dirty_limit(writes.len()) {
             checkpoint::run(self).await?;
             f.evict_to_capacity();
         }
@@ -101,15 +107,45 @@ impl DbInner {
             self.mvcc.publish(ts);
             (ts, lsn)
         };
-        if self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
-            || self.forest.needs_checkpoint.load(Ordering::Relaxed)
-        {
+        if self.checkpoint_due() {
             self.bg_wake.notify_one();
         }
+        // The WAL's buffer bound: a commit that would not wait waits for the kernel instead
+        // once too much is appended and unwritten (`Options::wal_buffer_limit`).
+        let durability = if durability == Durability::None
+            && self.wal.buffered_bytes() > self.opts.wal_buffer_bytes() as u64
+        {
+            Durability::Buffered
+        } else {
+            durability
+        };
         if let Err(e) = self.wal.wait(lsn, durability).await {
             self.poison(&e);
             return Err(e);
         }
         Ok(ts)
+    }
+}
+
+impl DbInner {
+    /// Whether a commit of `keys` keys must run a checkpoint before it writes: the pages
+    /// it may dirty (one per key) would take the dirty set past `Options::dirty_limit`, or
+    /// the cache is past its capacity plus that bound (the pages over capacity are dirty:
+    /// clean ones are evicted).
+    pub(crate) fn over_dirty_limit(&self, keys: usize) -> bool {
+        let pages = self.opts.dirty_pages_limit();
+        let slack = pages.saturating_mul(crate::limits::DIRTY_PAGE_COST);
+        let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(slack));
+        let dirty = self.forest.dirty_pages();
+        (dirty > 0 && dirty.saturating_add(keys) > pages) || self.forest.mem_used() > cache
+    }
+
+    /// Whether the background task should start a checkpoint now: the size trigger
+    /// (`Options::checkpoint_bytes`), half the dirty-page bound, or a cache that eviction
+    /// could not bring under its capacity.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
+            || self.forest.dirty_pages() > self.opts.dirty_pages_limit() / 2
+            || self.forest.needs_checkpoint.load(Ordering::Relaxed)
     }
 }

@@ -8,22 +8,40 @@
 use super::DbInner;
 use crate::store::data_file::FileKind;
 
-/// Marks the live pages of every sparse data file (other than `just_written`) dirty;
-/// returns how many pages were marked.
+/// Marks the live pages of sparse data files (other than `just_written`) dirty, sparsest
+/// first, as many files as fit in the room left under the dirty-page bound, so that GC
+/// never makes a checkpoint hold more than `Options::dirty_limit` allows; the rest wait
+/// for a later checkpoint. Returns how many pages were marked.
 pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> usize {
     let victims: rustc_hash::FxHashSet<u64> = {
         let live = db.live_files.lock();
-        db.store
+        let mut sparse: Vec<(f64, u64, usize)> = db
+            .store
             .files()
             .iter()
             .filter(|f| f.meta.kind == FileKind::Data && Some(f.meta.id) != just_written)
-            .filter(|f| {
+            .filter_map(|f| {
                 let frames: u64 = f.meta.ranges.iter().map(|(s, e)| e - s).sum();
-                let alive = live.get(&f.meta.id).copied().unwrap_or(0) as u64;
-                frames > 0 && (alive as f64) < db.opts.gc_live_ratio * frames as f64
+                let alive = live.get(&f.meta.id).copied().unwrap_or(0);
+                let ratio = alive as f64 / frames.max(1) as f64;
+                (frames > 0 && ratio < db.opts.gc_live_ratio).then_some((ratio, f.meta.id, alive))
             })
-            .map(|f| f.meta.id)
-            .collect()
+            .collect();
+        sparse.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let dirty = db.forest.dirty_pages();
+        let mut room = db.opts.dirty_pages_limit().saturating_sub(dirty);
+        let mut picked = rustc_hash::FxHashSet::default();
+        for (_, id, alive) in sparse {
+            // With nothing dirty, the sparsest file goes even if it holds more pages than
+            // the bound (a file a checkpoint wrote before the bound was lowered): GC must
+            // make progress, and the next checkpoint then holds only it.
+            if alive > room && !(picked.is_empty() && dirty == 0) {
+                break;
+            }
+            room = room.saturating_sub(alive);
+            picked.insert(id);
+        }
+        picked
     };
     if victims.is_empty() {
         return 0;

@@ -69,8 +69,47 @@ pub(crate) struct DbInner {
     pub lock: Mutex<Option<open::HeldLock>>,
     pub live_files: Mutex<FxHashMap<u64, usize>>,
     pub checkpoints: std::sync::atomic::AtomicU64,
+    /// Bytes of page images and copied frames the running checkpoint holds.
+    pub ckpt_mem: MemGauge,
     pub bg_wake: tokio::sync::Notify,
     pub bg: Mutex<Option<RemoteHandle<()>>>,
+}
+
+/// A count of bytes held, with its high-water mark since open.
+#[derive(Debug, Default)]
+pub(crate) struct MemGauge {
+    now: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+impl MemGauge {
+    /// `n` more bytes are held.
+    pub fn hold(&self, n: usize) {
+        let n = n as u64;
+        let now = self.now.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// `n` bytes were let go.
+    pub fn release(&self, n: u64) {
+        // Saturating: a release never takes the gauge below zero.
+        let _ = self.now.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(n)));
+    }
+
+    /// Everything was let go.
+    pub fn clear(&self) {
+        self.now.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes held at once since open.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
 }
 
 impl DbInner {

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 
 use super::background::{background, background_pool};
 use super::lifetime::{dropped_handover, handover_key};
-use super::{make_value, DbInner};
+use super::{make_value, DbInner, MemGauge};
 use crate::error::{Error, Result};
 use crate::files::parse_file_id;
 use crate::io::{DirLock, IoDriver, LockMode};
@@ -95,6 +95,7 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         lock: Mutex::new(Some(lock)),
         live_files: Mutex::new(live),
         checkpoints: Default::default(),
+        ckpt_mem: MemGauge::default(),
         bg_wake: tokio::sync::Notify::new(),
         bg: Mutex::new(None),
     });

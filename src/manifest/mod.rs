@@ -29,7 +29,8 @@ pub use crate::files::FileMeta;
 use crate::io::{IoDriver, IoFile, OpenMode};
 pub use edit::{BucketMeta, Edit, ManifestState, PageLoc};
 
-/// Manifest size past which it is rewritten as a snapshot.
+/// Manifest size past which it is rewritten as a snapshot (or twice its snapshot, when
+/// that is larger).
 pub const REWRITE_BYTES: u64 = 4 * 1024 * 1024;
 pub(crate) const CURRENT: &str = "CURRENT";
 pub(crate) const CURRENT_TMP: &str = "CURRENT.tmp";
@@ -43,6 +44,11 @@ struct Inner {
     file: IoFile,
     number: u64,
     len: u64,
+    /// Length of the file when it was started or opened: the snapshot it began with (or
+    /// all it held at open). It is rewritten once it doubles past that (and past
+    /// `REWRITE_BYTES`), so a snapshot larger than `REWRITE_BYTES` (a database of a few
+    /// hundred thousand pages) is not rewritten at every edit.
+    base: u64,
     state: ManifestState,
 }
 
@@ -103,7 +109,13 @@ impl Manifest {
         Ok(Some(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),
-            inner: tokio::sync::Mutex::new(Inner { file, number, len: r.valid_len, state: r.state }),
+            inner: tokio::sync::Mutex::new(Inner {
+                file,
+                number,
+                len: r.valid_len,
+                base: r.valid_len,
+                state: r.state,
+            }),
         }))
     }
 
@@ -114,7 +126,7 @@ impl Manifest {
         Ok(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),
-            inner: tokio::sync::Mutex::new(Inner { file, number: 1, len, state }),
+            inner: tokio::sync::Mutex::new(Inner { file, number: 1, len, base: len, state }),
         })
     }
 
@@ -146,12 +158,13 @@ impl Manifest {
         for e in &edits {
             g.state.apply(e);
         }
-        if g.len > REWRITE_BYTES {
+        if g.len > REWRITE_BYTES.max(2 * g.base) {
             let number = g.number + 1;
             let (file, len) = write_snapshot(&self.io, &self.dir, number, &g.state).await?;
             let old = self.dir.join(manifest_name(g.number));
             g.file = file;
             g.len = len;
+            g.base = len;
             g.number = number;
             if let Err(e) = self.io.remove_file(&old).await {
                 tracing::warn!(error = %e, "could not remove the old manifest");

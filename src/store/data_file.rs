@@ -60,24 +60,43 @@ pub struct RelocEntry {
     pub crc: u32,
 }
 
-/// Accumulates frames, then lays out the whole file.
+/// Accumulates frames, then lays out the whole file. A writer may take the frames added
+/// so far ([`FileBuilder::take_frames`]) and write them before the file is finished, so
+/// that a file larger than memory is never held whole.
 #[derive(Debug)]
 pub struct FileBuilder {
     kind: FileKind,
+    /// Frames added and not yet taken, starting at file offset `taken`.
     frames: Vec<Bytes>,
     relocs: Vec<RelocEntry>,
+    /// Offset of the next frame.
     offset: u64,
+    /// Bytes of frames already taken by `take_frames`.
+    taken: u64,
 }
 
 impl FileBuilder {
     /// An empty file of `kind`.
     pub fn new(kind: FileKind) -> FileBuilder {
-        FileBuilder { kind, frames: Vec::new(), relocs: Vec::new(), offset: 0 }
+        FileBuilder { kind, frames: Vec::new(), relocs: Vec::new(), offset: 0, taken: 0 }
     }
 
     /// True when no frame was added.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.relocs.is_empty()
+    }
+
+    /// Bytes of frames added and not yet taken.
+    pub fn held_len(&self) -> u64 {
+        self.offset - self.taken
+    }
+
+    /// Takes the frames added since the last call: they go at file offset `.0`, back to
+    /// back. [`FileBuilder::finish`] then lays out only what follows them.
+    pub fn take_frames(&mut self) -> (u64, Vec<Bytes>) {
+        let at = self.taken;
+        self.taken = self.offset;
+        (at, std::mem::take(&mut self.frames))
     }
 
     /// Bytes of frames so far.
@@ -101,8 +120,9 @@ impl FileBuilder {
         e
     }
 
-    /// Lays out the file: returns the byte chunks to write from offset 0 in order, the
-    /// address ranges and the relocation entries.
+    /// Lays out the file: returns the byte chunks to write in order from the offset where
+    /// the last [`FileBuilder::take_frames`] ended (0 if it was never called), the address
+    /// ranges and the relocation entries.
     pub fn finish(self) -> (Vec<Bytes>, AddressRanges, Vec<RelocEntry>) {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for r in &self.relocs {

@@ -30,6 +30,9 @@ use data_file::{FileBuilder, FileKind, RelocEntry, FOOTER_LEN};
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Writes of one file in flight at once.
 const WRITES_IN_FLIGHT: usize = 8;
+/// A writer of a large file flushes once it holds this many bytes of frames: one round of
+/// `WRITES_IN_FLIGHT` writes of `WRITE_CHUNK` bytes.
+pub const FLUSH_BYTES: u64 = (WRITE_CHUNK * WRITES_IN_FLIGHT) as u64;
 
 /// One published file.
 pub struct StoredFile {
@@ -232,6 +235,15 @@ impl Store {
         Ok(Frame { bytes: Bytes::from(bytes), file: f.path.clone(), offset: e.offset })
     }
 
+    /// Starts a new file of `kind` (created now, written by the [`FileWriter`], published
+    /// by the caller once [`FileWriter::finish`] returned).
+    pub async fn create_file(&self, kind: FileKind) -> Result<FileWriter> {
+        let id = self.next_file.fetch_add(1, Ordering::AcqRel);
+        let path = self.path_of(kind, id);
+        let file = self.io.open(&path, OpenMode::CreateNew).await?;
+        Ok(FileWriter { id, kind, file, builder: FileBuilder::new(kind) })
+    }
+
     /// Writes a whole new file and syncs it (not yet published). Returns its description
     /// and relocation entries.
     pub async fn write_file(
@@ -239,36 +251,9 @@ impl Store {
         builder: FileBuilder,
         kind: FileKind,
     ) -> Result<(FileMeta, Vec<RelocEntry>)> {
-        let id = self.next_file.fetch_add(1, Ordering::AcqRel);
-        let path = self.path_of(kind, id);
-        let (chunks, ranges, relocs) = builder.finish();
-        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        // Group frames into writes of at most WRITE_CHUNK bytes (a registered buffer each).
-        let mut writes: Vec<(u64, Vec<Bytes>)> = Vec::new();
-        let (mut off, mut cur, mut cur_len) = (0u64, Vec::new(), 0usize);
-        for c in chunks {
-            if cur_len > 0 && cur_len + c.len() > WRITE_CHUNK {
-                writes.push((off, std::mem::take(&mut cur)));
-                off += cur_len as u64;
-                cur_len = 0;
-            }
-            cur_len += c.len();
-            cur.push(c);
-        }
-        if cur_len > 0 {
-            writes.push((off, cur));
-        }
-        let file = self.io.open(&path, OpenMode::CreateNew).await?;
-        file.allocate(0, size).await?;
-        futures::stream::iter(writes.into_iter().map(|(o, bufs)| {
-            let file = file.clone();
-            async move { file.writev_at(o, bufs).await }
-        }))
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-        file.sync_data().await?;
-        Ok((FileMeta { id, kind, size, ranges }, relocs))
+        let mut w = self.create_file(kind).await?;
+        w.builder = builder;
+        w.finish().await
     }
 
     /// Live page count per data file, given page addresses.
@@ -281,4 +266,85 @@ impl Store {
         }
         m
     }
+}
+
+/// A data or blob file being written: frames are added, written out whenever
+/// [`FileWriter::flush`] is called (so a checkpoint holds at most what it added since),
+/// and the tables, the footer and an `fdatasync` come with [`FileWriter::finish`].
+/// Dropped unfinished, it leaves a file no manifest refers to, which the next open
+/// deletes.
+pub struct FileWriter {
+    id: u64,
+    kind: FileKind,
+    file: crate::io::IoFile,
+    builder: FileBuilder,
+}
+
+impl FileWriter {
+    /// Adds the frame of logical address `addr` (addresses strictly increasing).
+    pub fn add(&mut self, addr: u64, frame: Bytes) -> RelocEntry {
+        self.builder.add(addr, frame)
+    }
+
+    /// True when no frame was added.
+    pub fn is_empty(&self) -> bool {
+        self.builder.is_empty()
+    }
+
+    /// Bytes of frames added and not yet written.
+    pub fn held_len(&self) -> u64 {
+        self.builder.held_len()
+    }
+
+    /// Writes the frames added since the last flush and drops them.
+    pub async fn flush(&mut self) -> Result<()> {
+        let (at, frames) = self.builder.take_frames();
+        write_chunks(&self.file, at, frames).await
+    }
+
+    /// Writes what is left, the tables and the footer, and syncs the file. Returns its
+    /// description and relocation entries.
+    pub async fn finish(mut self) -> Result<(FileMeta, Vec<RelocEntry>)> {
+        self.flush().await?;
+        // Every frame was just written: the tables start where the frames end.
+        let at = self.builder.payload_len();
+        let (chunks, ranges, relocs) = self.builder.finish();
+        let size = at + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        write_chunks(&self.file, at, chunks).await?;
+        self.file.sync_data().await?;
+        Ok((FileMeta { id: self.id, kind: self.kind, size, ranges }, relocs))
+    }
+}
+
+/// Writes `chunks` back to back from `offset`: reserved first (`fallocate`), then grouped
+/// into writes of at most `WRITE_CHUNK` bytes (a registered buffer each), `WRITES_IN_FLIGHT`
+/// at a time.
+async fn write_chunks(file: &crate::io::IoFile, offset: u64, chunks: Vec<Bytes>) -> Result<()> {
+    let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    if size == 0 {
+        return Ok(());
+    }
+    let mut writes: Vec<(u64, Vec<Bytes>)> = Vec::new();
+    let (mut off, mut cur, mut cur_len) = (offset, Vec::new(), 0usize);
+    for c in chunks {
+        if cur_len > 0 && cur_len + c.len() > WRITE_CHUNK {
+            writes.push((off, std::mem::take(&mut cur)));
+            off += cur_len as u64;
+            cur_len = 0;
+        }
+        cur_len += c.len();
+        cur.push(c);
+    }
+    if cur_len > 0 {
+        writes.push((off, cur));
+    }
+    file.allocate(offset, size).await?;
+    futures::stream::iter(writes.into_iter().map(|(o, bufs)| {
+        let file = file.clone();
+        async move { file.writev_at(o, bufs).await }
+    }))
+    .buffer_unordered(WRITES_IN_FLIGHT)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
 }

@@ -11,8 +11,10 @@
 //! 3. A page written since the last checkpoint cut is in the dirty set (`note_write` marks
 //!    it after its delta is installed, so a checkpoint that misses the mark also misses the
 //!    delta, which then waits for the next checkpoint).
-//! 4. Cache memory is the sum of `Node::mem` over installed nodes; a chain's memory is
-//!    released when it is unlinked.
+//! 4. `mem` is the sum of `Node::mem` (allocator sizes, `node::alloc_size`) over installed
+//!    nodes, `stub_mem` the part of it held by disk stubs; a chain's memory is released when
+//!    it is unlinked. The cache (`mem_used`, what eviction holds to `cache_capacity`) is
+//!    `mem - stub_mem`: stubs stand for pages on disk and are never evicted.
 //! 5. No published page image holds a version newer than [`Forest::disk_ts`]: it starts at
 //!    the recovered checkpoint's cut (the forest is built before the WAL replay) and
 //!    [`Forest::publish`] raises it to the new cut before any captured page becomes
@@ -37,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::limits::MAX_PAGES;
 use crate::mvcc::Mvcc;
 use crate::store::Store;
-use crate::tree::mapping::{retire_chain, MappingTable};
+use crate::tree::mapping::{retire_chain, MappingTable, Retired};
 use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};
 use crate::tree::{merge_leaf, ChainView};
 
@@ -97,7 +99,11 @@ pub struct Forest {
     pub store: Arc<Store>,
     mvcc: Arc<Mvcc>,
     dirty: Mutex<FxHashSet<Pid>>,
+    /// Bytes of every chain node in the table (invariant 4).
     mem: AtomicI64,
+    /// The part of `mem` held by disk stubs: the page table's share, which grows with the
+    /// number of pages and is never evicted.
+    stub_mem: AtomicI64,
     capacity: usize,
     next_pid: AtomicU64,
     free_pids: Mutex<Vec<Pid>>,
@@ -135,6 +141,7 @@ impl Forest {
             mvcc,
             dirty: Mutex::new(HashSet::with_hasher(FxBuildHasher)),
             mem: AtomicI64::new(0),
+            stub_mem: AtomicI64::new(0),
             capacity,
             next_pid: AtomicU64::new(next_pid.max(1)),
             free_pids: Mutex::new(Vec::new()),
@@ -152,10 +159,10 @@ impl Forest {
         f.disk_ts.store(f.mvcc.visible(), Ordering::SeqCst);
         for (pid, addr, len) in pages {
             let slot = f.table.slot(pid);
-            slot.head
-                .store(Owned::new(Node::base(1, NodeKind::Disk { addr, bounds: None })), Ordering::Release);
+            let stub = Node::base(1, NodeKind::Disk { addr, bounds: None });
+            f.swap_mem(stub.mem, true, Retired::default());
+            slot.head.store(Owned::new(stub), Ordering::Release);
             *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1 };
-            f.mem.fetch_add(96, Ordering::Relaxed);
         }
         f
     }
@@ -176,9 +183,25 @@ impl Forest {
         capacity_i64(self.capacity)
     }
 
-    /// Bytes of cache in use.
+    /// Bytes of cache in use: the pages in memory (clean and dirty, with their deltas),
+    /// without the stubs of pages on disk.
     pub fn mem_used(&self) -> i64 {
-        self.mem.load(Ordering::Relaxed)
+        self.mem.load(Ordering::Relaxed) - self.stub_mem.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the stubs standing for pages on disk (the page table's share of memory).
+    pub fn stub_mem(&self) -> i64 {
+        self.stub_mem.load(Ordering::Relaxed)
+    }
+
+    /// Accounts a node of `installed` bytes put in a slot (a stub's when `stub`) in place of
+    /// the chain `retired`.
+    pub(super) fn swap_mem(&self, installed: usize, stub: bool, retired: Retired) {
+        self.mem.fetch_add(mem_delta(installed) - mem_delta(retired.mem), Ordering::Relaxed);
+        let stub_in = if stub { mem_delta(installed) } else { 0 };
+        if stub_in != 0 || retired.stub != 0 {
+            self.stub_mem.fetch_add(stub_in - mem_delta(retired.stub), Ordering::Relaxed);
+        }
     }
 
     /// Bytes written since the last checkpoint cut.
@@ -224,8 +247,8 @@ impl Forest {
         // SAFETY: the swap just took the chain out of its slot, and no node links to `pid`
         // (the `replace` that would have linked it failed), so only a pin that predates the
         // swap can still reach it (a thread that loaded the slot by page id meanwhile).
-        let mem = unsafe { retire_chain(prev, guard) };
-        self.mem.fetch_sub(mem_delta(mem), Ordering::Relaxed);
+        let old = unsafe { retire_chain(prev, guard) };
+        self.swap_mem(0, false, old);
         self.free_pids.lock().push(pid);
     }
 
@@ -233,13 +256,13 @@ impl Forest {
     /// CAS lost to a concurrent change.
     pub fn replace(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
         let node = Node::base(seq + 1, kind);
-        let mem = mem_delta(node.mem);
+        let (mem, stub) = (node.mem, matches!(node.kind, NodeKind::Disk { .. }));
         let slot = self.table.slot(pid);
         match slot.head.compare_exchange(head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, guard) {
             Ok(_) => {
                 // SAFETY: the CAS just unlinked `head`'s chain.
                 let old = unsafe { retire_chain(head, guard) };
-                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
+                self.swap_mem(mem, stub, old);
                 self.mark_dirty(pid);
                 true
             }
@@ -258,6 +281,11 @@ impl Forest {
         self.written_since_cut.fetch_add(bytes as u64, Ordering::Relaxed);
         self.mark_dirty(pid);
         self.maybe_evict(pid);
+    }
+
+    /// Pages changed since the last cut (the dirty set's size).
+    pub fn dirty_pages(&self) -> usize {
+        self.dirty.lock().len()
     }
 
     /// Seals the dirty set (the checkpoint cut).

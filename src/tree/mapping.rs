@@ -76,20 +76,33 @@ impl MappingTable {
     }
 }
 
+/// The memory a retired chain held (`Node::mem` summed), and how much of it was a disk
+/// stub's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retired {
+    /// Every node's.
+    pub mem: usize,
+    /// The stub's, when the chain ended in one.
+    pub stub: usize,
+}
+
 /// Retires every node of the chain starting at `head`, returning the memory it held.
 ///
 /// # Safety
 /// `head` must have just been unlinked from its slot by a successful compare-and-swap (or
 /// never published), so that no thread can reach it any more except through a pin that
 /// predates the unlink; epoch reclamation frees it once those pins are gone.
-pub unsafe fn retire_chain(head: Shared<'_, Node>, guard: &Guard) -> usize {
-    let mut mem = 0;
+pub unsafe fn retire_chain(head: Shared<'_, Node>, guard: &Guard) -> Retired {
+    let mut r = Retired::default();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the unlinked chain; the guard keeps it alive while we
         // read its `next` pointer.
         let node = unsafe { cur.deref() };
-        mem += node.mem;
+        r.mem += node.mem;
+        if matches!(node.kind, NodeKind::Disk { .. }) {
+            r.stub += node.mem;
+        }
         let next = match &node.kind {
             NodeKind::Upsert { next, .. } => next.load(Ordering::Acquire, guard),
             _ => Shared::null(),
@@ -99,7 +112,7 @@ pub unsafe fn retire_chain(head: Shared<'_, Node>, guard: &Guard) -> usize {
         unsafe { guard.defer_destroy(cur) };
         cur = next;
     }
-    mem
+    r
 }
 
 impl Drop for MappingTable {

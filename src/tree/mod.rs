@@ -30,7 +30,9 @@ use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::limits::{CONSOLIDATE_CHAIN_LEN, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS};
+use crate::limits::{
+    CONSOLIDATE_CHAIN_LEN, MAX_BLIND_DELTAS, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS,
+};
 pub use forest::Forest;
 use node::{leaf_bytes, visible_at, Bounds, Entry, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
 
@@ -251,7 +253,8 @@ impl Tree {
     /// from disk only when such a version could be there: the image of an evicted leaf
     /// holds no version newer than [`Forest::disk_ts`] (forest invariant 5), so when that is
     /// at or below `ts`, the deltas above the stub decide. A blind write into a tree larger
-    /// than the cache therefore costs no read.
+    /// than the cache therefore costs no read, until the stub carries
+    /// [`MAX_BLIND_DELTAS`] of them: then the leaf is loaded.
     pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64) -> Result<bool> {
         let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
         let in_leaf = |l: &LeafBase| {
@@ -269,7 +272,15 @@ impl Tree {
                         None => match &v.bottom.kind {
                             NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
                             NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
-                            NodeKind::Disk { .. } if f.disk_ts() <= ts => Step::Done(false),
+                            // A stub already carrying MAX_BLIND_DELTAS blind writes is
+                            // loaded now, so the write lands on the leaf and the usual
+                            // consolidation and split keep it near SPLIT_LEAF_BYTES; folded
+                            // in later all at once, they would make an image many times it.
+                            NodeKind::Disk { .. }
+                                if f.disk_ts() <= ts && v.deltas.len() < MAX_BLIND_DELTAS =>
+                            {
+                                Step::Done(false)
+                            }
                             _ => Step::Load(pid),
                         },
                     },
@@ -308,12 +319,15 @@ impl Tree {
                 seq: v.head_node.seq + 1,
                 depth: v.head_node.depth + 1,
                 bytes: v.head_node.bytes + node::version_bytes(key, version),
-                mem: 96 + key.len() + version.value.mem_size(),
+                mem: node::delta_mem(key, version),
                 kind: NodeKind::Upsert { key: key.clone(), version: version.clone(), next: Atomic::null() },
             };
             let mem = node.mem;
             let depth = node.depth as usize;
-            let big = node.bytes > SPLIT_LEAF_BYTES && depth >= 2;
+            // Split as soon as a write takes the leaf past the split size: a leaf written
+            // rarely (random keys over a tree larger than the cache) gets few writes
+            // between an eviction and the next, and must not grow by a few at each.
+            let big = node.bytes > SPLIT_LEAF_BYTES;
             // Deletes shrink leaves: look for a merge now and then.
             let shrinking = matches!(version.value, Value::Tombstone) && depth >= 4;
             let owned = Owned::new(node);
@@ -326,7 +340,7 @@ impl Tree {
                 // `mem` is the size of the node just allocated: at most isize::MAX.
                 #[allow(clippy::cast_possible_wrap)]
                 let mem = mem as isize;
-                f.note_write(pid, mem, key.len() + version.value.mem_size());
+                f.note_write(pid, mem, node::version_bytes(key, version));
                 if depth >= CONSOLIDATE_CHAIN_LEN || big || shrinking {
                     self.maintain(f, pid, &guard);
                 }
@@ -389,7 +403,9 @@ impl Tree {
             return Ok(());
         }
         let mid = merged.entries.len() / 2;
-        let sep = merged.entries[mid].key.clone();
+        // The separator outlives this page (it goes into the parent, which is never
+        // evicted): a copy, not a slice of the buffer the key may have been read into.
+        let sep = Bytes::copy_from_slice(&merged.entries[mid].key);
         let mut left = merged;
         let right_entries = left.entries.split_off(mid);
         if pid == self.root {
@@ -462,7 +478,7 @@ impl Tree {
             }
             let mut new = merge_leaf(&lv.deltas, lb, horizon);
             new.entries.extend(r.entries.iter().cloned());
-            new.bounds.high.clone_from(&rb.high);
+            new.bounds.high = rb.high.as_deref().map(Bytes::copy_from_slice);
             new.bounds.right = rb.right;
             if f.replace(left, lv.head, lv.head_node.seq, NodeKind::Leaf(new), guard) {
                 extended = true;

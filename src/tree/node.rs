@@ -91,14 +91,55 @@ pub enum Value {
 }
 
 impl Value {
-    /// Approximate memory held by the value.
+    /// Heap bytes held by the value when it owns its buffer (a delta's value, copied from
+    /// the caller): its allocation plus the shared header `Bytes` adds on the first clone.
+    /// A blob counts its cell and, while it is in memory, its bytes.
     pub fn mem_size(&self) -> usize {
         match self {
             Value::Tombstone => 0,
-            Value::Inline(b) => b.len(),
-            Value::Blob(c) => 32 + c.bytes.as_ref().map_or(0, bytes::Bytes::len),
+            Value::Inline(b) => owned_bytes_mem(b.len()),
+            Value::Blob(c) => blob_mem(c),
         }
     }
+
+    /// Bytes of the value that live in its page's arena ([`LeafBase::compact`]).
+    fn arena_len(&self) -> usize {
+        match self {
+            Value::Inline(b) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Heap bytes of a blob cell: the `Arc` allocation and the value while it is in memory.
+fn blob_mem(c: &BlobCell) -> usize {
+    alloc_size(std::mem::size_of::<BlobCell>() + 16)
+        + c.bytes.as_ref().map_or(0, |b| owned_bytes_mem(b.len()))
+}
+
+/// Bytes the allocator takes for a request of `n` bytes, on glibc's model (the request
+/// plus an 8-byte header, rounded up to 16, at least 32); 0 for no request. The cache's
+/// accounting counts these, not the bytes asked for: small allocations are most of a
+/// tree's heap, and counting only their payload under-reported it by half.
+pub const fn alloc_size(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let chunk = (n + 8 + 15) & !15;
+    if chunk < 32 {
+        32
+    } else {
+        chunk
+    }
+}
+
+/// Heap bytes of a `Bytes` of `len` bytes that owns its buffer: the buffer and the shared
+/// header (`Bytes` allocates one on the first clone of a buffer it took from a `Vec`).
+pub const fn owned_bytes_mem(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    alloc_size(len) + alloc_size(24)
 }
 
 /// One committed version of a key.
@@ -131,6 +172,17 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// A copy whose keys own their bytes. Keys decoded from a page image are slices of the
+    /// read buffer; a copy of the bounds that outlives the page (an eviction stub, the high
+    /// key a merge hands to the left sibling) must not keep that whole buffer alive.
+    pub fn detached(&self) -> Bounds {
+        Bounds {
+            low: Bytes::copy_from_slice(&self.low),
+            high: self.high.as_deref().map(Bytes::copy_from_slice),
+            right: self.right,
+        }
+    }
+
     /// True if `key` is at or past the high key (it lives to the right).
     pub fn is_right_of(&self, key: &[u8]) -> bool {
         self.high.as_ref().is_some_and(|h| key_cmp(key, h).is_ge())
@@ -144,6 +196,73 @@ pub struct LeafBase {
     pub bounds: Bounds,
     /// Entries sorted by key.
     pub entries: Vec<Entry>,
+}
+
+impl LeafBase {
+    /// Moves every key, inline value and bound into one new buffer, the page's *arena*,
+    /// and points them into it. A base built by a consolidation, a split or a load then
+    /// holds no slice of another buffer (a read buffer, a delta's key, a sibling's page):
+    /// its memory is exactly what [`leaf_mem`] counts, and freeing the page frees all of
+    /// it. Bytes of blobs stay in their cells.
+    pub fn compact(&mut self) {
+        let len = self.arena_len();
+        if len == 0 {
+            return;
+        }
+        let mut buf = Vec::with_capacity(len);
+        let put = |b: &Bytes, buf: &mut Vec<u8>| {
+            let at = buf.len();
+            buf.extend_from_slice(b);
+            (at, b.len())
+        };
+        let mut spans = Vec::with_capacity(self.entries.len() * 2 + 2);
+        spans.push(put(&self.bounds.low, &mut buf));
+        if let Some(h) = &self.bounds.high {
+            spans.push(put(h, &mut buf));
+        }
+        for e in &self.entries {
+            spans.push(put(&e.key, &mut buf));
+            for v in &e.versions {
+                if let Value::Inline(b) = &v.value {
+                    spans.push(put(b, &mut buf));
+                }
+            }
+        }
+        debug_assert_eq!(buf.len(), len);
+        let arena = Bytes::from(buf);
+        let mut spans = spans.into_iter();
+        let mut next = || {
+            let (at, n) = spans.next().expect("one span per slice, in the same order");
+            if n == 0 {
+                Bytes::new()
+            } else {
+                arena.slice(at..at + n)
+            }
+        };
+        self.bounds.low = next();
+        if self.bounds.high.is_some() {
+            self.bounds.high = Some(next());
+        }
+        for e in &mut self.entries {
+            e.key = next();
+            for v in &mut e.versions {
+                if let Value::Inline(b) = &mut v.value {
+                    *b = next();
+                }
+            }
+        }
+    }
+
+    /// Bytes [`LeafBase::compact`] puts in the arena.
+    fn arena_len(&self) -> usize {
+        let bounds = self.bounds.low.len() + self.bounds.high.as_ref().map_or(0, Bytes::len);
+        bounds
+            + self
+                .entries
+                .iter()
+                .map(|e| e.key.len() + e.versions.iter().map(|v| v.value.arena_len()).sum::<usize>())
+                .sum::<usize>()
+    }
 }
 
 /// An index node: children sorted by separator; `children[0].0 == bounds.low`.
@@ -231,12 +350,25 @@ pub struct Node {
 impl Node {
     /// A base or stub node.
     pub fn base(seq: u64, kind: NodeKind) -> Node {
-        let mem = match &kind {
-            NodeKind::Leaf(l) => leaf_mem(l),
-            NodeKind::Inner(i) => 64 + i.children.iter().map(|(s, _)| s.len() + 48).sum::<usize>(),
-            NodeKind::Disk { .. } | NodeKind::Forward { .. } => 96,
-            NodeKind::Upsert { key, version, .. } => 96 + key.len() + version.value.mem_size(),
-        };
+        let mut kind = kind;
+        if let NodeKind::Leaf(l) = &mut kind {
+            l.compact();
+        }
+        let mem = node_alloc()
+            + match &kind {
+                NodeKind::Leaf(l) => leaf_mem(l),
+                NodeKind::Inner(i) => {
+                    alloc_size(i.children.capacity() * std::mem::size_of::<(Bytes, Pid)>())
+                        + bounds_mem(&i.bounds)
+                        + i.children.iter().map(|(s, _)| owned_bytes_mem(s.len())).sum::<usize>()
+                }
+                NodeKind::Disk { bounds, .. } => bounds.as_ref().map_or(0, bounds_mem),
+                // The frozen content is a clone sharing the page's arena, counted with it.
+                NodeKind::Forward { frozen, .. } => {
+                    alloc_size(frozen.entries.capacity() * std::mem::size_of::<Entry>())
+                }
+                NodeKind::Upsert { key, version, .. } => delta_mem(key, version),
+            };
         let bytes = match &kind {
             NodeKind::Leaf(l) => leaf_bytes(l),
             _ => 0,
@@ -260,13 +392,34 @@ pub fn leaf_bytes(l: &LeafBase) -> usize {
     l.entries.iter().map(|e| e.versions.iter().map(|v| version_bytes(&e.key, v)).sum::<usize>()).sum()
 }
 
-/// Approximate memory held by a leaf base.
+/// Heap bytes of one chain node's own allocation.
+pub const fn node_alloc() -> usize {
+    alloc_size(std::mem::size_of::<Node>())
+}
+
+/// Heap bytes of a delta node: the node, and the key and value it owns (copied from the
+/// caller's transaction).
+pub fn delta_mem(key: &Bytes, version: &Version) -> usize {
+    node_alloc() + owned_bytes_mem(key.len()) + version.value.mem_size()
+}
+
+/// Heap bytes of bounds whose keys own their bytes (a stub's, an index node's).
+fn bounds_mem(b: &Bounds) -> usize {
+    owned_bytes_mem(b.low.len()) + b.high.as_ref().map_or(0, |h| owned_bytes_mem(h.len()))
+}
+
+/// Heap bytes of a compacted leaf base ([`LeafBase::compact`]), beside its node: the entry
+/// array, each key's version array, the arena holding every key, value and bound, and the
+/// blobs held in memory.
 pub fn leaf_mem(l: &LeafBase) -> usize {
-    let mut n = 96 + l.bounds.low.len() + l.bounds.high.as_ref().map_or(0, bytes::Bytes::len);
+    let mut n =
+        alloc_size(l.entries.capacity() * std::mem::size_of::<Entry>()) + owned_bytes_mem(l.arena_len());
     for e in &l.entries {
-        n += 48 + e.key.len();
+        n += alloc_size(e.versions.capacity() * std::mem::size_of::<Version>());
         for v in &e.versions {
-            n += 24 + v.value.mem_size();
+            if let Value::Blob(c) = &v.value {
+                n += blob_mem(c);
+            }
         }
     }
     n

@@ -387,6 +387,13 @@ impl Wal {
         Ok(count)
     }
 
+    /// Bytes of records appended and not yet written (the pending batch and the one being
+    /// written).
+    pub fn buffered_bytes(&self) -> u64 {
+        let st = self.inner.state.lock();
+        st.appended_lsn - st.written_lsn
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         let i = &self.inner;

@@ -343,11 +343,40 @@ impl Runner {
         }
         if p.bulk {
             let dir = root.join("bulk");
-            let end = self.child(e, Task::Bulk, dir.clone(), None, false)?;
+            // The bulk load runs under the same memory cap as the larger-than-memory reads
+            // (page cache included), and its peak is reported beside keys/s and bytes
+            // written: a load that outgrows the cap is killed, as it would be in a
+            // container.
+            let cg = if self.cgroups {
+                Some(sys::Cgroup::create(&format!("{}-bulk", e.name()), self.sizes.ltm_cap)?)
+            } else {
+                None
+            };
+            let end = self.child(e, Task::Bulk, dir.clone(), cg.as_ref().map(|c| c.path()), false)?;
+            let mem = match &cg {
+                Some(c) => format!(
+                    "cgroup cap {} MiB, peak {} MiB (page cache included), limit hit {} times, OOM kills {}",
+                    self.sizes.ltm_cap >> 20,
+                    c.peak_bytes() >> 20,
+                    c.failcnt(),
+                    c.oom_kills()
+                ),
+                None => "NOT capped (no memory cgroup)".into(),
+            };
             let mut rows = end.rows;
-            if !end.ok {
-                rows.push(self.failed("bulk", e.name(), 1, &end.tail));
+            for r in &mut rows {
+                r.extra = format!("{}; {mem}", r.extra);
             }
+            if !end.ok {
+                let oom = cg.as_ref().is_some_and(|c| c.oom_kills() > 0);
+                let why = if oom {
+                    format!("killed by the OOM killer under the cap ({mem})")
+                } else {
+                    format!("{}; {mem}", end.tail)
+                };
+                rows.push(self.failed("bulk", e.name(), 1, &why));
+            }
+            drop(cg);
             self.push(rows)?;
             let _ = std::fs::remove_dir_all(&dir);
             self.pb.inc(1);

@@ -3,8 +3,8 @@
 //! `cache_capacity` (forest invariants 1, 2 and 4).
 
 use super::{
-    epoch, mem_delta, merge_leaf, page, retire_chain, Arc, ChainView, Error, Forest, FutureExt, LoadedImage,
-    Node, NodeKind, Ordering, Owned, PageImage, Pid, Result, EVICT_SCAN_BUDGET,
+    epoch, merge_leaf, page, retire_chain, Arc, ChainView, Error, Forest, FutureExt, LoadedImage, Node,
+    NodeKind, Ordering, Owned, PageImage, Pid, Result, EVICT_SCAN_BUDGET,
 };
 
 impl Forest {
@@ -92,7 +92,7 @@ impl Forest {
             };
             let node = Node::base(v.head_node.seq + 1, kind);
             let new_seq = node.seq;
-            let mem = mem_delta(node.mem);
+            let mem = node.mem;
             let slot = self.table.slot(pid);
             let mut meta = slot.meta.lock();
             if slot
@@ -110,7 +110,7 @@ impl Forest {
                 drop(meta);
                 // SAFETY: the CAS just unlinked the old chain.
                 let old = unsafe { retire_chain(v.head, &guard) };
-                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
+                self.swap_mem(mem, false, old);
                 slot.referenced.store(true, Ordering::Relaxed);
                 self.maybe_evict(pid);
                 return Ok(());
@@ -128,7 +128,7 @@ impl Forest {
     /// page whose reference bit is set survives the call: a reader always gets to read the
     /// page it loaded, even when nothing else in the cache is clean.
     pub fn maybe_evict(&self, keep: Pid) {
-        if self.mem.load(Ordering::Relaxed) <= self.capacity_i64() {
+        if self.mem_used() <= self.capacity_i64() {
             return;
         }
         let limit = self.next_pid();
@@ -143,7 +143,7 @@ impl Forest {
         let target = self.capacity_i64().saturating_mul(9) / 10;
         let guard = epoch::pin();
         for _ in 0..EVICT_SCAN_BUDGET.min(usize::try_from(limit).unwrap_or(usize::MAX)) {
-            if self.mem.load(Ordering::Relaxed) <= target {
+            if self.mem_used() <= target {
                 break;
             }
             let mut pid = self.hand.fetch_add(1, Ordering::Relaxed);
@@ -181,9 +181,9 @@ impl Forest {
             }
             let stub = Node::base(
                 v.head_node.seq + 1,
-                NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.clone()) },
+                NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.detached()) },
             );
-            let mem = mem_delta(stub.mem);
+            let mem = stub.mem;
             let head_ptr = v.head;
             if slot
                 .head
@@ -194,10 +194,10 @@ impl Forest {
                 self.barren.store(0, Ordering::Relaxed);
                 // SAFETY: the CAS just unlinked the old chain.
                 let old = unsafe { retire_chain(head_ptr, &guard) };
-                self.mem.fetch_add(mem - mem_delta(old), Ordering::Relaxed);
+                self.swap_mem(mem, true, old);
             }
         }
-        if self.mem.load(Ordering::Relaxed) > self.capacity_i64() {
+        if self.mem_used() > self.capacity_i64() {
             self.needs_checkpoint.store(true, Ordering::Relaxed);
         }
     }
@@ -211,7 +211,7 @@ impl Forest {
     pub fn evict_to_capacity(&self) {
         let sweeps = usize::try_from(self.next_pid()).unwrap_or(usize::MAX) / EVICT_SCAN_BUDGET + 2;
         for _ in 0..sweeps {
-            if self.mem.load(Ordering::Relaxed) <= self.capacity_i64() {
+            if self.mem_used() <= self.capacity_i64() {
                 break;
             }
             self.maybe_evict(0);

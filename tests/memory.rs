@@ -1,0 +1,116 @@
+//! Memory held under the bounds the user set: a load eight times the cache, in random key
+//! order (so that every checkpoint finds dirty pages all over a tree larger than the
+//! cache), with `Stats`' memory kinds read after every commit and held against their
+//! bounds. These are the engine's own accounting figures (allocation sizes, see
+//! `tree::node::alloc_size`), not timings.
+//!
+//! Bounds (`Stats` docs, `Options::dirty_limit`, `Options::wal_buffer_limit`):
+//! - `dirty_pages <= dirty_pages_limit` + what splits add (a commit first makes room for
+//!   one page per key; a split may add a new sibling and the parent);
+//! - `cache_bytes <= cache_capacity + dirty_limit` + one commit's deltas;
+//! - `checkpoint_peak_bytes <= dirty_limit` (a checkpoint holds the images of the dirty
+//!   pages, each counted at `DIRTY_PAGE_COST`, and at most one flush of copied frames);
+//! - `wal_buffer_bytes <= wal_buffer_limit` + one record.
+//!
+//! The backend comes from `Options::default()`, so `RINGKV_IO_BACKEND` selects it.
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)] // they test, not store
+#![allow(clippy::too_many_lines)] // a scenario reads top to bottom
+
+use ringkv::{Db, Durability, Options, Stats};
+
+const CACHE: usize = 1 << 20;
+/// Keys of 16 bytes and values of 128: 8 MiB of keys and values, eight times the cache.
+const KEYS: u64 = (8 << 20) / 144;
+const PER_TXN: usize = 16;
+
+fn key(id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn value(id: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 128];
+    v[..8].copy_from_slice(&id.to_le_bytes());
+    v
+}
+
+/// Holds one `Stats` reading against the bounds of the module doc; returns the reading.
+fn check_bounds(s: &Stats, at: u64) -> Stats {
+    // One commit dirties at most PER_TXN pages and adds PER_TXN deltas (each well under
+    // 1 KiB with its key and value).
+    let commit_slack = (PER_TXN * 1024) as i64;
+    // A commit makes room for one page per key before it writes; a split may add the new
+    // sibling and the parent.
+    assert!(
+        s.dirty_pages <= s.dirty_pages_limit + 2 * PER_TXN as u64,
+        "after {at} keys: {} dirty pages, bound {}",
+        s.dirty_pages,
+        s.dirty_pages_limit
+    );
+    assert!(
+        s.cache_bytes <= (s.cache_capacity + s.dirty_limit) as i64 + commit_slack,
+        "after {at} keys: cache {} bytes, capacity {} + dirty bound {}",
+        s.cache_bytes,
+        s.cache_capacity,
+        s.dirty_limit
+    );
+    assert!(
+        s.checkpoint_peak_bytes <= s.dirty_limit,
+        "after {at} keys: a checkpoint held {} bytes, bound {}",
+        s.checkpoint_peak_bytes,
+        s.dirty_limit
+    );
+    assert!(
+        s.wal_buffer_bytes <= s.wal_buffer_limit + 64 * 1024,
+        "after {at} keys: {} WAL bytes buffered, bound {}",
+        s.wal_buffer_bytes,
+        s.wal_buffer_limit
+    );
+    s.clone()
+}
+
+#[test]
+fn every_memory_kind_stays_under_its_bound_during_a_load_eight_times_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let opts = Options { cache_capacity: CACHE, durability: Durability::None, ..Options::default() };
+        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
+        let b = db.bucket("load").await.unwrap();
+        let (mut max_dirty, mut max_cache) = (0u64, 0i64);
+        let ids: Vec<u64> = (0..KEYS).collect();
+        for (n, chunk) in ids.chunks(PER_TXN).enumerate() {
+            let mut tx = b.begin().unwrap();
+            for &id in chunk {
+                tx.put(key(id), value(id)).unwrap();
+            }
+            tx.commit().await.unwrap();
+            let s = check_bounds(&db.stats(), ((n + 1) * PER_TXN) as u64);
+            max_dirty = max_dirty.max(s.dirty_pages);
+            max_cache = max_cache.max(s.cache_bytes);
+        }
+        let s = check_bounds(&db.stats(), KEYS);
+        println!(
+            "{KEYS} keys: cache peak {max_cache} of {} (+{} dirty bound); dirty pages peak {max_dirty} of {}; \
+             checkpoint peak {} bytes; page table {} bytes; {} checkpoints",
+            s.cache_capacity, s.dirty_limit, s.dirty_pages_limit, s.checkpoint_peak_bytes, s.page_table_bytes, s.checkpoints
+        );
+        // The load really pressed on every bound (else the assertions above prove nothing).
+        assert!(s.checkpoints >= 8, "a load 8x the cache checkpointed {} times", s.checkpoints);
+        assert!(max_cache as u64 >= s.cache_capacity * 3 / 4, "the cache never filled: peak {max_cache}");
+        assert!(max_dirty >= s.dirty_pages_limit / 2, "dirty pages never neared their bound: {max_dirty}");
+        assert!(s.checkpoint_peak_bytes > 0, "no checkpoint held an image");
+        assert!(s.page_table_bytes > 0, "no page was ever evicted");
+        // And nothing was lost on the way.
+        db.close().await.unwrap();
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        let b = db.bucket("load").await.unwrap();
+        for id in (0..KEYS).step_by(97) {
+            assert_eq!(b.get(key(id)).await.unwrap().as_deref(), Some(&value(id)[..]), "key {id}");
+        }
+        db.close().await.unwrap();
+    });
+}
