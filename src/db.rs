@@ -23,8 +23,8 @@ pub struct Stats {
     pub cache_bytes: i64,
     /// `Options::cache_capacity`.
     pub cache_capacity: u64,
-    /// Heap bytes of the stubs standing for pages on disk: one per page not in memory,
-    /// never evicted (they grow with the database, not with the cache).
+    /// Heap bytes of the page table: a slot per page id and a stub per page not in memory,
+    /// never evicted (they grow with the number of pages, not with the cache).
     pub page_table_bytes: i64,
     /// Pages changed since the last checkpoint.
     pub dirty_pages: u64,
@@ -149,7 +149,7 @@ impl Db {
         Stats {
             cache_bytes: forest.mem_used(),
             cache_capacity: opts.cache_capacity as u64,
-            page_table_bytes: forest.stub_mem(),
+            page_table_bytes: forest.page_table_mem(),
             dirty_pages: forest.dirty_pages() as u64,
             dirty_pages_limit,
             dirty_limit: dirty_pages_limit * crate::limits::DIRTY_PAGE_COST as u64,

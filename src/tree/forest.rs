@@ -194,6 +194,11 @@ impl Forest {
         self.stub_mem.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the page table: the mapping table's slots and the stubs of pages on disk.
+    pub fn page_table_mem(&self) -> i64 {
+        self.stub_mem() + i64::try_from(self.table.mem()).unwrap_or(i64::MAX)
+    }
+
     /// Accounts a node of `installed` bytes put in a slot (a stub's when `stub`) in place of
     /// the chain `retired`.
     pub(super) fn swap_mem(&self, installed: usize, stub: bool, retired: Retired) {

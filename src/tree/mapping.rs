@@ -64,6 +64,13 @@ impl MappingTable {
         &chunk[i]
     }
 
+    /// Heap bytes of the table itself: the chunk array and the chunks allocated so far.
+    pub fn mem(&self) -> usize {
+        let chunk = crate::tree::node::alloc_size(MAPPING_CHUNK_LEN * std::mem::size_of::<Slot>());
+        crate::tree::node::alloc_size(self.chunks.len() * std::mem::size_of::<OnceLock<Box<[Slot]>>>())
+            + self.chunks.iter().filter(|c| c.get().is_some()).count() * chunk
+    }
+
     /// The slot of `pid` if its chunk exists.
     pub fn try_slot(&self, pid: Pid) -> Option<&Slot> {
         let ix = usize::try_from(pid).ok()?;

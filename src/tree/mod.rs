@@ -464,7 +464,7 @@ impl Tree {
                     && lv.head_node.bytes + leaf_bytes(r) < SPLIT_LEAF_BYTES * 3 / 4 => {}
             _ => return Ok(false),
         }
-        let fwd = NodeKind::Forward { to: left, bounds: rb.clone(), frozen: r.clone() };
+        let fwd = NodeKind::Forward { to: left, bounds: rb.clone(), frozen: Box::new(r.clone()) };
         if !f.replace(pid, v.head, v.head_node.seq, fwd, guard) {
             return Ok(false);
         }
