@@ -30,6 +30,9 @@
 // openraft's `StorageError` is the error type of its storage traits; its size is openraft's.
 #![allow(clippy::result_large_err)]
 
+pub mod client;
+pub mod network;
+pub mod service;
 pub mod snapshot;
 pub mod store;
 
