@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 
+use crate::http::HttpClient;
 use crate::service::DebugState;
 use crate::{Node, NodeId, Request, TypeConfig};
 
@@ -55,7 +56,7 @@ enum Attempt<T> {
 
 /// A client of a cluster of the example service.
 pub struct KvClient {
-    http: reqwest::Client,
+    http: HttpClient,
     nodes: Vec<String>,
     /// Where the next call goes first.
     target: Mutex<String>,
@@ -70,7 +71,7 @@ impl KvClient {
     pub fn new(nodes: Vec<String>) -> KvClient {
         let first = nodes.first().cloned().unwrap_or_default();
         KvClient {
-            http: reqwest::Client::new(),
+            http: HttpClient::new(),
             nodes,
             target: Mutex::new(first),
             request_timeout: Duration::from_secs(2),
@@ -115,7 +116,7 @@ impl KvClient {
         }
     }
 
-    fn forward(f: &ForwardToLeader<NodeId, Node>) -> Attempt<()> {
+    fn forward<T>(f: &ForwardToLeader<NodeId, Node>) -> Attempt<T> {
         match &f.leader_node {
             Some(n) => Attempt::Redirect(n.addr.clone()),
             None => Attempt::Retry("no leader known".into()),
@@ -127,14 +128,12 @@ impl KvClient {
         node: &str,
         path: &str,
         body: &impl serde::Serialize,
-    ) -> Result<reqwest::Response, String> {
-        self.http
-            .post(format!("http://{node}{path}"))
-            .timeout(self.request_timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<(u16, Vec<u8>), String> {
+        let url = format!("http://{node}{path}");
+        match self.http.send(hyper::Method::POST, &url, Some(body), self.request_timeout).await {
+            Ok((status, bytes)) => Ok((status.as_u16(), bytes.to_vec())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Writes through the leader; `Ok` once the entry is committed and applied there.
@@ -144,26 +143,22 @@ impl KvClient {
         deadline: Instant,
     ) -> Result<ClientWriteResponse<TypeConfig>, ClientError> {
         self.call(deadline, |node| async move {
-            let resp = match self.post(&node, "/kv/write", req).await {
+            let (status, body) = match self.post(&node, "/kv/write", req).await {
                 Ok(r) => r,
                 Err(e) => return Attempt::Retry(e),
             };
-            if resp.status() == reqwest::StatusCode::BAD_REQUEST {
-                return Attempt::Fail(ClientError::Rejected(resp.text().await.unwrap_or_default()));
+            if status == 400 {
+                return Attempt::Fail(ClientError::Rejected(String::from_utf8_lossy(&body).into_owned()));
             }
-            let res: Result<
-                ClientWriteResponse<TypeConfig>,
-                RaftError<NodeId, ClientWriteError<NodeId, Node>>,
-            > = match resp.json().await {
+            type Answer =
+                Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
+            let res: Answer = match serde_json::from_slice(&body) {
                 Ok(r) => r,
-                Err(e) => return Attempt::Retry(e.to_string()),
+                Err(e) => return Attempt::Retry(format!("HTTP {status}: {e}")),
             };
             match res {
                 Ok(r) => Attempt::Done(r),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match Self::forward(&f) {
-                    Attempt::Redirect(to) => Attempt::Redirect(to),
-                    _ => Attempt::Retry("no leader known".into()),
-                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Self::forward(&f),
                 Err(e) => Attempt::Retry(e.to_string()),
             }
         })
@@ -173,21 +168,18 @@ impl KvClient {
     /// A linearizable read of `key` through the leader.
     pub async fn read(&self, key: &str, deadline: Instant) -> Result<Option<String>, ClientError> {
         self.call(deadline, |node| async move {
-            let resp = match self.post(&node, "/kv/read", &key).await {
+            let (status, body) = match self.post(&node, "/kv/read", &key).await {
                 Ok(r) => r,
                 Err(e) => return Attempt::Retry(e),
             };
-            let res: Result<Option<String>, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> =
-                match resp.json().await {
-                    Ok(r) => r,
-                    Err(e) => return Attempt::Retry(e.to_string()),
-                };
+            type Answer = Result<Option<String>, RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>>;
+            let res: Answer = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return Attempt::Retry(format!("HTTP {status}: {e}")),
+            };
             match res {
                 Ok(v) => Attempt::Done(v),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match Self::forward(&f) {
-                    Attempt::Redirect(to) => Attempt::Redirect(to),
-                    _ => Attempt::Retry("no leader known".into()),
-                },
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Self::forward(&f),
                 Err(e) => Attempt::Retry(e.to_string()),
             }
         })
@@ -196,33 +188,27 @@ impl KvClient {
 
     /// Initialises the cluster at `node` with `members` (id and address each).
     pub async fn init(&self, node: &str, members: &[(NodeId, String)]) -> Result<(), ClientError> {
-        let resp = self.post(node, "/cluster/init", &members).await.map_err(ClientError::Failed)?;
-        let res: Result<(), serde_json::Value> =
-            resp.json().await.map_err(|e| ClientError::Failed(e.to_string()))?;
+        let url = format!("http://{node}/cluster/init");
+        let res: Result<(), serde_json::Value> = self
+            .http
+            .post_json(&url, &members, self.request_timeout)
+            .await
+            .map_err(|e| ClientError::Failed(e.to_string()))?;
         res.map_err(|e| ClientError::Failed(e.to_string()))
     }
 
     /// openraft's metrics of `node`.
     pub async fn metrics(&self, node: &str) -> Result<openraft::RaftMetrics<NodeId, Node>, ClientError> {
-        let resp = self
-            .http
-            .get(format!("http://{node}/cluster/metrics"))
-            .timeout(self.request_timeout)
-            .send()
-            .await
-            .map_err(|e| ClientError::Failed(e.to_string()))?;
-        resp.json().await.map_err(|e| ClientError::Failed(e.to_string()))
+        let url = format!("http://{node}/cluster/metrics");
+        self.http.get_json(&url, self.request_timeout).await.map_err(|e| ClientError::Failed(e.to_string()))
     }
 
     /// The state of `node` ([`DebugState`]).
     pub async fn debug_state(&self, node: &str) -> Result<DebugState, ClientError> {
-        let resp = self
-            .http
-            .get(format!("http://{node}/debug/state"))
-            .timeout(Duration::from_secs(30))
-            .send()
+        let url = format!("http://{node}/debug/state");
+        self.http
+            .get_json(&url, Duration::from_secs(30))
             .await
-            .map_err(|e| ClientError::Failed(e.to_string()))?;
-        resp.json().await.map_err(|e| ClientError::Failed(e.to_string()))
+            .map_err(|e| ClientError::Failed(e.to_string()))
     }
 }

@@ -16,7 +16,7 @@
 //!   data. Snapshots are streamed from a ringkv [`ringkv::Snapshot`] into a checksummed file
 //!   ([`snapshot`]); installing one loads it into a new generation's bucket and switches
 //!   to it with one durable commit.
-//! - [`network`] is an openraft network over HTTP (reqwest), [`service`] the axum service
+//! - [`network`] is an openraft network over HTTP ([`http`], hyper's client), [`service`] the axum service
 //!   of one node of the example replicated KV store (client writes, linearizable reads,
 //!   membership initialisation), [`client`] a client of that service that follows the
 //!   leader.
@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod http;
 pub mod network;
 pub mod service;
 pub mod snapshot;

@@ -1,4 +1,4 @@
-//! openraft's network over HTTP: each RPC is a `POST` of its request as JSON to
+//! openraft's network over HTTP ([`crate::http`]): each RPC is a `POST` of its request as JSON to
 //! `http://<node addr>/raft/{append,snapshot,vote}` (served by [`crate::service`]), whose
 //! body answers `Result<response, RaftError>` as JSON.
 //!
@@ -17,13 +17,14 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::http::HttpClient;
 use crate::{Node, NodeId, TypeConfig};
 
 /// Makes the connections of one node to the others; one HTTP client (and its connection
 /// pool) shared by all of them.
 #[derive(Clone, Default)]
 pub struct HttpNetwork {
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl HttpNetwork {
@@ -43,7 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
 /// The connection of one node to `target`.
 pub struct HttpConnection {
-    client: reqwest::Client,
+    client: HttpClient,
     target: NodeId,
     addr: String,
 }
@@ -61,16 +62,14 @@ impl HttpConnection {
         E: Error + DeserializeOwned,
     {
         let url = format!("http://{}/raft/{path}", self.addr);
-        let resp = self.client.post(url).timeout(option.hard_ttl()).json(req).send().await.map_err(|e| {
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        let resp = resp.error_for_status().map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let res: Result<Resp, RaftError<NodeId, E>> =
-            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            self.client.post_json(&url, req, option.hard_ttl()).await.map_err(|e| {
+                if e.connect {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub snapshot_every: u64,
     /// Entries kept in the log below the last snapshot.
     pub keep_logs: u64,
+    /// Time allowed to send a snapshot chunk, and to send and install the last one, ms.
+    pub install_snapshot_timeout_ms: u64,
     /// ringkv options of the node's database.
     pub db: ringkv::Options,
 }
@@ -70,6 +72,7 @@ impl NodeOptions {
             election_ms: (400, 800),
             snapshot_every: 10_000,
             keep_logs: 1_000,
+            install_snapshot_timeout_ms: 10_000,
             db: ringkv::Options::default(),
         }
     }
@@ -83,7 +86,11 @@ impl NodeOptions {
             election_timeout_max: self.election_ms.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs,
-            snapshot_max_chunk_size: 1024 * 1024,
+            // A snapshot travels in chunks of JSON; the last one's timeout covers installing
+            // it (copy, load into a new generation, three fsyncs), far above openraft's
+            // default 200 ms on a busy disk.
+            snapshot_max_chunk_size: 256 * 1024,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
             ..Config::default()
         }
         .validate()

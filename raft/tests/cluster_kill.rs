@@ -10,8 +10,9 @@
 //!
 //! Environment: `RINGKV_RAFT_KILL_SECS` (default 20) is the length of the writing phase,
 //! `RINGKV_RAFT_SEED` replays a schedule (the seed is printed; timing still varies). The
-//! backend is whatever `RINGKV_IO_BACKEND` selects; the nodes inherit it. The nodes' logs
-//! are kept in the printed directory when the test fails.
+//! backend is whatever `RINGKV_IO_BACKEND` selects; the nodes inherit it (and `RUST_LOG`,
+//! their log level). The nodes' directories and logs (`n<id>.log`) are kept in the printed
+//! directory when the test fails, or when `RINGKV_RAFT_KEEP` is set.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 #![allow(clippy::cast_possible_truncation)] // they test, not store
 #![cfg(target_os = "linux")]
@@ -84,12 +85,13 @@ async fn run() {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
     );
     let mut rng = Rng(seed);
-    let root = tempfile::Builder::new().prefix("ringkv-raft-kill").tempdir().unwrap();
-    println!("seed {seed}, {secs} s of writes, nodes in {:?}", root.path());
+    // Kept when the test fails (the nodes' logs are `n<id>.log` in it); removed at the end.
+    let root = tempfile::Builder::new().prefix("ringkv-raft-kill").tempdir().unwrap().keep();
+    println!("seed {seed}, {secs} s of writes, nodes in {root:?}");
     let started = Instant::now();
     let mut cluster = Cluster::start(
         env!("CARGO_BIN_EXE_ringkv-raft-node").as_ref(),
-        root.path(),
+        &root,
         3,
         // Small snapshot interval and log tail: restarted nodes catch up by snapshot
         // install too, and the logs are purged during the run.
@@ -103,6 +105,8 @@ async fn run() {
             "--election-max-ms",
             "600",
         ],
+        // openraft's state machine worker logs each snapshot it installs; counted below.
+        &[("RUST_LOG", "warn,openraft::core::sm::worker=info")],
     );
     let client = Arc::new(KvClient::new(cluster.addrs()));
     client.init(&cluster.addrs()[0], &cluster.members()).await.unwrap();
@@ -242,7 +246,13 @@ async fn run() {
             m.purged.map_or("-".into(), |l| l.index.to_string())
         ));
     }
-    println!("{}", snaps.join("; "));
+    let installs: usize = (1..=3)
+        .map(|i| {
+            let log = std::fs::read_to_string(root.join(format!("n{i}.log"))).unwrap_or_default();
+            log.matches("Done install complete snapshot").count()
+        })
+        .sum();
+    println!("{}; snapshots installed by followers during the run: {installs}", snaps.join("; "));
 
     // Every acknowledged write on every node.
     let mut lost = 0u64;
@@ -296,4 +306,7 @@ async fn run() {
     assert!(acked.len() >= 100, "only {} writes acknowledged", acked.len());
     assert!(compared > 0, "no log index held by two nodes");
     drop(cluster);
+    if std::env::var_os("RINGKV_RAFT_KEEP").is_none() {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -15,6 +15,8 @@ pub struct NodeProc {
     pub id: u64,
     pub addr: String,
     pub dir: PathBuf,
+    /// The node's last "listening on ..." line (it names the I/O backend).
+    pub banner: String,
     child: Option<Child>,
 }
 
@@ -23,6 +25,7 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     bin: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// `n` free ports on 127.0.0.1 (bound together, then released).
@@ -33,8 +36,9 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) of the binary `bin` with data under `root`, each with
-    /// `args` added to its command line, and waits until each is listening.
-    pub fn start(bin: &Path, root: &Path, n: usize, args: &[&str]) -> Cluster {
+    /// `args` added to its command line and `env` to its environment, and waits until each
+    /// is listening.
+    pub fn start(bin: &Path, root: &Path, n: usize, args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let ports = free_ports(n);
         let nodes = (1..=n as u64)
             .zip(ports)
@@ -42,11 +46,16 @@ impl Cluster {
                 id,
                 addr: format!("127.0.0.1:{port}"),
                 dir: root.join(format!("n{id}")),
+                banner: String::new(),
                 child: None,
             })
             .collect();
-        let mut c =
-            Cluster { nodes, bin: bin.to_path_buf(), args: args.iter().map(|s| s.to_string()).collect() };
+        let mut c = Cluster {
+            nodes,
+            bin: bin.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -84,6 +93,7 @@ impl Cluster {
             .args(["--id", &node.id.to_string(), "--addr", &node.addr, "--dir"])
             .arg(&node.dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -102,7 +112,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(_) => break,
+                Ok(line) => {
+                    node.banner = line;
+                    break;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = child.try_wait().unwrap() {
                         panic!(
