@@ -514,6 +514,11 @@ impl StateMachineStore {
         tokio::fs::rename(tmp, &path).await.map_err(&e)?;
         tokio::fs::File::open(&self.inner.snapshot_dir).await.map_err(&e)?.sync_all().await.map_err(&e)?;
         let old = self.current_record().await?;
+        if old.as_ref().is_some_and(|o| o.meta.last_log_id > meta.last_log_id) {
+            // A build that raced an install of a newer snapshot: the current one stays.
+            let _ = tokio::fs::remove_file(&path).await;
+            return Ok(());
+        }
         let rec = SnapshotRecord { file: fname, meta: meta.clone() };
         let w = sm_err(ErrorVerb::Write);
         let mut t = self.inner.meta.begin().map_err(&w)?;
@@ -581,12 +586,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         drop(it);
         drop(snap);
         drop(_in_use);
+        // Opened before it is published: the handle stays valid whatever replaces the file.
+        let file = tokio::fs::File::open(&tmp).await.map_err(snap_err(Some(&meta), ErrorVerb::Read))?;
         self.publish_snapshot_file(&tmp, seq, &meta).await?;
-        // Opened under `files`, so a newer snapshot cannot remove it first.
-        let _files = self.inner.files.lock().await;
-        let file = tokio::fs::File::open(self.inner.snapshot_dir.join(format!("snap-{seq}.snap")))
-            .await
-            .map_err(snap_err(Some(&meta), ErrorVerb::Read))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
