@@ -1,8 +1,10 @@
 //! Three `ringkv-raft-node` processes on loopback (children of this test, so they can be
 //! SIGKILLed), clients writing unique keys through the leader and recording every
 //! acknowledged write, a reader checking that acknowledged writes are visible to
-//! linearizable reads, and a killer that SIGKILLs a node — the leader every other round —
-//! and restarts it on the same directory, several times during the run.
+//! linearizable reads, and a killer that SIGKILLs a node — the leader every other round,
+//! down 1.2-2 s so that the others elect a new one; another node for 0.2-1 s — every
+//! 0.5-1.5 s, and restarts it on the same directory: at least 4 rounds, more while the
+//! writing phase lasts.
 //!
 //! At the end, once every node applied the same log id (polled with a deadline): every
 //! acknowledged write is in every node's state machine with its value (lost must be 0), the
@@ -176,8 +178,9 @@ async fn run() {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut round = 0u64;
     let mut terms = Vec::new();
-    while Instant::now() + Duration::from_millis(1500) < end {
-        tokio::time::sleep(Duration::from_millis(1000 + rng.below(1500))).await;
+    // At least 4 rounds (2 of them the leader's), more while the time lasts.
+    while round < 4 || Instant::now() + Duration::from_millis(1500) < end {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
         let is_leader = round.is_multiple_of(2);
         let victim = if is_leader {
             let Some((l, term)) = leader(&client, &cluster).await else {
@@ -201,7 +204,7 @@ async fn run() {
         );
         // A leader down longer than the election timeout makes the others elect a new one;
         // one back sooner may resume its term (openraft restores a leader's committed vote).
-        let down = if is_leader { 1500 + rng.below(1000) } else { 200 + rng.below(1300) };
+        let down = if is_leader { 1200 + rng.below(800) } else { 200 + rng.below(800) };
         tokio::time::sleep(Duration::from_millis(down)).await;
         tokio::task::block_in_place(|| cluster.spawn(victim));
         restarts += 1;
