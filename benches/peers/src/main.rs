@@ -280,16 +280,7 @@ impl Runner {
                     cg.as_ref().map(|c| c.path()),
                     false,
                 )?;
-                let mem = match &cg {
-                    Some(c) => format!(
-                        "cgroup cap {} MiB, peak {} MiB, limit hit {} times, OOM kills {}",
-                        self.sizes.ltm_cap >> 20,
-                        c.peak_bytes() >> 20,
-                        c.failcnt(),
-                        c.oom_kills()
-                    ),
-                    None => "NOT capped (no memory cgroup)".into(),
-                };
+                let mem = cgroup_note(cg.as_ref(), self.sizes.ltm_cap);
                 let drop_note = if dropped { "page cache dropped" } else { "page cache NOT dropped" };
                 let mut rows = end.rows;
                 for r in &mut rows {
@@ -353,16 +344,7 @@ impl Runner {
                 None
             };
             let end = self.child(e, Task::Bulk, dir.clone(), cg.as_ref().map(|c| c.path()), false)?;
-            let mem = match &cg {
-                Some(c) => format!(
-                    "cgroup cap {} MiB, peak {} MiB (page cache included), limit hit {} times, OOM kills {}",
-                    self.sizes.ltm_cap >> 20,
-                    c.peak_bytes() >> 20,
-                    c.failcnt(),
-                    c.oom_kills()
-                ),
-                None => "NOT capped (no memory cgroup)".into(),
-            };
+            let mem = cgroup_note(cg.as_ref(), self.sizes.ltm_cap);
             let mut rows = end.rows;
             for r in &mut rows {
                 r.extra = format!("{}; {mem}", r.extra);
@@ -609,4 +591,19 @@ fn parent(args: Args) -> anyhow::Result<()> {
             e
         }
     })
+}
+
+/// What a phase run in memory cgroup `cg` (capped at `cap` bytes) used: the cap, the peak
+/// (page cache included), how often the limit was hit (reclaims) and the OOM kills.
+fn cgroup_note(cg: Option<&sys::Cgroup>, cap: u64) -> String {
+    match cg {
+        Some(c) => format!(
+            "cgroup cap {} MiB, peak {} MiB (page cache included), limit hit {} times, OOM kills {}",
+            cap >> 20,
+            c.peak_bytes() >> 20,
+            c.failcnt(),
+            c.oom_kills()
+        ),
+        None => "NOT capped (no memory cgroup)".into(),
+    }
 }
