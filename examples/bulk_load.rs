@@ -130,6 +130,9 @@ fn main() -> ringkv::Result<()> {
             written as f64 / logical as f64,
             logical >> 20
         );
+        // A closed `Db` keeps its cache until its last handle drops: drop it before the
+        // reopen, or both instances' memory is held at once.
+        drop((b, db));
         let t = Instant::now();
         let db = Db::open(&dir, opts).await?;
         let b = db.bucket("bench").await?;

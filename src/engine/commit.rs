@@ -1,6 +1,6 @@
 //! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
-//! 0. Flow control: if the pages this commit may dirty (one per key) would take the dirty
-//!    set past `Options::dirty_limit`, or the cache is past `cache_capacity + dirty_limit`,
+//! 0. Flow control: if the pages this commit may dirty (three per key: leaf, split sibling,
+//!    parent) would take the dirty set past `Options::dirty_limit`, or the cache is past `cache_capacity + dirty_limit`,
 //!    run a checkpoint first (`DbInner::over_dirty_limit`).
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
 //!    what must be read; an evicted leaf is read only when its image could hold a version
@@ -127,17 +127,23 @@ impl DbInner {
     }
 }
 
+/// Pages one key of a commit may dirty: its leaf, the sibling a split of it makes, and the
+/// parent that split updates (an index split above it is rarer still).
+const PAGES_PER_KEY: usize = 3;
+
 impl DbInner {
     /// Whether a commit of `keys` keys must run a checkpoint before it writes: the pages
-    /// it may dirty (one per key) would take the dirty set past `Options::dirty_limit`, or
-    /// the cache is past its capacity plus that bound (the pages over capacity are dirty:
-    /// clean ones are evicted).
+    /// it may dirty (per key its leaf, the sibling a split makes and their parent:
+    /// `PAGES_PER_KEY`) would take the dirty set past `Options::dirty_limit`, or the cache
+    /// is past its capacity plus that bound (the pages over capacity are dirty: clean ones
+    /// are evicted).
     pub(crate) fn over_dirty_limit(&self, keys: usize) -> bool {
         let pages = self.opts.dirty_pages_limit();
         let slack = pages.saturating_mul(crate::limits::DIRTY_PAGE_COST);
         let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(slack));
         let dirty = self.forest.dirty_pages();
-        (dirty > 0 && dirty.saturating_add(keys) > pages) || self.forest.mem_used() > cache
+        (dirty > 0 && dirty.saturating_add(keys.saturating_mul(PAGES_PER_KEY)) > pages)
+            || self.forest.mem_used() > cache
     }
 
     /// Whether the background task should start a checkpoint now: the size trigger
