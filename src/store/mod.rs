@@ -244,18 +244,6 @@ impl Store {
         Ok(FileWriter { id, kind, file, builder: FileBuilder::new(kind) })
     }
 
-    /// Writes a whole new file and syncs it (not yet published). Returns its description
-    /// and relocation entries.
-    pub async fn write_file(
-        &self,
-        builder: FileBuilder,
-        kind: FileKind,
-    ) -> Result<(FileMeta, Vec<RelocEntry>)> {
-        let mut w = self.create_file(kind).await?;
-        w.builder = builder;
-        w.finish().await
-    }
-
     /// Live page count per data file, given page addresses.
     pub fn live_counts(&self, addrs: impl Iterator<Item = u64>) -> FxHashMap<u64, usize> {
         let mut m = FxHashMap::default();
