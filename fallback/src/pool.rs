@@ -75,9 +75,7 @@ impl Pool {
         let mut started = 0;
         for i in 0..wanted {
             let rx = rx.clone();
-            let pending = Arc::clone(&pending);
-            let spawned =
-                thread::Builder::new().name(format!("{name}-{i}")).spawn(move || worker(rx, pending));
+            let spawned = thread::Builder::new().name(format!("{name}-{i}")).spawn(move || worker(rx));
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => {
@@ -110,17 +108,21 @@ impl Pool {
     {
         let (tx, rx) = oneshot::channel();
         let pending = Arc::clone(&self.inner.pending);
-        let job: Job = Box::new(move || {
-            let _ = tx.send(f());
-        });
         pending.fetch_add(1, Ordering::Relaxed);
-        let queued = match &*self.inner.sender.read() {
-            Some(sender) => sender.send(job).is_ok(),
-            None => false,
-        };
-        if !queued {
-            // The job (and the oneshot sender inside it) was dropped: `rx` resolves at once.
-            pending.fetch_sub(1, Ordering::Relaxed);
+        let done = Finished(Arc::clone(&pending));
+        let job: Job = Box::new(move || {
+            // A local now: on a panic in `f` it is dropped before the captured sender.
+            let done = done;
+            let value = f();
+            // The count drops before the result is sent, so a caller that saw the result also
+            // sees the job gone from `pending` (the channel orders the two).
+            drop(done);
+            let _ = tx.send(value);
+        });
+        // If the job cannot be queued it is dropped here, with its `Finished` guard (the count
+        // goes back down) and its oneshot sender (`rx` resolves at once).
+        if let Some(sender) = &*self.inner.sender.read() {
+            let _ = sender.send(job);
         }
         async move { rx.await.map_err(|_| Canceled) }
     }
@@ -142,9 +144,19 @@ impl Pool {
     }
 }
 
-// The thread's body: it owns its end of the queue and the counter for its whole life.
+/// Takes one job off the `pending` count when dropped: when the job finishes, panics, or is
+/// dropped unrun.
+struct Finished(Arc<AtomicUsize>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// The thread's body: it owns its end of the queue for its whole life.
 #[allow(clippy::needless_pass_by_value)]
-fn worker(rx: Receiver<Job>, pending: Arc<AtomicUsize>) {
+fn worker(rx: Receiver<Job>) {
     // `recv` fails only once every sender is gone and the queue is drained.
     while let Ok(job) = rx.recv() {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(job)) {
@@ -155,7 +167,6 @@ fn worker(rx: Receiver<Job>, pending: Arc<AtomicUsize>) {
                 .unwrap_or_else(|| "non-string panic payload".to_owned());
             tracing::error!(panic = %what, "a fallback I/O job panicked");
         }
-        pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
