@@ -47,3 +47,8 @@ pub const DIRTY_PAGE_COST: usize = 4 * SPLIT_LEAF_BYTES;
 pub const MIN_DIRTY_PAGES: usize = 64;
 /// The WAL buffer bound (`Options::wal_buffer_limit`) never goes below this.
 pub const MIN_WAL_BUFFER: usize = 1 << 20;
+
+/// Snapshot announcement slots of one database (`mvcc`): snapshots beyond this many live at
+/// once go to a locked overflow map. 64 slots of 128 bytes: 8 KiB per database, scanned by
+/// each horizon.
+pub const SNAPSHOT_SLOTS: usize = 64;

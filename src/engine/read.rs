@@ -6,7 +6,8 @@
 //!   blob value from its blob file.
 //! - A scan ([`tree_stream`]) walks the tree one leaf per step (each step re-descends from
 //!   the root with the previous leaf's high key, so splits under a running scan are
-//!   harmless), materialises the leaf's versions visible at the snapshot, and reads blob
+//!   harmless; a forward step first tries the previous leaf's right link, and takes it when
+//!   that page's low fence is exactly the high key), materialises the leaf's versions visible at the snapshot, and reads blob
 //!   values as it yields them. [`overlay`] merges a transaction's uncommitted writes into
 //!   it. The API wraps the stream in an [`Iter`](crate::Iter), which takes the cooperative
 //!   budget per item.
@@ -23,7 +24,7 @@ use futures::stream::{BoxStream, StreamExt};
 use super::{check_key, DbInner, DbRef};
 use crate::error::Result;
 use crate::mvcc::SnapshotGuard;
-use crate::tree::node::Value;
+use crate::tree::node::{Pid, Value};
 use crate::tree::{Lower, Tree};
 
 /// Reads `key` from `tree` at snapshot `ts`.
@@ -120,6 +121,8 @@ struct ScanState {
     buf: VecDeque<(Bytes, Value)>,
     /// Forward: the next lower bound; reverse: the next upper bound. `None` = finished.
     next: Option<Bound<Bytes>>,
+    /// Forward: the right link of the last leaf read, tried before a descent (0 = none).
+    right: Pid,
 }
 
 /// Stream of the committed pairs of `tree` in `range` visible at `snap`.
@@ -137,7 +140,7 @@ pub(crate) fn tree_stream(
     } else {
         Some(range.lo.clone())
     };
-    let st = ScanState { db, tree, snap, range, reverse, buf: VecDeque::new(), next: start };
+    let st = ScanState { db, tree, snap, range, reverse, buf: VecDeque::new(), next: start, right: 0 };
     futures::stream::try_unfold(st, |mut st| async move {
         loop {
             if st.db.is_closed() {
@@ -174,7 +177,8 @@ pub(crate) fn tree_stream(
                     Bound::Included(k) => Lower::Key(k, true),
                     Bound::Excluded(k) => Lower::Key(k, false),
                 };
-                let (items, high) = st.tree.scan_forward(f, &lower, ts).await?;
+                let (items, high, right) = st.tree.scan_forward(f, &lower, ts, st.right).await?;
+                st.right = right;
                 let mut past_end = false;
                 for (k, v) in items {
                     if st.range.below_hi(&k) {

@@ -168,6 +168,9 @@ impl Lower {
 /// Outcome of a scan step: entries of one leaf and where the next step starts.
 pub type ScanBatch = (Vec<(Bytes, Value)>, Option<Bytes>);
 
+/// Outcome of a forward scan step: a [`ScanBatch`] and the right link of its leaf.
+pub type ForwardBatch = (Vec<(Bytes, Value)>, Option<Bytes>, Pid);
+
 impl Tree {
     /// A tree handle over an existing root.
     pub fn new(id: u32, root: Pid) -> Tree {
@@ -604,13 +607,32 @@ impl Tree {
         Err(Error::internal("parent search does not terminate"))
     }
 
-    /// One forward scan step: the visible entries of the leaf holding `lower`, and the
-    /// lower bound (inclusive) of the next leaf.
-    pub async fn scan_forward(&self, f: &Forest, lower: &Lower, ts: u64) -> Result<ScanBatch> {
+    /// One forward scan step: the visible entries of the leaf holding `lower`, the lower
+    /// bound (inclusive) of the next leaf, and that leaf's page id as this leaf's right
+    /// link named it (0 at the end).
+    ///
+    /// `hint` is the page the previous step's link named (0 for none): when it is an
+    /// in-memory leaf whose low fence is exactly `lower`'s key, the step reads it without
+    /// descending from the root. The fence check is what makes the link safe to follow:
+    /// page ids are never reused, a split keeps a page's low fence, and a page merged into
+    /// its left sibling is a forward node, so a page with that fence holds the next keys.
+    pub async fn scan_forward(&self, f: &Forest, lower: &Lower, ts: u64, hint: Pid) -> Result<ForwardBatch> {
         let key: &[u8] = match lower {
             Lower::Unbounded => &[],
             Lower::Key(k, _) => k,
         };
+        if hint != 0 {
+            let guard = epoch::pin();
+            if let Some(v) = ChainView::load(f, hint, &guard) {
+                if let NodeKind::Leaf(base) = &v.bottom.kind {
+                    if base.bounds.low.as_ref() == key && !base.bounds.is_right_of(key) {
+                        f.touch(hint);
+                        let items = visible_from(&v.deltas, base, lower, ts);
+                        return Ok((items, base.bounds.high.clone(), base.bounds.right));
+                    }
+                }
+            }
+        }
         let keep = |k: &Bytes| lower.admits(k);
         loop {
             let step = {
@@ -618,11 +640,13 @@ impl Tree {
                 match self.find_leaf(f, key, &guard)? {
                     Step::Load(p) => Step::Load(p),
                     Step::Done((pid, v)) => match &v.bottom.kind {
-                        NodeKind::Leaf(base) => {
-                            Step::Done((visible_from(&v.deltas, base, lower, ts), base.bounds.high.clone()))
-                        }
+                        NodeKind::Leaf(base) => Step::Done((
+                            visible_from(&v.deltas, base, lower, ts),
+                            base.bounds.high.clone(),
+                            base.bounds.right,
+                        )),
                         NodeKind::Forward { bounds, frozen, .. } => {
-                            Step::Done((visible_items(frozen, ts, keep), bounds.high.clone()))
+                            Step::Done((visible_items(frozen, ts, keep), bounds.high.clone(), bounds.right))
                         }
                         _ => Step::Load(pid),
                     },
