@@ -27,6 +27,10 @@
 //! assumed of the disk); each module's doc comment states its contract, and
 //! `docs/format.md` draws every on-disk structure.
 
+/// Fixtures of the tree's micro-benchmarks (feature `bench`); not an API.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 pub mod bucket;
 pub mod check;
 pub mod codec;

@@ -178,7 +178,12 @@ impl Tree {
     }
 
     /// Descends to the leaf whose range holds `key`.
-    fn find_leaf<'g>(&self, f: &Forest, key: &[u8], guard: &'g Guard) -> Result<Step<(Pid, ChainView<'g>)>> {
+    pub(crate) fn find_leaf<'g>(
+        &self,
+        f: &Forest,
+        key: &[u8],
+        guard: &'g Guard,
+    ) -> Result<Step<(Pid, ChainView<'g>)>> {
         let mut pid = self.root;
         for _ in 0..100_000 {
             let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
