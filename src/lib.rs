@@ -54,6 +54,13 @@ pub mod tree;
 pub mod txn;
 pub mod wal;
 
+/// jemalloc as the process's allocator (feature `jemalloc`, on by default): chosen by
+/// measurement (README, Memory). A program with its own `#[global_allocator]` turns the
+/// feature off.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub use bucket::Bucket;
 pub use check::CheckReport;
 pub use db::{CheckpointStats, Db, Stats};

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("iter", 7),
     ("check", 7),
     ("fuzzing", 8),
+    ("bench", 8),
 ];
 
 /// (file under `src/`, module it names): imports that break the order today.

@@ -4,7 +4,8 @@
 //!    run a checkpoint first (`DbInner::over_dirty_limit`).
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
 //!    what must be read; an evicted leaf is read only when its image could hold a version
-//!    newer than the snapshot).
+//!    newer than the snapshot). It remembers each key's leaf: the writes of step 2 start
+//!    there instead of descending again (`Tree::leaf_covering` says when that is safe).
 //! 2. Under the commit lock: the check again (first-committer-wins) unless no commit was
 //!    applied since the pre-check began (`visible` unchanged), then, with no
 //!    `.await` in between (so a dropped future cannot stop half way): assign the timestamp,
@@ -58,10 +59,16 @@ impl DbInner {
         // between: every commit publishes its timestamp before releasing the lock, so an
         // unchanged `visible` means the first check's answers still hold.
         let checked_at = self.mvcc.visible();
+        // The leaf each key was found in, for the writes below to start from (one descent
+        // per key); each key starts from the previous key's leaf (keys go in order, so
+        // neighbours share it).
+        let mut leaves = Vec::with_capacity(writes.len());
+        let mut leaf = 0;
         for k in writes.keys() {
-            if tree.written_after(f, k, snapshot_ts).await? {
+            if tree.written_after(f, k, snapshot_ts, &mut leaf).await? {
                 return Err(Error::Conflict);
             }
+            leaves.push(leaf);
         }
         let (ts, lsn) = {
             let _g = self.commit_lock.lock().await;
@@ -71,8 +78,8 @@ impl DbInner {
                 return Err(Error::NotFound("the bucket was dropped".into()));
             }
             if self.mvcc.visible() != checked_at {
-                for k in writes.keys() {
-                    if tree.written_after(f, k, snapshot_ts).await? {
+                for (k, leaf) in writes.keys().zip(leaves.iter_mut()) {
+                    if tree.written_after(f, k, snapshot_ts, leaf).await? {
                         return Err(Error::Conflict);
                     }
                 }
@@ -93,9 +100,9 @@ impl DbInner {
                     return Err(e);
                 }
             };
-            for (k, v) in writes {
+            for ((k, v), leaf) in writes.iter().zip(leaves.iter_mut()) {
                 let version = Version { ts, value: make_value(v.clone(), self.opts.inline_limit) };
-                match tree.apply(f, k, &version) {
+                match tree.apply(f, k, &version, leaf) {
                     Ok(Step::Done(())) => {}
                     Ok(Step::Load(_)) | Err(_) => {
                         let e = Error::internal(format!("commit {ts} could not be applied in memory"));

@@ -220,6 +220,43 @@ impl Tree {
         Err(Error::internal("tree descent does not terminate"))
     }
 
+    /// The chain of `pid` if it is a leaf (in memory, or an evicted one with its bounds)
+    /// whose range holds `key`: the leaf a descent for `key` would reach. A hint is a page id
+    /// a descent reached earlier in the same tree (the previous key of a commit, the conflict
+    /// check of the same key, a scan's right link). It is safe to follow: a page id goes back
+    /// to the free list only when its page never became reachable (a failed split,
+    /// `Forest::uninstall`), a page's bounds are those of the range it holds, and a page
+    /// merged into its left sibling stays a forward node, which this refuses.
+    fn leaf_covering<'g>(f: &Forest, pid: Pid, key: &[u8], guard: &'g Guard) -> Option<ChainView<'g>> {
+        if pid == 0 {
+            return None;
+        }
+        let v = ChainView::load(f, pid, guard)?;
+        let b = match &v.bottom.kind {
+            NodeKind::Leaf(l) => &l.bounds,
+            NodeKind::Disk { bounds: Some(b), .. } => b,
+            _ => return None,
+        };
+        (node::key_cmp(&b.low, key).is_le() && !b.is_right_of(key)).then_some(v)
+    }
+
+    /// [`Tree::find_leaf`], trying the page `hint` first ([`Tree::leaf_covering`]).
+    fn find_leaf_from<'g>(
+        &self,
+        f: &Forest,
+        key: &[u8],
+        hint: Pid,
+        guard: &'g Guard,
+    ) -> Result<Step<(Pid, ChainView<'g>)>> {
+        match Self::leaf_covering(f, hint, key, guard) {
+            Some(v) => {
+                f.touch(hint);
+                Ok(Step::Done((hint, v)))
+            }
+            None => self.find_leaf(f, key, guard),
+        }
+    }
+
     /// The newest version of `key` visible at `ts` (tombstones included), or `None`.
     pub async fn get_version(&self, f: &Forest, key: &[u8], ts: u64) -> Result<Option<Version>> {
         loop {
@@ -263,7 +300,10 @@ impl Tree {
     /// at or below `ts`, the deltas above the stub decide. A blind write into a tree larger
     /// than the cache therefore costs no read, until the stub carries
     /// [`MAX_BLIND_DELTAS`] of them: then the leaf is loaded.
-    pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64) -> Result<bool> {
+    ///
+    /// `hint` is a page to try before descending ([`Tree::leaf_covering`]); it is set to
+    /// the leaf that held `key`, for the next key and for [`Tree::apply`].
+    pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64, hint: &mut Pid) -> Result<bool> {
         let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
         let in_leaf = |l: &LeafBase| {
             l.entries
@@ -273,25 +313,28 @@ impl Tree {
         loop {
             let step = {
                 let guard = epoch::pin();
-                match self.find_leaf(f, key, &guard)? {
+                match self.find_leaf_from(f, key, *hint, &guard)? {
                     Step::Load(p) => Step::Load(p),
-                    Step::Done((pid, v)) => match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
-                        Some((_, ver)) => Step::Done(ver.ts > ts),
-                        None => match &v.bottom.kind {
-                            NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
-                            NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
-                            // A stub already carrying MAX_BLIND_DELTAS blind writes is
-                            // loaded now, so the write lands on the leaf and the usual
-                            // consolidation and split keep it near SPLIT_LEAF_BYTES; folded
-                            // in later all at once, they would make an image many times it.
-                            NodeKind::Disk { .. }
-                                if f.disk_ts() <= ts && v.deltas.len() < MAX_BLIND_DELTAS =>
-                            {
-                                Step::Done(false)
-                            }
-                            _ => Step::Load(pid),
-                        },
-                    },
+                    Step::Done((pid, v)) => {
+                        *hint = pid;
+                        match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
+                            Some((_, ver)) => Step::Done(ver.ts > ts),
+                            None => match &v.bottom.kind {
+                                NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
+                                NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
+                                // A stub already carrying MAX_BLIND_DELTAS blind writes is
+                                // loaded now, so the write lands on the leaf and the usual
+                                // consolidation and split keep it near SPLIT_LEAF_BYTES; folded
+                                // in later all at once, they would make an image many times it.
+                                NodeKind::Disk { .. }
+                                    if f.disk_ts() <= ts && v.deltas.len() < MAX_BLIND_DELTAS =>
+                                {
+                                    Step::Done(false)
+                                }
+                                _ => Step::Load(pid),
+                            },
+                        }
+                    }
                 }
             };
             match step {
@@ -305,14 +348,18 @@ impl Tree {
     /// the path is not in memory; on the commit path that cannot happen, because the
     /// conflict check routed every key to its leaf (loading any stub without bounds) and
     /// evicted leaves keep their bounds.
-    pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<Step<()>> {
+    ///
+    /// `hint` is a page to try before descending ([`Tree::leaf_covering`]): the leaf the
+    /// conflict check found for `key`, or the previous key's. It is set to the leaf written.
+    pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version, hint: &mut Pid) -> Result<Step<()>> {
         let guard = epoch::pin();
         let mut spins = 0u32;
         loop {
-            let (pid, v) = match self.find_leaf(f, key, &guard)? {
+            let (pid, v) = match self.find_leaf_from(f, key, *hint, &guard)? {
                 Step::Done(x) => x,
                 Step::Load(p) => return Ok(Step::Load(p)),
             };
+            *hint = pid;
             if matches!(v.bottom.kind, NodeKind::Forward { .. }) {
                 // A merge is moving this range into the left sibling: it finishes within
                 // the structure-lock holder's synchronous section.
@@ -359,8 +406,9 @@ impl Tree {
 
     /// Applies one version, loading pages as needed (recovery replay).
     pub async fn upsert(&self, f: &Forest, key: &Bytes, version: &Version) -> Result<()> {
+        let mut hint = 0;
         loop {
-            match self.apply(f, key, version)? {
+            match self.apply(f, key, version, &mut hint)? {
                 Step::Done(()) => return Ok(()),
                 Step::Load(p) => f.load(p).await?,
             }
@@ -617,24 +665,20 @@ impl Tree {
     /// link named it (0 at the end).
     ///
     /// `hint` is the page the previous step's link named (0 for none): when it is an
-    /// in-memory leaf whose low fence is exactly `lower`'s key, the step reads it without
-    /// descending from the root. The fence check is what makes the link safe to follow:
-    /// page ids are never reused, a split keeps a page's low fence, and a page merged into
-    /// its left sibling is a forward node, so a page with that fence holds the next keys.
+    /// in-memory leaf whose range holds `lower`'s key ([`Tree::leaf_covering`]), the step
+    /// reads it without descending from the root.
     pub async fn scan_forward(&self, f: &Forest, lower: &Lower, ts: u64, hint: Pid) -> Result<ForwardBatch> {
         let key: &[u8] = match lower {
             Lower::Unbounded => &[],
             Lower::Key(k, _) => k,
         };
-        if hint != 0 {
+        {
             let guard = epoch::pin();
-            if let Some(v) = ChainView::load(f, hint, &guard) {
+            if let Some(v) = Self::leaf_covering(f, hint, key, &guard) {
                 if let NodeKind::Leaf(base) = &v.bottom.kind {
-                    if base.bounds.low.as_ref() == key && !base.bounds.is_right_of(key) {
-                        f.touch(hint);
-                        let items = visible_from(&v.deltas, base, lower, ts);
-                        return Ok((items, base.bounds.high.clone(), base.bounds.right));
-                    }
+                    f.touch(hint);
+                    let items = visible_from(&v.deltas, base, lower, ts);
+                    return Ok((items, base.bounds.high.clone(), base.bounds.right));
                 }
             }
         }

@@ -88,6 +88,18 @@ pub fn drop_page_cache() -> bool {
     synced && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 
+/// This process's peak resident set (`VmHWM` of /proc/self/status), 0 when unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
 /// Allocated bytes under `dir` (as `du` counts them: 512-byte blocks).
 pub fn du(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;

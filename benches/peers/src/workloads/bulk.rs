@@ -1,8 +1,9 @@
 //! Bulk load: `bulk_keys` keys with 128-byte values in a seeded random order, 1000 per
 //! commit, relaxed, then a durable close. Reports keys/s over load + close, the bytes the
 //! process wrote to storage (`write_bytes` of /proc/self/io, before open to after close),
-//! and the directory's allocated size (like `du`). Then reopens and checks 100,000 random
-//! keys (or all, if fewer) byte for byte.
+//! the directory's allocated size (like `du`), and the process's peak RSS over load and
+//! close (`VmHWM`; the cgroup's own peak, reported beside it, counts the page cache too).
+//! Then reopens and checks 100,000 random keys (or all, if fewer) byte for byte.
 
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ pub fn run(ctx: &Ctx, emit: &mut dyn FnMut(Row)) -> anyhow::Result<()> {
     ctx.close(e)?;
     let secs = t.elapsed().as_secs_f64();
     let written = super::proc_write_bytes() - w0;
+    let peak_rss = crate::sys::peak_rss_bytes();
     drop(ids);
     let du = crate::sys::du(&ctx.dir);
     let logical = n * (data::KEY_LEN + VALUE_LEN) as u64;
@@ -57,11 +59,12 @@ pub fn run(ctx: &Ctx, emit: &mut dyn FnMut(Row)) -> anyhow::Result<()> {
         0.0,
         0.0,
         format!(
-            "{n} keys in {secs:.1} s; wrote {} MiB ({:.2}x the {} MiB of keys+values); du {} MiB; {checks} keys re-read; {retries} retries",
+            "{n} keys in {secs:.1} s; wrote {} MiB ({:.2}x the {} MiB of keys+values); du {} MiB; peak RSS {} MiB; {checks} keys re-read; {retries} retries",
             written >> 20,
             written as f64 / logical as f64,
             logical >> 20,
-            du >> 20
+            du >> 20,
+            peak_rss >> 20
         ),
     ));
     Ok(())
