@@ -35,6 +35,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("address_ranges", ringkv::fuzzing::address_ranges),
     ("relocation_table", ringkv::fuzzing::relocation_table),
     ("page_image", ringkv::fuzzing::page_image),
+    ("leaf_page", ringkv::fuzzing::leaf_page),
     ("manifest_edit", ringkv::fuzzing::manifest_edit),
     ("manifest_snapshot", ringkv::fuzzing::manifest_snapshot),
     ("current", ringkv::fuzzing::current),
@@ -222,6 +223,7 @@ replay_tests!(
     address_ranges,
     relocation_table,
     page_image,
+    leaf_page,
     manifest_edit,
     manifest_snapshot,
     current,
@@ -384,7 +386,27 @@ mod seeds {
 
     /// Encodings made directly by the engine's encoders, for shapes a short session may
     /// not write: every version kind, inner pages, every manifest edit, edge values.
+    fn leaf_pages(seeds: &mut Seeds) {
+        use ringkv::tree::leaf::LeafBuilder;
+        let v = |ts: u64, value: Option<&'static [u8]>| Version {
+            ts,
+            value: value.map_or(Value::Tombstone, |b| Value::Inline(Bytes::from_static(b))),
+        };
+        add(seeds, "leaf_page", LeafBuilder::new(Bytes::new(), None, 0).finish().bytes().to_vec());
+        let mut b = LeafBuilder::new(Bytes::from_static(b"user:0"), Some(Bytes::from_static(b"user:9")), 12);
+        b.push(b"user:1", &[v(7, Some(b"alice"))]);
+        b.push(b"user:10", &[v(9, None), v(4, Some(b"bob")), v(2, Some(b""))]);
+        b.push(b"user:2", &[v(3, Some(&[0xff; 40]))]);
+        add(seeds, "leaf_page", b.finish().bytes().to_vec());
+        let mut b = LeafBuilder::new(Bytes::from_static(b"a"), None, 0);
+        b.push(b"abcd", &[v(1, Some(b"x"))]);
+        b.push(b"abcde", &[v(1, Some(b"y"))]);
+        b.push(b"b", &[v(1, None)]);
+        add(seeds, "leaf_page", b.finish().bytes().to_vec());
+    }
+
     fn from_encoders(seeds: &mut Seeds) {
+        leaf_pages(seeds);
         let mut pages = Vec::new();
         let mut out = Vec::new();
         page::encode_leaf(&leaf(), &mut out, &mut |c| c.addr());

@@ -18,6 +18,7 @@
 //!    or name a page to load).
 
 pub mod forest;
+pub mod leaf;
 pub mod mapping;
 pub mod node;
 pub mod page;

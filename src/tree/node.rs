@@ -117,19 +117,36 @@ fn blob_mem(c: &BlobCell) -> usize {
         + c.bytes.as_ref().map_or(0, |b| owned_bytes_mem(b.len()))
 }
 
-/// Bytes the allocator takes for a request of `n` bytes, on glibc's model (the request
-/// plus an 8-byte header, rounded up to 16, at least 32); 0 for no request. The cache's
-/// accounting counts these, not the bytes asked for: small allocations are most of a
-/// tree's heap, and counting only their payload under-reported it by half.
+/// Bytes the allocator takes for a request of `n` bytes; 0 for no request. The cache's
+/// accounting counts these, not the bytes asked for: small allocations are most of a tree's
+/// heap, and counting only their payload under-reported it by half.
+///
+/// With the `jemalloc` feature (the default allocator), jemalloc's size classes: 8, then
+/// multiples of 16 up to 128, then four classes per doubling (160, 192, 224, 256, 320, ...).
+/// Without it, glibc's chunks: the request plus an 8-byte header, rounded up to 16, at
+/// least 32.
 pub const fn alloc_size(n: usize) -> usize {
     if n == 0 {
         return 0;
     }
-    let chunk = (n + 8 + 15) & !15;
-    if chunk < 32 {
-        32
+    if cfg!(all(feature = "jemalloc", not(target_env = "msvc"))) {
+        if n <= 8 {
+            8
+        } else if n <= 128 {
+            (n + 15) & !15
+        } else {
+            // 2^k < n <= 2^(k+1): classes step by 2^(k-2).
+            let k = usize::BITS - 1 - (n - 1).leading_zeros();
+            let step = 1usize << (k - 2);
+            (n + step - 1) & !(step - 1)
+        }
     } else {
-        chunk
+        let chunk = (n + 8 + 15) & !15;
+        if chunk < 32 {
+            32
+        } else {
+            chunk
+        }
     }
 }
 
@@ -455,7 +472,19 @@ mod tests {
     #[test]
     fn a_node_stays_small() {
         assert!(std::mem::size_of::<Node>() <= 136, "Node is {} bytes", std::mem::size_of::<Node>());
-        assert_eq!(node_alloc(), 144);
+        let class = if cfg!(all(feature = "jemalloc", not(target_env = "msvc"))) { 160 } else { 144 };
+        assert_eq!(node_alloc(), class);
+    }
+
+    #[test]
+    fn allocation_sizes_follow_the_allocator() {
+        let sizes: Vec<usize> =
+            [0, 1, 8, 9, 24, 128, 129, 160, 161, 257, 4096, 4097].map(alloc_size).to_vec();
+        if cfg!(all(feature = "jemalloc", not(target_env = "msvc"))) {
+            assert_eq!(sizes, [0, 8, 8, 16, 32, 128, 160, 160, 192, 320, 4096, 5120]);
+        } else {
+            assert_eq!(sizes, [0, 32, 32, 32, 32, 144, 144, 176, 176, 272, 4112, 4112]);
+        }
     }
 
     fn v(ts: u64, tomb: bool) -> Version {
