@@ -3,7 +3,7 @@
 //!
 //! The read path takes no lock here: `visible` is an atomic, and a snapshot announces its
 //! timestamp in one of [`SNAPSHOT_SLOTS`] slots, each on its own cache line, claimed by a
-//! compare-and-swap from [`FREE`]. Only when every slot is taken does a snapshot go to a
+//! compare-and-swap from `FREE`. Only when every slot is taken does a snapshot go to a
 //! locked overflow map. The horizon is computed where it is needed (consolidation,
 //! checkpoint, a page load's merge) by reading `visible` and then every slot.
 //!

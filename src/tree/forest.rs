@@ -11,7 +11,7 @@
 //! 3. A page written since the last checkpoint cut is in the dirty set (`note_write` marks
 //!    it after its delta is installed, so a checkpoint that misses the mark also misses the
 //!    delta, which then waits for the next checkpoint). The set takes no global lock per
-//!    write: it is a generation number and [`DIRTY_SHARDS`] lists of (page id, generation).
+//!    write: it is a generation number and `DIRTY_SHARDS` lists of (page id, generation).
 //!    A page enters a list under its shard's lock, tagged with the generation read under
 //!    that lock, and only then is its slot's `dirty_gen` set to that generation: a slot
 //!    holding generation G means an entry (page, G) is listed, until the cut that ends G

@@ -241,7 +241,7 @@ impl Tree {
         (node::key_cmp(&b.low, key).is_le() && !b.is_right_of(key)).then_some(v)
     }
 
-    /// [`Tree::find_leaf`], trying the page `hint` first ([`Tree::leaf_covering`]).
+    /// [`Tree::find_leaf`], trying the page `hint` first (`Tree::leaf_covering`).
     fn find_leaf_from<'g>(
         &self,
         f: &Forest,
@@ -302,7 +302,7 @@ impl Tree {
     /// than the cache therefore costs no read, until the stub carries
     /// [`MAX_BLIND_DELTAS`] of them: then the leaf is loaded.
     ///
-    /// `hint` is a page to try before descending ([`Tree::leaf_covering`]); it is set to
+    /// `hint` is a page to try before descending (`Tree::leaf_covering`); it is set to
     /// the leaf that held `key`, for the next key and for [`Tree::apply`].
     pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64, hint: &mut Pid) -> Result<bool> {
         let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
@@ -350,7 +350,7 @@ impl Tree {
     /// conflict check routed every key to its leaf (loading any stub without bounds) and
     /// evicted leaves keep their bounds.
     ///
-    /// `hint` is a page to try before descending ([`Tree::leaf_covering`]): the leaf the
+    /// `hint` is a page to try before descending (`Tree::leaf_covering`): the leaf the
     /// conflict check found for `key`, or the previous key's. It is set to the leaf written.
     pub fn apply(&self, f: &Forest, key: &Bytes, version: &Version, hint: &mut Pid) -> Result<Step<()>> {
         let guard = epoch::pin();
@@ -666,7 +666,7 @@ impl Tree {
     /// link named it (0 at the end).
     ///
     /// `hint` is the page the previous step's link named (0 for none): when it is an
-    /// in-memory leaf whose range holds `lower`'s key ([`Tree::leaf_covering`]), the step
+    /// in-memory leaf whose range holds `lower`'s key (`Tree::leaf_covering`), the step
     /// reads it without descending from the root.
     pub async fn scan_forward(&self, f: &Forest, lower: &Lower, ts: u64, hint: Pid) -> Result<ForwardBatch> {
         let key: &[u8] = match lower {
