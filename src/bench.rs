@@ -103,6 +103,56 @@ impl Leaf {
     }
 }
 
+/// The same leaf in the page format of `tree::leaf` (not yet the tree's): one buffer,
+/// 4-byte key hints in the slots, the newest version beside its key.
+pub struct PageLeaf {
+    page: crate::tree::leaf::LeafPage,
+    key_len: usize,
+}
+
+impl PageLeaf {
+    /// Builds the page of [`Leaf::new`]'s keys and values.
+    pub fn new(n: u64, key_len: usize, value_len: usize) -> PageLeaf {
+        let mut b = crate::tree::leaf::LeafBuilder::new(Bytes::new(), None, 0);
+        let value = Value::Inline(Bytes::from(vec![7u8; value_len]));
+        for i in 0..n {
+            b.push(&key(2 * i, key_len), &[Version { ts: 1, value: value.clone() }]);
+        }
+        PageLeaf { page: b.finish(), key_len }
+    }
+
+    /// The key of entry `i` (as [`Leaf::key`]).
+    pub fn key(&self, i: u64) -> Bytes {
+        key(i, self.key_len)
+    }
+
+    /// A point lookup at timestamp 1: the value's length, `None` on a miss.
+    pub fn search(&self, key: &[u8]) -> Option<usize> {
+        let i = self.page.search(key).ok()?;
+        match self.page.visible(i, 1)?.value {
+            Value::Inline(b) => Some(b.len()),
+            _ => None,
+        }
+    }
+
+    /// The page's bytes, as a checkpoint would write them.
+    pub fn bytes(&self) -> Bytes {
+        self.page.bytes().clone()
+    }
+
+    /// Loads page bytes as a page read would: checks the frame's CRC32C against `crc`, then
+    /// the page itself (no decode, no copy). Returns its entry count.
+    pub fn load(bytes: &Bytes, crc: u32) -> Result<usize> {
+        let path = std::path::Path::new("bench");
+        if crc32c::crc32c(bytes) != crc {
+            return Err(crate::Error::corruption(path, 0, "bench frame checksum mismatch"));
+        }
+        let page = crate::tree::leaf::LeafPage::check(bytes.clone())
+            .map_err(|b| crate::Error::corruption(path, b.at as u64, b.what))?;
+        Ok(page.count())
+    }
+}
+
 /// An index node of `n` children with separators of `key_len` bytes.
 pub struct Index {
     inner: InnerBase,
