@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::batch::WriteBatch;
 use crate::bucket::Bucket;
 use crate::engine::{self, checkpoint, DbRef};
 use crate::error::Result;
 use crate::options::{IoBackend, Options};
-use crate::txn::Snapshot;
+use crate::txn::{Snapshot, Transaction};
 
 pub use crate::engine::checkpoint::CheckpointStats;
 
@@ -116,6 +117,20 @@ impl Db {
     /// Names of every bucket, sorted.
     pub fn buckets(&self) -> Result<Vec<String>> {
         self.inner.bucket_names()
+    }
+
+    /// Starts a transaction over every bucket (snapshot isolation): its writes, to any
+    /// buckets, commit together at one timestamp or not at all. See [`Transaction`];
+    /// [`Bucket::begin`] is the one-bucket shorthand.
+    pub fn begin(&self) -> Result<Transaction> {
+        self.inner.check_open()?;
+        Ok(Transaction::new(self.inner.clone()))
+    }
+
+    /// An empty batch of blind writes (no snapshot, no conflict check) to any buckets,
+    /// committed together. See [`WriteBatch`].
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::new(self.inner.clone())
     }
 
     /// A read-only view of every bucket at the current moment; never blocks writers.

@@ -4,7 +4,9 @@
 //! operations are awaited `io_uring` operations (with a thread-pool fallback).
 //!
 //! - A Bw-tree per bucket over a log-structured page store ([`tree`], [`store`]).
-//! - MVCC with snapshot isolation ([`mvcc`], [`Txn`], [`Snapshot`]).
+//! - MVCC with snapshot isolation ([`mvcc`], [`Transaction`] over any buckets, [`Txn`] over
+//!   one, [`Snapshot`]), compare-and-swap and update closures on a [`Bucket`], blind
+//!   [`WriteBatch`]es.
 //! - A redo WAL with group commit ([`wal`]) and a checksummed manifest ([`manifest`]).
 //! - Every byte goes through one async I/O interface ([`io`]).
 //!
@@ -27,6 +29,7 @@
 //! assumed of the disk); each module's doc comment states its contract, and
 //! `docs/format.md` draws every on-disk structure.
 
+mod batch;
 /// Fixtures of the tree's micro-benchmarks (feature `bench`); not an API.
 #[cfg(feature = "bench")]
 #[doc(hidden)]
@@ -61,10 +64,11 @@ pub mod wal;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-pub use bucket::Bucket;
+pub use batch::WriteBatch;
+pub use bucket::{Bucket, CompareAndSwapError};
 pub use check::CheckReport;
 pub use db::{CheckpointStats, Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
 pub use options::{Durability, IoBackend, Options};
-pub use txn::{Snapshot, Txn};
+pub use txn::{Snapshot, Transaction, Txn};

@@ -52,3 +52,8 @@ pub const MIN_WAL_BUFFER: usize = 1 << 20;
 /// once go to a locked overflow map. 64 slots of 128 bytes: 8 KiB per database, scanned by
 /// each horizon.
 pub const SNAPSHOT_SLOTS: usize = 64;
+
+/// Optimistic attempts of a read-modify-write (`Bucket::fetch_update`,
+/// `Bucket::compare_and_swap`) before its last one, under the commit lock, which cannot
+/// conflict.
+pub const UPDATE_OPTIMISTIC_ATTEMPTS: u32 = 4;

@@ -43,7 +43,8 @@
 //! ```
 //!
 //! The payload must be consumed exactly: trailing bytes after the last op are an error.
-//! A record's `ts` is never 0.
+//! A record's `ts` is never 0. A record is one commit; its ops may name several buckets (a
+//! transaction or write batch over several, grouped by bucket id), all replayed at `ts`.
 //!
 //! # Batch mark (8-byte frame + 24-byte payload, first in every batch the writer writes)
 //!
