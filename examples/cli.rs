@@ -67,7 +67,7 @@ fn check(path: &Path) -> ExitCode {
 
 fn stats(path: &Path) -> ExitCode {
     let run = async {
-        let db = Db::open(path, Options { read_only: true, ..Options::default() }).await?;
+        let db = Db::open(path, Options::default().read_only(true)).await?;
         let s = db.stats();
         println!("ringkv database {} ({:?} backend)", path.display(), db.io_backend());
         println!("  buckets    {}", db.buckets()?.join(", "));

@@ -30,6 +30,26 @@ use crate::tree::Tree;
 use crate::txn::Txn;
 
 /// A handle to one bucket. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// use futures::TryStreamExt;
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
+/// let fruit = db.bucket("fruit").await?;
+/// for (k, v) in [("apple", "red"), ("apricot", "orange"), ("banana", "yellow")] {
+///     fruit.put(k, v).await?;
+/// }
+/// let ap: Vec<_> = fruit.prefix(b"ap").await?.try_collect().await?;
+/// assert_eq!(ap.len(), 2);
+/// let last = fruit.range_rev::<&[u8], _>(..).await?.try_next().await?;
+/// assert_eq!(last.map(|(k, _)| k).as_deref(), Some(&b"banana"[..]));
+/// fruit.delete(b"apple").await?;
+/// assert_eq!(fruit.get(b"apple").await?, None);
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Bucket {
     pub(crate) db: DbRef,

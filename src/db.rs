@@ -15,8 +15,21 @@ use crate::txn::{Snapshot, Transaction};
 
 pub use crate::engine::checkpoint::CheckpointStats;
 
-/// Counters describing a database, for monitoring and tests.
+/// Counters describing a database, for monitoring and tests ([`Db::stats`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
+/// db.bucket("b").await?.put(b"k", b"v").await?;
+/// let stats = db.stats();
+/// assert!(stats.wal_records >= 1 && stats.dirty_pages <= stats.dirty_pages_limit);
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Heap bytes of the pages in memory, clean and dirty, with their deltas, counted as
     /// the allocator sizes them. Clean pages are evicted past `cache_capacity`; dirty ones
@@ -30,7 +43,7 @@ pub struct Stats {
     /// Pages changed since the last checkpoint.
     pub dirty_pages: u64,
     /// The bound on `dirty_pages` (`Options::dirty_limit` over
-    /// [`limits::DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
+    /// [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
     pub dirty_pages_limit: u64,
     /// `dirty_pages_limit` in bytes: the bound of what a checkpoint holds, and of the
     /// cache's excess over its capacity.
@@ -63,6 +76,26 @@ pub struct Stats {
 }
 
 /// An open database. Cheap to clone; every clone is the same database.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// use ringkv::{Db, Options};
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = Db::open(dir.path(), Options::default()).await?;
+/// let users = db.bucket("users").await?;
+/// users.put(b"alice", b"42").await?;
+/// assert_eq!(db.buckets()?, ["users"]);
+/// db.close().await?;
+/// // Reopened, read-only: recovery in memory, every write refused.
+/// let db = Db::open(dir.path(), Options::default().read_only(true)).await?;
+/// let users = db.existing_bucket("users")?;
+/// assert_eq!(users.get(b"alice").await?.as_deref(), Some(&b"42"[..]));
+/// assert!(users.put(b"bob", b"7").await.is_err());
+/// db.close().await?;
+/// assert!(Db::check(dir.path(), &Options::default()).await?.is_ok());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: DbRef,

@@ -319,6 +319,21 @@ impl Txn {
 }
 
 /// A read-only view of the whole database at one moment.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
+/// let b = db.bucket("b").await?;
+/// b.put(b"k", b"old").await?;
+/// let snap = db.snapshot()?;
+/// b.put(b"k", b"new").await?;
+/// assert_eq!(snap.get(&b, b"k").await?.as_deref(), Some(&b"old"[..]));
+/// assert_eq!(b.get(b"k").await?.as_deref(), Some(&b"new"[..]));
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 pub struct Snapshot {
     db: DbRef,
     snap: Arc<SnapshotGuard>,

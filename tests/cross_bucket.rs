@@ -48,12 +48,7 @@ fn num(v: &[u8]) -> u64 {
 }
 
 fn small_cache() -> Options {
-    Options {
-        durability: Durability::Buffered,
-        cache_capacity: 64 * 1024,
-        checkpoint_bytes: 64 * 1024,
-        ..Options::default()
-    }
+    Options::default().durability(Durability::Buffered).cache_capacity(64 * 1024).checkpoint_bytes(64 * 1024)
 }
 
 /// The balances among `pairs`: account keys are 9 bytes, filler keys longer.
@@ -223,9 +218,7 @@ const INCRS: u64 = 200;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_from_eight_tasks_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options { durability: Durability::Buffered, ..Options::default() })
-        .await
-        .unwrap();
+    let db = Db::open(dir.path(), Options::default().durability(Durability::Buffered)).await.unwrap();
     let b = db.bucket("counters").await.unwrap();
     let failures = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..INCR_TASKS)
@@ -268,8 +261,7 @@ async fn cas_from_eight_tasks_counts_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_update_from_eight_tasks_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        Db::open(dir.path(), Options { durability: Durability::Sync, ..Options::default() }).await.unwrap();
+    let db = Db::open(dir.path(), Options::default().durability(Durability::Sync)).await.unwrap();
     let b = db.bucket("counters").await.unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..INCR_TASKS)
@@ -315,7 +307,7 @@ async fn fetch_update_from_eight_tasks_counts_exactly() {
 fn fetch_update_falls_back_to_an_attempt_that_cannot_conflict() {
     futures::executor::block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { durability: Durability::None, ..Options::default() };
+        let opts = Options::default().durability(Durability::None);
         let db = Db::open(dir.path(), opts).await.unwrap();
         let b = db.bucket("b").await.unwrap();
         b.put(b"n", 0u64.to_le_bytes()).await.unwrap();
@@ -496,7 +488,7 @@ async fn compare_and_swap_and_fetch_update_cases() {
     assert_eq!(b.get(b"u").await.unwrap(), None);
     // A read-only open refuses them.
     db.close().await.unwrap();
-    let ro = Db::open(dir.path(), Options { read_only: true, ..Options::default() }).await.unwrap();
+    let ro = Db::open(dir.path(), Options::default().read_only(true)).await.unwrap();
     let b = ro.existing_bucket("b").unwrap();
     assert!(matches!(b.fetch_update(b"k", |_| Some(b"x")).await, Err(Error::ReadOnly(_))));
     assert!(matches!(ro.batch().commit().await, Err(Error::ReadOnly(_))));

@@ -41,7 +41,7 @@ fn value(i: u32) -> Vec<u8> {
 }
 
 fn read_only() -> Options {
-    Options { read_only: true, ..Options::default() }
+    Options::default().read_only(true)
 }
 
 /// Asserts that `r` is `Error::Locked` naming `dir` and held by `pid`.
@@ -433,7 +433,7 @@ fn unusable_paths_are_invalid_arguments_and_touch_nothing() {
 }
 
 fn sim_options(disk: &SimDisk) -> Options {
-    Options { sim: Some(disk.clone()), ..Options::default() }
+    Options::default().sim(Some(disk.clone()))
 }
 
 #[test]
@@ -485,7 +485,7 @@ fn a_failed_durable_write_is_named_once_and_close_returns_it() {
 fn commits_without_durability_survive_a_drop_without_close() {
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { durability: Durability::None, ..Options::default() };
+        let opts = Options::default().durability(Durability::None);
         block_on(async {
             let db = Db::open(dir.path(), opts.clone()).await.unwrap();
             let b = db.bucket("b").await.unwrap();

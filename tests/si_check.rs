@@ -71,15 +71,13 @@ fn decode(k: Key, v: Option<Bytes>) -> Vec<Elem> {
 }
 
 fn options() -> Options {
-    Options {
-        durability: Durability::Buffered,
+    Options::default()
+        .durability(Durability::Buffered)
         // Background checkpoints and evictions run during the workload.
-        checkpoint_bytes: 64 * 1024,
-        cache_capacity: 64 * 1024,
+        .checkpoint_bytes(64 * 1024)
+        .cache_capacity(64 * 1024)
         // Lists of more than 16 elements are blob values.
-        inline_limit: 128,
-        ..Options::default()
-    }
+        .inline_limit(128)
 }
 
 /// The buckets a workload's keys live in: key `k` in bucket `k % len`. With one bucket,

@@ -41,6 +41,7 @@ use crate::tree::node::Pid;
 
 /// What one checkpoint did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CheckpointStats {
     /// The cut timestamp (the new WAL frontier).
     pub cut_ts: u64,

@@ -334,6 +334,7 @@ pub fn encode(rec: &WalRecord) -> Result<Bytes> {
 
 /// Decodes a record frame: returns `(payload_len, crc)`. The length is checked against
 /// `MIN_PAYLOAD_LEN ..= MAX_WAL_RECORD_LEN`; the CRC is checked by [`decode_payload`].
+#[allow(clippy::trivially_copy_pass_by_ref)] // the frame as read, borrowed like the payload
 pub fn decode_frame(frame: &[u8; FRAME_LEN]) -> Result<(u32, u32), RecordError> {
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);

@@ -103,18 +103,16 @@ impl Totals {
 /// The options every oracle run uses: small everything, so that a few commits split
 /// pages, spill values to blob files, roll WAL segments and trigger checkpoints and GC.
 pub fn options(disk: &SimDisk) -> Options {
-    Options {
-        sim: Some(disk.clone()),
-        durability: Durability::Sync,
-        cache_capacity: ringkv::limits::MIN_CACHE_CAPACITY,
-        inline_limit: 200,
-        checkpoint_bytes: 16 * 1024,
-        wal_segment_bytes: 64 * 1024,
-        background_checkpoints: false,
-        checkpoint_interval: None,
-        gc_live_ratio: 0.6,
-        ..Options::default()
-    }
+    Options::default()
+        .sim(Some(disk.clone()))
+        .durability(Durability::Sync)
+        .cache_capacity(ringkv::limits::MIN_CACHE_CAPACITY)
+        .inline_limit(200)
+        .checkpoint_bytes(16 * 1024)
+        .wal_segment_bytes(64 * 1024)
+        .background_checkpoints(false)
+        .checkpoint_interval(None)
+        .gc_live_ratio(0.6)
 }
 
 pub struct Rng(u64);
