@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::options::{IoBackend, Options};
 use crate::txn::{Snapshot, Transaction};
 
+pub use crate::engine::backup::BackupStats;
 pub use crate::engine::checkpoint::CheckpointStats;
 
 /// Counters describing a database, for monitoring and tests ([`Db::stats`]).
@@ -177,6 +178,41 @@ impl Db {
         self.inner.check_open()?;
         self.inner.check_writable()?;
         checkpoint::run(&self.inner).await
+    }
+
+    /// Writes a consistent copy of the database into directory `dest` (which must not
+    /// exist, or be empty) while commits go on, and returns its cut: the copy holds exactly
+    /// the commits whose timestamp is at or below [`BackupStats::cut_ts`], among them every
+    /// commit acknowledged before the call. The copy opens as a database of its own (with
+    /// [`Db::open`], or checked with [`Db::check`]).
+    ///
+    /// The backup runs a checkpoint whose cut is the backup's, then copies the data and
+    /// blob files (immutable) and writes a manifest of its own; it needs no WAL. Bucket
+    /// changes and other checkpoints wait for it, and so does a commit that finds the
+    /// dirty-page bound exceeded. [`Error::ReadOnly`](crate::Error::ReadOnly) on a
+    /// read-only open.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> ringkv::Result<()> {
+    /// use ringkv::{Db, Options};
+    /// let (dir, copies) = (tempfile::tempdir().expect("a dir"), tempfile::tempdir().expect("a dir"));
+    /// let db = Db::open(dir.path(), Options::default()).await?;
+    /// let b = db.bucket("b").await?;
+    /// b.put(b"k", b"v1").await?;
+    /// let backup = db.backup(copies.path().join("monday")).await?;
+    /// b.put(b"k", b"v2").await?;
+    /// let copy = Db::open(copies.path().join("monday"), Options::default().read_only(true)).await?;
+    /// assert_eq!(copy.existing_bucket("b")?.get(b"k").await?.as_deref(), Some(&b"v1"[..]));
+    /// assert!(backup.cut_ts > 0);
+    /// # copy.close().await?;
+    /// # db.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupStats> {
+        // Not poisoned by a failure here: the checkpoint inside poisons its own, and a
+        // failed write to the destination says nothing about this database.
+        engine::backup::run(&self.inner, dest.as_ref()).await
     }
 
     /// Makes every commit so far durable (useful after `Durability::None` commits). `Ok` at

@@ -88,7 +88,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub use batch::WriteBatch;
 pub use bucket::{Bucket, CompareAndSwapError};
 pub use check::CheckReport;
-pub use db::{CheckpointStats, Db, Stats};
+pub use db::{BackupStats, CheckpointStats, Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
 pub use options::{Durability, IoBackend, Options};
