@@ -294,11 +294,16 @@ async fn read_everything_read_only(dir: &Path, n: u32) {
     db.close().await.expect("close of a read-only open");
 }
 
-/// The CLI example built beside this test binary (`cargo test` builds the examples).
+/// The `ringkv` binary of the workspace crate `cli/`, built beside this test binary by the
+/// README's test command (`cargo test` at the workspace root builds every default member).
 fn cli() -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let cli = deps.parent().unwrap().join("examples").join("cli");
-    assert!(cli.exists(), "the cli example is not built at {}", cli.display());
+    let cli = deps.parent().unwrap().join("ringkv");
+    assert!(
+        cli.exists(),
+        "the ringkv binary is not built at {} (run cargo test at the workspace root)",
+        cli.display()
+    );
     cli
 }
 
@@ -314,12 +319,12 @@ fn read_only_open_check_and_stats_change_nothing() {
     block_on(read_everything_read_only(dir.path(), n));
     let report = block_on(Db::check(dir.path(), &Options::default())).unwrap();
     assert!(report.notes.iter().any(|n| n.contains("data-00000000000000ff.rkv")), "{report}");
-    for cmd in ["stats", "check"] {
+    for cmd in ["stat", "check"] {
         let out = Command::new(cli()).args([cmd, dir.path().to_str().unwrap()]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(&dir.path().display().to_string()), "cli {cmd}: {stdout}");
-        if cmd == "stats" {
-            assert!(out.status.success(), "cli stats: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        if cmd == "stat" {
+            assert!(out.status.success(), "cli stat: {stdout} {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     assert_eq!(fingerprint(dir.path()), before, "a read-only open, check or stats changed the directory");
