@@ -78,13 +78,11 @@ fn run_one(backend: IoBackend) {
         std::env::var("RINGKV_BENCH_DIR").map_or_else(|_| std::env::temp_dir(), std::path::PathBuf::from);
     let dir = base.join(format!("ringkv-large-read-{:?}-{}", backend, std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let opts = Options {
-        io_backend: backend,
-        cache_capacity: cache,
-        durability: Durability::None,
-        checkpoint_bytes: 64 * 1024 * 1024,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .io_backend(backend)
+        .cache_capacity(cache)
+        .durability(Durability::None)
+        .checkpoint_bytes(64 * 1024 * 1024);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     rt.block_on(async {

@@ -129,12 +129,10 @@ fn db_key(i: u64) -> [u8; KEY] {
 fn database(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let opts = Options {
-        durability: Durability::None,
-        background_checkpoints: false,
-        cache_capacity: 512 << 20,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .durability(Durability::None)
+        .background_checkpoints(false)
+        .cache_capacity(512 << 20);
     let (db, b) = rt.block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();
         let b = db.bucket("bench").await.unwrap();

@@ -83,7 +83,7 @@ fn main() -> ringkv::Result<()> {
     rt.block_on(async {
         let w0 = proc_write_bytes();
         let t = Instant::now();
-        let opts = Options { cache_capacity: cache_mib << 20, durability: Durability::Buffered, ..Options::default() };
+        let opts = Options::default().cache_capacity(cache_mib << 20).durability(Durability::Buffered);
         let db = Db::open(&dir, opts.clone()).await?;
         let b = db.bucket("bench").await?;
         let ids = order(n);

@@ -182,7 +182,8 @@ impl fmt::Display for CheckReport {
 
 impl Db {
     /// Checks the database in directory `path` without opening it and without changing
-    /// anything on disk (see [`crate::check`] for what is verified). Damage is reported in
+    /// anything on disk (every CRC, every relocation entry, every page reachable from the manifest, the
+    /// manifest itself and the WAL). Damage is reported in
     /// [`CheckReport::problems`], not as `Err`; `Err` means the check could not run: the
     /// directory cannot be read or has no `CURRENT`, or a writer has the database open
     /// ([`Error::Locked`]: the check takes the shared lock of a read-only open, so no writer

@@ -4,7 +4,7 @@
 //! impossible input is a [`Truncated`] error that the caller turns into
 //! `Error::Corruption` naming its file and offset.
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 
 /// The input ended before a structure did, or a length was impossible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +98,6 @@ pub fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     #[allow(clippy::cast_possible_truncation)]
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);
-}
-
-/// Copies a slice into an owned `Bytes`.
-pub fn to_bytes(b: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(b)
 }
 
 #[cfg(test)]

@@ -6,16 +6,31 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::batch::WriteBatch;
 use crate::bucket::Bucket;
 use crate::engine::{self, checkpoint, DbRef};
 use crate::error::Result;
 use crate::options::{IoBackend, Options};
-use crate::txn::Snapshot;
+use crate::txn::{Snapshot, Transaction};
 
+pub use crate::engine::backup::BackupStats;
 pub use crate::engine::checkpoint::CheckpointStats;
 
-/// Counters describing a database, for monitoring and tests.
+/// Counters describing a database, for monitoring and tests ([`Db::stats`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
+/// db.bucket("b").await?.put(b"k", b"v").await?;
+/// let stats = db.stats();
+/// assert!(stats.wal_records >= 1 && stats.dirty_pages <= stats.dirty_pages_limit);
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Heap bytes of the pages in memory, clean and dirty, with their deltas, counted as
     /// the allocator sizes them. Clean pages are evicted past `cache_capacity`; dirty ones
@@ -29,7 +44,7 @@ pub struct Stats {
     /// Pages changed since the last checkpoint.
     pub dirty_pages: u64,
     /// The bound on `dirty_pages` (`Options::dirty_limit` over
-    /// [`limits::DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
+    /// [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
     pub dirty_pages_limit: u64,
     /// `dirty_pages_limit` in bytes: the bound of what a checkpoint holds, and of the
     /// cache's excess over its capacity.
@@ -62,6 +77,26 @@ pub struct Stats {
 }
 
 /// An open database. Cheap to clone; every clone is the same database.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// use ringkv::{Db, Options};
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = Db::open(dir.path(), Options::default()).await?;
+/// let users = db.bucket("users").await?;
+/// users.put(b"alice", b"42").await?;
+/// assert_eq!(db.buckets()?, ["users"]);
+/// db.close().await?;
+/// // Reopened, read-only: recovery in memory, every write refused.
+/// let db = Db::open(dir.path(), Options::default().read_only(true)).await?;
+/// let users = db.existing_bucket("users")?;
+/// assert_eq!(users.get(b"alice").await?.as_deref(), Some(&b"42"[..]));
+/// assert!(users.put(b"bob", b"7").await.is_err());
+/// db.close().await?;
+/// assert!(Db::check(dir.path(), &Options::default()).await?.is_ok());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: DbRef,
@@ -118,6 +153,20 @@ impl Db {
         self.inner.bucket_names()
     }
 
+    /// Starts a transaction over every bucket (snapshot isolation): its writes, to any
+    /// buckets, commit together at one timestamp or not at all. See [`Transaction`];
+    /// [`Bucket::begin`] is the one-bucket shorthand.
+    pub fn begin(&self) -> Result<Transaction> {
+        self.inner.check_open()?;
+        Ok(Transaction::new(self.inner.clone()))
+    }
+
+    /// An empty batch of blind writes (no snapshot, no conflict check) to any buckets,
+    /// committed together. See [`WriteBatch`].
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::new(self.inner.clone())
+    }
+
     /// A read-only view of every bucket at the current moment; never blocks writers.
     pub fn snapshot(&self) -> Result<Snapshot> {
         self.inner.check_open()?;
@@ -129,6 +178,41 @@ impl Db {
         self.inner.check_open()?;
         self.inner.check_writable()?;
         checkpoint::run(&self.inner).await
+    }
+
+    /// Writes a consistent copy of the database into directory `dest` (which must not
+    /// exist, or be empty) while commits go on, and returns its cut: the copy holds exactly
+    /// the commits whose timestamp is at or below [`BackupStats::cut_ts`], among them every
+    /// commit acknowledged before the call. The copy opens as a database of its own (with
+    /// [`Db::open`], or checked with [`Db::check`]).
+    ///
+    /// The backup runs a checkpoint whose cut is the backup's, then copies the data and
+    /// blob files (immutable) and writes a manifest of its own; it needs no WAL. Bucket
+    /// changes and other checkpoints wait for it, and so does a commit that finds the
+    /// dirty-page bound exceeded. [`Error::ReadOnly`](crate::Error::ReadOnly) on a
+    /// read-only open.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> ringkv::Result<()> {
+    /// use ringkv::{Db, Options};
+    /// let (dir, copies) = (tempfile::tempdir().expect("a dir"), tempfile::tempdir().expect("a dir"));
+    /// let db = Db::open(dir.path(), Options::default()).await?;
+    /// let b = db.bucket("b").await?;
+    /// b.put(b"k", b"v1").await?;
+    /// let backup = db.backup(copies.path().join("monday")).await?;
+    /// b.put(b"k", b"v2").await?;
+    /// let copy = Db::open(copies.path().join("monday"), Options::default().read_only(true)).await?;
+    /// assert_eq!(copy.existing_bucket("b")?.get(b"k").await?.as_deref(), Some(&b"v1"[..]));
+    /// assert!(backup.cut_ts > 0);
+    /// # copy.close().await?;
+    /// # db.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupStats> {
+        // Not poisoned by a failure here: the checkpoint inside poisons its own, and a
+        // failed write to the destination says nothing about this database.
+        engine::backup::run(&self.inner, dest.as_ref()).await
     }
 
     /// Makes every commit so far durable (useful after `Durability::None` commits). `Ok` at

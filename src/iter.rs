@@ -15,7 +15,30 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use crate::coop;
 use crate::error::Result;
 
-/// A stream of `(key, value)` pairs in key order (or reverse key order).
+/// A stream of `(key, value)` pairs in key order (or reverse key order), over one
+/// snapshot: a `futures::Stream`, `Send` and `'static` (it may outlive the handle that
+/// made it, and keeps the database open while it lives).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// use futures::StreamExt;
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
+/// let b = db.bucket("b").await?;
+/// for i in 0..10u8 {
+///     b.put([i], [i * 2]).await?;
+/// }
+/// let mut it = b.range(&[3u8][..]..&[6u8][..]).await?;
+/// let mut keys = Vec::new();
+/// while let Some(item) = it.next().await {
+///     keys.push(item?.0[0]);
+/// }
+/// assert_eq!(keys, [3, 4, 5]);
+/// assert_eq!(b.iter().await?.collect_vec().await?.len(), 10);
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 pub struct Iter {
     inner: BoxStream<'static, Result<(Bytes, Bytes)>>,
     /// The budget unit of the item being produced was taken (it is taken once per item,

@@ -1,4 +1,8 @@
 //! Every bound ringkv enforces, in one place, with compile-time checks of their relations.
+//! The public ones are what a caller meets: sizes of keys, values, bucket names and one
+//! commit, the smallest cache, the floors of the memory bounds of
+//! [`Options`](crate::Options), and the attempts of a read-modify-write; the rest shape
+//! the engine's pages and tables and may change with any release.
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 16 * 1024;
@@ -6,31 +10,32 @@ pub const MAX_KEY_LEN: usize = 16 * 1024;
 pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 /// Longest bucket name, in bytes.
 pub const MAX_BUCKET_NAME_LEN: usize = 255;
-/// Largest WAL record accepted (one transaction's write set, encoded).
+/// Largest WAL record accepted: one commit's write set, encoded (each write takes its key,
+/// its value and 13 bytes), must fit.
 pub const MAX_WAL_RECORD_LEN: usize = 1 << 30;
 /// Largest frame in a data or blob file.
-pub const MAX_FRAME_LEN: usize = 1 << 30;
+pub(crate) const MAX_FRAME_LEN: usize = 1 << 30;
 /// Largest manifest record.
-pub const MAX_MANIFEST_RECORD_LEN: usize = 1 << 30;
+pub(crate) const MAX_MANIFEST_RECORD_LEN: usize = 1 << 30;
 /// Largest number of pages the mapping table can hold (chunks * chunk size).
-pub const MAX_PAGES: u64 = (MAPPING_CHUNKS as u64) * (MAPPING_CHUNK_LEN as u64);
+pub(crate) const MAX_PAGES: u64 = (MAPPING_CHUNKS as u64) * (MAPPING_CHUNK_LEN as u64);
 /// Mapping table chunk length (slots allocated together).
-pub const MAPPING_CHUNK_LEN: usize = 4096;
+pub(crate) const MAPPING_CHUNK_LEN: usize = 4096;
 /// Number of mapping table chunks.
-pub const MAPPING_CHUNKS: usize = 1 << 14;
+pub(crate) const MAPPING_CHUNKS: usize = 1 << 14;
 /// Smallest `cache_capacity` accepted, in bytes.
 pub const MIN_CACHE_CAPACITY: usize = 64 * 1024;
 /// Delta-chain length at which a leaf is consolidated.
-pub const CONSOLIDATE_CHAIN_LEN: usize = 16;
+pub(crate) const CONSOLIDATE_CHAIN_LEN: usize = 16;
 /// Blind writes (deltas over an evicted leaf's stub) a leaf takes before the next writer
 /// loads it; folded in at once, more would make one image many times `SPLIT_LEAF_BYTES`.
-pub const MAX_BLIND_DELTAS: usize = CONSOLIDATE_CHAIN_LEN / 2;
+pub(crate) const MAX_BLIND_DELTAS: usize = CONSOLIDATE_CHAIN_LEN / 2;
 /// A leaf whose encoded size passes this many bytes is split.
-pub const SPLIT_LEAF_BYTES: usize = 4 * 1024;
+pub(crate) const SPLIT_LEAF_BYTES: usize = 4 * 1024;
 /// A leaf with at least this many keys may split.
-pub const SPLIT_MIN_KEYS: usize = 2;
+pub(crate) const SPLIT_MIN_KEYS: usize = 2;
 /// An inner node with more children than this is split.
-pub const SPLIT_INNER_CHILDREN: usize = 128;
+pub(crate) const SPLIT_INNER_CHILDREN: usize = 128;
 
 const _: () = assert!(MAX_VALUE_LEN < MAX_WAL_RECORD_LEN);
 const _: () = assert!(MAX_VALUE_LEN < MAX_FRAME_LEN);
@@ -51,4 +56,9 @@ pub const MIN_WAL_BUFFER: usize = 1 << 20;
 /// Snapshot announcement slots of one database (`mvcc`): snapshots beyond this many live at
 /// once go to a locked overflow map. 64 slots of 128 bytes: 8 KiB per database, scanned by
 /// each horizon.
-pub const SNAPSHOT_SLOTS: usize = 64;
+pub(crate) const SNAPSHOT_SLOTS: usize = 64;
+
+/// Optimistic attempts of a read-modify-write (`Bucket::fetch_update`,
+/// `Bucket::compare_and_swap`) before its last one, under the commit lock, which cannot
+/// conflict.
+pub const UPDATE_OPTIMISTIC_ATTEMPTS: u32 = 4;

@@ -1,10 +1,15 @@
 //! Options of a database, with their defaults and their validation.
+//!
+//! [`Options`] is `#[non_exhaustive]`: outside this crate it is built from
+//! `Options::default()` with one builder method per field (`.cache_capacity(..)`), or by
+//! assigning its public fields on a `mut` binding, so adding an option is not a breaking
+//! change.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 pub use crate::io::IoBackend;
-use crate::io::IoDriver;
+use crate::io::{IoDriver, SimSlot};
 use crate::limits;
 
 /// When a commit counts as done.
@@ -24,7 +29,20 @@ pub enum Durability {
 }
 
 /// Options for [`Db::open`](crate::Db::open).
+///
+/// ```
+/// use ringkv::{Durability, Options};
+/// let opts = Options::default()
+///     .durability(Durability::Buffered)
+///     .cache_capacity(64 << 20)
+///     .read_only(false);
+/// assert_eq!(opts.cache_capacity, 64 << 20);
+/// let mut opts = opts;
+/// opts.inline_limit = 4096; // fields can be set directly too
+/// assert!(opts.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// Default durability of commits (overridable per commit).
     pub durability: Durability,
@@ -64,12 +82,70 @@ pub struct Options {
     /// commit waits until its record reached the kernel, as a `Buffered` one does. `None`:
     /// a sixteenth of `cache_capacity`, at least [`limits::MIN_WAL_BUFFER`].
     pub wal_buffer_limit: Option<usize>,
-    /// Run on this simulated disk instead of a real one (feature `sim`, for tests). The
-    /// background task does not run on a simulated disk, so a single-threaded run replays
-    /// exactly from the disk's seed: checkpoints happen on
-    /// [`Db::checkpoint`](crate::Db::checkpoint), on close and at the write stall.
+    /// Run on this simulated disk instead of a real one (set by `Options::sim`, feature
+    /// `sim`, for tests; without the feature no value of it exists). The background task
+    /// does not run on a simulated disk, so a single-threaded run replays exactly from the
+    /// disk's seed: checkpoints happen on [`Db::checkpoint`](crate::Db::checkpoint), on
+    /// close and at the write stall.
+    pub(crate) sim: Option<SimSlot>,
+}
+
+/// One builder method per public field of [`Options`]: `Options::default().name(value)`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl Options {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $ty) -> Options {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Options::durability`](#structfield.durability).
+    durability: Durability;
+    /// Sets [`Options::io_backend`](#structfield.io_backend).
+    io_backend: IoBackend;
+    /// Sets [`Options::cache_capacity`](#structfield.cache_capacity).
+    cache_capacity: usize;
+    /// Sets [`Options::inline_limit`](#structfield.inline_limit).
+    inline_limit: usize;
+    /// Sets [`Options::checkpoint_bytes`](#structfield.checkpoint_bytes).
+    checkpoint_bytes: usize;
+    /// Sets [`Options::checkpoint_interval`](#structfield.checkpoint_interval).
+    checkpoint_interval: Option<Duration>;
+    /// Sets [`Options::wal_segment_bytes`](#structfield.wal_segment_bytes).
+    wal_segment_bytes: u64;
+    /// Sets [`Options::read_only`](#structfield.read_only).
+    read_only: bool;
+    /// Sets [`Options::background_checkpoints`](#structfield.background_checkpoints).
+    background_checkpoints: bool;
+    /// Sets [`Options::gc_live_ratio`](#structfield.gc_live_ratio).
+    gc_live_ratio: f64;
+    /// Sets [`Options::dirty_limit`](#structfield.dirty_limit).
+    dirty_limit: Option<usize>;
+    /// Sets [`Options::wal_buffer_limit`](#structfield.wal_buffer_limit).
+    wal_buffer_limit: Option<usize>;
+}
+
+impl Options {
+    /// Runs the database on the simulated disk `disk` (`None`: a real one). Feature `sim`,
+    /// for the crash tests; not an API.
     #[cfg(feature = "sim")]
-    pub sim: Option<crate::io::sim::SimDisk>,
+    #[doc(hidden)]
+    pub fn sim(mut self, disk: Option<crate::io::sim::SimDisk>) -> Options {
+        self.sim = disk;
+        self
+    }
+
+    /// Whether the database runs on the simulated disk.
+    pub(crate) fn is_simulated(&self) -> bool {
+        self.sim.is_some()
+    }
 }
 
 impl Default for Options {
@@ -87,7 +163,6 @@ impl Default for Options {
             gc_live_ratio: 0.5,
             dirty_limit: None,
             wal_buffer_limit: None,
-            #[cfg(feature = "sim")]
             sim: None,
         }
     }
@@ -100,6 +175,10 @@ impl Options {
         #[cfg(feature = "sim")]
         if let Some(disk) = &self.sim {
             return Ok(IoDriver::simulated(disk.clone()));
+        }
+        #[cfg(not(feature = "sim"))]
+        if let Some(never) = &self.sim {
+            match *never {}
         }
         IoDriver::new(self.io_backend)
     }

@@ -259,14 +259,12 @@ fn filler_value(cfg: &Config, i: u32, j: u32) -> Vec<u8> {
 }
 
 fn options(cfg: &Config) -> Options {
-    Options {
-        durability: cfg.durability,
-        cache_capacity: cfg.cache_capacity,
+    Options::default()
+        .durability(cfg.durability)
+        .cache_capacity(cfg.cache_capacity)
         // With a crash at the end, only the test's own checkpoints run, so nothing of the
         // dropped instance runs on while the database is reopened.
-        background_checkpoints: !cfg.crash_at_end,
-        ..Options::default()
-    }
+        .background_checkpoints(!cfg.crash_at_end)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -434,8 +432,7 @@ async fn group_commit_shares_fsyncs() {
     const TASKS: usize = 16;
     const PER_TASK: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        Db::open(dir.path(), Options { durability: Durability::Sync, ..Options::default() }).await.unwrap();
+    let db = Db::open(dir.path(), Options::default().durability(Durability::Sync)).await.unwrap();
     let b = db.bucket("g").await.unwrap();
     let before = db.stats();
     let start = Instant::now();
@@ -535,12 +532,10 @@ async fn reloads_race_file_removal() {
     const READERS: usize = 3;
     let seed = seed("reloads_race_file_removal");
     let dir = tempfile::tempdir().unwrap();
-    let o = Options {
-        durability: Durability::None,
-        cache_capacity: 64 * 1024,
-        background_checkpoints: false,
-        ..Options::default()
-    };
+    let o = Options::default()
+        .durability(Durability::None)
+        .cache_capacity(64 * 1024)
+        .background_checkpoints(false);
     let db = Db::open(dir.path(), o).await.unwrap();
     let b = db.bucket("r").await.unwrap();
     let k = |i: usize| format!("key{i:05}").into_bytes();

@@ -15,7 +15,7 @@ use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Error, Options};
 
 fn opts() -> Options {
-    Options { cache_capacity: MIN_CACHE_CAPACITY, background_checkpoints: false, ..Options::default() }
+    Options::default().cache_capacity(MIN_CACHE_CAPACITY).background_checkpoints(false)
 }
 
 fn key(i: u32) -> Vec<u8> {

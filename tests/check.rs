@@ -39,13 +39,11 @@ const WAL_TAIL: usize = 60;
 const WAL_TAIL_VALUE_LEN: usize = 3000;
 
 fn opts() -> Options {
-    Options {
+    Options::default()
         // Only the test's own checkpoints write data files.
-        background_checkpoints: false,
-        inline_limit: INLINE_LIMIT,
-        wal_segment_bytes: 64 * 1024,
-        ..Options::default()
-    }
+        .background_checkpoints(false)
+        .inline_limit(INLINE_LIMIT)
+        .wal_segment_bytes(64 * 1024)
 }
 
 fn key(i: usize) -> Vec<u8> {

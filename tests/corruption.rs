@@ -32,7 +32,7 @@ const WAL_FRAME_LEN: usize = 8;
 fn opts() -> Options {
     // Only the test's own checkpoints (and close) write data files, so the layout on disk
     // is exactly what the test made.
-    Options { background_checkpoints: false, ..Options::default() }
+    Options::default().background_checkpoints(false)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -450,7 +450,7 @@ async fn flipped_byte_in_a_blob_value() {
     const INLINE_LIMIT: usize = 64;
     let base = tempfile::tempdir().unwrap();
     let template = base.path().join("template");
-    let o = Options { inline_limit: INLINE_LIMIT, ..opts() };
+    let o = opts().inline_limit(INLINE_LIMIT);
     // Even keys get blob values (300..700 bytes), odd keys inline ones (20 bytes).
     let val = |i: usize| if i.is_multiple_of(2) { value(i, 300 + i * 10) } else { value(i, 20) };
     {
@@ -668,7 +668,7 @@ fn dir_listing(dir: &Path) -> Vec<(String, u64)> {
 async fn damaged_wal_record_with_several_segments() {
     const N: usize = 80;
     const LEN: usize = 3000;
-    let o = Options { wal_segment_bytes: 64 * 1024, ..opts() };
+    let o = opts().wal_segment_bytes(64 * 1024);
     let base = tempfile::tempdir().unwrap();
     let template = base.path().join("template");
     let ckpt_after = 9;

@@ -266,18 +266,16 @@ fn parse_obs(s: &str) -> Option<Vec<i64>> {
 }
 
 fn options(child: bool) -> Options {
-    Options {
-        durability: Durability::Sync,
-        cache_capacity: 1 << 20,
-        inline_limit: INLINE_LIMIT,
-        checkpoint_bytes: 64 * 1024,
+    Options::default()
+        .durability(Durability::Sync)
+        .cache_capacity(1 << 20)
+        .inline_limit(INLINE_LIMIT)
+        .checkpoint_bytes(64 * 1024)
         // The parent must never write on its own: its handle may be dropped while the next
         // child opens the directory.
-        checkpoint_interval: child.then_some(Duration::from_millis(150)),
-        wal_segment_bytes: 64 * 1024,
-        background_checkpoints: child,
-        ..Options::default()
-    }
+        .checkpoint_interval(child.then_some(Duration::from_millis(150)))
+        .wal_segment_bytes(64 * 1024)
+        .background_checkpoints(child)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -138,20 +138,17 @@ async fn key_and_value_length_limits() {
 async fn bad_options_are_rejected_at_open() {
     let base = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Options)> = vec![
-        (
-            "cache_capacity below the minimum",
-            Options { cache_capacity: ringkv::limits::MIN_CACHE_CAPACITY - 1, ..opts() },
-        ),
-        ("cache_capacity zero", Options { cache_capacity: 0, ..opts() }),
-        ("inline_limit zero", Options { inline_limit: 0, ..opts() }),
-        ("inline_limit over MAX_VALUE_LEN", Options { inline_limit: MAX_VALUE_LEN + 1, ..opts() }),
-        ("wal_segment_bytes tiny", Options { wal_segment_bytes: 4096, ..opts() }),
-        ("wal_segment_bytes just under 64 KiB", Options { wal_segment_bytes: 64 * 1024 - 1, ..opts() }),
-        ("checkpoint_bytes tiny", Options { checkpoint_bytes: 100, ..opts() }),
-        ("gc_live_ratio 1.0", Options { gc_live_ratio: 1.0, ..opts() }),
-        ("gc_live_ratio negative", Options { gc_live_ratio: -0.1, ..opts() }),
-        ("gc_live_ratio NaN", Options { gc_live_ratio: f64::NAN, ..opts() }),
-        ("checkpoint_interval zero", Options { checkpoint_interval: Some(Duration::ZERO), ..opts() }),
+        ("cache_capacity below the minimum", opts().cache_capacity(ringkv::limits::MIN_CACHE_CAPACITY - 1)),
+        ("cache_capacity zero", opts().cache_capacity(0)),
+        ("inline_limit zero", opts().inline_limit(0)),
+        ("inline_limit over MAX_VALUE_LEN", opts().inline_limit(MAX_VALUE_LEN + 1)),
+        ("wal_segment_bytes tiny", opts().wal_segment_bytes(4096)),
+        ("wal_segment_bytes just under 64 KiB", opts().wal_segment_bytes(64 * 1024 - 1)),
+        ("checkpoint_bytes tiny", opts().checkpoint_bytes(100)),
+        ("gc_live_ratio 1.0", opts().gc_live_ratio(1.0)),
+        ("gc_live_ratio negative", opts().gc_live_ratio(-0.1)),
+        ("gc_live_ratio NaN", opts().gc_live_ratio(f64::NAN)),
+        ("checkpoint_interval zero", opts().checkpoint_interval(Some(Duration::ZERO))),
     ];
     for (i, (what, o)) in cases.into_iter().enumerate() {
         let dir = base.path().join(format!("db{i}"));
@@ -165,14 +162,12 @@ async fn bad_options_are_rejected_at_open() {
         assert!(!dir.exists(), "{what}: a rejected open must not create the directory");
     }
     // The boundaries themselves are accepted.
-    let ok = Options {
-        cache_capacity: ringkv::limits::MIN_CACHE_CAPACITY,
-        inline_limit: 1,
-        wal_segment_bytes: 64 * 1024,
-        checkpoint_bytes: 4096,
-        gc_live_ratio: 0.0,
-        ..opts()
-    };
+    let ok = opts()
+        .cache_capacity(ringkv::limits::MIN_CACHE_CAPACITY)
+        .inline_limit(1)
+        .wal_segment_bytes(64 * 1024)
+        .checkpoint_bytes(4096)
+        .gc_live_ratio(0.0);
     let db = Db::open(base.path().join("ok"), ok).await.unwrap();
     let b = db.bucket("b").await.unwrap();
     b.put(b"k", b"v").await.unwrap();
@@ -330,7 +325,7 @@ async fn dropped_bucket_handles_are_not_found() {
 async fn dropped_bucket_stays_dropped_after_wal_replay() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = Db::open(dir.path(), Options { background_checkpoints: false, ..opts() }).await.unwrap();
+        let db = Db::open(dir.path(), opts().background_checkpoints(false)).await.unwrap();
         let b = db.bucket("gone").await.unwrap();
         b.put(b"k", b"v").await.unwrap();
         db.drop_bucket("gone").await.unwrap();
@@ -610,7 +605,7 @@ async fn ranges_reverse_empty_and_prefix() {
     let seed = seed("ranges_reverse_empty_and_prefix");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options { cache_capacity: 256 * 1024, ..opts() }).await.unwrap();
+    let db = Db::open(dir.path(), opts().cache_capacity(256 * 1024)).await.unwrap();
     let b = db.bucket("b").await.unwrap();
     let mut model = BTreeMap::new();
     // Enough keys (about 200 KB) to span many leaves.
@@ -668,7 +663,7 @@ async fn ranges_reverse_empty_and_prefix() {
 
     // The same checks after the pages went to disk and the cache was emptied by a reopen.
     db.close().await.unwrap();
-    let db = Db::open(dir.path(), Options { cache_capacity: 256 * 1024, ..opts() }).await.unwrap();
+    let db = Db::open(dir.path(), opts().cache_capacity(256 * 1024)).await.unwrap();
     let b = db.existing_bucket("b").unwrap();
     check_ranges(&b, &model, &mut rng, 60).await;
     for p in [&b"pre"[..], b"pre\xff", b"\xff", b"key0001"] {
@@ -828,7 +823,7 @@ async fn snapshot_with_a_foreign_bucket_is_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_with_each_durability() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options { durability: Durability::None, ..opts() }).await.unwrap();
+    let db = Db::open(dir.path(), opts().durability(Durability::None)).await.unwrap();
     let b = db.bucket("b").await.unwrap();
     for (i, d) in [Durability::Sync, Durability::Buffered, Durability::None].into_iter().enumerate() {
         let mut t = b.begin().unwrap();

@@ -41,7 +41,7 @@ fn value(i: u32) -> Vec<u8> {
 }
 
 fn read_only() -> Options {
-    Options { read_only: true, ..Options::default() }
+    Options::default().read_only(true)
 }
 
 /// Asserts that `r` is `Error::Locked` naming `dir` and held by `pid`.
@@ -294,11 +294,16 @@ async fn read_everything_read_only(dir: &Path, n: u32) {
     db.close().await.expect("close of a read-only open");
 }
 
-/// The CLI example built beside this test binary (`cargo test` builds the examples).
+/// The `ringkv` binary of the workspace crate `cli/`, built beside this test binary by the
+/// README's test command (`cargo test` at the workspace root builds every default member).
 fn cli() -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let cli = deps.parent().unwrap().join("examples").join("cli");
-    assert!(cli.exists(), "the cli example is not built at {}", cli.display());
+    let cli = deps.parent().unwrap().join("ringkv");
+    assert!(
+        cli.exists(),
+        "the ringkv binary is not built at {} (run cargo test at the workspace root)",
+        cli.display()
+    );
     cli
 }
 
@@ -314,12 +319,12 @@ fn read_only_open_check_and_stats_change_nothing() {
     block_on(read_everything_read_only(dir.path(), n));
     let report = block_on(Db::check(dir.path(), &Options::default())).unwrap();
     assert!(report.notes.iter().any(|n| n.contains("data-00000000000000ff.rkv")), "{report}");
-    for cmd in ["stats", "check"] {
+    for cmd in ["stat", "check"] {
         let out = Command::new(cli()).args([cmd, dir.path().to_str().unwrap()]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(&dir.path().display().to_string()), "cli {cmd}: {stdout}");
-        if cmd == "stats" {
-            assert!(out.status.success(), "cli stats: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        if cmd == "stat" {
+            assert!(out.status.success(), "cli stat: {stdout} {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     assert_eq!(fingerprint(dir.path()), before, "a read-only open, check or stats changed the directory");
@@ -433,7 +438,7 @@ fn unusable_paths_are_invalid_arguments_and_touch_nothing() {
 }
 
 fn sim_options(disk: &SimDisk) -> Options {
-    Options { sim: Some(disk.clone()), ..Options::default() }
+    Options::default().sim(Some(disk.clone()))
 }
 
 #[test]
@@ -485,7 +490,7 @@ fn a_failed_durable_write_is_named_once_and_close_returns_it() {
 fn commits_without_durability_survive_a_drop_without_close() {
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { durability: Durability::None, ..Options::default() };
+        let opts = Options::default().durability(Durability::None);
         block_on(async {
             let db = Db::open(dir.path(), opts.clone()).await.unwrap();
             let b = db.bucket("b").await.unwrap();

@@ -328,7 +328,7 @@ mod seeds {
     /// harvested after each checkpoint and after close.
     async fn session(seeds: &mut Seeds) {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { background_checkpoints: false, inline_limit: 200, ..Options::default() };
+        let opts = Options::default().background_checkpoints(false).inline_limit(200);
         let db = Db::open(dir.path(), opts).await.unwrap();
         let users = db.bucket("users").await.unwrap();
         let logs = db.bucket("logs").await.unwrap();

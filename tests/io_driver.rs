@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use ringkv::error::Error;
 use ringkv::io::{IoBackend, IoDriver, IoFile, OpenMode};
+use ringkv::Error;
 
 /// A driver per available backend.
 fn drivers() -> Vec<IoDriver> {

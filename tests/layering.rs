@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("db", 7),
     ("bucket", 7),
     ("txn", 7),
+    ("batch", 7),
     ("iter", 7),
     ("check", 7),
     ("fuzzing", 8),

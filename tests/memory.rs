@@ -78,7 +78,7 @@ fn every_memory_kind_stays_under_its_bound_during_a_load_eight_times_the_cache()
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let opts = Options { cache_capacity: CACHE, durability: Durability::None, ..Options::default() };
+        let opts = Options::default().cache_capacity(CACHE).durability(Durability::None);
         let db = Db::open(dir.path(), opts.clone()).await.unwrap();
         let b = db.bucket("load").await.unwrap();
         let (mut max_dirty, mut max_cache) = (0u64, 0i64);

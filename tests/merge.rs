@@ -32,12 +32,10 @@ async fn check(db: &Db, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
 #[test]
 fn deletes_merge_leaves_and_everything_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        durability: Durability::Buffered,
-        background_checkpoints: false,
-        cache_capacity: 4 * 1024 * 1024,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .durability(Durability::Buffered)
+        .background_checkpoints(false)
+        .cache_capacity(4 * 1024 * 1024);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut model = BTreeMap::new();
@@ -102,8 +100,7 @@ fn deletes_merge_leaves_and_everything_stays_exact() {
 #[test]
 fn a_paused_scan_resumes_exactly_across_splits_ahead_of_it() {
     let dir = tempfile::tempdir().unwrap();
-    let opts =
-        Options { durability: Durability::Buffered, background_checkpoints: false, ..Options::default() };
+    let opts = Options::default().durability(Durability::Buffered).background_checkpoints(false);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();

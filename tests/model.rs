@@ -709,17 +709,15 @@ fn expect_taken(mode: ReadMode, mut expected: Pairs) -> Pairs {
 // The engine side.
 
 fn options(cfg: &CaseCfg) -> Options {
-    Options {
-        durability: cfg.durability.get(),
-        cache_capacity: 64 * 1024,
-        inline_limit: 64,
-        checkpoint_bytes: 16 * 1024,
-        checkpoint_interval: if cfg.background_checkpoints { Some(Duration::from_millis(100)) } else { None },
-        wal_segment_bytes: 64 * 1024,
-        background_checkpoints: cfg.background_checkpoints,
-        gc_live_ratio: cfg.gc_live_ratio,
-        ..Options::default()
-    }
+    Options::default()
+        .durability(cfg.durability.get())
+        .cache_capacity(64 * 1024)
+        .inline_limit(64)
+        .checkpoint_bytes(16 * 1024)
+        .checkpoint_interval(if cfg.background_checkpoints { Some(Duration::from_millis(100)) } else { None })
+        .wal_segment_bytes(64 * 1024)
+        .background_checkpoints(cfg.background_checkpoints)
+        .gc_live_ratio(cfg.gc_live_ratio)
 }
 
 struct Harness {
@@ -1412,13 +1410,11 @@ async fn large_sequential(dir: &Path, seed: u64) -> Check {
             s.merges
         );
     };
-    let opts = Options {
-        durability: Durability::Buffered,
-        cache_capacity: 64 * 1024,
-        checkpoint_bytes: 256 * 1024,
-        wal_segment_bytes: 256 * 1024,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .durability(Durability::Buffered)
+        .cache_capacity(64 * 1024)
+        .checkpoint_bytes(256 * 1024)
+        .wal_segment_bytes(256 * 1024);
     let mut db = eng!(Db::open(dir, opts.clone()).await);
     let mut bucket = eng!(db.bucket("big").await);
     let mut model = Model::new();
@@ -1504,13 +1500,11 @@ fn model_regression_reader_livelock() {
     let tmp = tempfile::Builder::new().prefix("ringkv-model-livelock-").tempdir().expect("tempdir");
     let rt = runtime();
     let r: Check = rt.block_on(async {
-        let opts = Options {
-            durability: Durability::Buffered,
-            cache_capacity: 64 * 1024,
-            background_checkpoints: false,
-            checkpoint_interval: None,
-            ..Options::default()
-        };
+        let opts = Options::default()
+            .durability(Durability::Buffered)
+            .cache_capacity(64 * 1024)
+            .background_checkpoints(false)
+            .checkpoint_interval(None);
         let db = eng!(Db::open(tmp.path(), opts).await);
         let b = eng!(db.bucket("b").await);
         let keys: Vec<u32> = (0..3000).collect();

@@ -12,6 +12,10 @@
 //!   allowed and counted. Options: `Buffered` commits, a 64 KiB cache and a 64 KiB
 //!   checkpoint trigger (background checkpoints and evictions run during the workload),
 //!   and a 128-byte inline limit, so lists longer than 16 elements live in blob files.
+//! - `list_append_across_buckets_is_snapshot_isolated`: the same over three buckets (key
+//!   `k` in bucket `k % 3`), with half the commits: transactions through `Db::begin` read
+//!   and append across buckets; more than 100 committed ones must have appended in two
+//!   buckets or more, and the checker must find nothing forbidden either.
 //! - `write_skew_is_seen_and_allowed`: rounds of two transactions that both read `x` and
 //!   `y`, one appending to `x` and the other to `y`, both committing: every round must be
 //!   reported as a G2 cycle, allowed under snapshot isolation, and nothing else.
@@ -37,7 +41,7 @@ use bytes::Bytes;
 use common::si::{check, Elem, Key, Kind, Op, Outcome, Report, TxnRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv::{Bucket, Db, Durability, Options, Txn};
+use ringkv::{Bucket, Db, Durability, Options, Transaction};
 
 /// Clients (tasks) of the workload.
 const CLIENTS: usize = 8;
@@ -67,37 +71,68 @@ fn decode(k: Key, v: Option<Bytes>) -> Vec<Elem> {
 }
 
 fn options() -> Options {
-    Options {
-        durability: Durability::Buffered,
+    Options::default()
+        .durability(Durability::Buffered)
         // Background checkpoints and evictions run during the workload.
-        checkpoint_bytes: 64 * 1024,
-        cache_capacity: 64 * 1024,
+        .checkpoint_bytes(64 * 1024)
+        .cache_capacity(64 * 1024)
         // Lists of more than 16 elements are blob values.
-        inline_limit: 128,
-        ..Options::default()
+        .inline_limit(128)
+}
+
+/// The buckets a workload's keys live in: key `k` in bucket `k % len`. With one bucket,
+/// transactions start as `Bucket::begin` (the one-bucket shorthand); with more, as
+/// `Db::begin`, and one transaction reads and appends to keys of several buckets.
+#[derive(Clone)]
+struct Buckets {
+    db: Db,
+    all: Arc<[Bucket]>,
+}
+
+impl Buckets {
+    async fn open(db: &Db, prefix: &str, n: usize) -> Buckets {
+        let mut all = Vec::new();
+        for i in 0..n {
+            all.push(db.bucket(&format!("{prefix}{i}")).await.unwrap());
+        }
+        Buckets { db: db.clone(), all: all.into() }
+    }
+
+    fn of(&self, k: Key) -> &Bucket {
+        &self.all[(k % self.all.len() as Key) as usize]
+    }
+
+    fn begin(&self) -> Transaction {
+        if self.all.len() == 1 {
+            self.all[0].begin().expect("begin").into_transaction()
+        } else {
+            self.db.begin().expect("begin")
+        }
     }
 }
 
 /// A transaction that records its micro-ops for the checker.
 struct Recorder {
-    txn: Txn,
+    txn: Transaction,
+    buckets: Buckets,
     rec: TxnRecord,
 }
 
 impl Recorder {
-    fn begin(b: &Bucket, client: usize) -> Recorder {
-        let txn = b.begin().expect("begin");
+    fn begin(b: &Buckets, client: usize) -> Recorder {
+        let txn = b.begin();
         let rec = TxnRecord {
             client,
             snapshot_ts: Some(txn.snapshot_ts()),
             ops: Vec::new(),
             outcome: Outcome::RolledBack,
         };
-        Recorder { txn, rec }
+        Recorder { txn, buckets: b.clone(), rec }
     }
 
     async fn read(&mut self, k: Key) -> Vec<Elem> {
-        let v = self.txn.get(key_bytes(k)).await.unwrap_or_else(|e| panic!("get k{k}: {e}"));
+        let b = self.buckets.of(k);
+        let v = self.txn.get(b, key_bytes(k)).await.unwrap_or_else(|e| panic!("get k{k}: {e}"));
         let list = decode(k, v);
         self.rec.ops.push(Op::Read { key: k, list: list.clone() });
         list
@@ -107,13 +142,14 @@ impl Recorder {
     async fn append(&mut self, k: Key, elem: Elem) {
         let mut list = self.read(k).await;
         list.push(elem);
-        self.txn.put(key_bytes(k), encode(&list)).unwrap_or_else(|e| panic!("put k{k}: {e}"));
+        let b = self.buckets.of(k);
+        self.txn.put(b, key_bytes(k), encode(&list)).unwrap_or_else(|e| panic!("put k{k}: {e}"));
         self.rec.ops.push(Op::Append { key: k, elem });
     }
 
     /// Commits. A conflict is an outcome; any other error fails the test.
     async fn commit(self) -> TxnRecord {
-        let Recorder { txn, mut rec } = self;
+        let Recorder { txn, mut rec, .. } = self;
         rec.outcome = match txn.commit().await {
             Ok(ts) => Outcome::Committed { ts: Some(ts) },
             Err(e) if e.is_conflict() => Outcome::Conflict,
@@ -123,7 +159,7 @@ impl Recorder {
     }
 
     fn rollback(self) -> TxnRecord {
-        let Recorder { txn, mut rec } = self;
+        let Recorder { txn, mut rec, .. } = self;
         txn.rollback();
         rec.outcome = Outcome::RolledBack;
         rec
@@ -178,11 +214,11 @@ impl Shared {
     }
 }
 
-/// One client: transactions until `COMMITS_PER_CLIENT` of them committed.
-async fn client(b: Bucket, c: usize, seed: u64, shared: Arc<Shared>) -> usize {
+/// One client: transactions until `commits` of them committed.
+async fn client(b: Buckets, c: usize, seed: u64, shared: Arc<Shared>, commits: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let (mut committed, mut txns) = (0, 0);
-    while committed < COMMITS_PER_CLIENT {
+    while committed < commits {
         txns += 1;
         let rollback = rng.gen_ratio(ROLLBACK_PERCENT, 100);
         let mut t = Recorder::begin(&b, c);
@@ -210,7 +246,7 @@ async fn client(b: Bucket, c: usize, seed: u64, shared: Arc<Shared>) -> usize {
 
 /// A committed transaction reading every key in `keys`, so every committed append has a
 /// known place in its key's version order.
-async fn final_read(b: &Bucket, client: usize, keys: impl Iterator<Item = Key>) -> TxnRecord {
+async fn final_read(b: &Buckets, client: usize, keys: impl Iterator<Item = Key>) -> TxnRecord {
     let mut t = Recorder::begin(b, client);
     for k in keys {
         t.read(k).await;
@@ -233,11 +269,21 @@ fn assert_si(report: &Report, seed: u64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_append_history_is_snapshot_isolated() {
-    let name = "list_append_history_is_snapshot_isolated";
+    list_append("list_append_history_is_snapshot_isolated", 1, COMMITS_PER_CLIENT).await;
+}
+
+/// The same workload over three buckets (key `k` in bucket `k % 3`): most transactions of
+/// two or more micro-ops read and append across buckets, through `Db::begin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_append_across_buckets_is_snapshot_isolated() {
+    list_append("list_append_across_buckets_is_snapshot_isolated", 3, COMMITS_PER_CLIENT / 2).await;
+}
+
+async fn list_append(name: &str, buckets: usize, commits: usize) {
     let seed = seed(name);
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), options()).await.unwrap();
-    let b = db.bucket("la").await.unwrap();
+    let b = Buckets::open(&db, "la", buckets).await;
     let shared = Arc::new(Shared {
         keys: Mutex::new(KeyGen::new()),
         next_elem: AtomicU64::new(1),
@@ -245,7 +291,7 @@ async fn list_append_history_is_snapshot_isolated() {
     });
     let start = Instant::now();
     let clients: Vec<_> =
-        (0..CLIENTS).map(|c| tokio::spawn(client(b.clone(), c, seed, shared.clone()))).collect();
+        (0..CLIENTS).map(|c| tokio::spawn(client(b.clone(), c, seed, shared.clone(), commits))).collect();
     let mut txns = 0;
     for c in clients {
         txns += c.await.expect("client panicked");
@@ -271,13 +317,30 @@ async fn list_append_history_is_snapshot_isolated() {
         eprintln!("{name}: first G2 cycles:\n{}", report.describe(2));
     }
     assert_si(&report, seed, name);
-    assert_eq!(report.committed, CLIENTS * COMMITS_PER_CLIENT + 1);
+    assert_eq!(report.committed, CLIENTS * commits + 1);
     assert_eq!(report.committed + report.conflicts + report.rolled_back, history.len());
     assert_eq!(report.unobserved_appends, 0, "the final read sees every committed append");
     // The workload must be interesting: overlapping writers and readers.
     assert!(report.conflicts > 0, "no transaction conflicted: the clients did not overlap");
     assert!(report.rolled_back > 0, "no rolled-back transaction: G1a was not exercised");
     assert!(report.ww > 0 && report.wr > 0 && report.rw > 0, "{}", report.summary());
+    if buckets > 1 {
+        // Transactions did span buckets: some committed transaction appended in two.
+        let spans = history
+            .iter()
+            .filter(|t| matches!(t.outcome, Outcome::Committed { .. }))
+            .filter(|t| {
+                let of = |k: &Key| k % buckets as Key;
+                let mut bs = t.ops.iter().filter_map(|o| match o {
+                    Op::Append { key, .. } => Some(of(key)),
+                    Op::Read { .. } => None,
+                });
+                bs.next().is_some_and(|first| bs.any(|x| x != first))
+            })
+            .count();
+        eprintln!("{name}: {spans} committed transactions appended in two buckets or more");
+        assert!(spans > 100, "only {spans} committed transactions wrote to several buckets");
+    }
     db.close().await.unwrap();
 }
 
@@ -290,7 +353,7 @@ async fn write_skew_is_seen_and_allowed() {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), options()).await.unwrap();
-    let b = db.bucket("skew").await.unwrap();
+    let b = Buckets::open(&db, "skew", 1).await;
     let mut history = Vec::new();
     let mut next_elem = 1;
     for _ in 0..ROUNDS {

@@ -266,7 +266,7 @@ fn a_failed_fsync_makes_the_database_read_only_and_a_reopen_recovers() {
 /// Reads everything (open, scan, every key by point read): returns the first error.
 async fn read_all(disk: &SimDisk, model: &Model) -> ringkv::Result<()> {
     // A cache that holds everything: each page is read once, so each read is one flip site.
-    let db = Db::open(DB, ringkv::Options { cache_capacity: 64 << 20, ..options(disk) }).await?;
+    let db = Db::open(DB, options(disk).cache_capacity(64 << 20)).await?;
     let found = scan(&db).await?;
     assert_eq!(&found, model, "a scan returned wrong data instead of an error");
     let b = db.bucket("t").await?;

@@ -23,7 +23,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 fn opts() -> Options {
-    Options { cache_capacity: 4 << 20, ..Options::default() }
+    Options::default().cache_capacity(4 << 20)
 }
 
 /// Keeps a store's directory and closes its database when a suite case ends: `close` runs

@@ -41,6 +41,7 @@ use crate::tree::node::Pid;
 
 /// What one checkpoint did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CheckpointStats {
     /// The cut timestamp (the new WAL frontier).
     pub cut_ts: u64,
@@ -75,7 +76,16 @@ async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<()> {
 /// checkpoint's memory gauge (`DbInner::ckpt_mem`) counts the images it holds and is
 /// cleared when it ends, however it ends.
 pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
-    let _g = db.ckpt_lock.lock().await;
+    let g = db.ckpt_lock.lock().await;
+    run_locked(db, &g).await
+}
+
+/// [`run`] for a caller that holds `ckpt_lock` (a backup keeps holding it after the
+/// checkpoint, so that no other one changes the files before they are copied).
+pub(crate) async fn run_locked(
+    db: &DbInner,
+    _held: &tokio::sync::MutexGuard<'_, ()>,
+) -> Result<CheckpointStats> {
     let stats = steps(db).await;
     db.ckpt_mem.clear();
     stats

@@ -27,82 +27,123 @@ use bytes::Bytes;
 use super::{checkpoint, make_value, DbInner};
 use crate::error::{Error, Result};
 use crate::options::Durability;
-use crate::tree::node::Version;
+use crate::tree::node::{Pid, Version};
 use crate::tree::{Step, Tree};
 use crate::wal::{WalOp, WalRecord};
 
+/// One bucket's part of a commit: its tree and its writes (key to new value, `None` = a
+/// delete), in key order.
+pub(crate) struct WriteSet<'a> {
+    pub tree: &'a Tree,
+    pub writes: &'a BTreeMap<Bytes, Option<Bytes>>,
+}
+
 impl DbInner {
-    /// The commit protocol (module doc). `writes` maps keys to new values (None = delete).
+    /// The commit protocol (module doc) of a write set spanning any number of buckets: one
+    /// WAL record, one timestamp. `snapshot_ts` is the snapshot the writes were decided at,
+    /// checked first-committer-wins on every key of every bucket; `None` commits blind
+    /// writes (a write batch) with no check.
     pub async fn commit_writes(
         &self,
-        tree: &Tree,
-        snapshot_ts: u64,
-        writes: &BTreeMap<Bytes, Option<Bytes>>,
+        sets: &[WriteSet<'_>],
+        snapshot_ts: Option<u64>,
         durability: Durability,
     ) -> Result<u64> {
         self.check_open()?;
         self.check_writable()?;
-        if writes.is_empty() {
-            return Ok(snapshot_ts);
+        let keys: usize = sets.iter().map(|s| s.writes.len()).sum();
+        if keys == 0 {
+            return Ok(snapshot_ts.unwrap_or_else(|| self.mvcc.visible()));
         }
-        let f = &self.forest;
         // Flow control: past the dirty-page bound, or with dirty pages holding the cache
         // past its capacity by more than that bound, this committer runs a checkpoint (or
         // waits for the running one) before it writes. Writers slow down to the pace of
         // checkpoints instead of memory growing with them (`Options::dirty_limit`).
-        if self.over_dirty_limit(writes.len()) {
+        if self.over_dirty_limit(keys) {
             checkpoint::run(self).await?;
-            f.evict_to_capacity();
+            self.forest.evict_to_capacity();
         }
         // The conflict check runs outside the commit lock (its page loads must not
         // serialise committers) and again under it, unless no commit was applied in
         // between: every commit publishes its timestamp before releasing the lock, so an
-        // unchanged `visible` means the first check's answers still hold.
+        // unchanged `visible` means the first check's answers still hold. Blind writes
+        // are checked against no snapshot (`u64::MAX`: nothing is newer), only routed.
         let checked_at = self.mvcc.visible();
-        // The leaf each key was found in, for the writes below to start from (one descent
-        // per key); each key starts from the previous key's leaf (keys go in order, so
-        // neighbours share it).
-        let mut leaves = Vec::with_capacity(writes.len());
+        let check_ts = snapshot_ts.unwrap_or(u64::MAX);
+        // The leaf each key was found in, per bucket, for the writes below to start from
+        // (one descent per key); each key starts from the previous key's leaf (keys go in
+        // order, so neighbours share it).
+        let mut leaves: Vec<Vec<Pid>> = Vec::with_capacity(sets.len());
+        for s in sets {
+            leaves.push(self.check_set(s, check_ts).await?);
+        }
+        let g = self.commit_lock.lock().await;
+        if snapshot_ts.is_some() && self.mvcc.visible() != checked_at {
+            for (s, l) in sets.iter().zip(leaves.iter_mut()) {
+                self.recheck_set(s, check_ts, l).await?;
+            }
+        }
+        let (ts, lsn) = self.commit_locked(sets, &mut leaves)?;
+        drop(g);
+        self.after_commit(lsn, durability).await?;
+        Ok(ts)
+    }
+
+    /// Step 1 for one bucket: [`Error::Conflict`] if a key was written after `ts`, else
+    /// the leaf of each key.
+    pub(crate) async fn check_set(&self, s: &WriteSet<'_>, ts: u64) -> Result<Vec<Pid>> {
+        let mut leaves = Vec::with_capacity(s.writes.len());
         let mut leaf = 0;
-        for k in writes.keys() {
-            if tree.written_after(f, k, snapshot_ts, &mut leaf).await? {
+        for k in s.writes.keys() {
+            if s.tree.written_after(&self.forest, k, ts, &mut leaf).await? {
                 return Err(Error::Conflict);
             }
             leaves.push(leaf);
         }
-        let (ts, lsn) = {
-            let _g = self.commit_lock.lock().await;
-            self.check_open()?;
-            self.check_writable()?;
-            if tree.dropped.load(Ordering::Acquire) {
-                return Err(Error::NotFound("the bucket was dropped".into()));
+        Ok(leaves)
+    }
+
+    /// Step 2's check again for one bucket, updating the leaves found at step 1.
+    async fn recheck_set(&self, s: &WriteSet<'_>, ts: u64, leaves: &mut [Pid]) -> Result<()> {
+        for (k, leaf) in s.writes.keys().zip(leaves.iter_mut()) {
+            if s.tree.written_after(&self.forest, k, ts, leaf).await? {
+                return Err(Error::Conflict);
             }
-            if self.mvcc.visible() != checked_at {
-                for (k, leaf) in writes.keys().zip(leaves.iter_mut()) {
-                    if tree.written_after(f, k, snapshot_ts, leaf).await? {
-                        return Err(Error::Conflict);
-                    }
-                }
-            }
-            // No await from here to the end of the block (protocol 2).
-            let ts = self.mvcc.assign();
-            let ops = writes
-                .iter()
-                .map(|(k, v)| match v {
-                    Some(v) => WalOp::Put { bucket: tree.id, key: k.clone(), value: v.clone() },
-                    None => WalOp::Delete { bucket: tree.id, key: k.clone() },
+        }
+        Ok(())
+    }
+
+    /// Step 2 after the check, the caller holding `commit_lock`: with no `.await` (so a
+    /// dropped future cannot stop half way), assign the timestamp, append the one WAL
+    /// record of every bucket's writes, apply every version to its tree (starting from
+    /// the leaves the check found), publish the timestamp. Returns it and the record's LSN.
+    pub(crate) fn commit_locked(&self, sets: &[WriteSet<'_>], leaves: &mut [Vec<Pid>]) -> Result<(u64, u64)> {
+        self.check_open()?;
+        self.check_writable()?;
+        if sets.iter().any(|s| s.tree.dropped.load(Ordering::Acquire)) {
+            return Err(Error::NotFound("the bucket was dropped".into()));
+        }
+        let ts = self.mvcc.assign();
+        let ops = sets
+            .iter()
+            .flat_map(|s| {
+                s.writes.iter().map(|(k, v)| match v {
+                    Some(v) => WalOp::Put { bucket: s.tree.id, key: k.clone(), value: v.clone() },
+                    None => WalOp::Delete { bucket: s.tree.id, key: k.clone() },
                 })
-                .collect();
-            let lsn = match self.wal.append(&WalRecord { ts, ops }) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.poison(&e);
-                    return Err(e);
-                }
-            };
-            for ((k, v), leaf) in writes.iter().zip(leaves.iter_mut()) {
+            })
+            .collect();
+        let lsn = match self.wal.append(&WalRecord { ts, ops }) {
+            Ok(l) => l,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        for (s, leaves) in sets.iter().zip(leaves.iter_mut()) {
+            for ((k, v), leaf) in s.writes.iter().zip(leaves.iter_mut()) {
                 let version = Version { ts, value: make_value(v.clone(), self.opts.inline_limit) };
-                match tree.apply(f, k, &version, leaf) {
+                match s.tree.apply(&self.forest, k, &version, leaf) {
                     Ok(Step::Done(())) => {}
                     Ok(Step::Load(_)) | Err(_) => {
                         let e = Error::internal(format!("commit {ts} could not be applied in memory"));
@@ -111,9 +152,14 @@ impl DbInner {
                     }
                 }
             }
-            self.mvcc.publish(ts);
-            (ts, lsn)
-        };
+        }
+        self.mvcc.publish(ts);
+        Ok((ts, lsn))
+    }
+
+    /// Step 3: wake the background task if a checkpoint is due, then wait for the WAL to
+    /// reach `durability` for the record at `lsn`.
+    pub(crate) async fn after_commit(&self, lsn: u64, durability: Durability) -> Result<()> {
         if self.checkpoint_due() {
             self.bg_wake.notify_one();
         }
@@ -130,7 +176,7 @@ impl DbInner {
             self.poison(&e);
             return Err(e);
         }
-        Ok(ts)
+        Ok(())
     }
 }
 
@@ -160,5 +206,57 @@ impl DbInner {
         self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
             || self.forest.dirty_pages() > self.opts.dirty_pages_limit() / 2
             || self.forest.needs_checkpoint.load(Ordering::Relaxed)
+    }
+}
+
+/// What a read-modify-write chose for its key.
+pub(crate) enum Decision {
+    /// Write this value (`None` = delete).
+    Write(Option<Bytes>),
+    /// Leave the key as it is (nothing is committed).
+    Keep,
+}
+
+impl DbInner {
+    /// A read-modify-write of `key` in `tree` that cannot conflict: under the commit lock,
+    /// where no other commit can publish, it reads the newest value at a snapshot taken
+    /// there, lets `decide` choose, and commits its choice (steps 2 and 3 above). Holding
+    /// the lock across the read serialises committers, so it is the last attempt of
+    /// `Bucket::fetch_update` and `Bucket::compare_and_swap`, after optimistic ones lost
+    /// to other commits: it bounds their retries. Returns the value read and the commit
+    /// timestamp (`None` when `decide` kept the key).
+    pub(crate) async fn update_locked<F>(
+        &self,
+        tree: &Tree,
+        key: &[u8],
+        decide: F,
+        durability: Durability,
+    ) -> Result<(Option<Bytes>, Option<u64>)>
+    where
+        F: FnOnce(Option<&Bytes>) -> Result<Decision>,
+    {
+        self.check_open()?;
+        self.check_writable()?;
+        if self.over_dirty_limit(1) {
+            checkpoint::run(self).await?;
+            self.forest.evict_to_capacity();
+        }
+        let g = self.commit_lock.lock().await;
+        let snap = self.mvcc.snapshot();
+        let old = super::read::read_at(self, tree, key, snap.ts()).await?;
+        let value = match decide(old.as_ref())? {
+            Decision::Keep => return Ok((old, None)),
+            Decision::Write(v) => v,
+        };
+        let writes = BTreeMap::from([(Bytes::copy_from_slice(key), value)]);
+        let sets = [WriteSet { tree, writes: &writes }];
+        // Nothing was published since `snap` (the lock is held): this finds the leaf and no
+        // conflict.
+        let mut leaves = vec![self.check_set(&sets[0], snap.ts()).await?];
+        let (ts, lsn) = self.commit_locked(&sets, &mut leaves)?;
+        drop(g);
+        drop(snap);
+        self.after_commit(lsn, durability).await?;
+        Ok((old, Some(ts)))
     }
 }

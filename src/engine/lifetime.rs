@@ -106,8 +106,7 @@ impl Drop for UserGuard {
             return;
         }
         db.bg_wake.notify_one();
-        #[cfg(feature = "sim")]
-        if db.opts.sim.is_some() {
+        if db.opts.is_simulated() {
             // Deterministic runs have no background task: a drop is a crash of the process.
             drop(db.lock.lock().take());
             return;

@@ -3,6 +3,7 @@
 //!
 //! | room | protocol |
 //! |---|---|
+//! | [`backup`] | an online backup: a checkpoint whose cut is the backup's, its files copied, a manifest of its own |
 //! | [`open`] | open and recovery: lock, manifest, stale files, page table, WAL replay |
 //! | [`commit`] | the commit protocol: conflict check, timestamp, WAL append, apply, durability wait |
 //! | [`checkpoint`] | the checkpoint: cut, write, publish, drop dead files and WAL segments |
@@ -12,10 +13,11 @@
 //! | [`background`] | the background task (WAL flushes, checkpoint triggers) and its pool |
 //! | [`lifetime`] | handles, `close`, the drop of a database not closed, the lock hand-over |
 //!
-//! The API (`Db`, `Bucket`, `Txn`, `Snapshot`, `Iter`) holds [`DbRef`]s and calls into
+//! The API (`Db`, `Bucket`, `Transaction`, `Txn`, `Snapshot`, `WriteBatch`, `Iter`) holds [`DbRef`]s and calls into
 //! these rooms; it keeps no protocol of its own. `docs/design.md` has the layer map.
 
 pub(crate) mod background;
+pub(crate) mod backup;
 pub(crate) mod catalog;
 pub(crate) mod checkpoint;
 pub(crate) mod commit;

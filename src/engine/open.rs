@@ -107,10 +107,7 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
 /// Step 7: the background task (WAL flushes, checkpoints) of a writable database, except on
 /// the simulated disk, whose runs must replay exactly from their seed.
 fn start_background(inner: &Arc<DbInner>) -> Result<()> {
-    #[cfg(feature = "sim")]
-    let deterministic = inner.opts.sim.is_some();
-    #[cfg(not(feature = "sim"))]
-    let deterministic = false;
+    let deterministic = inner.opts.is_simulated();
     if !deterministic && !inner.opts.read_only {
         let handle = background_pool().spawn_with_handle(background(Arc::downgrade(inner))).map_err(|e| {
             Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))

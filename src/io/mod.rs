@@ -102,8 +102,32 @@ mod uring;
 
 pub use ringkv_fallback::LockMode;
 
+/// The simulated disk an [`Options`](crate::Options) may carry: [`sim::SimDisk`] with the
+/// feature `sim`, an empty type (no value exists) without it, so the field is there either
+/// way and only the feature can fill it.
+#[cfg(feature = "sim")]
+pub(crate) type SimSlot = sim::SimDisk;
+/// The simulated disk an [`Options`](crate::Options) may carry: without the feature `sim`,
+/// an empty type (no value exists), so the field is there either way and only the
+/// feature can fill it.
+#[derive(Debug, Clone)]
+#[cfg(not(feature = "sim"))]
+pub(crate) enum SimSlot {}
+
 /// Which I/O backend a database uses.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let opts = ringkv::Options::default().io_backend(ringkv::IoBackend::ThreadPool);
+/// let db = ringkv::Db::open(dir.path(), opts).await?;
+/// assert_eq!(db.io_backend(), ringkv::IoBackend::ThreadPool);
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum IoBackend {
     /// Probe `io_uring` at open; fall back to the thread pool (with a warning) where it is
     /// missing. The environment variable `RINGKV_IO_BACKEND=uring|threadpool` overrides
@@ -114,9 +138,10 @@ pub enum IoBackend {
     Uring,
     /// The `ringkv-fallback` thread pool of positional reads and writes.
     ThreadPool,
-    /// The simulated disk of `Options::sim` (feature `sim`); reported by
-    /// `Db::io_backend`, never chosen through this enum.
-    #[cfg(feature = "sim")]
+    /// The simulated disk of the crash tests (feature `sim`): reported by
+    /// `Db::io_backend` of a database on it, never chosen through this enum (an open
+    /// asking for it is [`Error::InvalidArgument`]).
+    #[doc(hidden)]
     Simulated,
 }
 
@@ -256,7 +281,6 @@ impl IoDriver {
     pub fn new(backend: IoBackend) -> Result<IoDriver> {
         let engine = match resolve_env(backend)? {
             IoBackend::ThreadPool => Engine::ThreadPool(threadpool::Pool),
-            #[cfg(feature = "sim")]
             IoBackend::Simulated => {
                 return Err(Error::invalid("the simulated disk is chosen by Options::sim, not by IoBackend"))
             }

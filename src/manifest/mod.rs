@@ -174,6 +174,13 @@ impl Manifest {
     }
 }
 
+/// Writes into `dir` a manifest of its own holding `state` as one snapshot record, and the
+/// `CURRENT` naming it: the manifest of a backup (`Db::backup`), whose files were copied
+/// there first.
+pub async fn write_copy(io: &IoDriver, dir: &Path, state: &ManifestState) -> Result<()> {
+    write_snapshot(io, dir, 1, state).await.map(|_| ())
+}
+
 /// The bytes of `CURRENT` naming manifest `number`: `MANIFEST-<16 hex> <crc32c 8 hex>\n`,
 /// the checksum over the name.
 pub(crate) fn current_contents(number: u64) -> String {

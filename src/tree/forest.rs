@@ -248,6 +248,7 @@ impl Forest {
     }
 
     /// Error for a reference to an unused page id.
+    #[allow(clippy::unused_self)] // a method of the forest whose page is missing, by design
     pub fn dangling(&self, pid: Pid) -> Error {
         Error::internal(format!("reference to unused page {pid}"))
     }

@@ -43,7 +43,8 @@
 //! ```
 //!
 //! The payload must be consumed exactly: trailing bytes after the last op are an error.
-//! A record's `ts` is never 0.
+//! A record's `ts` is never 0. A record is one commit; its ops may name several buckets (a
+//! transaction or write batch over several, grouped by bucket id), all replayed at `ts`.
 //!
 //! # Batch mark (8-byte frame + 24-byte payload, first in every batch the writer writes)
 //!
@@ -333,6 +334,7 @@ pub fn encode(rec: &WalRecord) -> Result<Bytes> {
 
 /// Decodes a record frame: returns `(payload_len, crc)`. The length is checked against
 /// `MIN_PAYLOAD_LEN ..= MAX_WAL_RECORD_LEN`; the CRC is checked by [`decode_payload`].
+#[allow(clippy::trivially_copy_pass_by_ref)] // the frame as read, borrowed like the payload
 pub fn decode_frame(frame: &[u8; FRAME_LEN]) -> Result<(u32, u32), RecordError> {
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);

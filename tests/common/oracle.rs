@@ -12,7 +12,9 @@
 //! durability per group, so the commits of a group reach the WAL in one or a few group
 //! commits), checkpoints, reads checked against the model, and now and then a clean close.
 //! Every transaction also writes a marker key `m/<id>`, so the recovered state tells which
-//! commits survived.
+//! commits survived. Keys live in two buckets, `t` (with the markers) and `u`: a
+//! transaction (`Db::begin`) writes to both about half the time, so assertion 3 also says
+//! a cross-bucket commit survives whole or not at all.
 //!
 //! What the oracle asserts after every recovery:
 //! 1. the surviving commits are a prefix of the commit order: groups in order; inside the
@@ -31,6 +33,27 @@ use std::path::Path;
 use futures::TryStreamExt;
 use ringkv::io::sim::SimDisk;
 use ringkv::{Bucket, Db, Durability, Options};
+
+/// The buckets of the workload: `t` holds the markers and half the keys, `u` the others.
+const BUCKETS: [&str; 2] = ["t", "u"];
+
+/// The model's name of `key` in bucket `BUCKETS[b]`: the bucket's name, then the key.
+fn in_bucket(b: usize, key: &[u8]) -> Vec<u8> {
+    let mut k = BUCKETS[b].as_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// The bucket index and key of a model key.
+fn split_model_key(k: &[u8]) -> (usize, &[u8]) {
+    let b = BUCKETS.iter().position(|n| n.as_bytes()[0] == k[0]).expect("a model key names its bucket");
+    (b, &k[1..])
+}
+
+/// Opens (creating if needed) both buckets.
+async fn buckets(db: &Db) -> ringkv::Result<[Bucket; 2]> {
+    Ok([db.bucket(BUCKETS[0]).await?, db.bucket(BUCKETS[1]).await?])
+}
 
 pub const DB: &str = "/sim/db";
 const KEYS: u64 = 96;
@@ -80,18 +103,16 @@ impl Totals {
 /// The options every oracle run uses: small everything, so that a few commits split
 /// pages, spill values to blob files, roll WAL segments and trigger checkpoints and GC.
 pub fn options(disk: &SimDisk) -> Options {
-    Options {
-        sim: Some(disk.clone()),
-        durability: Durability::Sync,
-        cache_capacity: ringkv::limits::MIN_CACHE_CAPACITY,
-        inline_limit: 200,
-        checkpoint_bytes: 16 * 1024,
-        wal_segment_bytes: 64 * 1024,
-        background_checkpoints: false,
-        checkpoint_interval: None,
-        gc_live_ratio: 0.6,
-        ..Options::default()
-    }
+    Options::default()
+        .sim(Some(disk.clone()))
+        .durability(Durability::Sync)
+        .cache_capacity(ringkv::limits::MIN_CACHE_CAPACITY)
+        .inline_limit(200)
+        .checkpoint_bytes(16 * 1024)
+        .wal_segment_bytes(64 * 1024)
+        .background_checkpoints(false)
+        .checkpoint_interval(None)
+        .gc_live_ratio(0.6)
 }
 
 pub struct Rng(u64);
@@ -250,17 +271,25 @@ impl Run {
     }
 
     async fn check_recovered(&mut self, db: &Db) -> Result<(), String> {
-        let b = db.bucket("t").await.map_err(|e| self.fail(format!("bucket after recovery: {e}")))?;
-        let found: BTreeMap<Vec<u8>, Vec<u8>> = b
+        let bs = buckets(db).await.map_err(|e| self.fail(format!("bucket after recovery: {e}")))?;
+        let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (i, b) in bs.iter().enumerate() {
+            let part: Vec<(Vec<u8>, Vec<u8>)> = b
+                .iter()
+                .await
+                .map_err(|e| self.fail(format!("scan: {e}")))?
+                .map_ok(|(k, v)| (in_bucket(i, &k), v.to_vec()))
+                .try_collect()
+                .await
+                .map_err(|e| self.fail(format!("scan after recovery: {e}")))?;
+            found.extend(part);
+        }
+        let survived: BTreeSet<u64> = self
+            .pending
             .iter()
-            .await
-            .map_err(|e| self.fail(format!("scan: {e}")))?
-            .map_ok(|(k, v)| (k.to_vec(), v.to_vec()))
-            .try_collect()
-            .await
-            .map_err(|e| self.fail(format!("scan after recovery: {e}")))?;
-        let survived: BTreeSet<u64> =
-            self.pending.iter().filter(|a| found.contains_key(&marker(a.id))).map(|a| a.id).collect();
+            .filter(|a| found.contains_key(&in_bucket(0, &marker(a.id))))
+            .map(|a| a.id)
+            .collect();
         // (a) Everything that must survive did.
         if let Some(a) =
             self.pending.iter().find(|a| self.must_survive.contains(&a.id) && !survived.contains(&a.id))
@@ -295,7 +324,7 @@ impl Run {
         // a group, so the order inside one does not matter).
         let mut expected = self.base.clone();
         for a in self.pending.iter().filter(|a| survived.contains(&a.id)) {
-            expected.insert(marker(a.id), b"1".to_vec());
+            expected.insert(in_bucket(0, &marker(a.id)), b"1".to_vec());
             for (k, v) in &a.writes {
                 match v {
                     Some(v) => expected.insert(k.clone(), v.clone()),
@@ -324,8 +353,9 @@ impl Run {
         }
         // Point reads agree with the scan.
         for _ in 0..8 {
-            let k = key(self.rng.below(KEYS));
-            let got = b.get(&k).await.map_err(|e| self.fail(format!("get after recovery: {e}")))?;
+            let k = self.model_key();
+            let (i, raw) = split_model_key(&k);
+            let got = bs[i].get(raw).await.map_err(|e| self.fail(format!("get after recovery: {e}")))?;
             if got.as_deref() != expected.get(&k).map(std::vec::Vec::as_slice) {
                 return Err(self.fail(format!("get {} disagrees with the scan", String::from_utf8_lossy(&k))));
             }
@@ -350,7 +380,7 @@ impl Run {
                 Err(e) => Err(format!("seed {seed}: {what} failed before the halt: {e}")),
             }
         };
-        let b = match db.bucket("t").await {
+        let b = match buckets(&db).await {
             Ok(b) => b,
             Err(e) if self.disk.ops() >= halt_at => {
                 let _ = e;
@@ -382,7 +412,7 @@ impl Run {
                     let _ = check(&r, &self.disk, self.seed, "close")?;
                     return Ok(());
                 }
-                _ => self.group(&b).await,
+                _ => self.group(&db, &b).await,
             };
             if !check(&r, &self.disk, self.seed, "workload step")? {
                 return Ok(());
@@ -400,7 +430,13 @@ impl Run {
     }
 
     /// Point reads of random keys against the model of everything committed so far.
-    async fn read_check(&mut self, b: &Bucket) -> Result<ringkv::Result<()>, String> {
+    /// A random key of a random bucket, as the model names it.
+    fn model_key(&mut self) -> Vec<u8> {
+        let b = usize::from(self.rng.chance(50));
+        in_bucket(b, &key(self.rng.below(KEYS)))
+    }
+
+    async fn read_check(&mut self, bs: &[Bucket; 2]) -> Result<ringkv::Result<()>, String> {
         let mut model = self.base.clone();
         for a in &self.pending {
             for (k, v) in &a.writes {
@@ -411,8 +447,9 @@ impl Run {
             }
         }
         for _ in 0..4 {
-            let k = key(self.rng.below(KEYS));
-            match b.get(&k).await {
+            let k = self.model_key();
+            let (i, raw) = split_model_key(&k);
+            match bs[i].get(raw).await {
                 Ok(got) => {
                     if got.as_deref() != model.get(&k).map(std::vec::Vec::as_slice) {
                         return Err(
@@ -426,8 +463,9 @@ impl Run {
         Ok(Ok(()))
     }
 
-    /// 1-4 concurrent transactions on disjoint keys, one durability.
-    async fn group(&mut self, b: &Bucket) -> ringkv::Result<()> {
+    /// 1-4 concurrent transactions on disjoint keys, one durability; about half of them
+    /// write to both buckets.
+    async fn group(&mut self, db: &Db, bs: &[Bucket; 2]) -> ringkv::Result<()> {
         let durability = if self.rng.chance(70) { Durability::Sync } else { Durability::Buffered };
         let group = self.next_group;
         self.next_group += 1;
@@ -438,24 +476,27 @@ impl Run {
             let id = self.next_id;
             self.next_id += 1;
             let mut writes = Vec::new();
+            let cross = self.rng.chance(50);
             for _ in 0..=self.rng.below(4) {
                 let k = self.rng.below(KEYS);
-                if !used.insert(k) {
+                let bucket = usize::from(cross && self.rng.chance(50));
+                if !used.insert((bucket, k)) {
                     continue;
                 }
                 let v = if self.rng.chance(15) { None } else { Some(value(id, k, &mut self.rng)) };
-                writes.push((key(k), v));
+                writes.push((in_bucket(bucket, &key(k)), v));
             }
             attempts.push(Attempt { id, group, writes, durability, acked: None });
         }
         let mut txns = Vec::new();
         for a in &attempts {
-            let mut tx = b.begin()?;
-            tx.put(marker(a.id), b"1")?;
+            let mut tx = db.begin()?;
+            tx.put(&bs[0], marker(a.id), b"1")?;
             for (k, v) in &a.writes {
+                let (i, raw) = split_model_key(k);
                 match v {
-                    Some(v) => tx.put(k, v)?,
-                    None => tx.delete(k)?,
+                    Some(v) => tx.put(&bs[i], raw, v)?,
+                    None => tx.delete(&bs[i], raw)?,
                 }
             }
             txns.push(tx.commit_with(durability));

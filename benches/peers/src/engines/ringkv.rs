@@ -33,12 +33,10 @@ pub struct Ringkv {
 
 /// Opens ringkv on `backend`.
 pub async fn open(dir: &Path, cfg: &OpenCfg, backend: IoBackend) -> anyhow::Result<Arc<dyn Engine>> {
-    let opts = Options {
-        io_backend: backend,
-        cache_capacity: cfg.cache_bytes,
-        durability: if cfg.durable { Durability::Sync } else { Durability::Buffered },
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .io_backend(backend)
+        .cache_capacity(cfg.cache_bytes)
+        .durability(if cfg.durable { Durability::Sync } else { Durability::Buffered });
     let db = Db::open(dir, opts).await?;
     anyhow::ensure!(db.io_backend() == backend, "ringkv opened {:?}, asked {backend:?}", db.io_backend());
     let bucket = db.bucket("bench").await?;
