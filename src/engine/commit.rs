@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::options::Durability;
 use crate::tree::node::{Pid, Version};
 use crate::tree::{Step, Tree};
-use crate::wal::{WalOp, WalRecord};
+use crate::wal::{record, WalOp, WalRecord};
 
 /// One bucket's part of a commit: its tree and its writes (key to new value, `None` = a
 /// delete), in key order.
@@ -123,7 +123,6 @@ impl DbInner {
         if sets.iter().any(|s| s.tree.dropped.load(Ordering::Acquire)) {
             return Err(Error::NotFound("the bucket was dropped".into()));
         }
-        let ts = self.mvcc.assign();
         let ops = sets
             .iter()
             .flat_map(|s| {
@@ -133,7 +132,14 @@ impl DbInner {
                 })
             })
             .collect();
-        let lsn = match self.wal.append(&WalRecord { ts, ops }) {
+        // The record's bounds are checked before a timestamp is taken: a write set over
+        // `MAX_WAL_RECORD_LEN` is the caller's error (`InvalidArgument`, nothing changes),
+        // and a timestamp once assigned must be published before the next commit.
+        let mut rec = WalRecord { ts: u64::MAX, ops };
+        record::validate(&rec)?;
+        rec.ts = self.mvcc.assign();
+        let ts = rec.ts;
+        let lsn = match self.wal.append(&rec) {
             Ok(l) => l,
             Err(e) => {
                 self.poison(&e);
@@ -258,5 +264,47 @@ impl DbInner {
         drop(snap);
         self.after_commit(lsn, durability).await?;
         Ok((old, Some(ts)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::WriteSet;
+    use crate::limits::{MAX_VALUE_LEN, MAX_WAL_RECORD_LEN};
+    use crate::{Db, Durability, Error, Options};
+
+    /// A write set whose WAL record would pass `MAX_WAL_RECORD_LEN` is refused before a
+    /// timestamp is taken: the caller gets `InvalidArgument`, the database stays writable
+    /// and the next commit takes the next timestamp (it used to find one assigned and
+    /// never published, and panic). The values share one buffer, so the set costs 64 MiB.
+    #[test]
+    fn a_write_set_over_the_record_bound_is_refused_before_its_timestamp() {
+        futures::executor::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), Options::default()).await.unwrap();
+            let b = db.bucket("b").await.unwrap();
+            let value = Bytes::from(vec![7u8; MAX_VALUE_LEN]);
+            let n = MAX_WAL_RECORD_LEN / MAX_VALUE_LEN + 1;
+            let writes: BTreeMap<Bytes, Option<Bytes>> =
+                (0..n).map(|i| (Bytes::from(format!("k{i:03}")), Some(value.clone()))).collect();
+            let before = db.inner.mvcc.visible();
+            let sets = [WriteSet { tree: &b.tree, writes: &writes }];
+            let e = db.inner.commit_writes(&sets, Some(before), Durability::Sync).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            assert_eq!(db.inner.mvcc.visible(), before, "no timestamp published");
+            b.put(b"after", b"v").await.unwrap();
+            assert_eq!(db.inner.mvcc.visible(), before + 1);
+            assert_eq!(b.get(b"after").await.unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(b.get(b"k000").await.unwrap(), None);
+            db.close().await.unwrap();
+            let db = Db::open(dir.path(), Options::default()).await.unwrap();
+            let b = db.bucket("b").await.unwrap();
+            assert_eq!(b.get(b"after").await.unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(b.get(b"k000").await.unwrap(), None);
+        });
     }
 }

@@ -223,7 +223,7 @@ fn payload_len(rec: &WalRecord) -> u64 {
 
 /// Checks the bounds `decode_payload` will enforce, so that a record we write is always one
 /// we can read back.
-fn validate(rec: &WalRecord) -> Result<u64> {
+pub fn validate(rec: &WalRecord) -> Result<u64> {
     if rec.ts == 0 {
         return Err(Error::invalid("WAL record with timestamp 0 (reserved for batch marks)"));
     }

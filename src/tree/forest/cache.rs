@@ -70,7 +70,14 @@ impl Forest {
                 return Err(e);
             }
         };
-        let (img, file, offset) = &*loaded;
+        self.install_loaded(pid, stub_seq, addr, &loaded)
+    }
+
+    /// Puts the image `loaded` (read from `addr`) in place of the disk stub of `pid` made at
+    /// `stub_seq`, folding in the blind deltas above the stub; nothing to do if another
+    /// loader did it first. Retries a lost CAS (a delta landed meanwhile), boundedly.
+    fn install_loaded(&self, pid: Pid, stub_seq: u64, addr: u64, loaded: &LoadedImage) -> Result<()> {
+        let (img, file, offset) = loaded;
         let horizon = self.horizon();
         for _ in 0..1000 {
             let guard = epoch::pin();
@@ -155,50 +162,50 @@ impl Forest {
             if pid == keep {
                 continue;
             }
-            let Some(slot) = self.table.try_slot(pid) else { continue };
-            let referenced = slot.referenced.swap(false, Ordering::Relaxed);
-            let meta = slot.meta.lock();
-            if meta.addr == 0 || meta.flushed_seq == 0 {
-                continue;
-            }
-            // SAFETY: a non-null head loaded under `guard` stays allocated until the guard
-            // is dropped (chains are only freed through `defer_destroy`).
-            let Some(head) = (unsafe { slot.head.load(Ordering::Acquire, &guard).as_ref() }) else {
-                continue;
-            };
-            if meta.flushed_seq != head.seq {
-                continue; // written since its image: dirty (checked before walking the chain)
-            }
-            let Some(v) = ChainView::load(self, pid, &guard) else { continue };
-            let NodeKind::Leaf(l) = &v.bottom.kind else { continue };
-            if v.head_node.seq != meta.flushed_seq {
-                continue;
-            }
-            if referenced {
-                // A clean leaf read since the last sweep: it may go in the next one.
-                self.barren.store(0, Ordering::Relaxed);
-                continue;
-            }
-            let stub = Node::base(
-                v.head_node.seq + 1,
-                NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.detached()) },
-            );
-            let mem = stub.mem;
-            let head_ptr = v.head;
-            if slot
-                .head
-                .compare_exchange(head_ptr, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, &guard)
-                .is_ok()
-            {
-                drop(meta);
-                self.barren.store(0, Ordering::Relaxed);
-                // SAFETY: the CAS just unlinked the old chain.
-                let old = unsafe { retire_chain(head_ptr, &guard) };
-                self.swap_mem(mem, true, old);
-            }
+            self.try_evict(pid, &guard);
         }
         if self.mem_used() > self.capacity_i64() {
             self.needs_checkpoint.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// One step of the CLOCK sweep at `pid`: clears its reference bit, and replaces it with
+    /// a disk stub if it is a clean leaf that was not referenced since the last sweep.
+    fn try_evict(&self, pid: Pid, guard: &epoch::Guard) {
+        let Some(slot) = self.table.try_slot(pid) else { return };
+        let referenced = slot.referenced.swap(false, Ordering::Relaxed);
+        let meta = slot.meta.lock();
+        if meta.addr == 0 || meta.flushed_seq == 0 {
+            return;
+        }
+        // SAFETY: a non-null head loaded under `guard` stays allocated until the guard
+        // is dropped (chains are only freed through `defer_destroy`).
+        let Some(head) = (unsafe { slot.head.load(Ordering::Acquire, guard).as_ref() }) else {
+            return;
+        };
+        if meta.flushed_seq != head.seq {
+            return; // written since its image: dirty (checked before walking the chain)
+        }
+        let Some(v) = ChainView::load(self, pid, guard) else { return };
+        let NodeKind::Leaf(l) = &v.bottom.kind else { return };
+        if v.head_node.seq != meta.flushed_seq {
+            return;
+        }
+        if referenced {
+            // A clean leaf read since the last sweep: it may go in the next one.
+            self.barren.store(0, Ordering::Relaxed);
+            return;
+        }
+        let stub =
+            Node::base(v.head_node.seq + 1, NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.detached()) });
+        let mem = stub.mem;
+        let head_ptr = v.head;
+        if slot.head.compare_exchange(head_ptr, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, guard).is_ok() {
+            drop(meta);
+            self.barren.store(0, Ordering::Relaxed);
+            // SAFETY: the CAS just unlinked the old chain.
+            let old = unsafe { retire_chain(head_ptr, guard) };
+            self.swap_mem(mem, true, old);
         }
     }
 

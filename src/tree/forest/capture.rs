@@ -6,6 +6,7 @@ use super::{
     epoch, merge_leaf, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
     NodeKind, Ordering, PendingBlob, Pid,
 };
+use crate::tree::node::LeafBase;
 
 impl Forest {
     /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
@@ -33,24 +34,7 @@ impl Forest {
             match &v.bottom.kind {
                 NodeKind::Inner(i) => page::encode_inner(i, &mut image),
                 NodeKind::Leaf(base) => {
-                    let mut merged = merge_leaf(&v.deltas, base, horizon);
-                    for e in &mut merged.entries {
-                        let before = e.versions.len();
-                        e.versions.retain(|x| x.ts <= cut_ts);
-                        complete &= before == e.versions.len();
-                    }
-                    merged.entries.retain(|e| !e.versions.is_empty());
-                    page::encode_leaf(&merged, &mut image, &mut |cell| {
-                        let a = cell.addr();
-                        if a != 0 {
-                            return a;
-                        }
-                        *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
-                            let addr = self.store.alloc_addr();
-                            blobs.push(PendingBlob { cell: cell.clone(), addr });
-                            addr
-                        })
-                    });
+                    complete = self.capture_leaf(&v, base, (cut_ts, horizon), &mut image, &mut blob_ids, &mut blobs);
                 }
                 NodeKind::Disk { .. } if v.deltas.is_empty() => {
                     let addr = self.table.slot(pid).meta.lock().addr;
@@ -96,6 +80,41 @@ impl Forest {
             return Err(unloaded);
         }
         Ok((out, blobs))
+    }
+
+    /// The image of leaf `base` under the deltas of `v` at the cut (`cut_ts`, `horizon`),
+    /// appended to `image`; a blob value not yet on disk gets an address (once per cell,
+    /// remembered in `blob_ids`) and joins `blobs`. Returns whether the image holds every
+    /// version (none above the cut was left out).
+    fn capture_leaf(
+        &self,
+        v: &ChainView<'_>,
+        base: &LeafBase,
+        (cut_ts, horizon): (u64, u64),
+        image: &mut Vec<u8>,
+        blob_ids: &mut FxHashMap<*const BlobCell, u64>,
+        blobs: &mut Vec<PendingBlob>,
+    ) -> bool {
+        let mut complete = true;
+        let mut merged = merge_leaf(&v.deltas, base, horizon);
+        for e in &mut merged.entries {
+            let before = e.versions.len();
+            e.versions.retain(|x| x.ts <= cut_ts);
+            complete &= before == e.versions.len();
+        }
+        merged.entries.retain(|e| !e.versions.is_empty());
+        page::encode_leaf(&merged, image, &mut |cell| {
+            let a = cell.addr();
+            if a != 0 {
+                return a;
+            }
+            *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
+                let addr = self.store.alloc_addr();
+                blobs.push(PendingBlob { cell: cell.clone(), addr });
+                addr
+            })
+        });
+        complete
     }
 
     /// After a checkpoint is durable: points each captured page at its new image (a page
