@@ -208,7 +208,9 @@ fn a_crash_at_any_point_of_a_purge_leaves_a_whole_purge() {
     println!(
         "purge crash: {LOG_SEEDS} seeds, {points} crash points, recovered purged marks {seen:?}; every one a whole purge (log = mark+1..=40)"
     );
-    assert!(seen.contains(&0) && seen.contains(&30));
+    // Some crash fell between two of the purge's commits (a torn WAL write kept a prefix
+    // of them): the runs are deterministic per seed, and these seeds do.
+    assert!(seen.contains(&0) && seen.contains(&30) && seen.len() > 2, "{seen:?}");
 }
 
 #[test]
@@ -246,7 +248,7 @@ fn a_crash_at_any_point_of_a_truncation_leaves_no_hole() {
     println!(
         "truncate crash: {LOG_SEEDS} seeds, {points} crash points, recovered last indexes {seen:?}; no hole"
     );
-    assert!(seen.contains(&40) && seen.contains(&20));
+    assert!(seen.contains(&40) && seen.contains(&20) && seen.len() > 2, "{seen:?}");
 }
 
 /// The state machine's applied log id, pairs and current snapshot metadata, and the pairs
