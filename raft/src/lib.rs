@@ -15,7 +15,11 @@
 //!   log id and membership live in the same bucket and change in the same commit as the
 //!   data. Snapshots are streamed from a ringkv [`ringkv::Snapshot`] into a checksummed file
 //!   ([`snapshot`]); installing one loads it into a new generation's bucket and switches
-//!   to it with one durable commit.
+//!   to it with one durable commit across buckets, which also records the installed file.
+//! - Every change that must be seen whole is one ringkv commit across buckets: a purge's
+//!   deletions with the `purged` mark that covers them, an install's switch with the new
+//!   state and its snapshot record (see [`store`]). A reader and a recovery see it all or
+//!   none of it.
 //! - [`network`] is an openraft network over HTTP ([`http`], hyper's client), [`service`] the axum service
 //!   of one node of the example replicated KV store (client writes, linearizable reads,
 //!   membership initialisation), [`client`] a client of that service that follows the

@@ -15,17 +15,35 @@
 //! that a crash loses is re-applied from the log (the committed mark is saved, and the log
 //! entries it applied are earlier in the WAL, so they survive whenever it does).
 //!
-//! State machine generations: the state machine's bucket is `raft.sm.<g>`, `g` recorded in
-//! `raft.meta` under `sm.generation`. Installing a snapshot loads it into `raft.sm.<g+1>`
-//! and switches `sm.generation` in one synced commit; a crash before that switch leaves the
-//! old generation in force (the partial new bucket is dropped at the next open), a crash
-//! after it the new one.
+//! Atomicity: every change that must be seen whole is one ringkv commit across buckets
+//! ([`ringkv::Db::batch`]: one WAL record, one timestamp), so a reader's snapshot and a
+//! recovery after a crash see all of it or none of it:
+//!
+//! - a purge deletes entries and moves the `purged` mark in the same commit. A purge too
+//!   large for one commit (more than about half a million entries) is several, lowest
+//!   entries first, each carrying the mark of the last entry it deletes: every commit is a
+//!   whole, smaller purge.
+//! - a truncation is one commit (several for a huge one, highest entries first, each
+//!   leaving a log without a hole).
+//! - an apply writes the data, the applied log id and the membership of the state machine
+//!   in one commit (one per 32 MiB of writes, each a whole prefix of the entries).
+//! - installing a snapshot loads it into the bucket of a new generation `raft.sm.<g+1>`,
+//!   which nothing reads until the switch; the switch is one synced commit that writes the
+//!   last of the load, the applied log id and membership, `sm.generation` and the
+//!   `snapshot` record naming the installed file, together. A crash before it leaves the
+//!   old state and the old snapshot in force, after it the new ones.
+//!
+//! What still waits for the next open: ringkv cannot drop a bucket inside a commit, and a
+//! snapshot file is not in the database. So the bucket of a replaced generation, or of an
+//! install a crash cut short, and the snapshot files that the `snapshot` record does not
+//! name are removed when the state machine is opened (and by the install itself when it
+//! is not interrupted).
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -34,7 +52,7 @@ use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use ringkv::{Bucket, Db, Durability};
+use ringkv::{Bucket, Db, Durability, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncSeekExt, BufReader, BufWriter};
@@ -62,9 +80,13 @@ const SM_MEMBERSHIP: &[u8] = b"m.membership";
 const SM_DATA_PREFIX: u8 = b'd';
 
 /// A ringkv commit carries at most about this many bytes of writes (well below ringkv's
-/// largest WAL record): a larger append, apply, purge or snapshot load is split into several
+/// largest WAL record): a larger append, apply or snapshot load is split into several
 /// commits, in order.
 const COMMIT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most log entries one purge or truncation deletes in one commit (a deletion takes its
+/// 8-byte key and 13 bytes of WAL record, so this is about 11 MiB of record).
+const COMMIT_ENTRIES: usize = COMMIT_BYTES / 64;
 
 fn err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StoreError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
@@ -137,12 +159,14 @@ struct LogInner {
     meta: Bucket,
     /// Callbacks of appends, in order, for the flusher task.
     flushes: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// Most entries a purge or truncation deletes per commit ([`COMMIT_ENTRIES`]; tests
+    /// lower it to see a large purge's commits one by one).
+    entries_per_commit: AtomicUsize,
 }
 
 impl LogStore {
-    /// The log store of `db` (its buckets created if missing). Removes the entries a purge
-    /// recorded but did not finish deleting before a crash. Starts the flusher task on the
-    /// current tokio runtime.
+    /// The log store of `db` (its buckets created if missing). Starts the flusher task on
+    /// the current tokio runtime.
     pub async fn open(db: Db) -> StoreResult<LogStore> {
         let w = |e| err(ErrorSubject::Store, ErrorVerb::Write, e);
         let log = db.bucket(LOG_BUCKET).await.map_err(w)?;
@@ -151,11 +175,15 @@ impl LogStore {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         handle.spawn(flusher(db.clone(), rx));
-        let store = LogStore { inner: Arc::new(LogInner { db, log, meta, flushes: tx }) };
-        if let Some(purged) = store.read_meta::<LogId<NodeId>>(KEY_PURGED, ErrorSubject::Logs).await? {
-            store.delete_log_range(..=purged.index).await?;
-        }
-        Ok(store)
+        let entries_per_commit = AtomicUsize::new(COMMIT_ENTRIES);
+        Ok(LogStore { inner: Arc::new(LogInner { db, log, meta, flushes: tx, entries_per_commit }) })
+    }
+
+    /// Sets the most entries a purge or truncation deletes in one commit (at least 1).
+    /// For tests that watch a large purge commit by commit; not an API.
+    #[doc(hidden)]
+    pub fn set_entries_per_commit(&self, n: usize) {
+        self.inner.entries_per_commit.store(n.max(1), Ordering::Relaxed);
     }
 
     /// The database under the store.
@@ -186,32 +214,32 @@ impl LogStore {
         Ok(())
     }
 
-    /// Deletes the entries whose index is in `range`, highest first, in commits of bounded
-    /// size. Highest first: a crash between two of them leaves a log with no hole (a
-    /// truncation is then shorter than asked, which the re-sent entries overwrite).
-    async fn delete_log_range(&self, range: impl RangeBounds<u64>) -> StoreResult<()> {
-        let w = |e| err(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let keys: Vec<_> = self
+    /// The keys of the entries whose index is in `range`, in index order.
+    async fn log_keys(&self, range: impl RangeBounds<u64>) -> StoreResult<Vec<[u8; 8]>> {
+        let r = |e| err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let bounds = (range.start_bound().map(|i| log_key(*i)), range.end_bound().map(|i| log_key(*i)));
+        let mut it = self.inner.log.range::<[u8; 8], _>(bounds).await.map_err(r)?;
+        let mut keys = Vec::new();
+        while let Some((k, _)) = it.try_next().await.map_err(r)? {
+            let key: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| msg_err(ErrorSubject::Logs, ErrorVerb::Read, "log key is not 8 bytes"))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// The log id of the entry stored under `key`.
+    async fn log_id_at(&self, key: [u8; 8]) -> StoreResult<LogId<NodeId>> {
+        let index = u64::from_be_bytes(key);
+        let v = self
             .inner
             .log
-            .range_rev::<[u8; 8], _>((
-                range.start_bound().map(|i| log_key(*i)),
-                range.end_bound().map(|i| log_key(*i)),
-            ))
+            .get(key)
             .await
-            .map_err(w)?
-            .map_ok(|(k, _)| k)
-            .try_collect()
-            .await
-            .map_err(w)?;
-        for chunk in keys.chunks(COMMIT_BYTES / 64) {
-            let mut t = self.inner.log.begin().map_err(w)?;
-            for k in chunk {
-                t.delete(k).map_err(w)?;
-            }
-            t.commit_with(Durability::None).await.map_err(w)?;
-        }
-        Ok(())
+            .map_err(|e| err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e))?
+            .ok_or_else(|| msg_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, "entry vanished"))?;
+        Ok(from_json::<Entry<TypeConfig>>(&v, ErrorSubject::LogIndex(index))?.log_id)
     }
 
     /// Every entry's log id from the first present to the last, for inspection (the kill
@@ -337,13 +365,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        self.delete_log_range(log_id.index..).await
+        // One commit; a truncation of more than `entries_per_commit` entries is several,
+        // highest entries first, so that a crash between two leaves a log without a hole
+        // (a shorter truncation than asked: the conflicting entries left are truncated
+        // again when the leader re-sends, as after a truncation the crash lost whole).
+        let w = |e| err(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let per_commit = self.inner.entries_per_commit.load(Ordering::Relaxed);
+        let keys = self.log_keys(log_id.index..).await?;
+        for chunk in keys.rchunks(per_commit) {
+            let mut b = self.inner.db.batch();
+            for k in chunk.iter().rev() {
+                b.delete(&self.inner.log, k).map_err(w)?;
+            }
+            b.commit_with(Durability::None).await.map_err(w)?;
+        }
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        // The mark first: after a crash between the two, `open` finishes the deletion.
-        self.write_meta(KEY_PURGED, &log_id, ErrorSubject::Logs, Durability::None).await?;
-        self.delete_log_range(..=log_id.index).await
+        // The deletions and the mark that covers them in one commit: no reader and no
+        // recovery sees the mark without the deletions or the reverse. A purge of more than
+        // `entries_per_commit` entries is several such commits, lowest entries first, each
+        // marked with the log id of the last entry it deletes.
+        let w = |e| err(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let per_commit = self.inner.entries_per_commit.load(Ordering::Relaxed);
+        let keys = self.log_keys(..=log_id.index).await?;
+        let chunks: Vec<&[[u8; 8]]> = keys.chunks(per_commit).collect();
+        let last = chunks.len().saturating_sub(1);
+        for i in 0..=last {
+            let chunk = chunks.get(i).copied().unwrap_or_default();
+            let mark = match chunk.last() {
+                Some(k) if i < last => self.log_id_at(*k).await?,
+                _ => log_id,
+            };
+            let mut b = self.inner.db.batch();
+            for k in chunk {
+                b.delete(&self.inner.log, k).map_err(w)?;
+            }
+            b.put(&self.inner.meta, KEY_PURGED, to_json(&mark, ErrorSubject::Logs)?).map_err(w)?;
+            b.commit_with(Durability::None).await.map_err(w)?;
+        }
+        Ok(())
     }
 }
 
@@ -399,8 +461,13 @@ fn snap_err(meta: Option<&Meta>, verb: ErrorVerb) -> impl Fn(io::Error) -> Store
 
 impl StateMachineStore {
     /// The state machine of `db`, its snapshot files in `snapshot_dir`. Drops the buckets of
-    /// generations not in force (an install a crash interrupted, or a replaced generation
-    /// not yet dropped) and removes the snapshot files not current.
+    /// generations not in force and removes the snapshot files that the `snapshot` record
+    /// does not name: what an install or a snapshot build leaves behind when a crash stops
+    /// it (a partly loaded generation that was never switched to, a replaced generation not
+    /// yet dropped, a file placed but never recorded, a replaced file not yet removed).
+    /// These are garbage, never state: the switch to a generation and the record of a file
+    /// are one commit, so whatever a crash cut, the generation in force and the file
+    /// recorded are the ones that commit left.
     pub async fn open(db: Db, snapshot_dir: PathBuf) -> StoreResult<StateMachineStore> {
         let w = sm_err(ErrorVerb::Write);
         let r = sm_err(ErrorVerb::Read);
@@ -503,20 +570,28 @@ impl StateMachineStore {
         (seq, id)
     }
 
-    /// Makes `tmp` the current snapshot file `snap-<seq>.snap` (sync, rename, sync the
-    /// directory), records it, and removes the file it replaces, under `files`.
-    async fn publish_snapshot_file(&self, tmp: &Path, seq: u64, meta: &Meta) -> StoreResult<()> {
+    /// Makes `tmp` the snapshot file `snap-<seq>.snap` on disk (sync, rename, sync the
+    /// directory) and returns its name. Nothing names it yet: it becomes the current
+    /// snapshot only with the commit of its record (a file left unrecorded by a crash is
+    /// removed at the next open).
+    async fn place_snapshot_file(&self, tmp: &Path, seq: u64, meta: &Meta) -> StoreResult<String> {
         let e = snap_err(Some(meta), ErrorVerb::Write);
-        let _files = self.inner.files.lock().await;
         let fname = format!("snap-{seq}.snap");
-        let path = self.inner.snapshot_dir.join(&fname);
         tokio::fs::File::open(tmp).await.map_err(&e)?.sync_all().await.map_err(&e)?;
-        tokio::fs::rename(tmp, &path).await.map_err(&e)?;
+        tokio::fs::rename(tmp, self.inner.snapshot_dir.join(&fname)).await.map_err(&e)?;
         tokio::fs::File::open(&self.inner.snapshot_dir).await.map_err(&e)?.sync_all().await.map_err(&e)?;
+        Ok(fname)
+    }
+
+    /// Makes the built snapshot `tmp` the current snapshot file (placed, then recorded with
+    /// one synced commit) and removes the file it replaces, under `files`.
+    async fn publish_snapshot_file(&self, tmp: &Path, seq: u64, meta: &Meta) -> StoreResult<()> {
+        let _files = self.inner.files.lock().await;
+        let fname = self.place_snapshot_file(tmp, seq, meta).await?;
         let old = self.current_record().await?;
         if old.as_ref().is_some_and(|o| o.meta.last_log_id > meta.last_log_id) {
             // A build that raced an install of a newer snapshot: the current one stays.
-            let _ = tokio::fs::remove_file(&path).await;
+            let _ = tokio::fs::remove_file(self.inner.snapshot_dir.join(&fname)).await;
             return Ok(());
         }
         let rec = SnapshotRecord { file: fname, meta: meta.clone() };
@@ -524,17 +599,63 @@ impl StateMachineStore {
         let mut t = self.inner.meta.begin().map_err(&w)?;
         t.put(KEY_SNAPSHOT, to_json(&rec, ErrorSubject::Snapshot(Some(meta.signature())))?).map_err(&w)?;
         t.commit_with(Durability::Sync).await.map_err(&w)?;
+        self.remove_replaced_file(old, &rec.file).await;
+        Ok(())
+    }
+
+    /// Removes the file of the replaced record `old` unless it is `current` (best effort:
+    /// one left by a failure is removed at the next open).
+    async fn remove_replaced_file(&self, old: Option<SnapshotRecord>, current: &str) {
         if let Some(old) = old {
-            if old.file != rec.file {
+            if old.file != current {
                 let _ = tokio::fs::remove_file(self.inner.snapshot_dir.join(old.file)).await;
             }
         }
-        Ok(())
     }
 
     async fn current_record(&self) -> StoreResult<Option<SnapshotRecord>> {
         let b = self.inner.meta.get(KEY_SNAPSHOT).await.map_err(sm_err(ErrorVerb::Read))?;
         b.map(|b| from_json(&b, ErrorSubject::Snapshot(None))).transpose()
+    }
+
+    /// Loads the snapshot file `fname` (checked against `meta` as it is read) into the bucket
+    /// of `generation`, created empty (a leftover one dropped first), in commits of bounded
+    /// size. Returns the bucket and a batch with the last of the load, not yet committed:
+    /// the switch commits it.
+    async fn load_generation(
+        &self,
+        generation: u64,
+        fname: &str,
+        meta: &Meta,
+    ) -> StoreResult<(Bucket, WriteBatch)> {
+        let re = snap_err(Some(meta), ErrorVerb::Read);
+        let w = sm_err(ErrorVerb::Write);
+        let name = sm_bucket_name(generation);
+        if self.inner.db.buckets().map_err(&w)?.contains(&name) {
+            self.inner.db.drop_bucket(&name).await.map_err(&w)?;
+        }
+        let bucket = self.inner.db.bucket(&name).await.map_err(&w)?;
+        let file = tokio::fs::File::open(self.inner.snapshot_dir.join(fname)).await.map_err(&re)?;
+        let (mut reader, file_meta) = SnapshotReader::new(BufReader::new(file)).await.map_err(&re)?;
+        if file_meta.last_log_id != meta.last_log_id || file_meta.last_membership != meta.last_membership {
+            return Err(msg_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                format!("snapshot file holds {file_meta:?}, installed as {meta:?}"),
+            ));
+        }
+        let mut b = self.inner.db.batch();
+        let mut bytes = 0;
+        while let Some((k, v)) = reader.next_pair().await.map_err(&re)? {
+            bytes += k.len() + v.len();
+            b.put(&bucket, data_key(&k), v).map_err(&w)?;
+            if bytes >= COMMIT_BYTES {
+                b.commit_with(Durability::None).await.map_err(&w)?;
+                b = self.inner.db.batch();
+                bytes = 0;
+            }
+        }
+        Ok((bucket, b))
     }
 
     /// Applies one entry's request to `t` (a bad request changes nothing and says why).
@@ -693,51 +814,48 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let we = snap_err(Some(meta), ErrorVerb::Write);
         let w = sm_err(ErrorVerb::Write);
         let mut st = self.inner.state.write().await;
-        // 1. Keep a copy as the current snapshot file (checked while it loads, below).
+        // 1. Keep a copy (checked while it loads, below), placed as a snapshot file that
+        //    nothing names until the switch.
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let tmp = self.inner.snapshot_dir.join(format!("install-{seq}.tmp"));
         snapshot.seek(io::SeekFrom::Start(0)).await.map_err(&re)?;
         {
             let mut out = tokio::fs::File::create(&tmp).await.map_err(&we)?;
             tokio::io::copy(&mut *snapshot, &mut out).await.map_err(&we)?;
-            out.sync_all().await.map_err(&we)?;
         }
-        // 2. Load it into the next generation's bucket (a leftover one is dropped first).
+        let fname = self.place_snapshot_file(&tmp, seq, meta).await?;
+        // 2. Load it into the next generation's bucket (a leftover one is dropped first),
+        //    which nothing reads until the switch.
         let generation = st.generation + 1;
-        let name = sm_bucket_name(generation);
-        if self.inner.db.buckets().map_err(&w)?.contains(&name) {
-            self.inner.db.drop_bucket(&name).await.map_err(&w)?;
-        }
-        let bucket = self.inner.db.bucket(&name).await.map_err(&w)?;
-        let file = tokio::fs::File::open(&tmp).await.map_err(&re)?;
-        let (mut reader, file_meta) = SnapshotReader::new(BufReader::new(file)).await.map_err(&re)?;
-        if file_meta.last_log_id != meta.last_log_id || file_meta.last_membership != meta.last_membership {
-            return Err(msg_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                format!("snapshot file holds {file_meta:?}, installed as {meta:?}"),
-            ));
-        }
-        let mut t = bucket.begin().map_err(&w)?;
-        let mut bytes = 0;
-        while let Some((k, v)) = reader.next_pair().await.map_err(&re)? {
-            bytes += k.len() + v.len();
-            t.put(data_key(&k), v).map_err(&w)?;
-            if bytes >= COMMIT_BYTES {
-                t.commit_with(Durability::None).await.map_err(&w)?;
-                t = bucket.begin().map_err(&w)?;
-                bytes = 0;
+        let loaded = self.load_generation(generation, &fname, meta).await;
+        let (bucket, mut b) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                // Best effort: what is left goes at the next open or install.
+                let _ = tokio::fs::remove_file(self.inner.snapshot_dir.join(&fname)).await;
+                return Err(e);
             }
-        }
+        };
+        // 3. The switch, one synced commit across buckets: the rest of the load, the new
+        //    generation's applied log id and membership, `sm.generation` and the record of
+        //    the installed file. Under `files`, so that no build records a file between
+        //    the read of the old record and this commit; the old record's file then goes.
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         if let Some(l) = meta.last_log_id {
-            t.put(SM_APPLIED, to_json(&l, ErrorSubject::StateMachine)?).map_err(&w)?;
+            b.put(&bucket, SM_APPLIED, to_json(&l, ErrorSubject::StateMachine)?).map_err(&w)?;
         }
-        t.put(SM_MEMBERSHIP, to_json(&meta.last_membership, ErrorSubject::StateMachine)?).map_err(&w)?;
-        t.commit_with(Durability::None).await.map_err(&w)?;
-        // 3. Switch generations: one synced commit (it carries the loads before it).
-        let mut t = self.inner.meta.begin().map_err(&w)?;
-        t.put(KEY_SM_GENERATION, to_json(&generation, ErrorSubject::StateMachine)?).map_err(&w)?;
-        t.commit_with(Durability::Sync).await.map_err(&w)?;
+        b.put(&bucket, SM_MEMBERSHIP, to_json(&meta.last_membership, ErrorSubject::StateMachine)?)
+            .map_err(&w)?;
+        b.put(&self.inner.meta, KEY_SM_GENERATION, to_json(&generation, ErrorSubject::StateMachine)?)
+            .map_err(&w)?;
+        let rec = SnapshotRecord { file: fname, meta: meta.clone() };
+        b.put(&self.inner.meta, KEY_SNAPSHOT, to_json(&rec, subject)?).map_err(&w)?;
+        {
+            let _files = self.inner.files.lock().await;
+            let old_record = self.current_record().await?;
+            b.commit_with(Durability::Sync).await.map_err(&w)?;
+            self.remove_replaced_file(old_record, &rec.file).await;
+        }
         let old = std::mem::replace(
             &mut *st,
             SmState {
@@ -747,20 +865,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 membership: meta.last_membership.clone(),
             },
         );
-        // 4. Drop the replaced generation once no snapshot build streams it.
+        // 4. Garbage (what the next open removes if this is cut short): the replaced
+        //    generation, once no snapshot build streams it, and the received files.
         {
             let _g = self.inner.generation_in_use.write().await;
             self.inner.db.drop_bucket(old.bucket.name()).await.map_err(&w)?;
         }
-        // 5. The copy becomes the current snapshot file; received files go.
-        let rename = self.publish_snapshot_file(&tmp, seq, meta).await;
         let mut dir = tokio::fs::read_dir(&self.inner.snapshot_dir).await.map_err(&re)?;
         while let Some(ent) = dir.next_entry().await.map_err(&re)? {
             if ent.file_name().to_string_lossy().starts_with("recv-") {
                 let _ = tokio::fs::remove_file(ent.path()).await;
             }
         }
-        rename
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {

@@ -111,6 +111,8 @@ async fn run() {
         // openraft's state machine worker logs each snapshot it installs; counted below.
         &[("RUST_LOG", "warn,openraft::core::sm::worker=info")],
     );
+    // The I/O backend the nodes run on (they inherit `RINGKV_IO_BACKEND`).
+    println!("{}", cluster.nodes[0].banner);
     let client = Arc::new(KvClient::new(cluster.addrs()));
     client.init(&cluster.addrs()[0], &cluster.members()).await.unwrap();
     assert!(leader(&client, &cluster).await.is_some(), "no leader elected");

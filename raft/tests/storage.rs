@@ -188,6 +188,13 @@ async fn snapshot_installs_on_another_node_and_a_damaged_one_is_refused() {
     recv.write_all(b"\xff\xfe").await.unwrap();
     recv.flush().await.unwrap();
     assert!(c.install_snapshot(&snap.meta, recv).await.is_err());
+    // The refused file is not left placed as a snapshot file.
+    let placed: Vec<_> = std::fs::read_dir(dc.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("snap-"))
+        .collect();
+    assert!(placed.is_empty(), "{placed:?}");
     assert_eq!(c.get("mine").await.unwrap().as_deref(), Some("1"));
     assert_eq!(c.applied_state().await.unwrap().0, Some(log_id(1, 1)));
 
