@@ -91,5 +91,5 @@ pub use check::CheckReport;
 pub use db::{BackupStats, CheckpointStats, Db, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
-pub use options::{Durability, IoBackend, Options};
+pub use options::{BackgroundTask, Durability, IoBackend, Options, Spawner};
 pub use txn::{Snapshot, Transaction, Txn};

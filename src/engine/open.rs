@@ -10,18 +10,19 @@
 //!    first touch) and the catalogue of buckets.
 //! 6. Recover the WAL (a writer cuts its torn tail and starts a new segment; a read-only
 //!    open changes nothing) and replay the records above the checkpoint frontier.
-//! 7. Start the background task (a writer on a real disk).
+//! 7. Start the background task (a writer on a real disk), on `Options::spawner` if set,
+//!    else on the process-wide background pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures::task::SpawnExt;
+use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
-use super::background::{background, background_pool};
+use super::background::background;
 use super::lifetime::{dropped_handover, handover_key};
 use super::{make_value, DbInner, MemGauge};
 use crate::error::{Error, Result};
@@ -109,9 +110,10 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
 fn start_background(inner: &Arc<DbInner>) -> Result<()> {
     let deterministic = inner.opts.is_simulated();
     if !deterministic && !inner.opts.read_only {
-        let handle = background_pool().spawn_with_handle(background(Arc::downgrade(inner))).map_err(|e| {
-            Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
-        })?;
+        // The handle's drop cancels the task; `close` awaits it.
+        let (task, handle) = background(Arc::downgrade(inner)).remote_handle();
+        super::background::spawn(&inner.opts, task)
+            .map_err(|e| Error::io(&inner.dir, "spawn background task", e))?;
         *inner.bg.lock() = Some(handle);
     }
     Ok(())
