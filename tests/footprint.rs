@@ -7,12 +7,14 @@
 //! and prints them as one `FOOTPRINT before=<n> open=<n>` line. The parent asserts an upper
 //! bound on the threads the open added.
 //!
-//! Threads the database may add: on io_uring, the ring thread, the reaper of the direct
-//! ring, one helper thread for the calls io_uring has no opcode for (`flock`, `read_dir`,
+//! Threads the database may add: on `io_uring`, the ring thread, the reaper of the direct
+//! ring, one helper thread for the calls `io_uring` has no opcode for (`flock`, `read_dir`,
 //! `mkdir -p`, truncate), the kernel's `iou-wrk` workers for punted requests (they show in
 //! `/proc/self/task`; idle ones exit by themselves) and the background pool; on the thread
 //! pool, `Options::io_threads` workers and the background pool. With
 //! `Options::spawner` the background work runs on the caller's runtime: no pool.
+
+#![allow(clippy::unwrap_used)] // tests, benches and examples may unwrap
 
 use std::process::Command;
 
@@ -131,7 +133,7 @@ fn footprint_child() {
     });
 }
 
-/// io_uring, default options: the ring thread, the reaper, one helper thread, the
+/// `io_uring`, default options: the ring thread, the reaper, one helper thread, the
 /// background pool (2) and a few `iou-wrk` workers; no 32-thread pool (issue 15 measured
 /// 41 threads in the test process before, 39 of them the database's).
 #[test]
@@ -163,7 +165,7 @@ fn thread_pool_is_sized_by_options() {
     assert!(s.added() <= 4 + 1, "io_threads(4) and a spawner: {s:?}");
 }
 
-/// Whether this kernel runs io_uring (else the uring case is skipped, as elsewhere).
+/// Whether this kernel runs `io_uring` (else the uring case is skipped, as elsewhere).
 fn uring_available() -> bool {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

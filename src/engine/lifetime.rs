@@ -22,13 +22,25 @@ use crate::error::Result;
 impl DbInner {
     /// `Db::close`: the first call shuts down (below), then releases the directory lock;
     /// later calls are `Ok` at once.
+    ///
+    /// Runs in an `info` span `ringkv.close` (`dir`, `duration_ms`); `closed` is an `info`
+    /// event.
     pub(crate) async fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.shut_down().await;
+        let span = tracing::info_span!("ringkv.close", dir = %self.dir.display(), duration_ms = tracing::field::Empty);
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self.shut_down(), span.clone()).await;
         // Released only now: nothing of this open writes after this point.
         drop(self.lock.lock().take());
+        let _entered = span.enter();
+        let duration_ms = super::open::millis(started.elapsed());
+        span.record("duration_ms", duration_ms);
+        match &result {
+            Ok(()) => tracing::info!(duration_ms, "closed"),
+            Err(e) => tracing::warn!(error = %e, duration_ms, "closed after an error"),
+        }
         result
     }
 

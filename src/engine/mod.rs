@@ -75,6 +75,11 @@ pub(crate) struct DbInner {
     pub ckpt_mem: MemGauge,
     pub bg_wake: tokio::sync::Notify,
     pub bg: Mutex<Option<RemoteHandle<()>>>,
+    /// Latency of every commit acknowledged since open, from the call to the
+    /// acknowledgement (the durability wait included).
+    pub commit_latency: crate::obs::Histogram,
+    /// Latency of every point read since open (a blob value's read included).
+    pub read_latency: crate::obs::Histogram,
 }
 
 /// A count of bytes held, with its high-water mark since open.
