@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Stripes of a [`Counter`] or a [`Histogram`].
 const STRIPES: usize = 8;
-/// Buckets of a [`Histogram`]: bucket `i` counts durations of `2^i` to `2^(i+1) - 1`
+/// Buckets of a [`LatencyHistogram`]: bucket `i` counts durations of `2^i` to `2^(i+1) - 1`
 /// nanoseconds (bucket 0 also 0 ns); the last one everything from `2^39` ns (about 9
 /// minutes) up.
 pub const HISTOGRAM_BUCKETS: usize = 40;

@@ -2,7 +2,8 @@
 //! `Options::spawner` is set ([`spawn`]), else the process-wide [`background_pool`].
 //!
 //! The task flushes the WAL for `Durability::None` commits (every 20 ms, else every
-//! 200 ms) and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
+//! 200 ms), pushes `Stats` through the `metrics` facade every second (feature `metrics`),
+//! and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
 //! commit asking for one) and the time trigger (`Options::checkpoint_interval`). It holds
 //! only a weak reference, so a dropped database stops it; it stops at `close` and when the
 //! database turns read-only. The simulated disk runs no background task (deterministic
@@ -17,6 +18,10 @@ use futures::task::SpawnExt;
 
 use super::{checkpoint, DbInner};
 use crate::options::{Durability, Options};
+
+/// How often the background task pushes `Stats` through the `metrics` facade.
+#[cfg(feature = "metrics")]
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Threads of [`background_pool`] unless `Options::background_threads` says otherwise.
 const DEFAULT_BACKGROUND_THREADS: usize = 2;
@@ -55,6 +60,8 @@ pub(crate) fn spawn(opts: &Options, task: impl Future<Output = ()> + Send + 'sta
 /// dropped database stops it.
 pub(crate) async fn background(db: Weak<DbInner>) {
     let mut last_ckpt = Instant::now();
+    #[cfg(feature = "metrics")]
+    let mut last_publish = Instant::now();
     loop {
         let tick = {
             let Some(d) = db.upgrade() else { return };
@@ -83,6 +90,11 @@ pub(crate) async fn background(db: Weak<DbInner>) {
         if let Err(e) = d.wal.flush().await {
             d.poison(&e);
             return;
+        }
+        #[cfg(feature = "metrics")]
+        if last_publish.elapsed() >= METRICS_INTERVAL {
+            last_publish = Instant::now();
+            d.publish_metrics();
         }
         if !d.opts.background_checkpoints {
             continue;

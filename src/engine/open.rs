@@ -150,6 +150,8 @@ async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         bg: Mutex::new(None),
         commit_latency: Default::default(),
         read_latency: Default::default(),
+        #[cfg(feature = "metrics")]
+        published: Default::default(),
     });
     // Step 7.
     start_background(&inner)?;
