@@ -219,3 +219,27 @@ async fn a_spawner_runs_the_background_work() {
     assert_eq!(db.existing_bucket("b").unwrap().get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     db.close().await.unwrap();
 }
+
+/// Thread counts out of range are `InvalidArgument` at open, before anything starts.
+#[test]
+fn thread_counts_out_of_range_are_invalid_arguments() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    for opts in [
+        Options::default().io_threads(0),
+        Options::default().background_threads(0),
+        Options::default().io_threads(ringkv::limits::MAX_THREADS + 1),
+    ] {
+        assert!(matches!(opts.validate(), Err(ringkv::Error::InvalidArgument(_))), "{opts:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = runtime_block_on(Db::open(dir.path().join("db"), opts)).err().unwrap();
+        assert!(matches!(err, ringkv::Error::InvalidArgument(_)), "{err}");
+        assert!(!dir.path().join("db").exists(), "nothing was created");
+    }
+    assert!(Options::default().io_threads(1).background_threads(1).validate().is_ok());
+}
+
+fn runtime_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
