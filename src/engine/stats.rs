@@ -97,9 +97,10 @@ pub struct Stats {
 /// key, a delete of a live one removes it, bytes follow the key and value lengths), saved
 /// at each checkpoint and restored at open, then moved by the WAL's replay. Approximate in
 /// two ways: a blind write to a leaf not in memory cannot see the key's old version, so a
-/// put there counts as a new key and a delete as removing one (of its key's bytes); and a
-/// crash can count again the commits that were being applied at a checkpoint's cut (a few
-/// commits per crash). Versions kept for snapshots and on-disk overhead are not counted.
+/// put there counts as a new key and a delete as removing one (of its key's bytes), also
+/// in the WAL replay at open once a leaf it wrote was evicted again (a replay larger than
+/// the cache; before, it loads each leaf it writes); and a crash can count again the
+/// commits that were being applied at a checkpoint's cut (a few per crash). Versions kept for snapshots and on-disk overhead are not counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BucketStats {

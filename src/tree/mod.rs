@@ -222,7 +222,9 @@ impl Tree {
     /// tombstone adds a key, a delete of a live one removes it, the bytes follow the value
     /// lengths. Where the chain ends in a disk stub (a blind write to an evicted leaf) and
     /// no delta names the key, its old version is unknown: a put counts as a new key and a
-    /// delete as removing one, of the key's bytes only. That, and commits replayed twice
+    /// delete as removing one, of the key's bytes only (recovery's replay loads the leaves
+    /// it writes, whose stubs start without bounds, and so writes blind only into a leaf
+    /// evicted again during the replay). That, and commits replayed twice
     /// around a crash (the counts persisted at a checkpoint may include a commit applied
     /// but not yet published at its cut), are what makes the size approximate.
     fn account(&self, v: &ChainView<'_>, key: &[u8], version: &Version) {
