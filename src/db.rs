@@ -4,7 +4,6 @@
 //! GC, the background task, the read path, the lifetime of an open database).
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use crate::batch::WriteBatch;
 use crate::bucket::Bucket;
@@ -15,66 +14,7 @@ use crate::txn::{Snapshot, Transaction};
 
 pub use crate::engine::backup::BackupStats;
 pub use crate::engine::checkpoint::CheckpointStats;
-
-/// Counters describing a database, for monitoring and tests ([`Db::stats`]).
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> ringkv::Result<()> {
-/// let dir = tempfile::tempdir().expect("a temporary directory");
-/// let db = ringkv::Db::open(dir.path(), ringkv::Options::default()).await?;
-/// db.bucket("b").await?.put(b"k", b"v").await?;
-/// let stats = db.stats();
-/// assert!(stats.wal_records >= 1 && stats.dirty_pages <= stats.dirty_pages_limit);
-/// db.close().await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Heap bytes of the pages in memory, clean and dirty, with their deltas, counted as
-    /// the allocator sizes them. Clean pages are evicted past `cache_capacity`; dirty ones
-    /// hold it at most `dirty_limit` above (a commit past that runs a checkpoint first).
-    pub cache_bytes: i64,
-    /// `Options::cache_capacity`.
-    pub cache_capacity: u64,
-    /// Heap bytes of the page table: a slot per page id and a stub per page not in memory,
-    /// never evicted (they grow with the number of pages, not with the cache).
-    pub page_table_bytes: i64,
-    /// Pages changed since the last checkpoint.
-    pub dirty_pages: u64,
-    /// The bound on `dirty_pages` (`Options::dirty_limit` over
-    /// [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
-    pub dirty_pages_limit: u64,
-    /// `dirty_pages_limit` in bytes: the bound of what a checkpoint holds, and of the
-    /// cache's excess over its capacity.
-    pub dirty_limit: u64,
-    /// Bytes of page images and copied frames the running checkpoint holds (0 between
-    /// checkpoints).
-    pub checkpoint_bytes: u64,
-    /// The most `checkpoint_bytes` held at once since open.
-    pub checkpoint_peak_bytes: u64,
-    /// Bytes of WAL records appended and not yet written.
-    pub wal_buffer_bytes: u64,
-    /// `Options::wal_buffer_limit`: past it, commits wait for the WAL write.
-    pub wal_buffer_limit: u64,
-    /// Data and blob files.
-    pub files: usize,
-    /// WAL records appended since open.
-    pub wal_records: u64,
-    /// WAL fsyncs issued since open.
-    pub wal_fsyncs: u64,
-    /// Checkpoints completed since open.
-    pub checkpoints: u64,
-    /// Live snapshots.
-    pub snapshots: usize,
-    /// Page splits since open.
-    pub splits: u64,
-    /// Page merges since open.
-    pub merges: u64,
-    /// Page images read from disk since open (cache misses of the tree).
-    pub page_reads: u64,
-}
+pub use crate::engine::stats::{BucketStats, Stats};
 
 /// An open database. Cheap to clone; every clone is the same database.
 ///
@@ -225,31 +165,17 @@ impl Db {
         self.inner.wal.flush().await.inspect_err(|e| self.inner.poison(e))
     }
 
-    /// Counters for monitoring.
+    /// Counters for monitoring ([`Stats`]).
     pub fn stats(&self) -> Stats {
-        let w = self.inner.wal.stats();
-        let (opts, forest) = (&self.inner.opts, &self.inner.forest);
-        let dirty_pages_limit = opts.dirty_pages_limit() as u64;
-        Stats {
-            cache_bytes: forest.mem_used(),
-            cache_capacity: opts.cache_capacity as u64,
-            page_table_bytes: forest.page_table_mem(),
-            dirty_pages: forest.dirty_pages() as u64,
-            dirty_pages_limit,
-            dirty_limit: dirty_pages_limit * crate::limits::DIRTY_PAGE_COST as u64,
-            checkpoint_bytes: self.inner.ckpt_mem.now(),
-            checkpoint_peak_bytes: self.inner.ckpt_mem.peak(),
-            wal_buffer_bytes: self.inner.wal.buffered_bytes(),
-            wal_buffer_limit: opts.wal_buffer_bytes() as u64,
-            files: self.inner.store.files().len(),
-            wal_records: w.records_appended,
-            wal_fsyncs: w.fsyncs,
-            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
-            snapshots: self.inner.mvcc.live_snapshots(),
-            splits: self.inner.forest.splits.load(Ordering::Relaxed),
-            merges: self.inner.forest.merges.load(Ordering::Relaxed),
-            page_reads: self.inner.forest.page_reads.load(Ordering::Relaxed),
-        }
+        self.inner.stats()
+    }
+
+    /// Pushes [`Db::stats`] through the [`metrics`](https://docs.rs/metrics) facade now
+    /// (feature `metrics`; the background task of a writable database also does it about
+    /// every second). The names and labels are in the README's "Observability" section.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.inner.publish_metrics();
     }
 
     /// Flushes the WAL, checkpoints, stops the background task, closes the database and

@@ -62,3 +62,7 @@ pub(crate) const SNAPSHOT_SLOTS: usize = 64;
 /// `Bucket::compare_and_swap`) before its last one, under the commit lock, which cannot
 /// conflict.
 pub const UPDATE_OPTIMISTIC_ATTEMPTS: u32 = 4;
+
+/// The most threads `Options::io_threads` and `Options::background_threads` accept (the
+/// fallback crate's own bound).
+pub const MAX_THREADS: usize = 4096;

@@ -5,6 +5,9 @@
 //! assigning its public fields on a `mut` binding, so adding an option is not a breaking
 //! change.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -82,6 +85,20 @@ pub struct Options {
     /// commit waits until its record reached the kernel, as a `Buffered` one does. `None`:
     /// a sixteenth of `cache_capacity`, at least [`limits::MIN_WAL_BUFFER`].
     pub wal_buffer_limit: Option<usize>,
+    /// Threads of the thread-pool I/O backend's pool (`None`: 32). The pool is
+    /// process-wide and started by the first database that uses it, with that database's
+    /// value; later values are ignored (with a debug event). The environment variable
+    /// `RINGKV_FALLBACK_THREADS` overrides it. The `io_uring` backend does not start this
+    /// pool (it runs its few blocking calls on one helper thread of its own).
+    pub io_threads: Option<usize>,
+    /// Threads of the process-wide pool that runs the background work (WAL flushes of
+    /// `Durability::None` commits, checkpoints, the drop of a database not closed) of every
+    /// database opened without a [`Spawner`] (`None`: 2). Like `io_threads`, the first
+    /// database that starts the pool sizes it.
+    pub background_threads: Option<usize>,
+    /// Runs this database's background work on the caller's runtime instead of the
+    /// process-wide background pool (`None`: the pool). See [`Spawner`].
+    pub spawner: Option<Spawner>,
     /// Run on this simulated disk instead of a real one (set by `Options::sim`, feature
     /// `sim`, for tests; without the feature no value of it exists). The background task
     /// does not run on a simulated disk, so a single-threaded run replays exactly from the
@@ -133,6 +150,77 @@ setters! {
 }
 
 impl Options {
+    /// Sets [`Options::io_threads`](#structfield.io_threads).
+    pub fn io_threads(mut self, threads: usize) -> Options {
+        self.io_threads = Some(threads);
+        self
+    }
+
+    /// Sets [`Options::background_threads`](#structfield.background_threads).
+    pub fn background_threads(mut self, threads: usize) -> Options {
+        self.background_threads = Some(threads);
+        self
+    }
+
+    /// Sets [`Options::spawner`](#structfield.spawner).
+    pub fn spawner(mut self, spawner: Spawner) -> Options {
+        self.spawner = Some(spawner);
+        self
+    }
+}
+
+/// A future of the background work, as a [`Spawner`] receives it.
+pub type BackgroundTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Runs a database's background work on the caller's runtime ([`Options::spawner`]): the
+/// task of each open database (WAL flushes of `Durability::None` commits every 20 ms,
+/// checkpoints on the size and time triggers, GC) and, when the last handle is dropped
+/// without [`Db::close`](crate::Db::close), the task that flushes its WAL and hands the
+/// directory lock over. Without one, they run on a process-wide pool of
+/// [`Options::background_threads`] threads.
+///
+/// The function must start the future and return (as `tokio::spawn` does); it must not
+/// block on it. The futures are `Send` and do their I/O through the I/O backend, so any
+/// multi-threaded or current-thread executor runs them. The runtime must outlive the
+/// database: a background task dropped unfinished (its runtime shut down) stops
+/// checkpointing, and a drop hand-over dropped unfinished loses the `Durability::None`
+/// commits not yet written, as a crash would (call `close` to be sure).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// use ringkv::{Db, Options, Spawner};
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let opts = Options::default().spawner(Spawner::new(|task| {
+///     tokio::spawn(task);
+/// }));
+/// let db = Db::open(dir.path(), opts).await?;
+/// db.bucket("b").await?.put(b"k", b"v").await?;
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Spawner(Arc<dyn Fn(BackgroundTask) + Send + Sync>);
+
+impl Spawner {
+    /// A spawner calling `spawn` with each background future.
+    pub fn new(spawn: impl Fn(BackgroundTask) + Send + Sync + 'static) -> Spawner {
+        Spawner(Arc::new(spawn))
+    }
+
+    /// Starts `task`.
+    pub(crate) fn spawn(&self, task: BackgroundTask) {
+        (self.0)(task);
+    }
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spawner(..)")
+    }
+}
+
+impl Options {
     /// Runs the database on the simulated disk `disk` (`None`: a real one). Feature `sim`,
     /// for the crash tests; not an API.
     #[cfg(feature = "sim")]
@@ -163,6 +251,9 @@ impl Default for Options {
             gc_live_ratio: 0.5,
             dirty_limit: None,
             wal_buffer_limit: None,
+            io_threads: None,
+            background_threads: None,
+            spawner: None,
             sim: None,
         }
     }
@@ -179,6 +270,12 @@ impl Options {
         #[cfg(not(feature = "sim"))]
         if let Some(never) = &self.sim {
             match *never {}
+        }
+        if let Some(threads) = self.io_threads {
+            // Takes effect only if the pool has not started (it is process-wide).
+            if !ringkv_fallback::set_global_threads(threads) {
+                tracing::debug!(threads, "Options::io_threads ignored: the I/O thread pool already runs");
+            }
         }
         IoDriver::new(self.io_backend)
     }
@@ -218,6 +315,18 @@ impl Options {
         if let Some(d) = self.checkpoint_interval {
             if d.is_zero() {
                 return Err(Error::invalid("checkpoint_interval must not be zero"));
+            }
+        }
+        for (name, threads) in
+            [("io_threads", self.io_threads), ("background_threads", self.background_threads)]
+        {
+            if let Some(n) = threads {
+                if !(1..=limits::MAX_THREADS).contains(&n) {
+                    return Err(Error::invalid(format!(
+                        "{name} must be in 1..={}, got {n}",
+                        limits::MAX_THREADS
+                    )));
+                }
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("limits", 0),
     ("coop", 0),
     ("files", 0),
+    ("obs", 0),
     ("io", 1),
     ("options", 2),
     ("wal", 3),

@@ -6,7 +6,9 @@
 //! - [`Pool`]: a fixed set of worker threads running blocking jobs. [`Pool::run`] queues a
 //!   job and returns a `Send` future of its result, so a caller on any executor (tokio,
 //!   smol, `futures::executor::block_on`) awaits disk I/O without blocking its own thread.
-//!   [`global`] is the pool shared by the whole process.
+//!   [`global`] is the pool shared by the whole process, sized when it starts (its first
+//!   use) by [`GLOBAL_THREADS_ENV`], else [`set_global_threads`], else
+//!   [`DEFAULT_GLOBAL_THREADS`].
 //! - [`try_lock_dir`]: the advisory lock that keeps a second writer out of a database
 //!   directory.
 //! - Positional helpers meant to run inside such jobs: [`read_exact_at`],
@@ -30,5 +32,5 @@ mod pool;
 mod positional;
 
 pub use lock::{try_lock_dir, DirLock, LockError, LockMode};
-pub use pool::{global, Canceled, Pool, DEFAULT_GLOBAL_THREADS, GLOBAL_THREADS_ENV};
+pub use pool::{global, set_global_threads, Canceled, Pool, DEFAULT_GLOBAL_THREADS, GLOBAL_THREADS_ENV};
 pub use positional::{allocate, read_exact_at, read_to_fill_at, sync_dir, write_all_vectored_at};

@@ -170,26 +170,47 @@ fn worker(rx: Receiver<Job>) {
     }
 }
 
-/// The pool shared by the whole process, started on first use with
-/// [`DEFAULT_GLOBAL_THREADS`] threads, or the count in [`GLOBAL_THREADS_ENV`].
+/// The thread count [`global`] starts with when neither [`GLOBAL_THREADS_ENV`] nor
+/// [`set_global_threads`] says otherwise (0: not set).
+static CONFIGURED_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+/// Sets the thread count of [`global`] for when it is started (its first use). Returns
+/// `false`, changing nothing, once the pool runs: it is process-wide and keeps the size it
+/// started with. [`GLOBAL_THREADS_ENV`], when set to a valid count, overrides this.
+pub fn set_global_threads(threads: usize) -> bool {
+    if GLOBAL.get().is_some() {
+        return false;
+    }
+    CONFIGURED_THREADS.store(threads.clamp(1, MAX_THREADS), Ordering::Relaxed);
+    true
+}
+
+/// The pool shared by the whole process, started on first use with the thread count in
+/// [`GLOBAL_THREADS_ENV`] if that is set, else the one given to [`set_global_threads`],
+/// else [`DEFAULT_GLOBAL_THREADS`].
 pub fn global() -> &'static Pool {
-    static GLOBAL: OnceLock<Pool> = OnceLock::new();
     GLOBAL.get_or_init(|| Pool::new(global_threads(), "ringkv-fallback"))
 }
 
 fn global_threads() -> usize {
+    let configured = match CONFIGURED_THREADS.load(Ordering::Relaxed) {
+        0 => DEFAULT_GLOBAL_THREADS,
+        n => n,
+    };
     let Ok(value) = std::env::var(GLOBAL_THREADS_ENV) else {
-        return DEFAULT_GLOBAL_THREADS;
+        return configured;
     };
     match value.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_THREADS).contains(&n) => n,
         _ => {
             tracing::warn!(
                 value = %value,
-                default = DEFAULT_GLOBAL_THREADS,
-                "{GLOBAL_THREADS_ENV} must be a thread count in 1..={MAX_THREADS}; using the default"
+                threads = configured,
+                "{GLOBAL_THREADS_ENV} must be a thread count in 1..={MAX_THREADS}; ignoring it"
             );
-            DEFAULT_GLOBAL_THREADS
+            configured
         }
     }
 }

@@ -1,31 +1,58 @@
-//! The background task of each database and the pool it runs on.
+//! The background task of each database and where it runs: the caller's runtime when
+//! `Options::spawner` is set ([`spawn`]), else the process-wide [`background_pool`].
 //!
 //! The task flushes the WAL for `Durability::None` commits (every 20 ms, else every
-//! 200 ms) and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
+//! 200 ms), pushes `Stats` through the `metrics` facade every second (feature `metrics`),
+//! and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
 //! commit asking for one) and the time trigger (`Options::checkpoint_interval`). It holds
 //! only a weak reference, so a dropped database stops it; it stops at `close` and when the
 //! database turns read-only. The simulated disk runs no background task (deterministic
 //! replays).
 
+use std::future::Future;
 use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
+use futures::task::SpawnExt;
 
 use super::{checkpoint, DbInner};
-use crate::options::Durability;
+use crate::options::{Durability, Options};
 
-/// The process-wide pool of two threads running every database's background task and the
-/// WAL flush of databases dropped without `close`.
-pub(crate) fn background_pool() -> &'static futures::executor::ThreadPool {
+/// How often the background task pushes `Stats` through the `metrics` facade.
+#[cfg(feature = "metrics")]
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Threads of [`background_pool`] unless `Options::background_threads` says otherwise.
+const DEFAULT_BACKGROUND_THREADS: usize = 2;
+
+/// The process-wide pool running the background task and the WAL flush of databases
+/// dropped without `close`, of every database opened without `Options::spawner`. Started by
+/// the first such database, with its `Options::background_threads` (default 2).
+fn background_pool(threads: Option<usize>) -> std::io::Result<&'static futures::executor::ThreadPool> {
     static POOL: OnceLock<futures::executor::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        futures::executor::ThreadPool::builder()
-            .pool_size(2)
-            .name_prefix("ringkv-bg-")
-            .create()
-            .expect("spawn ringkv background threads")
-    })
+    if let Some(pool) = POOL.get() {
+        return Ok(pool);
+    }
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(threads.unwrap_or(DEFAULT_BACKGROUND_THREADS))
+        .name_prefix("ringkv-bg-")
+        .create()?;
+    // Two first opens racing: the loser's pool is dropped (its idle threads exit).
+    Ok(POOL.get_or_init(|| pool))
+}
+
+/// Starts `task` on the spawner of `opts` if it has one, else on [`background_pool`].
+pub(crate) fn spawn(opts: &Options, task: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    match &opts.spawner {
+        Some(spawner) => {
+            spawner.spawn(Box::pin(task));
+            Ok(())
+        }
+        None => background_pool(opts.background_threads)?
+            .spawn(task)
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    }
 }
 
 /// The background task of one database: WAL flushes for `Durability::None` and
@@ -33,6 +60,8 @@ pub(crate) fn background_pool() -> &'static futures::executor::ThreadPool {
 /// dropped database stops it.
 pub(crate) async fn background(db: Weak<DbInner>) {
     let mut last_ckpt = Instant::now();
+    #[cfg(feature = "metrics")]
+    let mut last_publish = Instant::now();
     loop {
         let tick = {
             let Some(d) = db.upgrade() else { return };
@@ -61,6 +90,11 @@ pub(crate) async fn background(db: Weak<DbInner>) {
         if let Err(e) = d.wal.flush().await {
             d.poison(&e);
             return;
+        }
+        #[cfg(feature = "metrics")]
+        if last_publish.elapsed() >= METRICS_INTERVAL {
+            last_publish = Instant::now();
+            d.publish_metrics();
         }
         if !d.opts.background_checkpoints {
             continue;

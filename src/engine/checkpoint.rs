@@ -14,7 +14,8 @@
 //!    which the commit path enforces) and one flush of frames GC copies; then `fdatasync`
 //!    each file and sync the directory. `DbInner::ckpt_mem` counts what it holds.
 //! 4. Publish: one manifest edit adds both files, points every captured page at its new
-//!    address and sets the WAL frontier to `cut`. Data first, metadata last: a crash
+//!    address, sets the WAL frontier to `cut` and records every bucket's approximate size
+//!    as counted when the cut's snapshot was taken. Data first, metadata last: a crash
 //!    before the edit is durable leaves unreferenced files that open deletes.
 //! 5. In memory: the files become readable, pages whose image holds their whole chain
 //!    become evictable, pages with versions above the cut stay dirty.
@@ -57,6 +58,14 @@ pub struct CheckpointStats {
     pub wal_segments_removed: usize,
     /// Pages marked for rewriting by GC (their files are mostly garbage).
     pub gc_pages: usize,
+    /// Data files whose pages GC marked (the next checkpoints rewrite them elsewhere, then
+    /// delete the files).
+    pub gc_files: usize,
+    /// Bytes of frames this checkpoint copied as they were on disk: pages GC marked that
+    /// were not in memory (those in memory are written from their image, with the rest).
+    pub gc_copied_bytes: u64,
+    /// How long the checkpoint took, in milliseconds.
+    pub duration_ms: u64,
 }
 
 const MAX_CUT_ATTEMPTS: usize = 16;
@@ -82,26 +91,85 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
 
 /// [`run`] for a caller that holds `ckpt_lock` (a backup keeps holding it after the
 /// checkpoint, so that no other one changes the files before they are copied).
+///
+/// Runs in an `info` span `ringkv.checkpoint` whose fields say what it did (`cut_ts`,
+/// `pages`, `blobs`, `bytes`, `files_removed`, `wal_segments_removed`, `gc_pages`,
+/// `gc_files`, `gc_copied_bytes`, `duration_ms`); an `info` event `checkpoint` sums up
+/// one that wrote something (`debug` for one that had nothing to write).
 pub(crate) async fn run_locked(
     db: &DbInner,
     _held: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<CheckpointStats> {
-    let stats = steps(db).await;
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "ringkv.checkpoint",
+        cut_ts = Empty,
+        pages = Empty,
+        blobs = Empty,
+        bytes = Empty,
+        files_removed = Empty,
+        wal_segments_removed = Empty,
+        gc_pages = Empty,
+        gc_files = Empty,
+        gc_copied_bytes = Empty,
+        duration_ms = Empty,
+    );
+    let started = std::time::Instant::now();
+    let stats = tracing::Instrument::instrument(steps(db), span.clone()).await;
     db.ckpt_mem.clear();
-    stats
+    let _entered = span.enter();
+    match stats {
+        Ok(mut s) => {
+            s.duration_ms = super::open::millis(started.elapsed());
+            span.record("cut_ts", s.cut_ts);
+            span.record("pages", s.pages);
+            span.record("blobs", s.blobs);
+            span.record("bytes", s.bytes);
+            span.record("files_removed", s.files_removed);
+            span.record("wal_segments_removed", s.wal_segments_removed);
+            span.record("gc_pages", s.gc_pages);
+            span.record("gc_files", s.gc_files);
+            span.record("gc_copied_bytes", s.gc_copied_bytes);
+            span.record("duration_ms", s.duration_ms);
+            if s.pages > 0 || s.blobs > 0 {
+                tracing::info!(
+                    cut_ts = s.cut_ts,
+                    pages = s.pages,
+                    blobs = s.blobs,
+                    bytes = s.bytes,
+                    files_removed = s.files_removed,
+                    wal_segments_removed = s.wal_segments_removed,
+                    gc_pages = s.gc_pages,
+                    duration_ms = s.duration_ms,
+                    "checkpoint"
+                );
+            } else {
+                tracing::debug!(
+                    cut_ts = s.cut_ts,
+                    duration_ms = s.duration_ms,
+                    "checkpoint: nothing to write"
+                );
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint failed");
+            Err(e)
+        }
+    }
 }
 
 /// The steps of [`run`], under `ckpt_lock`.
 async fn steps(db: &DbInner) -> Result<CheckpointStats> {
     db.check_writable()?;
-    let Cut { snap, sealed, pages, blobs } = cut(db).await?;
+    let Cut { snap, sealed, pages, blobs, sizes } = cut(db).await?;
     let cut_ts = snap.ts();
     let (state_ts, _) = db.manifest.frontier_and_next_bucket().await;
     if pages.is_empty() && blobs.is_empty() && cut_ts == state_ts {
         return Ok(CheckpointStats { cut_ts, ..Default::default() });
     }
     let mut stats = CheckpointStats { cut_ts, pages: pages.len(), blobs: blobs.len(), ..Default::default() };
-    let (new_files, placed) = match write_and_publish(db, cut_ts, pages, &blobs, &mut stats).await {
+    let (new_files, placed) = match write_and_publish(db, cut_ts, pages, &blobs, sizes, &mut stats).await {
         Ok(x) => x,
         Err(e) => {
             db.forest.restore_dirty(sealed);
@@ -114,7 +182,7 @@ async fn steps(db: &DbInner) -> Result<CheckpointStats> {
     db.forest.needs_checkpoint.store(false, Ordering::Relaxed);
     db.checkpoints.fetch_add(1, Ordering::Relaxed);
     drop_dead(db, dead, cut_ts, &mut stats).await?;
-    stats.gc_pages = super::gc::mark_sparse_files(db, new_data_file);
+    (stats.gc_files, stats.gc_pages) = super::gc::mark_sparse_files(db, new_data_file);
     Ok(stats)
 }
 
@@ -125,6 +193,10 @@ struct Cut {
     sealed: rustc_hash::FxHashSet<Pid>,
     pages: Vec<Captured>,
     blobs: Vec<PendingBlob>,
+    /// Every bucket's approximate size (`Tree::account`) when the cut's snapshot was
+    /// taken: (id, keys, bytes). A commit applied but not yet published then is counted
+    /// here and replayed again after a crash (the approximation `Tree::account` names).
+    sizes: Vec<(u32, u64, u64)>,
 }
 
 /// Steps 1-2: load the pages whose chain ends in a disk stub, then seal and capture the
@@ -141,13 +213,20 @@ async fn cut(db: &DbInner) -> Result<Cut> {
         let trees = db.trees();
         let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
         let snap = db.mvcc.snapshot();
+        let sizes = trees
+            .iter()
+            .map(|t| {
+                let (keys, bytes) = t.size.get();
+                (t.id, keys, bytes)
+            })
+            .collect();
         let horizon = db.mvcc.horizon();
         let sealed = f.take_dirty();
         match f.capture(&sealed, snap.ts(), horizon) {
             Ok((pages, blobs)) => {
                 drop(locks);
                 db.ckpt_mem.hold(pages.iter().map(|c| c.image.len()).sum());
-                return Ok(Cut { snap, sealed, pages, blobs });
+                return Ok(Cut { snap, sealed, pages, blobs, sizes });
             }
             Err(need) => {
                 f.restore_dirty(sealed);
@@ -173,6 +252,7 @@ async fn write_and_publish(
     cut_ts: u64,
     pages: Vec<Captured>,
     blobs: &[PendingBlob],
+    sizes: Vec<(u32, u64, u64)>,
     stats: &mut CheckpointStats,
 ) -> Result<(Vec<NewFile>, Vec<(Captured, u64, u32)>)> {
     let mut edits = Vec::new();
@@ -196,7 +276,7 @@ async fn write_and_publish(
     }
     let mut placed = Vec::with_capacity(pages.len());
     if !pages.is_empty() {
-        let (w, locs) = write_pages(db, pages, &mut placed).await?;
+        let (w, locs) = write_pages(db, pages, &mut placed, &mut stats.gc_copied_bytes).await?;
         if let Some(w) = w {
             let (meta, relocs) = w.finish().await?;
             stats.bytes += meta.size;
@@ -207,6 +287,7 @@ async fn write_and_publish(
     }
     db.io.sync_dir(&db.dir).await?;
     edits.push(Edit::Checkpoint(cut_ts));
+    edits.push(Edit::BucketSizes(sizes));
     let (_, next_bucket) = db.manifest.frontier_and_next_bucket().await;
     edits.push(db.counters(next_bucket));
     db.manifest.commit(edits).await?;
@@ -222,6 +303,7 @@ async fn write_pages(
     db: &DbInner,
     pages: Vec<Captured>,
     placed: &mut Vec<(Captured, u64, u32)>,
+    copied: &mut u64,
 ) -> Result<(Option<FileWriter>, Vec<(Pid, PageLoc)>)> {
     let mut w: Option<FileWriter> = None;
     let mut locs = Vec::with_capacity(pages.len());
@@ -237,6 +319,7 @@ async fn write_pages(
             // An unloaded page moved by GC: copy its verified frame as is.
             let frame = db.store.read_frame(c.copy_from).await?.bytes;
             db.ckpt_mem.hold(frame.len());
+            *copied += frame.len() as u64;
             frame
         };
         let writer = match &mut w {

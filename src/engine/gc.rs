@@ -2,8 +2,10 @@
 //! its frames gets those pages marked dirty, so the next checkpoint writes them elsewhere
 //! and its step 6 drops the file once no page points into it.
 //!
-//! Runs at the end of every checkpoint (`super::checkpoint::run`), never on the file that
-//! checkpoint just wrote.
+//! Runs at the end of every checkpoint (`super::checkpoint::run`, inside its span), never
+//! on the file that checkpoint just wrote. What it marks is an `info` event; the files it
+//! empties are counted by the checkpoint that deletes them (`files_removed`), the frames
+//! copied as they were by `gc_copied_bytes`.
 
 use super::DbInner;
 use crate::store::data_file::FileKind;
@@ -11,8 +13,10 @@ use crate::store::data_file::FileKind;
 /// Marks the live pages of sparse data files (other than `just_written`) dirty, sparsest
 /// first, as many files as fit in the room left under the dirty-page bound, so that GC
 /// never makes a checkpoint hold more than `Options::dirty_limit` allows; the rest wait
-/// for a later checkpoint. Returns how many pages were marked.
-pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> usize {
+/// for a later checkpoint. Returns how many files and pages were marked; a marking is an
+/// `info` event `GC` (files, pages, and the live ratio of the sparsest file).
+pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> (usize, usize) {
+    let sparsest;
     let victims: rustc_hash::FxHashSet<u64> = {
         let live = db.live_files.lock();
         let mut sparse: Vec<(f64, u64, usize)> = db
@@ -28,6 +32,7 @@ pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> usiz
             })
             .collect();
         sparse.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        sparsest = sparse.first().map(|s| s.0);
         let dirty = db.forest.dirty_pages();
         let mut room = db.opts.dirty_pages_limit().saturating_sub(dirty);
         let mut picked = rustc_hash::FxHashSet::default();
@@ -44,7 +49,14 @@ pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> usiz
         picked
     };
     if victims.is_empty() {
-        return 0;
+        return (0, 0);
     }
-    db.forest.mark_files_dirty(&victims)
+    let pages = db.forest.mark_files_dirty(&victims);
+    tracing::info!(
+        files = victims.len(),
+        pages,
+        sparsest_live_ratio = sparsest.unwrap_or(0.0),
+        "GC: the live pages of sparse data files go to the next checkpoint"
+    );
+    (victims.len(), pages)
 }

@@ -3,7 +3,8 @@
 //! the hand-over of the directory lock to a new open in the same process.
 //!
 //! The directory lock is held until `close` returns or, when the last API handle is
-//! dropped without `close`, until a task on the background pool has stopped the background
+//! dropped without `close`, until a background task (on `Options::spawner`, else the
+//! background pool) has stopped the background
 //! work and flushed the WAL. Engine tasks hold `Arc<DbInner>`, never a `DbRef`, so they
 //! cannot keep a given-up database open.
 
@@ -12,24 +13,34 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use futures::future::{self, FutureExt};
-use futures::task::SpawnExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use super::background::background_pool;
 use super::{checkpoint, DbInner};
 use crate::error::Result;
 
 impl DbInner {
     /// `Db::close`: the first call shuts down (below), then releases the directory lock;
     /// later calls are `Ok` at once.
+    ///
+    /// Runs in an `info` span `ringkv.close` (`dir`, `duration_ms`); `closed` is an `info`
+    /// event.
     pub(crate) async fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.shut_down().await;
+        let span = tracing::info_span!("ringkv.close", dir = %self.dir.display(), duration_ms = tracing::field::Empty);
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self.shut_down(), span.clone()).await;
         // Released only now: nothing of this open writes after this point.
         drop(self.lock.lock().take());
+        let _entered = span.enter();
+        let duration_ms = super::open::millis(started.elapsed());
+        span.record("duration_ms", duration_ms);
+        match &result {
+            Ok(()) => tracing::info!(duration_ms, "closed"),
+            Err(e) => tracing::warn!(error = %e, duration_ms, "closed after an error"),
+        }
         result
     }
 
@@ -94,7 +105,8 @@ struct UserGuard {
 impl Drop for UserGuard {
     /// The database is closed for the API at once. Its commits are in the WAL, which the
     /// next open replays, but those made with `Durability::None` (or `Buffered`) in its
-    /// last moments may still sit in the WAL's memory: a task on the background pool waits
+    /// last moments may still sit in the WAL's memory: a background task (on the spawner
+    /// of `Options::spawner`, else the background pool) waits
     /// for the background task to stop, writes and syncs the WAL, and only then releases
     /// the directory lock. A new open of the same directory in this process waits for that
     /// hand-over instead of failing with [`Error::Locked`]. If the process exits first,
@@ -128,7 +140,7 @@ impl Drop for UserGuard {
             draining().lock().remove(&key);
             let _ = done.send(());
         };
-        if let Err(e) = background_pool().spawn(task) {
+        if let Err(e) = super::background::spawn(&self.db.opts, task) {
             tracing::error!(error = %e, "could not flush the WAL of a dropped database");
         }
     }

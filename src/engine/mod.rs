@@ -12,6 +12,7 @@
 //! | [`read`] | point reads and scans at a snapshot, a transaction's overlay |
 //! | [`background`] | the background task (WAL flushes, checkpoint triggers) and its pool |
 //! | [`lifetime`] | handles, `close`, the drop of a database not closed, the lock hand-over |
+//! | [`stats`] | what `Db::stats` reports, and its export through the `metrics` facade (feature `metrics`) |
 //!
 //! The API (`Db`, `Bucket`, `Transaction`, `Txn`, `Snapshot`, `WriteBatch`, `Iter`) holds [`DbRef`]s and calls into
 //! these rooms; it keeps no protocol of its own. `docs/design.md` has the layer map.
@@ -25,6 +26,7 @@ pub(crate) mod gc;
 pub(crate) mod lifetime;
 pub(crate) mod open;
 pub(crate) mod read;
+pub(crate) mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +77,14 @@ pub(crate) struct DbInner {
     pub ckpt_mem: MemGauge,
     pub bg_wake: tokio::sync::Notify,
     pub bg: Mutex<Option<RemoteHandle<()>>>,
+    /// Latency of every commit acknowledged since open, from the call to the
+    /// acknowledgement (the durability wait included).
+    pub commit_latency: crate::obs::Histogram,
+    /// Latency of every point read since open (a blob value's read included).
+    pub read_latency: crate::obs::Histogram,
+    /// What `publish_metrics` pushed last (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub published: stats::Published,
 }
 
 /// A count of bytes held, with its high-water mark since open.

@@ -10,18 +10,26 @@
 //!    first touch) and the catalogue of buckets.
 //! 6. Recover the WAL (a writer cuts its torn tail and starts a new segment; a read-only
 //!    open changes nothing) and replay the records above the checkpoint frontier.
-//! 7. Start the background task (a writer on a real disk).
+//! 7. Start the background task (a writer on a real disk), on `Options::spawner` if set,
+//!    else on the process-wide background pool.
+//!
+//! All of it runs in the `info` span `ringkv.open`, step 6 in `ringkv.recover` (records
+//! replayed, bytes, duration; a progress event on long replays); `opened` is an `info`
+//! event.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::task::SpawnExt;
+use bytes::Bytes;
+use tracing::Instrument;
+
+use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
-use super::background::{background, background_pool};
+use super::background::background;
 use super::lifetime::{dropped_handover, handover_key};
 use super::{make_value, DbInner, MemGauge};
 use crate::error::{Error, Result};
@@ -35,8 +43,50 @@ use crate::tree::node::{LeafBase, NodeKind, Version};
 use crate::tree::{Forest, Tree};
 use crate::wal::{Wal, WalOp};
 
-/// Opens the database in `path` (the steps of the module doc).
+/// Bytes of replayed keys and values between two progress events of a long replay.
+const REPLAY_PROGRESS_BYTES: u64 = 64 << 20;
+
+/// Opens the database in `path` (the steps of the module doc), in an `info` span
+/// `ringkv.open` (fields `dir`, `read_only`, and once open `backend`, `buckets`,
+/// `data_files` and `duration_ms`) holding the recovery's span (`replay_wal`); an `info`
+/// event `opened` sums it up.
 pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
+    let span = tracing::info_span!(
+        "ringkv.open",
+        dir = %path.display(),
+        read_only = opts.read_only,
+        backend = tracing::field::Empty,
+        buckets = tracing::field::Empty,
+        data_files = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let opened = open_steps(path, opts).instrument(span.clone()).await;
+    let _entered = span.enter();
+    match &opened {
+        Ok(inner) => {
+            let duration_ms = millis(started.elapsed());
+            let buckets = inner.catalog.read().len();
+            let data_files = inner.store.files().len();
+            let backend = format!("{:?}", inner.io.backend());
+            span.record("backend", backend.as_str());
+            span.record("buckets", buckets);
+            span.record("data_files", data_files);
+            span.record("duration_ms", duration_ms);
+            tracing::info!(backend, buckets, data_files, duration_ms, "opened");
+        }
+        Err(e) => tracing::warn!(error = %e, "open failed"),
+    }
+    opened
+}
+
+/// Whole milliseconds of `d` (saturating), for span fields.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The steps of [`open`].
+async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
     // Step 1.
     opts.validate()?;
     let dir = path.to_path_buf();
@@ -98,6 +148,10 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         ckpt_mem: MemGauge::default(),
         bg_wake: tokio::sync::Notify::new(),
         bg: Mutex::new(None),
+        commit_latency: Default::default(),
+        read_latency: Default::default(),
+        #[cfg(feature = "metrics")]
+        published: Default::default(),
     });
     // Step 7.
     start_background(&inner)?;
@@ -109,9 +163,10 @@ pub(crate) async fn open(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
 fn start_background(inner: &Arc<DbInner>) -> Result<()> {
     let deterministic = inner.opts.is_simulated();
     if !deterministic && !inner.opts.read_only {
-        let handle = background_pool().spawn_with_handle(background(Arc::downgrade(inner))).map_err(|e| {
-            Error::io(&inner.dir, "spawn background task", std::io::Error::other(e.to_string()))
-        })?;
+        // The handle's drop cancels the task; `close` awaits it.
+        let (task, handle) = background(Arc::downgrade(inner)).remote_handle();
+        super::background::spawn(&inner.opts, task)
+            .map_err(|e| Error::io(&inner.dir, "spawn background task", e))?;
         *inner.bg.lock() = Some(handle);
     }
     Ok(())
@@ -156,6 +211,9 @@ fn load_catalog(forest: &Forest, state: &ManifestState) -> Catalog {
             forest.mark_dirty(b.root);
         }
         let t = Arc::new(Tree::new(b.id, b.root));
+        if let Some(&(keys, bytes)) = state.bucket_sizes.get(&b.id) {
+            t.size.set(keys, bytes);
+        }
         catalog.insert(b.name.clone(), t.clone());
         by_id.insert(b.id, t);
     }
@@ -165,6 +223,11 @@ fn load_catalog(forest: &Forest, state: &ManifestState) -> Catalog {
 /// Step 6: recovers the WAL (a writer creates its directory, cuts the torn tail and starts
 /// a segment; a read-only open changes nothing), replays the records above the checkpoint
 /// frontier into the trees and moves the clock past them.
+///
+/// Runs in an `info` span `ringkv.recover` whose fields say what it did: `records`
+/// replayed, `bytes` of their keys and values, `wal_bytes` (the segments read),
+/// `last_ts` and `duration_ms`; a long replay emits an `info` event every
+/// [`REPLAY_PROGRESS_BYTES`] of keys and values.
 async fn replay_wal(
     io: &IoDriver,
     dir: &Path,
@@ -174,6 +237,30 @@ async fn replay_wal(
     mvcc: &Mvcc,
     by_id: &FxHashMap<u32, Arc<Tree>>,
 ) -> Result<Wal> {
+    let span = tracing::info_span!(
+        "ringkv.recover",
+        records = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+        wal_bytes = tracing::field::Empty,
+        last_ts = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    replay_wal_in(io, dir, opts, state, forest, mvcc, by_id, &span).instrument(span.clone()).await
+}
+
+/// [`replay_wal`] in its span.
+#[allow(clippy::too_many_arguments)]
+async fn replay_wal_in(
+    io: &IoDriver,
+    dir: &Path,
+    opts: &Options,
+    state: &ManifestState,
+    forest: &Forest,
+    mvcc: &Mvcc,
+    by_id: &FxHashMap<u32, Arc<Tree>>,
+    span: &tracing::Span,
+) -> Result<Wal> {
+    let started = Instant::now();
     let wal_dir = dir.join("wal");
     let (wal, records) = if opts.read_only {
         Wal::open_read_only(io.clone(), wal_dir, state.checkpoint_ts).await?
@@ -184,7 +271,9 @@ async fn replay_wal(
     };
     let mut last = state.checkpoint_ts;
     let replayed = records.len();
-    for rec in records {
+    let wal_bytes = wal.stats().disk_bytes;
+    let (mut bytes, mut next_progress) = (0u64, REPLAY_PROGRESS_BYTES);
+    for (done, rec) in records.into_iter().enumerate() {
         if rec.ts <= last {
             return Err(Error::corruption(
                 dir.join("wal"),
@@ -197,15 +286,27 @@ async fn replay_wal(
                 WalOp::Put { bucket, key, value } => (bucket, key, Some(value)),
                 WalOp::Delete { bucket, key } => (bucket, key, None),
             };
+            bytes += (key.len() + value.as_ref().map_or(0, Bytes::len)) as u64;
             let Some(tree) = by_id.get(&bucket) else { continue };
             let version = Version { ts: rec.ts, value: make_value(value, opts.inline_limit) };
             tree.upsert(forest, &key, &version).await?;
         }
         last = rec.ts;
+        if bytes >= next_progress {
+            next_progress = bytes + REPLAY_PROGRESS_BYTES;
+            let elapsed_ms = millis(started.elapsed());
+            tracing::info!(records = done + 1, of = replayed, bytes, elapsed_ms, "replaying the WAL");
+        }
     }
     mvcc.advance_to(last);
+    let duration_ms = millis(started.elapsed());
+    span.record("records", replayed);
+    span.record("bytes", bytes);
+    span.record("wal_bytes", wal_bytes);
+    span.record("last_ts", last);
+    span.record("duration_ms", duration_ms);
     if replayed > 0 {
-        tracing::info!(records = replayed, last_ts = last, "replayed the WAL");
+        tracing::info!(records = replayed, bytes, wal_bytes, last_ts = last, duration_ms, "replayed the WAL");
     }
     Ok(wal)
 }

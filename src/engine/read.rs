@@ -28,13 +28,17 @@ use crate::tree::node::{Pid, Value};
 use crate::tree::{Lower, Tree};
 
 /// Reads `key` from `tree` at snapshot `ts`.
+/// Its latency goes to `DbInner::read_latency`.
 pub(crate) async fn read_at(db: &DbInner, tree: &Tree, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
     check_key(key)?;
     db.check_open()?;
-    match tree.get_version(&db.forest, key, ts).await? {
-        Some(v) => db.forest.resolve(&v.value).await,
-        None => Ok(None),
-    }
+    let started = std::time::Instant::now();
+    let value = match tree.get_version(&db.forest, key, ts).await? {
+        Some(v) => db.forest.resolve(&v.value).await?,
+        None => None,
+    };
+    db.read_latency.record(started.elapsed());
+    Ok(value)
 }
 
 /// Owned bounds of a range.

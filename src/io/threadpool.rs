@@ -1,10 +1,17 @@
 //! The thread-pool backend: blocking positional calls on `ringkv_fallback::global()`.
 //!
-//! Every function here queues one job on the shared pool and awaits its oneshot result. The
-//! job owns everything it touches (an `Arc<File>`, the `Bytes` of a write, the `Vec` of a
-//! read), so a caller dropping the future cannot free memory a pool thread is using. The
-//! directory operations of [`Pool`] also serve the `io_uring` backend where `io_uring` lacks
-//! the opcode (`read_dir`, `exists`, `create_dir_all`, the directory lock).
+//! Every function here queues one job on a pool and awaits its oneshot result. The job owns
+//! everything it touches (an `Arc<File>`, the `Bytes` of a write, the `Vec` of a read), so a
+//! caller dropping the future cannot free memory a pool thread is using.
+//!
+//! Two pools: the backend's, `ringkv_fallback::global()` (32 threads unless
+//! `Options::io_threads` or `RINGKV_FALLBACK_THREADS` say otherwise), and [`aux`], one thread
+//! started on first use, for the few blocking calls of the `io_uring` backend that
+//! `io_uring` has no opcode for (`read_dir`, `exists`, `create_dir_all`, the directory lock,
+//! truncate, and `fallocate` where the file system cannot). Those calls are rare (open,
+//! recovery, checkpoints) and short, so one thread serves them; the `io_uring` backend
+//! never starts the global pool. The directory operations are free functions over the pool
+//! they run on (`*_on`), shared by both backends.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -16,16 +23,84 @@ use bytes::Bytes;
 use super::backend::{Backend, BackendFile, Written};
 use super::{Held, LockMode, OpenMode};
 
+/// Threads of [`aux`].
+const AUX_THREADS: usize = 1;
+
+/// The helper pool of the `io_uring` backend (module doc), started on first use.
+pub(super) fn aux() -> &'static ringkv_fallback::Pool {
+    static AUX: std::sync::OnceLock<ringkv_fallback::Pool> = std::sync::OnceLock::new();
+    AUX.get_or_init(|| ringkv_fallback::Pool::new(AUX_THREADS, "ringkv-io-aux"))
+}
+
 /// Runs `f` on the shared fallback pool.
-pub(super) async fn run<T, F>(f: F) -> io::Result<T>
+async fn run<T, F>(f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    match ringkv_fallback::global().run(f).await {
+    run_on(ringkv_fallback::global(), f).await
+}
+
+/// Runs `f` on `pool`.
+pub(super) async fn run_on<T, F>(pool: &ringkv_fallback::Pool, f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    match pool.run(f).await {
         Ok(result) => result,
         Err(canceled) => Err(io::Error::new(io::ErrorKind::BrokenPipe, canceled)),
     }
+}
+
+/// `mkdir -p` on `pool`.
+pub(super) async fn create_dir_all_on(pool: &ringkv_fallback::Pool, path: &Path) -> io::Result<()> {
+    let path = path.to_owned();
+    run_on(pool, move || std::fs::create_dir_all(path)).await
+}
+
+/// The names in directory `path`, sorted (a name that is not UTF-8 is skipped with a
+/// warning), on `pool`.
+pub(super) async fn read_dir_on(pool: &ringkv_fallback::Pool, path: &Path) -> io::Result<Vec<String>> {
+    let path: PathBuf = path.to_owned();
+    run_on(pool, move || {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&path)? {
+            match entry?.file_name().into_string() {
+                Ok(name) => names.push(name),
+                Err(name) => tracing::warn!(
+                    dir = %path.display(),
+                    name = ?name,
+                    "skipping a directory entry whose name is not UTF-8"
+                ),
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    })
+    .await
+}
+
+/// Whether `path` exists, on `pool`.
+pub(super) async fn exists_on(pool: &ringkv_fallback::Pool, path: &Path) -> io::Result<bool> {
+    let path = path.to_owned();
+    run_on(pool, move || path.try_exists()).await
+}
+
+/// `flock` on the directory's own descriptor (see `ringkv_fallback::try_lock_dir`), on
+/// `pool`.
+pub(super) async fn lock_dir_on(
+    pool: &ringkv_fallback::Pool,
+    path: &Path,
+    mode: LockMode,
+) -> io::Result<Result<Held, Vec<u32>>> {
+    let path = path.to_owned();
+    run_on(pool, move || match ringkv_fallback::try_lock_dir(&path, mode) {
+        Ok(lock) => Ok(Ok(Held::Os(lock))),
+        Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
+        Err(ringkv_fallback::LockError::Io(e)) => Err(e),
+    })
+    .await
 }
 
 /// The `std` options for `mode` (`uring.rs` maps the modes the same way).
@@ -73,8 +148,7 @@ impl Backend for Pool {
     }
 
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        let path = path.to_owned();
-        run(move || std::fs::create_dir_all(path)).await
+        create_dir_all_on(ringkv_fallback::global(), path).await
     }
 
     async fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -83,39 +157,15 @@ impl Backend for Pool {
     }
 
     async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let path: PathBuf = path.to_owned();
-        run(move || {
-            let mut names = Vec::new();
-            for entry in std::fs::read_dir(&path)? {
-                match entry?.file_name().into_string() {
-                    Ok(name) => names.push(name),
-                    Err(name) => tracing::warn!(
-                        dir = %path.display(),
-                        name = ?name,
-                        "skipping a directory entry whose name is not UTF-8"
-                    ),
-                }
-            }
-            names.sort_unstable();
-            Ok(names)
-        })
-        .await
+        read_dir_on(ringkv_fallback::global(), path).await
     }
 
     async fn exists(&self, path: &Path) -> io::Result<bool> {
-        let path = path.to_owned();
-        run(move || path.try_exists()).await
+        exists_on(ringkv_fallback::global(), path).await
     }
 
-    /// `flock` on the directory's own descriptor (see `ringkv_fallback::try_lock_dir`).
     async fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Result<Held, Vec<u32>>> {
-        let path = path.to_owned();
-        run(move || match ringkv_fallback::try_lock_dir(&path, mode) {
-            Ok(lock) => Ok(Ok(Held::Os(lock))),
-            Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
-            Err(ringkv_fallback::LockError::Io(e)) => Err(e),
-        })
-        .await
+        lock_dir_on(ringkv_fallback::global(), path, mode).await
     }
 }
 

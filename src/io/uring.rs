@@ -17,6 +17,10 @@
 //!  writes, cached reads), else hand over --->   at submission, wakes their futures
 //! ```
 //!
+//! The calls `io_uring` has no opcode for (`flock`, `read_dir`, `exists`, `mkdir -p`,
+//! truncate) run on a one-thread helper pool started on first use (`threadpool::aux`): this
+//! backend never starts the 32-thread pool of the thread-pool backend.
+//!
 //! Each `UringFile` owns a duplicate of its descriptor, made on the ring thread at open,
 //! for the direct ring. Where the direct ring cannot be set up (one warning), or the
 //! duplicate cannot be made, every operation takes the ring-thread path.
@@ -56,7 +60,7 @@ use tokio_uring::fs::File;
 use super::backend::{Backend, BackendFile, Written};
 use super::buffers::FixedBuffers;
 use super::direct::{self, Direct};
-use super::threadpool::{self, Pool};
+use super::threadpool;
 use super::{Held, LockMode, OpenMode};
 
 /// Submission queue entries of the shared ring.
@@ -198,7 +202,9 @@ impl Ring {
 }
 
 /// Open, close, rename, remove and directory syncs run on the ring thread; the operations
-/// `io_uring` lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the fallback pool.
+/// `io_uring` lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the one-thread helper
+/// pool `threadpool::aux` (never on the 32-thread fallback pool, which this backend does
+/// not start).
 impl Backend for &'static Ring {
     type File = UringFile;
 
@@ -235,7 +241,7 @@ impl Backend for &'static Ring {
     }
 
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        Pool.create_dir_all(path).await
+        threadpool::create_dir_all_on(threadpool::aux(), path).await
     }
 
     async fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -250,15 +256,15 @@ impl Backend for &'static Ring {
     }
 
     async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        Pool.read_dir(path).await
+        threadpool::read_dir_on(threadpool::aux(), path).await
     }
 
     async fn exists(&self, path: &Path) -> io::Result<bool> {
-        Pool.exists(path).await
+        threadpool::exists_on(threadpool::aux(), path).await
     }
 
     async fn lock_dir(&self, path: &Path, mode: LockMode) -> io::Result<Result<Held, Vec<u32>>> {
-        Pool.lock_dir(path, mode).await
+        threadpool::lock_dir_on(threadpool::aux(), path, mode).await
     }
 }
 
@@ -371,10 +377,11 @@ impl BackendFile for UringFile {
             .with_file(self.id, move |file, _| async move { file.fallocate(offset, len, 0).await })
             .await;
         match result {
-            // The file system cannot preallocate: the fallback crate extends the length.
+            // The file system cannot preallocate: the fallback crate extends the length (on
+            // the helper thread).
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 let file = self.dup().await?;
-                threadpool::run(move || ringkv_fallback::allocate(&file, offset, len)).await
+                threadpool::run_on(threadpool::aux(), move || ringkv_fallback::allocate(&file, offset, len)).await
             }
             other => other,
         }
@@ -384,10 +391,11 @@ impl BackendFile for UringFile {
         self.ring.with_file(self.id, move |file, _| async move { Ok(file.statx().await?.stx_size) }).await
     }
 
-    /// `io_uring` has no truncate in tokio-uring: a duplicate descriptor does it on the pool.
+    /// `io_uring` has no truncate in tokio-uring: a duplicate descriptor does it on the
+    /// helper thread (`threadpool::aux`; recovery's cut of a torn WAL tail).
     async fn set_len(&self, len: u64) -> io::Result<()> {
         let file = self.dup().await?;
-        threadpool::run(move || file.set_len(len)).await
+        threadpool::run_on(threadpool::aux(), move || file.set_len(len)).await
     }
 }
 

@@ -13,6 +13,7 @@
 //!   5 set pages       n u32 | (pid u64 | addr u64 | len u32)*  (addr 0 = page freed)
 //!   6 add bucket      id u32 | root pid u64 | name_len u16 | name
 //!   7 drop bucket     id u32
+//!   8 bucket sizes    n u32 | (id u32 | keys u64 | bytes u64)*  (approximate, at the checkpoint's cut)
 //! ```
 //!
 //! The first record of a manifest file is a full snapshot of the state (the same fields);
@@ -79,6 +80,9 @@ pub enum Edit {
     AddBucket(BucketMeta),
     /// A dropped bucket.
     DropBucket(u32),
+    /// The approximate live keys and key + value bytes of buckets (id, keys, bytes), as
+    /// of a checkpoint's cut (`Db::stats` starts from them at open).
+    BucketSizes(Vec<(u32, u64, u64)>),
 }
 
 /// The durable metadata, as the manifest rebuilds it.
@@ -100,6 +104,9 @@ pub struct ManifestState {
     pub pages: FxHashMap<u64, PageLoc>,
     /// Buckets by id.
     pub buckets: BTreeMap<u32, BucketMeta>,
+    /// Approximate (keys, bytes) of buckets by id, as of the last checkpoint that recorded
+    /// them (a bucket missing here counts from zero).
+    pub bucket_sizes: BTreeMap<u32, (u64, u64)>,
 }
 
 impl ManifestState {
@@ -139,6 +146,14 @@ impl ManifestState {
             }
             Edit::DropBucket(id) => {
                 self.buckets.remove(id);
+                self.bucket_sizes.remove(id);
+            }
+            Edit::BucketSizes(v) => {
+                for &(id, keys, bytes) in v {
+                    if self.buckets.contains_key(&id) {
+                        self.bucket_sizes.insert(id, (keys, bytes));
+                    }
+                }
             }
         }
     }
@@ -159,6 +174,9 @@ impl ManifestState {
         pages.sort_unstable_by_key(|p| p.0);
         v.push(Edit::SetPages(pages));
         v.extend(self.buckets.values().cloned().map(Edit::AddBucket));
+        if !self.bucket_sizes.is_empty() {
+            v.push(Edit::BucketSizes(self.bucket_sizes.iter().map(|(id, &(k, b))| (*id, k, b)).collect()));
+        }
         v
     }
 }
@@ -224,6 +242,17 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                 p.put_u8(7);
                 p.put_u32_le(*id);
             }
+            Edit::BucketSizes(v) => {
+                p.put_u8(8);
+                // One entry per bucket: bucket ids are u32.
+                #[allow(clippy::cast_possible_truncation)]
+                p.put_u32_le(v.len() as u32);
+                for &(id, keys, bytes) in v {
+                    p.put_u32_le(id);
+                    p.put_u64_le(keys);
+                    p.put_u64_le(bytes);
+                }
+            }
         }
     }
     let mut out = Vec::with_capacity(8 + p.len());
@@ -286,6 +315,14 @@ pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncat
                 Edit::AddBucket(BucketMeta { id, name: name.to_string(), root })
             }
             7 => Edit::DropBucket(r.u32()?),
+            8 => {
+                let n = r.count32(20)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push((r.u32()?, r.u64()?, r.u64()?));
+                }
+                Edit::BucketSizes(v)
+            }
             _ => return Err(Truncated { at }),
         };
         edits.push(e);

@@ -57,6 +57,9 @@ pub struct Manifest {
     io: IoDriver,
     dir: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
+    /// The current manifest file's length, for `Db::stats` (a copy of `Inner::len`,
+    /// readable without the async lock).
+    disk_len: std::sync::atomic::AtomicU64,
 }
 
 impl Manifest {
@@ -116,6 +119,7 @@ impl Manifest {
                 base: r.valid_len,
                 state: r.state,
             }),
+            disk_len: r.valid_len.into(),
         }))
     }
 
@@ -127,7 +131,13 @@ impl Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),
             inner: tokio::sync::Mutex::new(Inner { file, number: 1, len, base: len, state }),
+            disk_len: len.into(),
         })
+    }
+
+    /// The length of the current manifest file.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_len.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of the current state.
@@ -170,6 +180,7 @@ impl Manifest {
                 tracing::warn!(error = %e, "could not remove the old manifest");
             }
         }
+        self.disk_len.store(g.len, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

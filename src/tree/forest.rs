@@ -143,6 +143,10 @@ pub struct Forest {
     pub merges: AtomicU64,
     /// Page images read from disk since open.
     pub page_reads: AtomicU64,
+    /// Point reads (`Tree::get_version`) that found every page they needed in memory.
+    pub read_hits: crate::obs::Counter,
+    /// Point reads that loaded at least one page from disk.
+    pub read_misses: crate::obs::Counter,
     /// Set when the cache is over capacity and nothing clean is left to evict.
     pub needs_checkpoint: AtomicBool,
     /// No page image on disk holds a version newer than this (invariant 5).
@@ -181,6 +185,8 @@ impl Forest {
             splits: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             page_reads: AtomicU64::new(0),
+            read_hits: Default::default(),
+            read_misses: Default::default(),
             disk_ts: AtomicU64::new(0),
             barren: AtomicU64::new(0),
         };

@@ -144,6 +144,45 @@ pub struct Tree {
     pub smo: Mutex<()>,
     /// Set once the bucket is dropped; handles to it then fail.
     pub dropped: std::sync::atomic::AtomicBool,
+    /// Approximate live keys and their bytes (key and value lengths), kept by
+    /// [`Tree::apply`] (see [`Tree::account`]) and persisted at each checkpoint.
+    pub size: BucketSize,
+}
+
+/// A bucket's approximate size: live keys and their key + value bytes. Changed only by
+/// [`Tree::apply`] (under the commit lock, or by recovery), read by `Db::stats`.
+#[derive(Debug, Default)]
+pub struct BucketSize {
+    keys: std::sync::atomic::AtomicI64,
+    bytes: std::sync::atomic::AtomicI64,
+}
+
+impl BucketSize {
+    /// Starts from the counts a checkpoint persisted.
+    pub fn set(&self, keys: u64, bytes: u64) {
+        self.keys.store(i64::try_from(keys).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.bytes.store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Live keys and their bytes now (never below zero).
+    pub fn get(&self) -> (u64, u64) {
+        let clamp = |v: i64| u64::try_from(v).unwrap_or(0);
+        (clamp(self.keys.load(Ordering::Relaxed)), clamp(self.bytes.load(Ordering::Relaxed)))
+    }
+
+    fn add(&self, keys: i64, bytes: i64) {
+        self.keys.fetch_add(keys, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The length of a live value (`None` for a tombstone).
+fn live_len(v: &Version) -> Option<usize> {
+    match &v.value {
+        Value::Tombstone => None,
+        Value::Inline(b) => Some(b.len()),
+        Value::Blob(cell) => Some(cell.len as usize),
+    }
 }
 
 /// Start of a forward scan step.
@@ -175,7 +214,42 @@ pub type ForwardBatch = (Vec<(Bytes, Value)>, Option<Bytes>, Pid);
 impl Tree {
     /// A tree handle over an existing root.
     pub fn new(id: u32, root: Pid) -> Tree {
-        Tree { id, root, smo: Mutex::new(()), dropped: Default::default() }
+        Tree { id, root, smo: Mutex::new(()), dropped: Default::default(), size: BucketSize::default() }
+    }
+
+    /// Moves the bucket's size ([`BucketSize`]) by the write of `version` over what the
+    /// chain `v` holds for `key`: a put of a key whose newest version is absent or a
+    /// tombstone adds a key, a delete of a live one removes it, the bytes follow the value
+    /// lengths. Where the chain ends in a disk stub (a blind write to an evicted leaf) and
+    /// no delta names the key, its old version is unknown: a put counts as a new key and a
+    /// delete as removing one, of the key's bytes only (recovery's replay loads the leaves
+    /// it writes, whose stubs start without bounds, and so writes blind only into a leaf
+    /// evicted again during the replay). That, and commits replayed twice
+    /// around a crash (the counts persisted at a checkpoint may include a commit applied
+    /// but not yet published at its cut), are what makes the size approximate.
+    fn account(&self, v: &ChainView<'_>, key: &[u8], version: &Version) {
+        let old: Option<Option<usize>> = match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
+            Some((_, ver)) => Some(live_len(ver)),
+            None => match &v.bottom.kind {
+                NodeKind::Leaf(l) => Some(
+                    l.entries
+                        .binary_search_by(|e| node::key_cmp(&e.key, key))
+                        .ok()
+                        .and_then(|i| l.entries[i].versions.first())
+                        .and_then(live_len),
+                ),
+                _ => None,
+            },
+        };
+        let key_len = i64::try_from(key.len()).unwrap_or(i64::MAX);
+        let len = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        match (old, live_len(version)) {
+            (Some(Some(o)), Some(n)) => self.size.add(0, len(n) - len(o)),
+            (Some(Some(o)), None) => self.size.add(-1, -(key_len + len(o))),
+            (Some(None) | None, Some(n)) => self.size.add(1, key_len + len(n)),
+            (Some(None), None) => {}
+            (None, None) => self.size.add(-1, -key_len),
+        }
     }
 
     /// Descends to the leaf whose range holds `key`.
@@ -260,6 +334,7 @@ impl Tree {
 
     /// The newest version of `key` visible at `ts` (tombstones included), or `None`.
     pub async fn get_version(&self, f: &Forest, key: &[u8], ts: u64) -> Result<Option<Version>> {
+        let mut loaded = false;
         loop {
             let step = {
                 let guard = epoch::pin();
@@ -289,8 +364,19 @@ impl Tree {
                 }
             };
             match step {
-                Step::Done(v) => return Ok(v),
-                Step::Load(p) => f.load(p).await?,
+                Step::Done(v) => {
+                    // A point read that found every page in memory is a cache hit.
+                    if loaded {
+                        f.read_misses.incr();
+                    } else {
+                        f.read_hits.incr();
+                    }
+                    return Ok(v);
+                }
+                Step::Load(p) => {
+                    loaded = true;
+                    f.load(p).await?;
+                }
             }
         }
     }
@@ -371,6 +457,8 @@ impl Tree {
                 std::thread::yield_now();
                 continue;
             }
+            // Under the commit lock (or in recovery): what the chain holds for `key` is what
+            // this write replaces, unless the compare-and-swap below fails and it loops.
             let node = Node {
                 seq: v.head_node.seq + 1,
                 depth: v.head_node.depth + 1,
@@ -397,6 +485,7 @@ impl Tree {
                 #[allow(clippy::cast_possible_wrap)]
                 let mem = mem as isize;
                 f.note_write(pid, mem, node::version_bytes(key, version));
+                self.account(&v, key, version);
                 if depth >= CONSOLIDATE_CHAIN_LEN || big || shrinking {
                     self.maintain(f, pid, &guard);
                 }

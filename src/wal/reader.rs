@@ -57,6 +57,8 @@ pub(super) struct SegmentInfo {
     pub(super) path: PathBuf,
     /// Largest record `ts` in the segment; `None` while it holds no record.
     pub(super) max_ts: Option<u64>,
+    /// Its length on disk (for `WalStats::disk_bytes`).
+    pub(super) bytes: u64,
 }
 
 /// What recovery hands to the writer.
@@ -99,7 +101,9 @@ pub(super) async fn recover(
             break;
         }
         let (max_ts, end, torn) = read_records(&file, &path, file_len, frontier_ts, &mut records).await?;
-        segments.push(SegmentInfo { seq, path: path.clone(), max_ts });
+        // A torn tail is cut to `end` below (a read-only open leaves the file as it is).
+        let bytes = if torn.is_some() && writable { end } else { file_len };
+        segments.push(SegmentInfo { seq, path: path.clone(), max_ts, bytes });
         next_seq = seq + 1;
         if is_last && torn.is_none() && writable {
             // A process that died without a power loss leaves its last writes in the page

@@ -43,6 +43,9 @@
 //!   never retried: after a failed fsync the kernel may have dropped the dirty pages, so a
 //!   second fsync that succeeds proves nothing.
 //!
+//! Each flush emits a `trace` event (target `ringkv::wal`: segment, bytes written, whether
+//! it fsynced); segment creation and removal are `debug` events.
+//!
 //! # Segment rollover
 //!
 //! Before writing a non-empty batch, if the active segment holds records and
@@ -90,6 +93,8 @@ pub struct WalStats {
     pub fsyncs: u64,
     /// Bytes written to segments: records and segment headers.
     pub bytes_written: u64,
+    /// Bytes of the segment files on disk now.
+    pub disk_bytes: u64,
 }
 
 /// The write-ahead log: recovery at open, then appends with group commit.
@@ -402,6 +407,7 @@ impl Wal {
             batches_written: i.batches_written.load(Ordering::Relaxed),
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
             bytes_written: i.bytes_written.load(Ordering::Relaxed),
+            disk_bytes: i.state.lock().segments.iter().map(|s| s.bytes).sum(),
         }
     }
 
@@ -489,6 +495,7 @@ impl Inner {
     }
 
     async fn write_and_sync(&self, segment: &mut ActiveSegment, batch: Batch) -> Result<()> {
+        let mut written = 0;
         if batch.bytes > 0 {
             let would_end = segment.offset + MARK_LEN as u64 + batch.bytes;
             if segment.offset > SEGMENT_HEADER_LEN as u64 && would_end > self.segment_bytes {
@@ -507,6 +514,7 @@ impl Inner {
                 return Err(Error::io(segment.file.path(), "write", e));
             }
             segment.file.writev_at(segment.offset, bufs).await?;
+            written = file_bytes;
             segment.offset += file_bytes;
             segment.unsynced = true;
             self.batches_written.fetch_add(1, Ordering::Relaxed);
@@ -516,15 +524,18 @@ impl Inner {
             let mut st = self.state.lock();
             assert!(batch.end_lsn >= st.written_lsn);
             st.written_lsn = batch.end_lsn;
+            let info = st.segments.back_mut().expect("the active segment is listed");
+            assert_eq!(info.seq, segment.seq);
+            info.bytes += written;
             if let Some(ts) = batch.max_ts {
-                let info = st.segments.back_mut().expect("the active segment is listed");
-                assert_eq!(info.seq, segment.seq);
                 info.max_ts = Some(info.max_ts.map_or(ts, |m| m.max(ts)));
             }
             st.sync_wanted_lsn > st.synced_lsn
         };
+        let mut fsynced = false;
         if need_sync {
             if segment.unsynced {
+                fsynced = true;
                 // The write above (and every earlier one) completed before this fsync is
                 // submitted, so it covers them.
                 #[cfg(test)]
@@ -540,6 +551,9 @@ impl Inner {
             let mut st = self.state.lock();
             st.synced_lsn = batch.end_lsn;
         }
+        // One event per flush, at `trace` (a group commit's flush, not each commit): off,
+        // it costs a level check.
+        tracing::trace!(target: "ringkv::wal", seq = segment.seq, bytes = written, fsync = fsynced, "WAL flush");
         Ok(())
     }
 
@@ -568,9 +582,9 @@ impl Inner {
         self.io.sync_dir(&self.dir).await?;
         self.fsyncs.fetch_add(2, Ordering::Relaxed);
         self.bytes_written.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
-        self.state.lock().segments.push_back(SegmentInfo { seq, path, max_ts: None });
-        tracing::debug!(seq, "WAL: new segment");
         let header = SEGMENT_HEADER_LEN as u64;
+        self.state.lock().segments.push_back(SegmentInfo { seq, path, max_ts: None, bytes: header });
+        tracing::debug!(seq, "WAL: new segment");
         Ok(ActiveSegment { file, seq, offset: header, unsynced: false, synced: header })
     }
 
