@@ -1,7 +1,6 @@
 //! Micro-benchmarks of the tree's hot paths (criterion): a leaf search, an index node's
 //! child search, a descent from the root, a cached get, a one-key commit, a consolidation,
-//! a page encode and a page load; and the leaf search and load of the next page format
-//! (`tree::leaf`), beside today's. The internal ones go through `ringkv::bench` (feature
+//! a page encode and a page load. The internal ones go through `ringkv::bench` (feature
 //! `bench`), a stable surface over the internals, so one run of this file on each tree is
 //! a before/after of a page-format change.
 //!
@@ -17,7 +16,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ringkv::bench::{self, Index, Leaf, PageLeaf};
+use ringkv::bench::{self, Index, Leaf};
 use ringkv::{Db, Durability, Options};
 
 const KEY: usize = 16;
@@ -56,28 +55,6 @@ fn leaf_search(c: &mut Criterion) {
 
 /// The same searches and loads on the leaf page format of `tree::leaf` (not yet the
 /// tree's), for a before/after of the format in one run.
-fn leaf_page(c: &mut Criterion) {
-    let mut g = c.benchmark_group("leaf_page");
-    for n in [20u64, 100] {
-        let leaf = PageLeaf::new(n, KEY, VALUE);
-        let keys: Vec<Bytes> = probes(2 * n, 1024).into_iter().map(|i| leaf.key(i)).collect();
-        g.bench_with_input(BenchmarkId::new("search", n), &keys, |b, keys| {
-            let mut i = 0;
-            b.iter(|| {
-                i = (i + 1) % keys.len();
-                black_box(leaf.search(&keys[i]))
-            });
-        });
-        let image = leaf.bytes();
-        let crc = crc32c::crc32c(&image);
-        assert_eq!(PageLeaf::load(&image, crc).unwrap(), n as usize);
-        g.bench_function(BenchmarkId::new("load", n), |b| {
-            b.iter(|| black_box(PageLeaf::load(&image, crc).unwrap()));
-        });
-    }
-    g.finish();
-}
-
 fn index_child(c: &mut Criterion) {
     let n = 128;
     let index = Index::new(n, KEY);
@@ -174,5 +151,5 @@ fn database(c: &mut Criterion) {
     rt.block_on(db.close()).unwrap();
 }
 
-criterion_group!(benches, leaf_search, leaf_page, index_child, consolidate, encode_load, database);
+criterion_group!(benches, leaf_search, index_child, consolidate, encode_load, database);
 criterion_main!(benches);

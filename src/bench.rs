@@ -9,7 +9,7 @@ use crossbeam_epoch as epoch;
 
 use crate::bucket::Bucket;
 use crate::error::Result;
-use crate::tree::node::{visible_at, Bounds, Entry, InnerBase, LeafBase, Value, Version};
+use crate::tree::node::{Bounds, Entry, InnerBase, LeafBase, Value, Version};
 use crate::tree::page::{self, PageImage};
 use crate::tree::{merge_leaf, Step};
 
@@ -28,27 +28,26 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    /// Builds the leaf, its keys and values in one arena as a loaded page holds them.
+    /// Builds the leaf: one page holding its keys and values, as the tree holds it.
     pub fn new(n: u64, key_len: usize, value_len: usize) -> Leaf {
-        let entries = (0..n)
+        let entries: Vec<Entry> = (0..n)
             .map(|i| Entry {
                 key: key(2 * i, key_len),
                 versions: vec![Version { ts: 1, value: Value::Inline(Bytes::from(vec![7u8; value_len])) }],
             })
             .collect();
-        let mut base = LeafBase { bounds: Bounds { low: Bytes::new(), high: None, right: 0 }, entries };
-        base.compact();
+        let base = LeafBase::from_entries(&Bounds { low: Bytes::new(), high: None, right: 0 }, &entries);
         Leaf { base, key_len, value_len }
     }
 
     /// Entries in the leaf.
     pub fn len(&self) -> usize {
-        self.base.entries.len()
+        self.base.len()
     }
 
     /// Whether the leaf is empty.
     pub fn is_empty(&self) -> bool {
-        self.base.entries.is_empty()
+        self.base.is_empty()
     }
 
     /// The key of entry `i` (hits for even `i` below `2 * len`, misses for odd).
@@ -58,24 +57,21 @@ impl Leaf {
 
     /// A point lookup at timestamp 1: the value's length, `None` on a miss.
     pub fn search(&self, key: &[u8]) -> Option<usize> {
-        let e = &self.base.entries;
-        let i = e.binary_search_by(|e| crate::tree::node::key_cmp(&e.key, key)).ok()?;
-        match &visible_at(&e[i].versions, 1)?.value {
+        let i = self.base.search(key).ok()?;
+        match &self.base.visible(i, 1)?.value {
             Value::Inline(b) => Some(b.len()),
             _ => None,
         }
     }
 
     /// Consolidates `deltas` updates (every `step`-th key, at timestamp 2) into the leaf,
-    /// as a chain of that length is consolidated: a merge into a new base, then its arena.
+    /// as a chain of that length is consolidated: one merge into a new page.
     /// Returns the new base's entry count.
     pub fn consolidate(&self, deltas: u64, step: u64) -> usize {
         let keys: Vec<Bytes> = (0..deltas).map(|i| key(i * step, self.key_len)).collect();
         let version = Version { ts: 2, value: Value::Inline(Bytes::from(vec![9u8; self.value_len])) };
         let d: Vec<(&Bytes, &Version)> = keys.iter().map(|k| (k, &version)).collect();
-        let mut merged = merge_leaf(&d, &self.base, 0);
-        merged.compact();
-        merged.entries.len()
+        merge_leaf(&d, &self.base, 0).len()
     }
 
     /// The leaf's page image, as a checkpoint writes it.
@@ -94,62 +90,9 @@ impl Leaf {
             return Err(crate::Error::corruption(path, 0, "bench frame checksum mismatch"));
         }
         match page::decode(bytes, path, 0)? {
-            PageImage::Leaf(mut l) => {
-                l.compact();
-                Ok(l.entries.len())
-            }
+            PageImage::Leaf(l) => Ok(l.len()),
             PageImage::Inner(i) => Ok(i.children.len()),
         }
-    }
-}
-
-/// The same leaf in the page format of `tree::leaf` (not yet the tree's): one buffer,
-/// 4-byte key hints in the slots, the newest version beside its key.
-pub struct PageLeaf {
-    page: crate::tree::leaf::LeafPage,
-    key_len: usize,
-}
-
-impl PageLeaf {
-    /// Builds the page of [`Leaf::new`]'s keys and values.
-    pub fn new(n: u64, key_len: usize, value_len: usize) -> PageLeaf {
-        let mut b = crate::tree::leaf::LeafBuilder::new(Bytes::new(), None, 0);
-        let value = Value::Inline(Bytes::from(vec![7u8; value_len]));
-        for i in 0..n {
-            b.push(&key(2 * i, key_len), &[Version { ts: 1, value: value.clone() }]);
-        }
-        PageLeaf { page: b.finish(), key_len }
-    }
-
-    /// The key of entry `i` (as [`Leaf::key`]).
-    pub fn key(&self, i: u64) -> Bytes {
-        key(i, self.key_len)
-    }
-
-    /// A point lookup at timestamp 1: the value's length, `None` on a miss.
-    pub fn search(&self, key: &[u8]) -> Option<usize> {
-        let i = self.page.search(key).ok()?;
-        match self.page.visible(i, 1)?.value {
-            Value::Inline(b) => Some(b.len()),
-            _ => None,
-        }
-    }
-
-    /// The page's bytes, as a checkpoint would write them.
-    pub fn bytes(&self) -> Bytes {
-        self.page.bytes().clone()
-    }
-
-    /// Loads page bytes as a page read would: checks the frame's CRC32C against `crc`, then
-    /// the page itself (no decode, no copy). Returns its entry count.
-    pub fn load(bytes: &Bytes, crc: u32) -> Result<usize> {
-        let path = std::path::Path::new("bench");
-        if crc32c::crc32c(bytes) != crc {
-            return Err(crate::Error::corruption(path, 0, "bench frame checksum mismatch"));
-        }
-        let page = crate::tree::leaf::LeafPage::check(bytes.clone())
-            .map_err(|b| crate::Error::corruption(path, b.at as u64, b.what))?;
-        Ok(page.count())
     }
 }
 

@@ -752,7 +752,7 @@ impl Checker {
                 if leaf.bounds.right != 0 {
                     self.links.push(link(leaf.bounds.right, "right sibling"));
                 }
-                for v in leaf.entries.iter().flat_map(|en| &en.versions) {
+                for v in leaf.entries().iter().flat_map(|en| en.versions.clone()) {
                     let Value::Blob(c) = &v.value else { continue };
                     let r = BlobRef { len: c.len, pid, file: path.to_path_buf(), offset: e.offset };
                     let Some(prev) = self.blob_refs.insert(c.addr(), r) else { continue };

@@ -115,6 +115,9 @@ enum Page {
 
 /// Decodes a page image (layout in `src/tree/page.rs`) far enough to list a leaf's keys.
 fn parse_page(b: &[u8]) -> Page {
+    if b[0] == 3 {
+        return parse_leaf_page(b);
+    }
     let mut c = Cur { b, at: 0 };
     let kind = c.u8();
     let _low = c.bytes();
@@ -156,6 +159,28 @@ fn parse_page(b: &[u8]) -> Page {
         2 => Page::Inner,
         k => panic!("page kind {k}"),
     }
+}
+
+/// Decodes a leaf page (kind 3, layout in `docs/format.md`) far enough to list its live
+/// keys: each slot's entry holds the key after the fences' common prefix and the newest
+/// version's kind.
+fn parse_leaf_page(b: &[u8]) -> Page {
+    let le16 = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let count = le_u32(b, 4) as usize;
+    assert_eq!(le_u32(b, 28) as usize, b.len(), "leaf page length");
+    let (prefix, fences) = (le16(16), 32 + 8 * count);
+    let prefix = &b[fences..fences + prefix];
+    let mut keys = Vec::new();
+    for i in 0..count {
+        let off = le_u32(b, 32 + 8 * i) as usize;
+        let (suffix_len, vkind) = (le16(off), b[off + 2]);
+        if matches!(vkind, 1 | 2) {
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&b[off + 24..off + 24 + suffix_len]);
+            keys.push(key);
+        }
+    }
+    Page::Leaf(keys)
 }
 
 fn only_file(dir: &Path, prefix: &str) -> PathBuf {

@@ -364,9 +364,9 @@ mod seeds {
 
     fn leaf() -> LeafBase {
         let v = |ts, value| Version { ts, value };
-        LeafBase {
-            bounds: Bounds { low: Bytes::from_static(b"b"), high: Some(Bytes::from_static(b"m")), right: 9 },
-            entries: vec![
+        LeafBase::from_entries(
+            &Bounds { low: Bytes::from_static(b"b"), high: Some(Bytes::from_static(b"m")), right: 9 },
+            &[
                 Entry {
                     key: Bytes::from_static(b"b"),
                     versions: vec![
@@ -381,7 +381,7 @@ mod seeds {
                 },
                 Entry { key: Bytes::from_static(b"lz"), versions: vec![v(1, Value::Tombstone)] },
             ],
-        }
+        )
     }
 
     /// Encodings made directly by the engine's encoders, for shapes a short session may

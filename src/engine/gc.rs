@@ -11,10 +11,13 @@ use super::DbInner;
 use crate::store::data_file::FileKind;
 
 /// Marks the live pages of sparse data files (other than `just_written`) dirty, sparsest
-/// first, as many files as fit in the room left under the dirty-page bound, so that GC
-/// never makes a checkpoint hold more than `Options::dirty_limit` allows; the rest wait
-/// for a later checkpoint. Returns how many files and pages were marked; a marking is an
-/// `info` event `GC` (files, pages, and the live ratio of the sparsest file).
+/// first, as many files as fit in the room left under half the dirty-page bound, so that
+/// GC never makes a checkpoint hold more than `Options::dirty_limit` allows; the rest wait
+/// for a later checkpoint. Half: the other half is the commits' (a committer whose writes
+/// would pass the bound runs a checkpoint first, and that checkpoint's GC must not take
+/// the room it made), and half is also where a background checkpoint starts, so GC alone
+/// does not start the next one. Returns how many files and pages were marked; a marking is
+/// an `info` event `GC` (files, pages, and the live ratio of the sparsest file).
 pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> (usize, usize) {
     let sparsest;
     let victims: rustc_hash::FxHashSet<u64> = {
@@ -34,7 +37,7 @@ pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> (usi
         sparse.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         sparsest = sparse.first().map(|s| s.0);
         let dirty = db.forest.dirty_pages();
-        let mut room = db.opts.dirty_pages_limit().saturating_sub(dirty);
+        let mut room = (db.opts.dirty_pages_limit() / 2).saturating_sub(dirty);
         let mut picked = rustc_hash::FxHashSet::default();
         for (_, id, alive) in sparse {
             // With nothing dirty, the sparsest file goes even if it holds more pages than

@@ -1,8 +1,10 @@
-//! A leaf as one contiguous buffer whose bytes are its frame on disk (issue 16, first part:
-//! the page type, its builder, its checks and its search; the tree still holds
-//! [`LeafBase`](super::node::LeafBase) until the switch).
+//! A leaf as one contiguous buffer whose bytes are its frame on disk: the page every
+//! [`LeafBase`](super::node::LeafBase) holds. A load checks the bytes read
+//! ([`LeafPage::check`]) and keeps them; a consolidation, a split or a merge builds a new
+//! page ([`LeafBuilder`]); a checkpoint writes the bytes.
 //!
-//! Little-endian. Offsets are from the start of the page; the buffer is 8-byte aligned.
+//! Little-endian. Offsets are from the start of the page; entries start 8-byte aligned
+//! within it.
 //!
 //! ```text
 //! header (32 B)
@@ -101,7 +103,15 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 #[derive(Debug, Clone)]
 pub struct LeafPage {
     buf: Bytes,
-    cells: Arc<[Arc<BlobCell>]>,
+    /// The cells of blob values held in memory (`None` when there is none: one pointer,
+    /// so that a page, and the tree node holding it, stay small).
+    cells: Option<Arc<Vec<Arc<BlobCell>>>>,
+}
+
+impl From<VersionRef> for Version {
+    fn from(v: VersionRef) -> Version {
+        Version { ts: v.ts, value: v.value }
+    }
 }
 
 /// One version read from a page.
@@ -116,7 +126,7 @@ pub struct VersionRef {
 impl LeafPage {
     /// Checks `buf` as a leaf page read from disk (no in-memory blob cells), without copying it.
     pub fn check(buf: Bytes) -> Result<LeafPage, BadPage> {
-        let page = LeafPage { buf, cells: Arc::from(Vec::new()) };
+        let page = LeafPage { buf, cells: None };
         page.validate()?;
         Ok(page)
     }
@@ -129,7 +139,7 @@ impl LeafPage {
     /// Whether a blob value is held in memory without an address yet (such a page is
     /// rewritten by [`LeafPage::with_blob_addresses`] before it goes to disk).
     pub fn has_cells(&self) -> bool {
-        !self.cells.is_empty()
+        self.cells.is_some()
     }
 
     /// Number of keys.
@@ -177,6 +187,55 @@ impl LeafPage {
     fn suffix(&self, off: usize) -> &[u8] {
         let n = le_u16(&self.buf, off) as usize;
         &self.buf[off + ENTRY_HEAD..off + ENTRY_HEAD + n]
+    }
+
+    /// The low fence as a slice of the page (no copy).
+    pub fn low_bytes(&self) -> Bytes {
+        self.buf.slice_ref(self.low())
+    }
+
+    /// The high fence as a slice of the page (no copy), `None` for plus infinity.
+    pub fn high_bytes(&self) -> Option<Bytes> {
+        self.high().map(|h| self.buf.slice_ref(h))
+    }
+
+    /// The page's length in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the page holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// The blob cells the page's in-memory blob values point at.
+    pub fn cells(&self) -> &[Arc<BlobCell>] {
+        self.cells.as_deref().map_or(&[], |c| &c[..])
+    }
+
+    /// Replaces `out` with the key of entry `i` (no allocation once `out` is large enough).
+    pub fn key_into(&self, i: usize, out: &mut Vec<u8>) {
+        let (off, _) = self.slot(i);
+        out.clear();
+        out.extend_from_slice(self.prefix());
+        out.extend_from_slice(self.suffix(off));
+    }
+
+    /// `key(i).cmp(key)`, without building the key.
+    pub fn cmp_key(&self, i: usize, key: &[u8]) -> Ordering {
+        let p = self.prefix_len();
+        let (head, rest) = key.split_at(p.min(key.len()));
+        match key_cmp(self.prefix(), head) {
+            Ordering::Equal if key.len() < p => Ordering::Greater,
+            Ordering::Equal => key_cmp(self.suffix(self.slot(i).0), rest),
+            o => o,
+        }
+    }
+
+    /// The timestamp of entry `i`'s newest version.
+    pub fn newest_ts(&self, i: usize) -> u64 {
+        le_u64(&self.buf, self.slot(i).0 + 8)
     }
 
     /// The key of entry `i`: a slice of the page when the page strips no prefix.
@@ -232,7 +291,7 @@ impl LeafPage {
                 let len = len as u32;
                 Value::Blob(Arc::new(BlobCell::on_disk(le_u64(&self.buf, at), len)))
             }
-            _ => Value::Blob(self.cells[le_u32(&self.buf, at) as usize].clone()),
+            _ => Value::Blob(self.cells()[le_u32(&self.buf, at) as usize].clone()),
         }
     }
 
@@ -247,7 +306,15 @@ impl LeafPage {
 
     /// Every version of entry `i`, newest first.
     pub fn versions(&self, i: usize) -> Vec<VersionRef> {
-        let mut out = vec![self.newest(i)];
+        let mut out = Vec::new();
+        self.versions_into(i, &mut out);
+        out
+    }
+
+    /// Replaces `out` with every version of entry `i`, newest first.
+    pub fn versions_into<V: From<VersionRef>>(&self, i: usize, out: &mut Vec<V>) {
+        out.clear();
+        out.push(self.newest(i).into());
         let (off, _) = self.slot(i);
         let older = le_u32(&self.buf, off + 16) as usize;
         if older != 0 {
@@ -256,11 +323,10 @@ impl LeafPage {
             for _ in 0..n {
                 let (ts, kind, len) =
                     (le_u64(&self.buf, at), self.buf[at + 8], le_u32(&self.buf, at + 12) as usize);
-                out.push(VersionRef { ts, value: self.value_at(kind, len, at + VERSION_HEAD) });
+                out.push(VersionRef { ts, value: self.value_at(kind, len, at + VERSION_HEAD) }.into());
                 at += pad8(VERSION_HEAD + payload_len(kind, len));
             }
         }
-        out
     }
 
     /// The newest version of entry `i` at or below `ts`.
@@ -275,13 +341,11 @@ impl LeafPage {
     /// A copy for disk: every in-memory blob value replaced by the address `addr` gives its
     /// cell (which must have one by then).
     pub fn with_blob_addresses(&self, addr: &mut dyn FnMut(&Arc<BlobCell>) -> u64) -> LeafPage {
-        if self.cells.is_empty() {
-            return self.clone();
-        }
+        let Some(cells) = &self.cells else { return self.clone() };
         let mut b = self.buf.to_vec();
         let mut patch = |kind_at: usize, payload_at: usize, b: &mut Vec<u8>| {
             if b[kind_at] == V_CELL {
-                let cell = &self.cells[le_u32(b, payload_at) as usize];
+                let cell = &cells[le_u32(b, payload_at) as usize];
                 b[kind_at] = V_BLOB;
                 b[payload_at..payload_at + 8].copy_from_slice(&addr(cell).to_le_bytes());
             }
@@ -300,7 +364,7 @@ impl LeafPage {
                 }
             }
         }
-        LeafPage { buf: Bytes::from(b), cells: Arc::from(Vec::new()) }
+        LeafPage { buf: Bytes::from(b), cells: None }
     }
 
     /// Checks every length, offset and order of the page (module doc).
@@ -400,7 +464,7 @@ impl LeafPage {
             V_TOMB if len == 0 => Ok(()),
             V_TOMB => Err(bad(at, "tombstone with a length")),
             V_INLINE | V_BLOB => Ok(()),
-            V_CELL if !self.cells.is_empty() => Ok(()),
+            V_CELL if self.cells.is_some() => Ok(()),
             _ => Err(bad(at, "unknown value kind")),
         }
     }
@@ -622,7 +686,8 @@ impl LeafBuilder {
         b.extend_from_slice(&entries);
         b.extend_from_slice(&self.older);
         debug_assert_eq!(b.len(), len);
-        let page = LeafPage { buf: Bytes::from(b), cells: Arc::from(self.cells) };
+        let cells = (!self.cells.is_empty()).then(|| Arc::new(self.cells));
+        let page = LeafPage { buf: Bytes::from(b), cells };
         debug_assert_eq!(page.validate(), Ok(()), "the builder wrote a page its check refuses");
         page
     }

@@ -35,7 +35,8 @@ use crate::limits::{
     CONSOLIDATE_CHAIN_LEN, MAX_BLIND_DELTAS, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS,
 };
 pub use forest::Forest;
-use node::{leaf_bytes, visible_at, Bounds, Entry, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
+use leaf::LeafBuilder;
+use node::{leaf_bytes, Bounds, InnerBase, LeafBase, Node, NodeKind, Pid, Value, Version};
 
 /// A synchronous attempt's outcome: done, or a page must be loaded first.
 pub enum Step<T> {
@@ -100,38 +101,58 @@ fn merge_done(f: &Forest, pid: Pid, to: Pid, guard: &Guard) -> bool {
 
 /// Merges deltas (newest first) into a leaf base, trimming versions below `horizon`.
 pub fn merge_leaf(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u64) -> LeafBase {
+    merge_leaf_at(deltas, base, horizon, u64::MAX).0
+}
+
+/// [`merge_leaf`], leaving out every version above `cut` (a checkpoint's image at its cut);
+/// also says whether none was left out. One linear merge of the page's entries and the
+/// sorted deltas into a new page.
+pub fn merge_leaf_at(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u64, cut: u64) -> (LeafBase, bool) {
     let mut d: Vec<(&Bytes, &Version)> = deltas.to_vec();
     d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
-    let mut out = Vec::with_capacity(base.entries.len() + d.len());
+    let page = &base.page;
+    let n = page.count();
+    let mut out = LeafBuilder::new(base.bounds.low.clone(), base.bounds.high.clone(), base.bounds.right);
+    let mut complete = true;
+    let (mut key, mut versions) = (Vec::new(), Vec::<Version>::new());
     let (mut i, mut j) = (0, 0);
-    while i < base.entries.len() || j < d.len() {
-        let take_delta = match (base.entries.get(i), d.get(j)) {
-            (Some(e), Some((k, _))) => k.as_ref() <= e.key.as_ref(),
-            (None, Some(_)) => true,
-            _ => false,
+    while i < n || j < d.len() {
+        let take_delta = match d.get(j) {
+            Some((k, _)) if i < n => page.cmp_key(i, k).is_ge(),
+            Some(_) => true,
+            None => false,
         };
-        let mut entry = if take_delta {
-            let key = d[j].0.clone();
-            let mut versions = Vec::new();
-            while j < d.len() && d[j].0 == &key {
+        if take_delta {
+            let k = d[j].0;
+            versions.clear();
+            while j < d.len() && d[j].0 == k {
                 versions.push(d[j].1.clone());
                 j += 1;
             }
-            if base.entries.get(i).is_some_and(|e| e.key == key) {
-                versions.extend(base.entries[i].versions.iter().cloned());
+            if i < n && page.cmp_key(i, k).is_eq() {
+                let mut older = Vec::new();
+                page.versions_into(i, &mut older);
+                versions.extend(older);
                 i += 1;
             }
-            Entry { key, versions }
+            key.clear();
+            key.extend_from_slice(k);
         } else {
+            page.key_into(i, &mut key);
+            page.versions_into(i, &mut versions);
             i += 1;
-            base.entries[i - 1].clone()
-        };
-        node::trim_versions(&mut entry.versions, horizon);
-        if !entry.versions.is_empty() {
-            out.push(entry);
+        }
+        node::trim_versions(&mut versions, horizon);
+        if cut != u64::MAX {
+            let before = versions.len();
+            versions.retain(|x| x.ts <= cut);
+            complete &= before == versions.len();
+        }
+        if !versions.is_empty() {
+            out.push(&key, &versions);
         }
     }
-    LeafBase { bounds: base.bounds.clone(), entries: out }
+    (LeafBase::from_page(out.finish()), complete)
 }
 
 /// One bucket's tree.
@@ -231,13 +252,9 @@ impl Tree {
         let old: Option<Option<usize>> = match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
             Some((_, ver)) => Some(live_len(ver)),
             None => match &v.bottom.kind {
-                NodeKind::Leaf(l) => Some(
-                    l.entries
-                        .binary_search_by(|e| node::key_cmp(&e.key, key))
-                        .ok()
-                        .and_then(|i| l.entries[i].versions.first())
-                        .and_then(live_len),
-                ),
+                NodeKind::Leaf(l) => {
+                    Some(l.search(key).ok().and_then(|i| live_len(&Version::from(l.page.newest(i)))))
+                }
                 _ => None,
             },
         };
@@ -344,19 +361,12 @@ impl Tree {
                         match v.deltas.iter().find(|(k, ver)| k.as_ref() == key && ver.ts <= ts) {
                             Some((_, ver)) => Step::Done(Some((*ver).clone())),
                             None => match &v.bottom.kind {
-                                NodeKind::Leaf(l) => Step::Done(
-                                    l.entries
-                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
-                                        .ok()
-                                        .and_then(|i| visible_at(&l.entries[i].versions, ts).cloned()),
-                                ),
-                                NodeKind::Forward { frozen, .. } => Step::Done(
-                                    frozen
-                                        .entries
-                                        .binary_search_by(|e| node::key_cmp(&e.key, key))
-                                        .ok()
-                                        .and_then(|i| visible_at(&frozen.entries[i].versions, ts).cloned()),
-                                ),
+                                NodeKind::Leaf(l) => {
+                                    Step::Done(l.search(key).ok().and_then(|i| l.visible(i, ts)))
+                                }
+                                NodeKind::Forward { frozen, .. } => {
+                                    Step::Done(frozen.search(key).ok().and_then(|i| frozen.visible(i, ts)))
+                                }
                                 _ => Step::Load(pid),
                             },
                         }
@@ -391,12 +401,7 @@ impl Tree {
     /// `hint` is a page to try before descending (`Tree::leaf_covering`); it is set to
     /// the leaf that held `key`, for the next key and for [`Tree::apply`].
     pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64, hint: &mut Pid) -> Result<bool> {
-        let newer = |versions: &[Version]| versions.first().is_some_and(|v| v.ts > ts);
-        let in_leaf = |l: &LeafBase| {
-            l.entries
-                .binary_search_by(|e| node::key_cmp(&e.key, key))
-                .is_ok_and(|i| newer(&l.entries[i].versions))
-        };
+        let in_leaf = |l: &LeafBase| l.search(key).is_ok_and(|i| l.page.newest_ts(i) > ts);
         loop {
             let step = {
                 let guard = epoch::pin();
@@ -542,35 +547,30 @@ impl Tree {
         {
             return Ok(());
         }
-        if merged.entries.len() < SPLIT_MIN_KEYS || leaf_bytes(&merged) < SPLIT_LEAF_BYTES {
+        if merged.len() < SPLIT_MIN_KEYS || leaf_bytes(&merged) < SPLIT_LEAF_BYTES {
             if !v.deltas.is_empty() {
                 f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard);
             }
             return Ok(());
         }
-        let mid = merged.entries.len() / 2;
+        let n = merged.len();
+        let mid = n / 2;
         // The separator outlives this page (it goes into the parent, which is never
-        // evicted): a copy, not a slice of the buffer the key may have been read into.
-        let sep = Bytes::copy_from_slice(&merged.entries[mid].key);
-        let mut left = merged;
-        let right_entries = left.entries.split_off(mid);
+        // evicted): a copy, not a slice of the page.
+        let mut sep = Vec::new();
+        merged.page.key_into(mid, &mut sep);
+        let sep = Bytes::from(sep);
         if pid == self.root {
             self.split_root(f, &v, sep, guard, |lb, rb| {
-                (
-                    NodeKind::Leaf(LeafBase { bounds: lb, entries: left.entries }),
-                    NodeKind::Leaf(LeafBase { bounds: rb, entries: right_entries }),
-                )
+                (NodeKind::Leaf(merged.rebuild(0..mid, None, &lb)), NodeKind::Leaf(merged.rebuild(mid..n, None, &rb)))
             });
             return Ok(());
         }
         let r = f.alloc_pid();
-        let rb = LeafBase {
-            bounds: Bounds { low: sep.clone(), high: left.bounds.high.clone(), right: left.bounds.right },
-            entries: right_entries,
-        };
-        left.bounds.high = Some(sep.clone());
-        left.bounds.right = r;
-        let low = left.bounds.low.clone();
+        let b = &merged.bounds;
+        let rb = merged.rebuild(mid..n, None, &Bounds { low: sep.clone(), high: b.high.clone(), right: b.right });
+        let left = merged.rebuild(0..mid, None, &Bounds { low: b.low.clone(), high: Some(sep.clone()), right: r });
+        let low = Bytes::copy_from_slice(&b.low);
         f.install_new(r, NodeKind::Leaf(rb));
         if !f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(left), guard) {
             f.uninstall(r, guard);
@@ -585,7 +585,9 @@ impl Tree {
     /// sibling under the same parent (caller holds `smo`): freeze it with a
     /// [`NodeKind::Forward`] (readers use the frozen content meanwhile, writers wait), move
     /// its entries and range into the left sibling, drop its index entry. False, with
-    /// nothing changed, when it has no such sibling, the sibling is not in memory or too big,
+    /// nothing changed, when it has no such sibling, the sibling is not in memory or the two
+    /// together would reach the split size (`SPLIT_LEAF_BYTES`; the merged leaf must not
+    /// split again at once: a leaf below a quarter of it merges, one above it splits),
     /// or a CAS lost.
     fn merge_into_left(
         &self,
@@ -607,7 +609,7 @@ impl Tree {
         match ChainView::load(f, left, guard) {
             Some(lv)
                 if matches!(lv.bottom.kind, NodeKind::Leaf(_))
-                    && lv.head_node.bytes + leaf_bytes(r) < SPLIT_LEAF_BYTES * 3 / 4 => {}
+                    && lv.head_node.bytes + leaf_bytes(r) < SPLIT_LEAF_BYTES => {}
             _ => return Ok(false),
         }
         let fwd = NodeKind::Forward { to: left, bounds: rb.clone(), frozen: Box::new(r.clone()) };
@@ -622,10 +624,9 @@ impl Tree {
             if lb.bounds.right != pid {
                 break;
             }
-            let mut new = merge_leaf(&lv.deltas, lb, horizon);
-            new.entries.extend(r.entries.iter().cloned());
-            new.bounds.high = rb.high.as_deref().map(Bytes::copy_from_slice);
-            new.bounds.right = rb.right;
+            let merged = merge_leaf(&lv.deltas, lb, horizon);
+            let bounds = Bounds { low: merged.bounds.low.clone(), high: rb.high.clone(), right: rb.right };
+            let new = merged.rebuild(0..merged.len(), Some(r), &bounds);
             if f.replace(left, lv.head, lv.head_node.seq, NodeKind::Leaf(new), guard) {
                 extended = true;
                 break;
@@ -896,26 +897,37 @@ fn visible_from(
     ts: u64,
 ) -> Vec<(Bytes, Value)> {
     let keep = |k: &[u8]| lower.admits(k);
-    let start = base.entries.partition_point(|e| !keep(&e.key));
+    let page = &base.page;
+    let n = page.count();
+    let start = match lower {
+        Lower::Unbounded => 0,
+        Lower::Key(k, incl) => match page.search(k) {
+            Ok(i) if *incl => i,
+            Ok(i) => i + 1,
+            Err(i) => i,
+        },
+    };
     let mut d: Vec<(&Bytes, &Version)> = deltas.iter().filter(|(k, _)| keep(k)).copied().collect();
     d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
-    let mut out = Vec::with_capacity(base.entries.len() - start + d.len());
-    let mut push = |key: &Bytes, v: Option<&Version>| {
+    let mut out = Vec::with_capacity(n - start + d.len());
+    let mut push = |key: Bytes, v: Option<Version>| {
         if let Some(Version { value, .. }) = v {
             if !matches!(value, Value::Tombstone) {
-                out.push((key.clone(), value.clone()));
+                out.push((key, value));
             }
         }
     };
     let (mut i, mut j) = (start, 0);
-    while i < base.entries.len() || j < d.len() {
-        let order = match (base.entries.get(i), d.get(j)) {
-            (Some(e), Some((k, _))) => k.as_ref().cmp(e.key.as_ref()),
-            (None, Some(_)) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+    while i < n || j < d.len() {
+        let order = match d.get(j) {
+            Some((k, _)) if i < n => page.cmp_key(i, k).reverse(),
+            Some(_) => std::cmp::Ordering::Less,
+            None => std::cmp::Ordering::Greater,
         };
         if order == std::cmp::Ordering::Greater {
-            push(&base.entries[i].key, visible_at(&base.entries[i].versions, ts));
+            if let Some(v) = page.visible(i, ts) {
+                push(page.key(i), Some(v.into()));
+            }
             i += 1;
             continue;
         }
@@ -923,32 +935,36 @@ fn visible_from(
         let mut seen = None;
         while j < d.len() && d[j].0 == key {
             if seen.is_none() && d[j].1.ts <= ts {
-                seen = Some(d[j].1);
+                seen = Some(d[j].1.clone());
             }
             j += 1;
         }
         if order == std::cmp::Ordering::Equal {
-            seen = seen.or_else(|| visible_at(&base.entries[i].versions, ts));
+            seen = seen.or_else(|| page.visible(i, ts).map(Version::from));
             i += 1;
         }
-        push(key, seen);
+        push(key.clone(), seen);
     }
     out
 }
 
 fn visible_items(leaf: &LeafBase, ts: u64, keep: impl Fn(&Bytes) -> bool) -> Vec<(Bytes, Value)> {
-    leaf.entries
-        .iter()
-        .filter(|e| keep(&e.key))
-        .filter_map(|e| match visible_at(&e.versions, ts) {
-            Some(Version { value: Value::Tombstone, .. }) | None => None,
-            Some(v) => Some((e.key.clone(), v.value.clone())),
+    let page = &leaf.page;
+    (0..page.count())
+        .filter_map(|i| {
+            let v = page.visible(i, ts)?;
+            if matches!(v.value, Value::Tombstone) {
+                return None;
+            }
+            let k = page.key(i);
+            keep(&k).then_some((k, v.value))
         })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::node::Entry;
     use super::*;
     use proptest::prelude::*;
 
@@ -993,7 +1009,7 @@ mod tests {
                     Entry { key: key(*k), versions }
                 })
                 .collect();
-            let base = LeafBase { bounds: Bounds::default(), entries };
+            let base = LeafBase::from_entries(&Bounds::default(), &entries);
             let owned: Vec<(Bytes, Version)> = delta_writes
                 .iter()
                 .enumerate()
@@ -1013,6 +1029,88 @@ mod tests {
             let want = visible_items(&merge_leaf(&deltas, &base, 0), ts, keep);
             let got = visible_from(&deltas, &base, &lower, ts);
             prop_assert_eq!(inline(&got), inline(&want));
+        }
+
+        /// The leaf page against a sorted map of every version: writes arrive as deltas
+        /// and are consolidated into new pages (one merge), pages split in two and merge
+        /// back, and go to disk and back (encode, decode), in any order; after each step
+        /// every key reads as the model says at every timestamp, and trimming at a
+        /// horizon keeps exactly what a snapshot at or after it can see.
+        #[test]
+        fn a_leaf_page_holds_what_a_sorted_map_holds(
+            steps in proptest::collection::vec(
+                prop_oneof![
+                    4 => (0u8..60, proptest::option::of(0usize..300)).prop_map(|(k, v)| (0u8, k, v)),
+                    1 => Just((1u8, 0u8, None)),
+                    1 => Just((2u8, 0u8, None)),
+                    1 => Just((3u8, 0u8, None)),
+                ],
+                1..120,
+            ),
+            horizon_at in 0u64..130,
+        ) {
+            let mut model: std::collections::BTreeMap<Bytes, Vec<(u64, Option<Bytes>)>> = Default::default();
+            let mut base = LeafBase::default();
+            let mut pending: Vec<(Bytes, Version)> = Vec::new(); // newest first
+            let mut ts = 0u64;
+            let read = |base: &LeafBase, pending: &[(Bytes, Version)], k: &[u8], at: u64| -> Option<Option<Bytes>> {
+                let v = pending.iter().find(|(pk, v)| pk.as_ref() == k && v.ts <= at).map(|(_, v)| v.clone());
+                let v = v.or_else(|| base.search(k).ok().and_then(|i| base.visible(i, at)))?;
+                Some(match v.value { Value::Inline(b) => Some(b), _ => None })
+            };
+            for (op, k, v) in steps {
+                match op {
+                    0 => {
+                        ts += 1;
+                        let key = key(k);
+                        let value = v.map(|n| Bytes::from(vec![k; n]));
+                        let version = Version { ts, value: value.clone().map_or(Value::Tombstone, Value::Inline) };
+                        pending.insert(0, (key.clone(), version));
+                        model.entry(key).or_default().insert(0, (ts, value));
+                    }
+                    1 => {
+                        let d: Vec<(&Bytes, &Version)> = pending.iter().map(|(k, v)| (k, v)).collect();
+                        base = merge_leaf(&d, &base, 0);
+                        pending.clear();
+                    }
+                    2 if base.len() >= 2 => {
+                        let n = base.len();
+                        let mut sep = Vec::new();
+                        base.page.key_into(n / 2, &mut sep);
+                        let sep = Bytes::from(sep);
+                        let b = base.bounds.clone();
+                        let left = base.rebuild(0..n / 2, None, &Bounds { low: b.low.clone(), high: Some(sep.clone()), right: 9 });
+                        let right = base.rebuild(n / 2..n, None, &Bounds { low: sep, high: b.high.clone(), right: b.right });
+                        prop_assert_eq!(left.len() + right.len(), n);
+                        base = left.rebuild(0..left.len(), Some(&right), &b);
+                    }
+                    _ => {
+                        let mut out = Vec::new();
+                        page::encode_leaf(&base, &mut out, &mut |c| c.addr());
+                        match page::decode(&Bytes::from(out), std::path::Path::new("x"), 0) {
+                            Ok(page::PageImage::Leaf(l)) => base = l,
+                            other => panic!("a page we encoded decodes as {other:?}"),
+                        }
+                    }
+                }
+                for (k, versions) in &model {
+                    for at in 0..=ts {
+                        let want = versions.iter().find(|(t, _)| *t <= at).map(|(_, v)| v.clone());
+                        prop_assert_eq!(read(&base, &pending, k, at), want, "key {:?} at {}", k, at);
+                    }
+                }
+            }
+            // Trimming at a horizon: what a snapshot at or after it sees is unchanged.
+            let d: Vec<(&Bytes, &Version)> = pending.iter().map(|(k, v)| (k, v)).collect();
+            let horizon = horizon_at.min(ts);
+            let trimmed = merge_leaf(&d, &base, horizon);
+            for (k, versions) in &model {
+                for at in horizon..=ts {
+                    let want = versions.iter().find(|(t, _)| *t <= at).and_then(|(_, v)| v.clone());
+                    let got = read(&trimmed, &[], k, at).flatten();
+                    prop_assert_eq!(got, want, "key {:?} at {} after a trim at {}", k, at, horizon);
+                }
+            }
         }
     }
 }

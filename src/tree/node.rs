@@ -20,6 +20,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_epoch::Atomic;
 
+use super::leaf::{LeafBuilder, LeafPage};
+
 /// Byte-wise comparison of two keys, as `<[u8]>::cmp`, eight bytes at a time inline: tree
 /// descents and leaf searches make dozens of comparisons of short keys per operation, and
 /// a call into `memcmp` for each was a quarter of a cached `get`'s time.
@@ -99,14 +101,6 @@ impl Value {
             Value::Tombstone => 0,
             Value::Inline(b) => owned_bytes_mem(b.len()),
             Value::Blob(c) => blob_mem(c),
-        }
-    }
-
-    /// Bytes of the value that live in its page's arena ([`LeafBase::compact`]).
-    fn arena_len(&self) -> usize {
-        match self {
-            Value::Inline(b) => b.len(),
-            _ => 0,
         }
     }
 }
@@ -206,79 +200,80 @@ impl Bounds {
     }
 }
 
-/// A consolidated leaf.
-#[derive(Debug, Clone, Default)]
+/// A consolidated leaf: one [`LeafPage`], whose bytes are its frame on disk (less the
+/// addresses of blobs not yet written), and its bounds, whose keys are slices of the page.
+#[derive(Debug, Clone)]
 pub struct LeafBase {
-    /// Key range and sibling.
+    /// Key range and sibling: the page's fences and right link.
     pub bounds: Bounds,
-    /// Entries sorted by key.
-    pub entries: Vec<Entry>,
+    /// The keys and their versions.
+    pub page: LeafPage,
+}
+
+impl Default for LeafBase {
+    fn default() -> LeafBase {
+        LeafBase::from_page(LeafBuilder::new(Bytes::new(), None, 0).finish())
+    }
 }
 
 impl LeafBase {
-    /// Moves every key, inline value and bound into one new buffer, the page's *arena*,
-    /// and points them into it. A base built by a consolidation, a split or a load then
-    /// holds no slice of another buffer (a read buffer, a delta's key, a sibling's page):
-    /// its memory is exactly what [`leaf_mem`] counts, and freeing the page frees all of
-    /// it. Bytes of blobs stay in their cells.
-    pub fn compact(&mut self) {
-        let len = self.arena_len();
-        if len == 0 {
-            return;
-        }
-        let mut buf = Vec::with_capacity(len);
-        let put = |b: &Bytes, buf: &mut Vec<u8>| {
-            let at = buf.len();
-            buf.extend_from_slice(b);
-            (at, b.len())
-        };
-        let mut spans = Vec::with_capacity(self.entries.len() * 2 + 2);
-        spans.push(put(&self.bounds.low, &mut buf));
-        if let Some(h) = &self.bounds.high {
-            spans.push(put(h, &mut buf));
-        }
-        for e in &self.entries {
-            spans.push(put(&e.key, &mut buf));
-            for v in &e.versions {
-                if let Value::Inline(b) = &v.value {
-                    spans.push(put(b, &mut buf));
-                }
-            }
-        }
-        debug_assert_eq!(buf.len(), len);
-        let arena = Bytes::from(buf);
-        let mut spans = spans.into_iter();
-        let mut next = || {
-            let (at, n) = spans.next().expect("one span per slice, in the same order");
-            if n == 0 {
-                Bytes::new()
-            } else {
-                arena.slice(at..at + n)
-            }
-        };
-        self.bounds.low = next();
-        if self.bounds.high.is_some() {
-            self.bounds.high = Some(next());
-        }
-        for e in &mut self.entries {
-            e.key = next();
-            for v in &mut e.versions {
-                if let Value::Inline(b) = &mut v.value {
-                    *b = next();
-                }
-            }
-        }
+    /// The base over `page`, its bounds read from the page's fences.
+    pub fn from_page(page: LeafPage) -> LeafBase {
+        let bounds = Bounds { low: page.low_bytes(), high: page.high_bytes(), right: page.right() };
+        LeafBase { bounds, page }
     }
 
-    /// Bytes [`LeafBase::compact`] puts in the arena.
-    fn arena_len(&self) -> usize {
-        let bounds = self.bounds.low.len() + self.bounds.high.as_ref().map_or(0, Bytes::len);
-        bounds
-            + self
-                .entries
-                .iter()
-                .map(|e| e.key.len() + e.versions.iter().map(|v| v.value.arena_len()).sum::<usize>())
-                .sum::<usize>()
+    /// A base over `bounds` holding `entries` (keys in order inside the bounds, versions
+    /// newest first, none empty).
+    pub fn from_entries(bounds: &Bounds, entries: &[Entry]) -> LeafBase {
+        let mut b = LeafBuilder::new(bounds.low.clone(), bounds.high.clone(), bounds.right);
+        for e in entries {
+            b.push(&e.key, &e.versions);
+        }
+        LeafBase::from_page(b.finish())
+    }
+
+    /// A base over `bounds` holding the entries `range` of this one, or of this one followed
+    /// by those of `then` (a merge of two siblings).
+    pub fn rebuild(&self, range: std::ops::Range<usize>, then: Option<&LeafBase>, bounds: &Bounds) -> LeafBase {
+        let mut b = LeafBuilder::new(bounds.low.clone(), bounds.high.clone(), bounds.right);
+        let (mut key, mut versions) = (Vec::new(), Vec::<Version>::new());
+        let parts = std::iter::once((self, range)).chain(then.map(|t| (t, 0..t.len())));
+        for (leaf, range) in parts {
+            for i in range {
+                leaf.page.key_into(i, &mut key);
+                leaf.page.versions_into(i, &mut versions);
+                b.push(&key, &versions);
+            }
+        }
+        LeafBase::from_page(b.finish())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.page.count()
+    }
+
+    /// Whether the leaf holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.page.is_empty()
+    }
+
+    /// Binary search for `key`: `Ok(entry)` or `Err(where it would go)`.
+    pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        self.page.search(key)
+    }
+
+    /// The newest version of entry `i` visible at `ts`.
+    pub fn visible(&self, i: usize, ts: u64) -> Option<Version> {
+        self.page.visible(i, ts).map(Version::from)
+    }
+
+    /// Every entry, keys and versions copied out of the page (tests and checks).
+    pub fn entries(&self) -> Vec<Entry> {
+        (0..self.len())
+            .map(|i| Entry { key: self.page.key(i), versions: self.page.versions(i).into_iter().map(Version::from).collect() })
+            .collect()
     }
 }
 
@@ -369,10 +364,6 @@ pub struct Node {
 impl Node {
     /// A base or stub node.
     pub fn base(seq: u64, kind: NodeKind) -> Node {
-        let mut kind = kind;
-        if let NodeKind::Leaf(l) = &mut kind {
-            l.compact();
-        }
         let mem = node_alloc()
             + match &kind {
                 NodeKind::Leaf(l) => leaf_mem(l),
@@ -382,11 +373,8 @@ impl Node {
                         + i.children.iter().map(|(s, _)| owned_bytes_mem(s.len())).sum::<usize>()
                 }
                 NodeKind::Disk { bounds, .. } => bounds.as_ref().map_or(0, bounds_mem),
-                // The frozen content is a clone sharing the page's arena, counted with it.
-                NodeKind::Forward { frozen, .. } => {
-                    alloc_size(std::mem::size_of::<LeafBase>())
-                        + alloc_size(frozen.entries.capacity() * std::mem::size_of::<Entry>())
-                }
+                // The frozen content is a clone sharing the page's buffer, counted with it.
+                NodeKind::Forward { .. } => alloc_size(std::mem::size_of::<LeafBase>()),
                 NodeKind::Upsert { key, version, .. } => delta_mem(key, version),
             };
         let bytes = match &kind {
@@ -407,9 +395,9 @@ pub fn version_bytes(key: &[u8], v: &Version) -> usize {
         }
 }
 
-/// Approximate encoded size of a leaf, to decide splits.
+/// Encoded size of a leaf, to decide splits: its page's length.
 pub fn leaf_bytes(l: &LeafBase) -> usize {
-    l.entries.iter().map(|e| e.versions.iter().map(|v| version_bytes(&e.key, v)).sum::<usize>()).sum()
+    l.page.len()
 }
 
 /// Heap bytes of one chain node's own allocation.
@@ -428,21 +416,13 @@ fn bounds_mem(b: &Bounds) -> usize {
     owned_bytes_mem(b.low.len()) + b.high.as_ref().map_or(0, |h| owned_bytes_mem(h.len()))
 }
 
-/// Heap bytes of a compacted leaf base ([`LeafBase::compact`]), beside its node: the entry
-/// array, each key's version array, the arena holding every key, value and bound, and the
-/// blobs held in memory.
+/// Heap bytes of a leaf base beside its node: the page's buffer, its array of blob cells,
+/// and the blobs those cells hold in memory. (Blobs already on disk take no memory: the
+/// page holds their address.)
 pub fn leaf_mem(l: &LeafBase) -> usize {
-    let mut n =
-        alloc_size(l.entries.capacity() * std::mem::size_of::<Entry>()) + owned_bytes_mem(l.arena_len());
-    for e in &l.entries {
-        n += alloc_size(e.versions.capacity() * std::mem::size_of::<Version>());
-        for v in &e.versions {
-            if let Value::Blob(c) = &v.value {
-                n += blob_mem(c);
-            }
-        }
-    }
-    n
+    let cells = l.page.cells();
+    let array = if cells.is_empty() { 0 } else { alloc_size(40) + alloc_size(std::mem::size_of_val(cells)) };
+    owned_bytes_mem(l.page.len()) + array + cells.iter().map(|c| blob_mem(c)).sum::<usize>()
 }
 
 /// Drops versions no snapshot at or after `horizon` can see, newest first order kept:
@@ -468,12 +448,13 @@ mod tests {
     use super::*;
 
     /// Every page not in memory costs one node in the page table (a stub): a variant that
-    /// grows `Node` grows the page table of every database. 136 bytes is a 144-byte chunk.
+    /// grows `Node` grows the page table of every database. 152 bytes is jemalloc's
+    /// 160-byte class (the size a node had before leaves became pages) and glibc's
+    /// 160-byte chunk.
     #[test]
     fn a_node_stays_small() {
-        assert!(std::mem::size_of::<Node>() <= 136, "Node is {} bytes", std::mem::size_of::<Node>());
-        let class = if cfg!(all(feature = "jemalloc", not(target_env = "msvc"))) { 160 } else { 144 };
-        assert_eq!(node_alloc(), class);
+        assert!(std::mem::size_of::<Node>() <= 152, "Node is {} bytes", std::mem::size_of::<Node>());
+        assert_eq!(node_alloc(), 160);
     }
 
     #[test]

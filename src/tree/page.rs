@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
+use super::leaf::{BadPage, LeafPage, KIND_LEAF_PAGE};
 use super::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
 use crate::codec::{put_bytes32, Reader, Truncated};
 use crate::error::{Error, Result};
@@ -53,21 +54,23 @@ fn put_bounds(out: &mut Vec<u8>, b: &Bounds) {
     out.put_u64_le(b.right);
 }
 
-/// Encodes a leaf; `blob_addr` returns the address a blob value is (or will be) stored at.
+/// Encodes a leaf: its page's bytes ([`super::leaf`]), with the address `blob_addr` returns
+/// for each blob value held in memory (where it is, or will be, stored).
 pub fn encode_leaf(leaf: &LeafBase, out: &mut Vec<u8>, blob_addr: &mut dyn FnMut(&Arc<BlobCell>) -> u64) {
+    out.extend_from_slice(leaf.page.with_blob_addresses(blob_addr).bytes());
+}
+
+/// Encodes a leaf in the first format (kind 1), which [`decode`] still reads: the format
+/// of databases written before leaves were pages of bytes. Tests only.
+#[cfg(test)]
+fn encode_leaf_v0(leaf: &LeafBase, out: &mut Vec<u8>) {
     out.put_u8(KIND_LEAF);
     put_bounds(out, &leaf.bounds);
-    // Each entry encodes to at least 8 bytes and a page frame is asserted <= MAX_FRAME_LEN
-    // (1 GiB) by FileBuilder::add before it is written, so a count past u32::MAX never
-    // reaches disk.
-    #[allow(clippy::cast_possible_truncation)]
-    out.put_u32_le(leaf.entries.len() as u32);
-    for e in &leaf.entries {
-        debug_assert!(!e.versions.is_empty());
+    let entries = leaf.entries();
+    out.put_u32_le(u32::try_from(entries.len()).expect("a test page"));
+    for e in &entries {
         put_bytes32(out, &e.key);
-        // As for the entry count: each version encodes to at least 9 bytes.
-        #[allow(clippy::cast_possible_truncation)]
-        out.put_u32_le(e.versions.len() as u32);
+        out.put_u32_le(u32::try_from(e.versions.len()).expect("a test page"));
         for v in &e.versions {
             out.put_u64_le(v.ts);
             match &v.value {
@@ -78,7 +81,7 @@ pub fn encode_leaf(leaf: &LeafBase, out: &mut Vec<u8>, blob_addr: &mut dyn FnMut
                 }
                 Value::Blob(c) => {
                     out.put_u8(V_BLOB);
-                    out.put_u64_le(blob_addr(c));
+                    out.put_u64_le(c.addr());
                     out.put_u32_le(c.len);
                 }
             }
@@ -132,7 +135,11 @@ fn decode_inner_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Trunc
 }
 
 fn decode_leaf_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Truncated> {
+    let at = r.pos();
     let bounds = get_bounds(r, src)?;
+    if bounds.high.as_ref().is_some_and(|h| bounds.low >= h) {
+        return Err(Truncated { at });
+    }
     let n = r.count32(8)?;
     let mut entries: Vec<Entry> = Vec::with_capacity(n);
     for _ in 0..n {
@@ -169,12 +176,19 @@ fn decode_leaf_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Trunca
         }
         entries.push(Entry { key, versions });
     }
-    Ok(PageImage::Leaf(LeafBase { bounds, entries }))
+    // What the checks above let through is what the builder asserts.
+    Ok(PageImage::Leaf(LeafBase::from_entries(&bounds, &entries)))
 }
 
 /// Decodes a page image read from `file` at byte `offset`.
 /// Keys and values of the result share `bytes` (no copy).
 pub fn decode(bytes: &Bytes, file: &Path, offset: u64) -> Result<PageImage> {
+    if bytes.first() == Some(&KIND_LEAF_PAGE) {
+        return match LeafPage::check(bytes.clone()) {
+            Ok(page) => Ok(PageImage::Leaf(LeafBase::from_page(page))),
+            Err(BadPage { at, what }) => Err(Error::corruption(file, offset + at as u64, what)),
+        };
+    }
     let mut r = Reader::new(bytes);
     let res = match r.u8() {
         Ok(KIND_LEAF) => decode_leaf_body(&mut r, bytes),
@@ -196,9 +210,9 @@ mod tests {
     use super::*;
 
     fn leaf() -> LeafBase {
-        LeafBase {
-            bounds: Bounds { low: Bytes::from_static(b"a"), high: Some(Bytes::from_static(b"z")), right: 7 },
-            entries: vec![
+        LeafBase::from_entries(
+            &Bounds { low: Bytes::from_static(b"a"), high: Some(Bytes::from_static(b"z")), right: 7 },
+            &[
                 Entry {
                     key: Bytes::from_static(b"b"),
                     versions: vec![
@@ -214,6 +228,20 @@ mod tests {
                     }],
                 },
             ],
+        )
+    }
+
+    fn check_leaf(img: PageImage) {
+        match img {
+            PageImage::Leaf(l) => {
+                assert_eq!(l.bounds, leaf().bounds);
+                let e = l.entries();
+                assert_eq!(e.len(), 2);
+                assert_eq!(e[0].versions[0].ts, 9);
+                assert!(matches!(&e[0].versions[1].value, Value::Tombstone));
+                assert!(matches!(&e[1].versions[0].value, Value::Blob(c) if c.addr() == 77 && c.len == 5000));
+            }
+            PageImage::Inner(_) => panic!("kind"),
         }
     }
 
@@ -223,17 +251,22 @@ mod tests {
         encode_leaf(&leaf(), &mut out, &mut |c| c.addr());
         let p = Path::new("x");
         let out = Bytes::from(out);
-        match decode(&out, p, 0).unwrap() {
-            PageImage::Leaf(l) => {
-                assert_eq!(l.bounds, leaf().bounds);
-                assert_eq!(l.entries.len(), 2);
-                assert_eq!(l.entries[0].versions[0].ts, 9);
-                assert!(
-                    matches!(&l.entries[1].versions[0].value, Value::Blob(c) if c.addr() == 77 && c.len == 5000)
-                );
-            }
-            PageImage::Inner(_) => panic!("kind"),
+        assert_eq!(out[0], KIND_LEAF_PAGE);
+        check_leaf(decode(&out, p, 0).unwrap());
+        for cut in 0..out.len() {
+            assert!(decode(&out.slice(..cut), p, 0).is_err(), "cut at {cut}");
         }
+    }
+
+    /// Databases written before leaves were pages of bytes stay readable.
+    #[test]
+    fn a_leaf_of_the_first_format_is_still_read() {
+        let mut out = Vec::new();
+        encode_leaf_v0(&leaf(), &mut out);
+        let p = Path::new("x");
+        let out = Bytes::from(out);
+        assert_eq!(out[0], KIND_LEAF);
+        check_leaf(decode(&out, p, 0).unwrap());
         for cut in 0..out.len() {
             assert!(decode(&out.slice(..cut), p, 0).is_err(), "cut at {cut}");
         }

@@ -3,9 +3,10 @@
 //! pages of sparse files.
 
 use super::{
-    epoch, merge_leaf, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
+    epoch, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
     NodeKind, Ordering, PendingBlob, Pid,
 };
+use crate::tree::merge_leaf_at;
 use crate::tree::node::LeafBase;
 
 impl Forest {
@@ -95,14 +96,7 @@ impl Forest {
         blob_ids: &mut FxHashMap<*const BlobCell, u64>,
         blobs: &mut Vec<PendingBlob>,
     ) -> bool {
-        let mut complete = true;
-        let mut merged = merge_leaf(&v.deltas, base, horizon);
-        for e in &mut merged.entries {
-            let before = e.versions.len();
-            e.versions.retain(|x| x.ts <= cut_ts);
-            complete &= before == e.versions.len();
-        }
-        merged.entries.retain(|e| !e.versions.is_empty());
+        let (merged, complete) = merge_leaf_at(&v.deltas, base, horizon, cut_ts);
         page::encode_leaf(&merged, image, &mut |cell| {
             let a = cell.addr();
             if a != 0 {
