@@ -562,6 +562,20 @@ impl LeafBuilder {
         }
     }
 
+    /// Whether `page` strips the same prefix as this page (so its entries' bytes can be
+    /// copied as they are). Cheap when the fences are those of `page` itself, as in a
+    /// consolidation: the same bytes are not compared again.
+    fn same_prefix(&self, page: &LeafPage) -> bool {
+        let mine = &self.low[..self.prefix];
+        let theirs = page.prefix();
+        mine.len() == theirs.len() && (std::ptr::eq(mine.as_ptr(), theirs.as_ptr()) || mine == theirs)
+    }
+
+    /// Makes room for `bytes` more bytes of entries (a consolidation knows about how many).
+    pub fn reserve(&mut self, bytes: usize) {
+        self.entries.reserve(bytes);
+    }
+
     /// Bytes the page has so far.
     pub fn len(&self) -> usize {
         pad8(HEADER + self.slots.len() * SLOT + self.low.len() + self.high.as_ref().map_or(0, Bytes::len))
@@ -644,7 +658,45 @@ impl LeafBuilder {
                 self.older.resize(pad8(self.older.len()), 0);
             }
         }
-        self.last = Some(key.to_vec());
+        let last = self.last.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(key);
+    }
+
+    /// Appends entry `i` of `page` by copying its bytes, when that is what [`push`] of its
+    /// versions after a trim at `horizon` and a cut at `cut` would write: `page` strips the
+    /// same prefix as this page, the key has one version (no older list, so trimming keeps
+    /// it unless it is a tombstone at or below `horizon`), at or below `cut`, and no value
+    /// held in memory (whose cell index would differ here). Returns false, having written
+    /// nothing, when it does not apply: the caller decodes the entry and pushes it.
+    ///
+    /// [`push`]: LeafBuilder::push
+    pub fn push_copy(&mut self, page: &LeafPage, i: usize, horizon: u64, cut: u64) -> bool {
+        let (off, hint) = page.slot(i);
+        let b = &page.buf[..];
+        let (n, kind, len, ts) = (le_u16(b, off) as usize, b[off + 2], le_u32(b, off + 4) as usize, le_u64(b, off + 8));
+        if le_u32(b, off + 16) != 0
+            || kind == V_CELL
+            || ts > cut
+            || (kind == V_TOMB && ts <= horizon)
+            || !self.same_prefix(page)
+        {
+            return false;
+        }
+        let suffix = &b[off + ENTRY_HEAD..off + ENTRY_HEAD + n];
+        if let Some(last) = &self.last {
+            let ord = key_cmp(&last[self.prefix.min(last.len())..], suffix);
+            assert!(last.len() >= self.prefix && ord == Ordering::Less, "keys out of order");
+        }
+        let end = pad8(off + ENTRY_HEAD + n + payload_len(kind, len));
+        let at = self.entries.len();
+        self.slots.push((u32::try_from(at).expect("a page is shorter than 4 GiB"), hint));
+        self.entries.extend_from_slice(&b[off..end]);
+        let last = self.last.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(page.prefix());
+        last.extend_from_slice(suffix);
+        true
     }
 
     /// The page.

@@ -113,6 +113,7 @@ pub fn merge_leaf_at(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u6
     let page = &base.page;
     let n = page.count();
     let mut out = LeafBuilder::new(base.bounds.low.clone(), base.bounds.high.clone(), base.bounds.right);
+    out.reserve(page.len() + d.iter().map(|(k, v)| node::version_bytes(k, v)).sum::<usize>());
     let mut complete = true;
     let (mut key, mut versions) = (Vec::new(), Vec::<Version>::new());
     let (mut i, mut j) = (0, 0);
@@ -138,6 +139,11 @@ pub fn merge_leaf_at(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u6
             key.clear();
             key.extend_from_slice(k);
         } else {
+            // An entry no delta touches: its bytes, as they are, when nothing of it changes.
+            if out.push_copy(page, i, horizon, cut) {
+                i += 1;
+                continue;
+            }
             page.key_into(i, &mut key);
             page.versions_into(i, &mut versions);
             i += 1;
