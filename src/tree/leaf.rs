@@ -108,20 +108,6 @@ pub struct LeafPage {
     cells: Option<Arc<Vec<Arc<BlobCell>>>>,
 }
 
-impl From<VersionRef> for Version {
-    fn from(v: VersionRef) -> Version {
-        Version { ts: v.ts, value: v.value }
-    }
-}
-
-/// One version read from a page.
-#[derive(Debug, Clone)]
-pub struct VersionRef {
-    /// Commit timestamp.
-    pub ts: u64,
-    /// The value (an inline value is a slice of the page: no copy).
-    pub value: Value,
-}
 
 impl LeafPage {
     /// Checks `buf` as a leaf page read from disk (no in-memory blob cells), without copying it.
@@ -296,25 +282,30 @@ impl LeafPage {
     }
 
     /// The newest version of entry `i`.
-    pub fn newest(&self, i: usize) -> VersionRef {
+    pub fn newest(&self, i: usize) -> Version {
         let (off, _) = self.slot(i);
         let n = le_u16(&self.buf, off) as usize;
         let (kind, len, ts) =
             (self.buf[off + 2], le_u32(&self.buf, off + 4) as usize, le_u64(&self.buf, off + 8));
-        VersionRef { ts, value: self.value_at(kind, len, off + ENTRY_HEAD + n) }
+        Version { ts, value: self.value_at(kind, len, off + ENTRY_HEAD + n) }
     }
 
-    /// Every version of entry `i`, newest first.
-    pub fn versions(&self, i: usize) -> Vec<VersionRef> {
+    /// Every version of entry `i`, newest first (an inline value is a slice of the page).
+    pub fn versions(&self, i: usize) -> Vec<Version> {
         let mut out = Vec::new();
-        self.versions_into(i, &mut out);
+        self.push_versions(i, &mut out);
         out
     }
 
     /// Replaces `out` with every version of entry `i`, newest first.
-    pub fn versions_into<V: From<VersionRef>>(&self, i: usize, out: &mut Vec<V>) {
+    pub fn versions_into(&self, i: usize, out: &mut Vec<Version>) {
         out.clear();
-        out.push(self.newest(i).into());
+        self.push_versions(i, out);
+    }
+
+    /// Appends every version of entry `i` to `out`, newest first.
+    pub fn push_versions(&self, i: usize, out: &mut Vec<Version>) {
+        out.push(self.newest(i));
         let (off, _) = self.slot(i);
         let older = le_u32(&self.buf, off + 16) as usize;
         if older != 0 {
@@ -323,14 +314,14 @@ impl LeafPage {
             for _ in 0..n {
                 let (ts, kind, len) =
                     (le_u64(&self.buf, at), self.buf[at + 8], le_u32(&self.buf, at + 12) as usize);
-                out.push(VersionRef { ts, value: self.value_at(kind, len, at + VERSION_HEAD) }.into());
+                out.push(Version { ts, value: self.value_at(kind, len, at + VERSION_HEAD) });
                 at += pad8(VERSION_HEAD + payload_len(kind, len));
             }
         }
     }
 
     /// The newest version of entry `i` at or below `ts`.
-    pub fn visible(&self, i: usize, ts: u64) -> Option<VersionRef> {
+    pub fn visible(&self, i: usize, ts: u64) -> Option<Version> {
         let v = self.newest(i);
         if v.ts <= ts {
             return Some(v);

@@ -131,9 +131,7 @@ pub fn merge_leaf_at(deltas: &[(&Bytes, &Version)], base: &LeafBase, horizon: u6
                 j += 1;
             }
             if i < n && page.cmp_key(i, k).is_eq() {
-                let mut older = Vec::new();
-                page.versions_into(i, &mut older);
-                versions.extend(older);
+                page.push_versions(i, &mut versions);
                 i += 1;
             }
             key.clear();
@@ -259,7 +257,7 @@ impl Tree {
             Some((_, ver)) => Some(live_len(ver)),
             None => match &v.bottom.kind {
                 NodeKind::Leaf(l) => {
-                    Some(l.search(key).ok().and_then(|i| live_len(&Version::from(l.page.newest(i)))))
+                    Some(l.search(key).ok().and_then(|i| live_len(&l.page.newest(i))))
                 }
                 _ => None,
             },
@@ -932,7 +930,7 @@ fn visible_from(
         };
         if order == std::cmp::Ordering::Greater {
             if let Some(v) = page.visible(i, ts) {
-                push(page.key(i), Some(v.into()));
+                push(page.key(i), Some(v));
             }
             i += 1;
             continue;
@@ -946,7 +944,7 @@ fn visible_from(
             j += 1;
         }
         if order == std::cmp::Ordering::Equal {
-            seen = seen.or_else(|| page.visible(i, ts).map(Version::from));
+            seen = seen.or_else(|| page.visible(i, ts));
             i += 1;
         }
         push(key.clone(), seen);

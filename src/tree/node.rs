@@ -266,13 +266,13 @@ impl LeafBase {
 
     /// The newest version of entry `i` visible at `ts`.
     pub fn visible(&self, i: usize, ts: u64) -> Option<Version> {
-        self.page.visible(i, ts).map(Version::from)
+        self.page.visible(i, ts)
     }
 
     /// Every entry, keys and versions copied out of the page (tests and checks).
     pub fn entries(&self) -> Vec<Entry> {
         (0..self.len())
-            .map(|i| Entry { key: self.page.key(i), versions: self.page.versions(i).into_iter().map(Version::from).collect() })
+            .map(|i| Entry { key: self.page.key(i), versions: self.page.versions(i) })
             .collect()
     }
 }
