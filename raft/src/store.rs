@@ -33,6 +33,19 @@
 //!   `snapshot` record naming the installed file, together. A crash before it leaves the
 //!   old state and the old snapshot in force, after it the new ones.
 //!
+//! Order across the two stores: openraft orders the purge of the log a received snapshot
+//! covers as soon as it queues the snapshot's install, so the log store's purge may run
+//! before the state machine's switch commit. A crash between the two would leave the log
+//! purged past the snapshot on disk, and openraft refuses to start on such a store
+//! (`purge_upto <= snapshot_last_log_id`). Invariant: **the durable `purged` mark never
+//! passes the last log id of the durable snapshot record, while a snapshot is being
+//! received.** The two stores of [`open_db`] share a gate (`PurgeGate`): a receive opens
+//! it, the end of the install (its switch committed, or its failure) closes it, and a
+//! purge past the recorded snapshot waits while it is open (or fails, if the install
+//! failed). openraft's other purges never pass the recorded snapshot: it purges only what
+//! a snapshot it was told about covers, and a build or install records its snapshot
+//! before it tells openraft.
+//!
 //! What still waits for the next open: ringkv cannot drop a bucket inside a commit, and a
 //! snapshot file is not in the database. So the bucket of a replaced generation, or of an
 //! install a crash cut short, and the snapshot files that the `snapshot` record does not
@@ -56,7 +69,7 @@ use ringkv::{Bucket, Db, Durability, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncSeekExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, Mutex, RwLock};
+use tokio::sync::{mpsc, watch, Mutex, RwLock};
 
 use crate::snapshot::{Meta, SnapshotReader, SnapshotWriter};
 use crate::{Node, NodeId, Request, Response, SnapshotData, TypeConfig, MAX_KEY_BYTES};
@@ -138,9 +151,61 @@ pub async fn open(dir: &Path, opts: ringkv::Options) -> StoreResult<(LogStore, S
 /// The two stores over an open database; snapshot files go to `snapshot_dir` (created if
 /// missing). Must be called inside a tokio runtime.
 pub async fn open_db(db: Db, snapshot_dir: PathBuf) -> StoreResult<(LogStore, StateMachineStore)> {
-    let log = LogStore::open(db.clone()).await?;
-    let sm = StateMachineStore::open(db, snapshot_dir).await?;
+    let gate = PurgeGate::default();
+    let log = LogStore::open_gated(db.clone(), Some(gate.clone())).await?;
+    let sm = StateMachineStore::open_gated(db, snapshot_dir, gate).await?;
     Ok((log, sm))
+}
+
+/// What the state machine tells the log store about snapshots (module doc, "Order across
+/// the two stores").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct GateState {
+    /// The index of the last log id of the durable snapshot record, if any.
+    recorded: Option<u64>,
+    /// A snapshot is being received (from `begin_receiving_snapshot` to the end of the
+    /// next install).
+    receiving: bool,
+    /// The last install failed: a purge waiting for it fails too.
+    failed: bool,
+}
+
+/// Holds back a log purge past the recorded snapshot while a snapshot is being received.
+#[derive(Clone, Default)]
+pub(crate) struct PurgeGate {
+    state: Arc<watch::Sender<GateState>>,
+}
+
+impl PurgeGate {
+    fn update(&self, f: impl FnOnce(&mut GateState)) {
+        self.state.send_modify(f);
+    }
+
+    /// Returns once a purge up to `index` may commit: the recorded snapshot covers it, or
+    /// no snapshot is being received. Fails if the install it waited for failed.
+    async fn wait_covered(&self, index: u64) -> StoreResult<()> {
+        let mut rx = self.state.subscribe();
+        let mut waited = false;
+        loop {
+            let st = *rx.borrow_and_update();
+            if st.recorded.is_some_and(|r| r >= index) {
+                return Ok(());
+            }
+            if st.receiving {
+                waited = true;
+            } else if waited && st.failed {
+                return Err(msg_err(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Write,
+                    format!("purge up to {index} waited for a snapshot install that failed"),
+                ));
+            } else {
+                return Ok(());
+            }
+            // The sender lives as long as `self`, so `changed` cannot fail here.
+            rx.changed().await.map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,12 +227,19 @@ struct LogInner {
     /// Most entries a purge or truncation deletes per commit ([`COMMIT_ENTRIES`]; tests
     /// lower it to see a large purge's commits one by one).
     entries_per_commit: AtomicUsize,
+    /// Shared with the state machine of [`open_db`]; `None` for a log store on its own.
+    gate: Option<PurgeGate>,
 }
 
 impl LogStore {
-    /// The log store of `db` (its buckets created if missing). Starts the flusher task on
-    /// the current tokio runtime.
+    /// The log store of `db` (its buckets created if missing), on its own: no state
+    /// machine orders its purges ([`open_db`] opens the two together). Starts the flusher
+    /// task on the current tokio runtime.
     pub async fn open(db: Db) -> StoreResult<LogStore> {
+        Self::open_gated(db, None).await
+    }
+
+    async fn open_gated(db: Db, gate: Option<PurgeGate>) -> StoreResult<LogStore> {
         let w = |e| err(ErrorSubject::Store, ErrorVerb::Write, e);
         let log = db.bucket(LOG_BUCKET).await.map_err(w)?;
         let meta = db.bucket(META_BUCKET).await.map_err(w)?;
@@ -176,7 +248,7 @@ impl LogStore {
             .map_err(|e| err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         handle.spawn(flusher(db.clone(), rx));
         let entries_per_commit = AtomicUsize::new(COMMIT_ENTRIES);
-        Ok(LogStore { inner: Arc::new(LogInner { db, log, meta, flushes: tx, entries_per_commit }) })
+        Ok(LogStore { inner: Arc::new(LogInner { db, log, meta, flushes: tx, entries_per_commit, gate }) })
     }
 
     /// Sets the most entries a purge or truncation deletes in one commit (at least 1).
@@ -387,6 +459,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // recovery sees the mark without the deletions or the reverse. A purge of more than
         // `entries_per_commit` entries is several such commits, lowest entries first, each
         // marked with the log id of the last entry it deletes.
+        // Past the recorded snapshot, only after the install being received records it
+        // (module doc, "Order across the two stores").
+        if let Some(gate) = &self.inner.gate {
+            gate.wait_covered(log_id.index).await?;
+        }
         let w = |e| err(ErrorSubject::Logs, ErrorVerb::Write, e);
         let per_commit = self.inner.entries_per_commit.load(Ordering::Relaxed);
         let keys = self.log_keys(..=log_id.index).await?;
@@ -434,6 +511,8 @@ struct SmInner {
     files: Mutex<()>,
     /// Makes snapshot ids and file names unique.
     seq: AtomicU64,
+    /// Shared with the log store of [`open_db`]: told of receives, installs and records.
+    gate: PurgeGate,
 }
 
 struct SmState {
@@ -469,6 +548,10 @@ impl StateMachineStore {
     /// are one commit, so whatever a crash cut, the generation in force and the file
     /// recorded are the ones that commit left.
     pub async fn open(db: Db, snapshot_dir: PathBuf) -> StoreResult<StateMachineStore> {
+        Self::open_gated(db, snapshot_dir, PurgeGate::default()).await
+    }
+
+    async fn open_gated(db: Db, snapshot_dir: PathBuf, gate: PurgeGate) -> StoreResult<StateMachineStore> {
         let w = sm_err(ErrorVerb::Write);
         let r = sm_err(ErrorVerb::Read);
         tokio::fs::create_dir_all(&snapshot_dir).await.map_err(snap_err(None, ErrorVerb::Write))?;
@@ -507,6 +590,8 @@ impl StateMachineStore {
                 tokio::fs::remove_file(ent.path()).await.map_err(snap_err(None, ErrorVerb::Write))?;
             }
         }
+        let recorded = current.as_ref().and_then(|c| c.meta.last_log_id).map(|l| l.index);
+        gate.update(|g| g.recorded = recorded);
         Ok(StateMachineStore {
             inner: Arc::new(SmInner {
                 db,
@@ -516,6 +601,7 @@ impl StateMachineStore {
                 generation_in_use: RwLock::new(()),
                 files: Mutex::new(()),
                 seq: AtomicU64::new(seq),
+                gate,
             }),
         })
     }
@@ -599,6 +685,7 @@ impl StateMachineStore {
         let mut t = self.inner.meta.begin().map_err(&w)?;
         t.put(KEY_SNAPSHOT, to_json(&rec, ErrorSubject::Snapshot(Some(meta.signature())))?).map_err(&w)?;
         t.commit_with(Durability::Sync).await.map_err(&w)?;
+        self.record_durable(meta);
         self.remove_replaced_file(old, &rec.file).await;
         Ok(())
     }
@@ -611,6 +698,12 @@ impl StateMachineStore {
                 let _ = tokio::fs::remove_file(self.inner.snapshot_dir.join(old.file)).await;
             }
         }
+    }
+
+    /// Tells the log store that the record of `meta`'s snapshot is durable.
+    fn record_durable(&self, meta: &Meta) {
+        let index = meta.last_log_id.map(|l| l.index);
+        self.inner.gate.update(|g| g.recorded = g.recorded.max(index));
     }
 
     async fn current_record(&self) -> StoreResult<Option<SnapshotRecord>> {
@@ -793,6 +886,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotData>> {
+        // Before openraft can queue the install, and so before it orders the purge.
+        self.inner.gate.update(|g| g.receiving = true);
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let path = self.inner.snapshot_dir.join(format!("recv-{seq}.tmp"));
         let f = tokio::fs::OpenOptions::new()
@@ -808,8 +903,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        mut snapshot: Box<SnapshotData>,
+        snapshot: Box<SnapshotData>,
     ) -> StoreResult<()> {
+        let res = self.install(meta, snapshot).await;
+        let failed = res.is_err();
+        self.inner.gate.update(|g| {
+            g.receiving = false;
+            g.failed = failed;
+        });
+        res
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let _files = self.inner.files.lock().await;
+        let Some(rec) = self.current_record().await? else { return Ok(None) };
+        let file = tokio::fs::File::open(self.inner.snapshot_dir.join(&rec.file))
+            .await
+            .map_err(snap_err(Some(&rec.meta), ErrorVerb::Read))?;
+        Ok(Some(Snapshot { meta: rec.meta, snapshot: Box::new(file) }))
+    }
+}
+
+impl StateMachineStore {
+    /// The install of `install_snapshot`: the copy, the load and the switch (module doc).
+    async fn install(&self, meta: &SnapshotMeta<NodeId, Node>, mut snapshot: Box<SnapshotData>) -> StoreResult<()> {
         let re = snap_err(Some(meta), ErrorVerb::Read);
         let we = snap_err(Some(meta), ErrorVerb::Write);
         let w = sm_err(ErrorVerb::Write);
@@ -854,6 +971,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let _files = self.inner.files.lock().await;
             let old_record = self.current_record().await?;
             b.commit_with(Durability::Sync).await.map_err(&w)?;
+            self.record_durable(meta);
             self.remove_replaced_file(old_record, &rec.file).await;
         }
         let old = std::mem::replace(
@@ -878,14 +996,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let _files = self.inner.files.lock().await;
-        let Some(rec) = self.current_record().await? else { return Ok(None) };
-        let file = tokio::fs::File::open(self.inner.snapshot_dir.join(&rec.file))
-            .await
-            .map_err(snap_err(Some(&rec.meta), ErrorVerb::Read))?;
-        Ok(Some(Snapshot { meta: rec.meta, snapshot: Box::new(file) }))
     }
 }

@@ -356,3 +356,88 @@ fn a_crash_at_any_point_of_a_snapshot_install_leaves_the_old_state_or_the_new_on
     );
     assert!(outcomes[0] > 0 && outcomes[1] > 0);
 }
+
+/// The bytes and meta of a snapshot of `entries` applied to a fresh store (real disk).
+async fn snapshot_of(entries: Vec<Entry<TypeConfig>>) -> (SnapshotMeta<NodeId, Node>, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let db = Db::open(src.path().join("db"), Options::default()).await.unwrap();
+    let (_log, mut sm) = open_db(db.clone(), src.path().join("snapshots")).await.unwrap();
+    sm.apply(entries).await.unwrap();
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    let mut f = *sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
+    tokio::io::AsyncReadExt::read_to_end(&mut f, &mut bytes).await.unwrap();
+    db.close().await.unwrap();
+    (snap.meta, bytes)
+}
+
+/// Polls `fut` a few times, yielding between polls, and says whether it is still pending.
+async fn still_pending<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
+    for _ in 0..20 {
+        if futures::poll!(&mut *fut).is_ready() {
+            return false;
+        }
+        tokio::task::yield_now().await;
+    }
+    true
+}
+
+/// openraft orders the purge of what a received snapshot covers as soon as it queues the
+/// install, so the purge can reach the log store before the install's switch commits. If
+/// it committed first, a crash between the two would leave the log purged past the
+/// snapshot on disk, a store openraft refuses to start on (the kill test met it). The
+/// purge must wait for the switch, commit nothing while it waits, and fail if the install
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_past_the_snapshot_being_received_waits_for_its_install() {
+    let mut entries = vec![membership(2, 1, &[1, 2, 3])];
+    entries.extend((2..=15).map(|i| set(2, i, &format!("new{i:02}"), "v")));
+    let (new_meta, new_file) = snapshot_of(entries).await;
+    assert_eq!(new_meta.last_log_id, Some(log_id(2, 15)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("db"), Options::default()).await.unwrap();
+    let (mut log, mut sm) = open_db(db.clone(), dir.path().join("snapshots")).await.unwrap();
+    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    let mut entries = vec![membership(1, 1, &[1])];
+    entries.extend((2..=5).map(|i| set(1, i, &format!("old{i}"), "x")));
+    sm.apply(entries).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap(); // recorded at 5
+    log.blocking_append((1..=20).map(|i| set(1, i, &format!("k{i}"), "v"))).await.unwrap();
+
+    // A failed install fails the purge that waited for it, and the log stays whole.
+    let mut recv = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *recv, b"not a snapshot").await.unwrap();
+    {
+        let mut purger = log.clone();
+        let mut purge = Box::pin(purger.purge(log_id(2, 15)));
+        assert!(still_pending(&mut purge).await, "a purge past the recorded snapshot did not wait");
+        assert!(sm.install_snapshot(&new_meta, recv).await.is_err());
+        assert!(purge.await.is_err(), "a purge that waited for a failed install went ahead");
+    }
+    assert_eq!(mark_and_indexes(&db).await, (0, (1..=20).collect()));
+
+    let mut recv = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *recv, &new_file).await.unwrap();
+    // Up to the recorded snapshot, a purge does not wait.
+    log.purge(log_id(1, 3)).await.unwrap();
+    assert_eq!(mark_and_indexes(&db).await, (3, (4..=20).collect()));
+    let mut purger = log.clone();
+    let mut purge = Box::pin(purger.purge(log_id(2, 15)));
+    assert!(still_pending(&mut purge).await, "a purge past the recorded snapshot did not wait");
+    // What a crash now would recover: nothing of the purge is committed.
+    assert_eq!(mark_and_indexes(&db).await, (3, (4..=20).collect()));
+    sm.install_snapshot(&new_meta, recv).await.unwrap();
+    purge.await.unwrap();
+    assert_eq!(mark_and_indexes(&db).await, (15, (16..=20).collect()));
+    drop((log, purger, sm));
+    db.close().await.unwrap();
+
+    // Reopened, the store is one openraft starts on: purged no further than the snapshot.
+    let db = Db::open(dir.path().join("db"), Options::default()).await.unwrap();
+    let (mut log, mut sm) = open_db(db.clone(), dir.path().join("snapshots")).await.unwrap();
+    let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    let snapshot = sm.get_current_snapshot().await.unwrap().unwrap().meta.last_log_id;
+    assert_eq!((purged, snapshot), (Some(log_id(2, 15)), Some(log_id(2, 15))));
+    db.close().await.unwrap();
+}
