@@ -52,28 +52,61 @@ pub struct ChainView<'g> {
     pub head: Shared<'g, Node>,
     /// The head node.
     pub head_node: &'g Node,
-    /// Upserts above the bottom, newest first.
-    pub deltas: Vec<(&'g Bytes, &'g Version)>,
     /// The base or stub at the bottom.
     pub bottom: &'g Node,
+    guard: &'g Guard,
 }
 
 impl<'g> ChainView<'g> {
-    /// Reads the chain of `pid`; `None` for an unused page id.
+    /// Reads the chain of `pid`; `None` for an unused page id. Visits the head and, under
+    /// deltas, the bottom its summary names (node invariant 4), not the deltas between.
     pub fn load(forest: &Forest, pid: Pid, guard: &'g Guard) -> Option<ChainView<'g>> {
         let head = forest.table.head(pid, guard);
         // SAFETY: a non-null head loaded under `guard` stays allocated until the guard is
         // dropped (chains are only freed through `defer_destroy`).
         let head_node = unsafe { head.as_ref() }?;
-        let mut deltas = Vec::with_capacity(head_node.depth as usize);
-        let mut cur = head_node;
-        while let NodeKind::Upsert { key, version, next } = &cur.kind {
-            deltas.push((key, version));
-            // SAFETY: `next` of a published node is never null and is kept alive by the
+        let bottom = match &head_node.kind {
+            // SAFETY: a delta's bottom is the base of its chain, reachable from the head
+            // through `next` links and so kept alive by the same guard; it is never null.
+            NodeKind::Upsert { summary, .. } => unsafe { summary.bottom.load(Ordering::Acquire, guard).deref() },
+            _ => head_node,
+        };
+        Some(ChainView { head, head_node, bottom, guard })
+    }
+
+    /// Number of deltas above the bottom.
+    pub fn depth(&self) -> usize {
+        self.head_node.depth as usize
+    }
+
+    /// The deltas above the bottom, newest first (a walk of the chain).
+    pub fn deltas(&self) -> impl Iterator<Item = (&'g Bytes, &'g Version)> + 'g {
+        let guard = self.guard;
+        let mut cur = Some(self.head_node);
+        std::iter::from_fn(move || {
+            let NodeKind::Upsert { key, version, next, .. } = &cur?.kind else { return None };
+            // SAFETY: `next` of a published delta is never null and is kept alive by the
             // same guard (it is part of the chain reachable from the head).
-            cur = unsafe { next.load(Ordering::Acquire, guard).deref() };
+            cur = Some(unsafe { next.load(Ordering::Acquire, guard).deref() });
+            Some((key, version))
+        })
+    }
+
+    /// The deltas, newest first, collected (for a merge).
+    pub fn delta_vec(&self) -> Vec<(&'g Bytes, &'g Version)> {
+        let mut v = Vec::with_capacity(self.depth());
+        v.extend(self.deltas());
+        v
+    }
+
+    /// The newest delta of `key` with a timestamp at or below `ts`. Walks the chain only
+    /// when the head's summary says it may hold `key`.
+    pub fn find(&self, key: &[u8], ts: u64) -> Option<&'g Version> {
+        let NodeKind::Upsert { summary, .. } = &self.head_node.kind else { return None };
+        if !summary.may_hold(self.depth(), node::key_fp(key)) {
+            return None;
         }
-        Some(ChainView { head, head_node, deltas, bottom: cur })
+        self.deltas().find(|(k, v)| k.as_ref() == key && v.ts <= ts).map(|(_, v)| v)
     }
 
     /// The node's bounds, where known.
@@ -253,8 +286,8 @@ impl Tree {
     /// around a crash (the counts persisted at a checkpoint may include a commit applied
     /// but not yet published at its cut), are what makes the size approximate.
     fn account(&self, v: &ChainView<'_>, key: &[u8], version: &Version) {
-        let old: Option<Option<usize>> = match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
-            Some((_, ver)) => Some(live_len(ver)),
+        let old: Option<Option<usize>> = match v.find(key, u64::MAX) {
+            Some(ver) => Some(live_len(ver)),
             None => match &v.bottom.kind {
                 NodeKind::Leaf(l) => {
                     Some(l.search(key).ok().and_then(|i| live_len(&l.page.newest(i))))
@@ -362,8 +395,8 @@ impl Tree {
                 match self.find_leaf(f, key, &guard)? {
                     Step::Load(p) => Step::Load(p),
                     Step::Done((pid, v)) => {
-                        match v.deltas.iter().find(|(k, ver)| k.as_ref() == key && ver.ts <= ts) {
-                            Some((_, ver)) => Step::Done(Some((*ver).clone())),
+                        match v.find(key, ts) {
+                            Some(ver) => Step::Done(Some(ver.clone())),
                             None => match &v.bottom.kind {
                                 NodeKind::Leaf(l) => {
                                     Step::Done(l.search(key).ok().and_then(|i| l.visible(i, ts)))
@@ -413,8 +446,8 @@ impl Tree {
                     Step::Load(p) => Step::Load(p),
                     Step::Done((pid, v)) => {
                         *hint = pid;
-                        match v.deltas.iter().find(|(k, _)| k.as_ref() == key) {
-                            Some((_, ver)) => Step::Done(ver.ts > ts),
+                        match v.find(key, u64::MAX) {
+                            Some(ver) => Step::Done(ver.ts > ts),
                             None => match &v.bottom.kind {
                                 NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
                                 NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
@@ -423,7 +456,7 @@ impl Tree {
                                 // consolidation and split keep it near SPLIT_LEAF_BYTES; folded
                                 // in later all at once, they would make an image many times it.
                                 NodeKind::Disk { .. }
-                                    if f.disk_ts() <= ts && v.deltas.len() < MAX_BLIND_DELTAS =>
+                                    if f.disk_ts() <= ts && v.depth() < MAX_BLIND_DELTAS =>
                                 {
                                     Step::Done(false)
                                 }
@@ -471,16 +504,23 @@ impl Tree {
             let node = Node {
                 seq: v.head_node.seq + 1,
                 depth: v.head_node.depth + 1,
-                bytes: v.head_node.bytes + node::version_bytes(key, version),
+                bytes: v.head_node.bytes.saturating_add(
+                    u32::try_from(node::version_bytes(key, version)).unwrap_or(u32::MAX),
+                ),
                 mem: node::delta_mem(key, version),
-                kind: NodeKind::Upsert { key: key.clone(), version: version.clone(), next: Atomic::null() },
+                kind: NodeKind::Upsert {
+                    key: key.clone(),
+                    version: version.clone(),
+                    next: Atomic::null(),
+                    summary: node::DeltaSummary::above(key, v.head, &guard),
+                },
             };
             let mem = node.mem;
             let depth = node.depth as usize;
             // Split as soon as a write takes the leaf past the split size: a leaf written
             // rarely (random keys over a tree larger than the cache) gets few writes
             // between an eviction and the next, and must not grow by a few at each.
-            let big = node.bytes > SPLIT_LEAF_BYTES;
+            let big = node.bytes as usize > SPLIT_LEAF_BYTES;
             // Deletes shrink leaves: look for a merge now and then.
             let shrinking = matches!(version.value, Value::Tombstone) && depth >= 4;
             let owned = Owned::new(node);
@@ -533,10 +573,10 @@ impl Tree {
     fn consolidate(f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> bool {
         let Some(v) = ChainView::load(f, pid, guard) else { return false };
         let NodeKind::Leaf(base) = &v.bottom.kind else { return false };
-        if v.deltas.is_empty() {
+        if v.depth() == 0 {
             return false;
         }
-        let merged = merge_leaf(&v.deltas, base, horizon);
+        let merged = merge_leaf(&v.delta_vec(), base, horizon);
         f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard)
     }
 
@@ -544,7 +584,7 @@ impl Tree {
     fn split_leaf(&self, f: &Forest, pid: Pid, horizon: u64, guard: &Guard) -> Result<()> {
         let Some(v) = ChainView::load(f, pid, guard) else { return Ok(()) };
         let NodeKind::Leaf(base) = &v.bottom.kind else { return Ok(()) };
-        let merged = merge_leaf(&v.deltas, base, horizon);
+        let merged = merge_leaf(&v.delta_vec(), base, horizon);
         if pid != self.root
             && leaf_bytes(&merged) < SPLIT_LEAF_BYTES / 4
             && self.merge_into_left(f, pid, &v, &merged, guard)?
@@ -552,7 +592,7 @@ impl Tree {
             return Ok(());
         }
         if merged.len() < SPLIT_MIN_KEYS || leaf_bytes(&merged) < SPLIT_LEAF_BYTES {
-            if !v.deltas.is_empty() {
+            if v.depth() != 0 {
                 f.replace(pid, v.head, v.head_node.seq, NodeKind::Leaf(merged), guard);
             }
             return Ok(());
@@ -613,7 +653,7 @@ impl Tree {
         match ChainView::load(f, left, guard) {
             Some(lv)
                 if matches!(lv.bottom.kind, NodeKind::Leaf(_))
-                    && lv.head_node.bytes + leaf_bytes(r) < SPLIT_LEAF_BYTES => {}
+                    && lv.head_node.bytes as usize + leaf_bytes(r) < SPLIT_LEAF_BYTES => {}
             _ => return Ok(false),
         }
         let fwd = NodeKind::Forward { to: left, bounds: rb.clone(), frozen: Box::new(r.clone()) };
@@ -628,7 +668,7 @@ impl Tree {
             if lb.bounds.right != pid {
                 break;
             }
-            let merged = merge_leaf(&lv.deltas, lb, horizon);
+            let merged = merge_leaf(&lv.delta_vec(), lb, horizon);
             let bounds = Bounds { low: merged.bounds.low.clone(), high: rb.high.clone(), right: rb.right };
             let new = merged.rebuild(0..merged.len(), Some(r), &bounds);
             if f.replace(left, lv.head, lv.head_node.seq, NodeKind::Leaf(new), guard) {
@@ -772,7 +812,7 @@ impl Tree {
             if let Some(v) = Self::leaf_covering(f, hint, key, &guard) {
                 if let NodeKind::Leaf(base) = &v.bottom.kind {
                     f.touch(hint);
-                    let items = visible_from(&v.deltas, base, lower, ts);
+                    let items = visible_from(&v.delta_vec(), base, lower, ts);
                     return Ok((items, base.bounds.high.clone(), base.bounds.right));
                 }
             }
@@ -785,7 +825,7 @@ impl Tree {
                     Step::Load(p) => Step::Load(p),
                     Step::Done((pid, v)) => match &v.bottom.kind {
                         NodeKind::Leaf(base) => Step::Done((
-                            visible_from(&v.deltas, base, lower, ts),
+                            visible_from(&v.delta_vec(), base, lower, ts),
                             base.bounds.high.clone(),
                             base.bounds.right,
                         )),
@@ -863,7 +903,7 @@ impl Tree {
                         pid = base.bounds.right;
                         continue;
                     }
-                    let merged = merge_leaf(&v.deltas, base, 0);
+                    let merged = merge_leaf(&v.delta_vec(), base, 0);
                     let mut items = visible_items(&merged, ts, below_upper);
                     items.reverse();
                     let next =
@@ -993,7 +1033,93 @@ mod tests {
             .collect()
     }
 
+    fn test_forest() -> Forest {
+        let io = crate::io::IoDriver::new(crate::options::IoBackend::ThreadPool).expect("thread pool");
+        let store = std::sync::Arc::new(crate::store::Store::new(io, std::env::temp_dir(), std::iter::empty(), 1, 1));
+        Forest::new(store, crate::mvcc::Mvcc::new(0), 1 << 30, 1, std::iter::empty())
+    }
+
+    /// Protocol 2: a leaf's chain never grows past the consolidation bound, whether the
+    /// structure lock is free (the split path consolidates) or held (plain consolidation).
+    #[test]
+    fn a_chain_is_consolidated_at_its_bound() {
+        let f = test_forest();
+        let root = f.alloc_pid();
+        f.install_new(root, NodeKind::Leaf(LeafBase::default()));
+        let tree = Tree::new(1, root);
+        let guard = epoch::pin();
+        for held in [false, true] {
+            let _smo = held.then(|| tree.smo.lock());
+            for i in 0..200u64 {
+                let mut hint = 0;
+                let ts = u64::from(held) * 1000 + i + 1;
+                let step = tree.apply(&f, &key((i % 5) as u8), &version(ts, false), &mut hint).unwrap();
+                assert!(matches!(step, Step::Done(())));
+                let v = ChainView::load(&f, root, &guard).unwrap();
+                assert!(v.depth() < CONSOLIDATE_CHAIN_LEN, "chain of {} deltas (smo held: {held})", v.depth());
+            }
+        }
+    }
+
     proptest! {
+        /// Node invariant 4: what a chain view finds through the head's summary (the bottom,
+        /// the newest delta of a key at or below a timestamp) is what a walk of the whole
+        /// chain finds, at every length (past the fingerprints' reach too) and for keys in
+        /// no delta, with writes arriving in any order and consolidations between them.
+        #[test]
+        fn a_chain_summary_finds_what_a_walk_finds(
+            writes in proptest::collection::vec((0u8..24, any::<bool>(), 0u8..8), 1..60),
+        ) {
+            let f = test_forest();
+            let pid = f.alloc_pid();
+            f.install_new(pid, NodeKind::Leaf(LeafBase::default()));
+            let guard = epoch::pin();
+            for (i, (k, tomb, action)) in writes.iter().enumerate() {
+                let (key, ver) = (key(*k), version(i as u64 + 1, *tomb));
+                // Prepends one delta, as `Tree::apply` does (without its maintenance, so
+                // chains grow past the fingerprints).
+                let v = ChainView::load(&f, pid, &guard).expect("page");
+                let node = Node {
+                    seq: v.head_node.seq + 1,
+                    depth: v.head_node.depth + 1,
+                    bytes: 0,
+                    mem: 0,
+                    kind: NodeKind::Upsert {
+                        key: key.clone(),
+                        version: ver,
+                        next: Atomic::from(v.head),
+                        summary: node::DeltaSummary::above(&key, v.head, &guard),
+                    },
+                };
+                let slot = f.table.slot(pid);
+                prop_assert!(slot
+                    .head
+                    .compare_exchange(v.head, Owned::new(node), Ordering::AcqRel, Ordering::Acquire, &guard)
+                    .is_ok());
+                if *action == 0 {
+                    Tree::consolidate(&f, pid, 0, &guard);
+                }
+                let v = ChainView::load(&f, pid, &guard).expect("page");
+                // The walk: every delta, then the node that ends the chain.
+                let mut cur = v.head_node;
+                let mut walked = Vec::new();
+                while let NodeKind::Upsert { key, version, next, .. } = &cur.kind {
+                    walked.push((key.clone(), version.ts));
+                    // SAFETY: a published chain's `next` is non-null and kept alive by `guard`.
+                    cur = unsafe { next.load(Ordering::Acquire, &guard).deref() };
+                }
+                prop_assert!(std::ptr::eq(cur, v.bottom), "the summary's bottom is not the chain's end");
+                prop_assert_eq!(walked.len(), v.depth());
+                for probe in 0u8..26 {
+                    let pk = super::tests::key(probe);
+                    for ts in [0, i as u64 / 2, i as u64 + 1, u64::MAX] {
+                        let want = walked.iter().find(|(k, t)| *k == pk && *t <= ts).map(|(_, t)| *t);
+                        prop_assert_eq!(v.find(&pk, ts).map(|ver| ver.ts), want, "key {} at ts {}", probe, ts);
+                    }
+                }
+            }
+        }
+
         /// `visible_from` (the scan path) equals merging the chain and filtering it.
         #[test]
         fn visible_from_equals_merge_then_filter(

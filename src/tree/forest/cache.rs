@@ -86,9 +86,9 @@ impl Forest {
                 return Ok(()); // loaded by someone else
             }
             let kind = match &img {
-                PageImage::Leaf(l) if v.deltas.is_empty() => NodeKind::Leaf(l.clone()),
-                PageImage::Leaf(l) => NodeKind::Leaf(merge_leaf(&v.deltas, l, horizon)),
-                PageImage::Inner(i) if v.deltas.is_empty() => NodeKind::Inner(i.clone()),
+                PageImage::Leaf(l) if v.depth() == 0 => NodeKind::Leaf(l.clone()),
+                PageImage::Leaf(l) => NodeKind::Leaf(merge_leaf(&v.delta_vec(), l, horizon)),
+                PageImage::Inner(i) if v.depth() == 0 => NodeKind::Inner(i.clone()),
                 PageImage::Inner(_) => {
                     return Err(Error::corruption(
                         file,
@@ -110,7 +110,7 @@ impl Forest {
                 // Our CAS replaced the very stub we read, with no delta above it: the new
                 // base equals the image at the slot's address (even if a checkpoint moved
                 // that image meanwhile, it moved an identical one).
-                if v.deltas.is_empty() {
+                if v.depth() == 0 {
                     meta.flushed_seq = new_seq;
                     self.note_clean();
                 }

@@ -37,7 +37,7 @@ impl Forest {
                 NodeKind::Leaf(base) => {
                     complete = self.capture_leaf(&v, base, (cut_ts, horizon), &mut image, &mut blob_ids, &mut blobs);
                 }
-                NodeKind::Disk { .. } if v.deltas.is_empty() => {
+                NodeKind::Disk { .. } if v.depth() == 0 => {
                     let addr = self.table.slot(pid).meta.lock().addr;
                     assert!(addr != 0, "an unloaded page has an address");
                     out.push(Captured {
@@ -96,7 +96,7 @@ impl Forest {
         blob_ids: &mut FxHashMap<*const BlobCell, u64>,
         blobs: &mut Vec<PendingBlob>,
     ) -> bool {
-        let (merged, complete) = merge_leaf_at(&v.deltas, base, horizon, cut_ts);
+        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, horizon, cut_ts);
         page::encode_leaf(&merged, image, &mut |cell| {
             let a = cell.addr();
             if a != 0 {
