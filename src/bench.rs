@@ -91,7 +91,7 @@ impl Leaf {
         }
         match page::decode(bytes, path, 0)? {
             PageImage::Leaf(l) => Ok(l.len()),
-            PageImage::Inner(i) => Ok(i.children.len()),
+            PageImage::Inner(i) => Ok(i.len()),
         }
     }
 }
@@ -104,9 +104,9 @@ pub struct Index {
 impl Index {
     /// Builds the node; child `i` covers keys from `key(2 * i)`.
     pub fn new(n: u64, key_len: usize) -> Index {
-        let children =
+        let children: Vec<(Bytes, u64)> =
             (0..n).map(|i| (if i == 0 { Bytes::new() } else { key(2 * i, key_len) }, i + 1)).collect();
-        Index { inner: InnerBase { bounds: Bounds::default(), children } }
+        Index { inner: InnerBase::build(&Bounds::default(), &children) }
     }
 
     /// The child covering `key`.

@@ -742,7 +742,7 @@ impl Checker {
         match img {
             PageImage::Inner(inner) => {
                 self.report.inner_pages += 1;
-                self.links.extend(inner.children.iter().map(|&(_, child)| link(child, "child")));
+                self.links.extend((0..inner.len()).map(|i| link(inner.page.child(i), "child")));
                 if inner.bounds.right != 0 {
                     self.links.push(link(inner.bounds.right, "right sibling"));
                 }

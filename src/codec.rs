@@ -4,6 +4,7 @@
 //! impossible input is a [`Truncated`] error that the caller turns into
 //! `Error::Corruption` naming its file and offset.
 
+#[cfg(test)]
 use bytes::BufMut;
 
 /// The input ended before a structure did, or a length was impossible.
@@ -91,7 +92,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends a `u32` length and the bytes.
+/// Appends a `u32` length and the bytes (the first page format's encoders, kept for tests).
+#[cfg(test)]
 pub fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     // Callers pass keys, bounds and separators (<= MAX_KEY_LEN, limits.rs) and inline values
     // (<= MAX_VALUE_LEN): all far below u32::MAX.

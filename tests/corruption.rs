@@ -118,6 +118,11 @@ fn parse_page(b: &[u8]) -> Page {
     if b[0] == 3 {
         return parse_leaf_page(b);
     }
+    if b[0] == 4 {
+        // An index page (src/tree/inner.rs): its header says so; nothing else is needed.
+        assert_eq!(le_u32(b, 28) as usize, b.len(), "index page length");
+        return Page::Inner;
+    }
     let mut c = Cur { b, at: 0 };
     let kind = c.u8();
     let _low = c.bytes();

@@ -36,6 +36,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("relocation_table", ringkv::fuzzing::relocation_table),
     ("page_image", ringkv::fuzzing::page_image),
     ("leaf_page", ringkv::fuzzing::leaf_page),
+    ("inner_page", ringkv::fuzzing::inner_page),
     ("manifest_edit", ringkv::fuzzing::manifest_edit),
     ("manifest_snapshot", ringkv::fuzzing::manifest_snapshot),
     ("current", ringkv::fuzzing::current),
@@ -224,6 +225,7 @@ replay_tests!(
     relocation_table,
     page_image,
     leaf_page,
+    inner_page,
     manifest_edit,
     manifest_snapshot,
     current,
@@ -414,13 +416,24 @@ mod seeds {
         let mut out = Vec::new();
         page::encode_leaf(&LeafBase::default(), &mut out, &mut |c| c.addr());
         pages.push(out);
-        let inner = InnerBase {
-            bounds: Bounds { low: Bytes::new(), high: None, right: 0 },
-            children: vec![(Bytes::new(), 2), (Bytes::from_static(b"k"), 3), (Bytes::from_static(b"t"), 4)],
-        };
+        let inner = InnerBase::build(
+            &Bounds { low: Bytes::new(), high: None, right: 0 },
+            &[(Bytes::new(), 2), (Bytes::from_static(b"k"), 3), (Bytes::from_static(b"t"), 4)],
+        );
         let mut out = Vec::new();
         page::encode_inner(&inner, &mut out);
+        add(seeds, "inner_page", out.clone());
         pages.push(out);
+        // An index page with a stripped prefix, hints that tie, a right link.
+        let seps: Vec<(Bytes, u64)> = ["user:0001", "user:0001a", "user:0002", "user:00020000", "user:0100"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Bytes::from_static(s.as_bytes()), i as u64 + 7))
+            .collect();
+        let bounds = Bounds { low: seps[0].0.clone(), high: Some(Bytes::from_static(b"user:1")), right: 99 };
+        let mut out = Vec::new();
+        page::encode_inner(&InnerBase::build(&bounds, &seps), &mut out);
+        add(seeds, "inner_page", out);
         let mut b = FileBuilder::new(FileKind::Data);
         for (addr, p) in [5u64, 6, 40].into_iter().zip(&pages) {
             b.add(addr, Bytes::from(p.clone()));

@@ -74,26 +74,26 @@ fn pad8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-fn hint_of(suffix: &[u8]) -> u32 {
+pub(super) fn hint_of(suffix: &[u8]) -> u32 {
     let mut b = [0u8; 4];
     let n = suffix.len().min(4);
     b[..n].copy_from_slice(&suffix[..n]);
     u32::from_be_bytes(b)
 }
 
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(super) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn le_u16(b: &[u8], at: usize) -> u16 {
+pub(super) fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
+pub(super) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+pub(super) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)

@@ -18,6 +18,7 @@
 //!    or name a page to load).
 
 pub mod forest;
+pub mod inner;
 pub mod leaf;
 pub mod mapping;
 pub mod node;
@@ -645,11 +646,11 @@ impl Tree {
         let parent = self.find_parent(f, &rb.low, pid, guard)?;
         let pv = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
         let NodeKind::Inner(inner) = &pv.bottom.kind else { return Ok(false) };
-        let Some(idx) = inner.children.iter().position(|(_, c)| *c == pid) else { return Ok(false) };
+        let Some(idx) = inner.page.position(pid) else { return Ok(false) };
         if idx == 0 {
             return Ok(false);
         }
-        let left = inner.children[idx - 1].1;
+        let left = inner.page.child(idx - 1);
         match ChainView::load(f, left, guard) {
             Some(lv)
                 if matches!(lv.bottom.kind, NodeKind::Leaf(_))
@@ -683,8 +684,9 @@ impl Tree {
             assert!(ok, "a frozen page takes no writes");
             return Ok(false);
         }
-        let mut new_inner = inner.clone();
-        new_inner.children.remove(idx);
+        let mut children = inner.children();
+        children.remove(idx);
+        let new_inner = InnerBase::build(&inner.bounds, &children);
         let ok = f.replace(parent, pv.head, pv.head_node.seq, NodeKind::Inner(new_inner), guard);
         assert!(ok, "index nodes change only under the structure lock");
         f.merges.fetch_add(1, Ordering::Relaxed);
@@ -709,7 +711,7 @@ impl Tree {
         );
         f.install_new(a, ka);
         f.install_new(b, kb);
-        let root = InnerBase { bounds: Bounds::default(), children: vec![(Bytes::new(), a), (sep, b)] };
+        let root = InnerBase::build(&Bounds::default(), &[(Bytes::new(), a), (sep, b)]);
         if f.replace(self.root, v.head, v.head_node.seq, NodeKind::Inner(root), guard) {
             f.mark_dirty(a);
             f.mark_dirty(b);
@@ -738,35 +740,33 @@ impl Tree {
         let NodeKind::Inner(inner) = &v.bottom.kind else {
             return Err(Error::internal("parent is not an index node"));
         };
-        let mut new = inner.clone();
-        let pos = new.children.partition_point(|(s, _)| s.as_ref() < sep.as_ref());
-        new.children.insert(pos, (sep, right));
-        if new.children.len() <= SPLIT_INNER_CHILDREN {
+        let mut children = inner.children();
+        let pos = children.partition_point(|(s, _)| s.as_ref() < sep.as_ref());
+        children.insert(pos, (sep, right));
+        if children.len() <= SPLIT_INNER_CHILDREN {
+            let new = InnerBase::build(&inner.bounds, &children);
             let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(new), guard);
             assert!(ok, "index nodes change only under the structure lock");
             return Ok(());
         }
-        let mid = new.children.len() / 2;
-        let sep2 = new.children[mid].0.clone();
-        let right_children = new.children.split_off(mid);
+        let mid = children.len() / 2;
+        let sep2 = children[mid].0.clone();
+        let right_children = children.split_off(mid);
         if parent == self.root {
             let ok = self.split_root(f, &v, sep2, guard, |ab, bb| {
                 (
-                    NodeKind::Inner(InnerBase { bounds: ab, children: new.children }),
-                    NodeKind::Inner(InnerBase { bounds: bb, children: right_children }),
+                    NodeKind::Inner(InnerBase::build(&ab, &children)),
+                    NodeKind::Inner(InnerBase::build(&bb, &right_children)),
                 )
             });
             assert!(ok, "index nodes change only under the structure lock");
             return Ok(());
         }
         let r2 = f.alloc_pid();
-        let rb = InnerBase {
-            bounds: Bounds { low: sep2.clone(), high: new.bounds.high.clone(), right: new.bounds.right },
-            children: right_children,
-        };
-        new.bounds.high = Some(sep2.clone());
-        new.bounds.right = r2;
-        let low = new.bounds.low.clone();
+        let b = &inner.bounds;
+        let rb = InnerBase::build(&Bounds { low: sep2.clone(), high: b.high.clone(), right: b.right }, &right_children);
+        let low = Bytes::copy_from_slice(&b.low);
+        let new = InnerBase::build(&Bounds { low: b.low.clone(), high: Some(sep2.clone()), right: r2 }, &children);
         f.install_new(r2, NodeKind::Inner(rb));
         let ok = f.replace(parent, v.head, v.head_node.seq, NodeKind::Inner(new), guard);
         assert!(ok, "index nodes change only under the structure lock");

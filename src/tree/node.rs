@@ -26,6 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_epoch::{Atomic, Guard, Shared};
 
+use super::inner::InnerPage;
 use super::leaf::{LeafBuilder, LeafPage};
 
 /// Byte-wise comparison of two keys, as `<[u8]>::cmp`, eight bytes at a time inline: tree
@@ -332,29 +333,52 @@ impl LeafBase {
     }
 }
 
-/// An index node: children sorted by separator; `children[0].0 == bounds.low`.
-#[derive(Debug, Clone, Default)]
+/// An index node: one [`InnerPage`] of children sorted by separator (child `i` holds the
+/// keys in `[sep(i), sep(i + 1))`, `sep(0) == bounds.low`) and its bounds, slices of it.
+#[derive(Debug, Clone)]
 pub struct InnerBase {
-    /// Key range and sibling.
+    /// Key range and sibling: the page's fences and right link.
     pub bounds: Bounds,
-    /// (separator, child): the child holds keys in `[sep, next sep)`.
-    pub children: Vec<(Bytes, Pid)>,
+    /// The separators and child ids.
+    pub page: InnerPage,
 }
 
 impl InnerBase {
+    /// The base over `page`, its bounds read from the page's fences.
+    pub fn from_page(page: InnerPage) -> InnerBase {
+        let bounds = Bounds { low: page.low_bytes(), high: page.high_bytes(), right: page.right() };
+        InnerBase { bounds, page }
+    }
+
+    /// The index node over `bounds` with `children` (separators strictly increasing, the
+    /// first one `bounds.low`, all below `bounds.high`; ids not 0).
+    pub fn build(bounds: &Bounds, children: &[(Bytes, Pid)]) -> InnerBase {
+        InnerBase::from_page(InnerPage::build(&bounds.low, bounds.high.as_deref(), bounds.right, children))
+    }
+
+    /// Number of children.
+    pub fn len(&self) -> usize {
+        self.page.count()
+    }
+
+    /// Whether it has no child (never: a page has one).
+    pub fn is_empty(&self) -> bool {
+        self.page.count() == 0
+    }
+
+    /// Every (separator, child), copied out (structure changes rebuild from it).
+    pub fn children(&self) -> Vec<(Bytes, Pid)> {
+        self.page.children()
+    }
+
     /// The child covering `key`.
     pub fn child_for(&self, key: &[u8]) -> Pid {
-        let idx = self.children.partition_point(|(sep, _)| key_cmp(sep, key).is_le());
-        self.children[idx.saturating_sub(1)].1
+        self.page.child_for(key)
     }
 
     /// The child holding the greatest keys strictly below `key` (`None` = plus infinity).
     pub fn child_before(&self, key: Option<&[u8]>) -> Pid {
-        let idx = match key {
-            None => self.children.len(),
-            Some(k) => self.children.partition_point(|(sep, _)| key_cmp(sep, k).is_lt()),
-        };
-        self.children[idx.saturating_sub(1)].1
+        self.page.child_before(key)
     }
 }
 
@@ -425,11 +449,8 @@ impl Node {
         let mem = node_alloc()
             + match &kind {
                 NodeKind::Leaf(l) => leaf_mem(l),
-                NodeKind::Inner(i) => {
-                    alloc_size(i.children.capacity() * std::mem::size_of::<(Bytes, Pid)>())
-                        + bounds_mem(&i.bounds)
-                        + i.children.iter().map(|(s, _)| owned_bytes_mem(s.len())).sum::<usize>()
-                }
+                // The bounds are slices of the page.
+                NodeKind::Inner(i) => owned_bytes_mem(i.page.len()),
                 NodeKind::Disk { bounds, .. } => bounds.as_ref().map_or(0, bounds_mem),
                 // The frozen content is a clone sharing the page's buffer, counted with it.
                 NodeKind::Forward { .. } => alloc_size(std::mem::size_of::<LeafBase>()),
@@ -572,10 +593,10 @@ mod tests {
 
     #[test]
     fn inner_child_lookup() {
-        let inner = InnerBase {
-            bounds: Bounds::default(),
-            children: vec![(Bytes::new(), 1), (Bytes::from_static(b"m"), 2), (Bytes::from_static(b"t"), 3)],
-        };
+        let inner = InnerBase::build(
+            &Bounds::default(),
+            &[(Bytes::new(), 1), (Bytes::from_static(b"m"), 2), (Bytes::from_static(b"t"), 3)],
+        );
         assert_eq!(inner.child_for(b"a"), 1);
         assert_eq!(inner.child_for(b"m"), 2);
         assert_eq!(inner.child_for(b"z"), 3);

@@ -1,6 +1,9 @@
 //! Page images: how a leaf or an index node is laid out inside a data-file frame.
 //!
-//! Little-endian, no padding:
+//! Pages are written as pages of bytes: kind 3, a leaf ([`super::leaf`]), and kind 4, an
+//! index node ([`super::inner`]); a load checks such bytes and keeps them. Pages of the
+//! first format, written before, are still read (and rewritten as pages of bytes at their
+//! next checkpoint). Little-endian, no padding:
 //!
 //! ```text
 //! page   := kind u8 (1 leaf, 2 inner) | low | high | right u64 | body
@@ -19,11 +22,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes};
+#[cfg(test)]
+use bytes::BufMut;
+use bytes::Bytes;
 
+use super::inner::{InnerPage, KIND_INNER_PAGE};
 use super::leaf::{BadPage, LeafPage, KIND_LEAF_PAGE};
 use super::node::{BlobCell, Bounds, Entry, InnerBase, LeafBase, Value, Version};
-use crate::codec::{put_bytes32, Reader, Truncated};
+#[cfg(test)]
+use crate::codec::put_bytes32;
+use crate::codec::{Reader, Truncated};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
@@ -42,6 +50,7 @@ pub enum PageImage {
     Inner(InnerBase),
 }
 
+#[cfg(test)]
 fn put_bounds(out: &mut Vec<u8>, b: &Bounds) {
     put_bytes32(out, &b.low);
     match &b.high {
@@ -89,16 +98,20 @@ fn encode_leaf_v0(leaf: &LeafBase, out: &mut Vec<u8>) {
     }
 }
 
-/// Encodes an index node.
+/// Encodes an index node: its page's bytes ([`super::inner`]).
 pub fn encode_inner(inner: &InnerBase, out: &mut Vec<u8>) {
+    out.extend_from_slice(inner.page.bytes());
+}
+
+/// Encodes an index node in the first format (kind 2), which [`decode`] still reads: the
+/// format of databases written before index nodes were pages of bytes. Tests only.
+#[cfg(test)]
+fn encode_inner_v0(inner: &InnerBase, out: &mut Vec<u8>) {
     out.put_u8(KIND_INNER);
     put_bounds(out, &inner.bounds);
-    // Each child encodes to at least 8 bytes and a page frame is asserted <= MAX_FRAME_LEN
-    // (1 GiB) by FileBuilder::add before it is written, so a count past u32::MAX never
-    // reaches disk.
-    #[allow(clippy::cast_possible_truncation)]
-    out.put_u32_le(inner.children.len() as u32);
-    for (sep, pid) in &inner.children {
+    let children = inner.children();
+    out.put_u32_le(u32::try_from(children.len()).expect("a test page"));
+    for (sep, pid) in &children {
         put_bytes32(out, sep);
         out.put_u64_le(*pid);
     }
@@ -131,7 +144,11 @@ fn decode_inner_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Trunc
     if children.is_empty() || children[0].0 != bounds.low {
         return Err(Truncated { at: r.pos() });
     }
-    Ok(PageImage::Inner(InnerBase { bounds, children }))
+    if bounds.high.as_ref().is_some_and(|h| children.last().is_some_and(|(s, _)| s >= h)) {
+        return Err(Truncated { at: r.pos() });
+    }
+    // What the checks above let through is what the builder asserts.
+    Ok(PageImage::Inner(InnerBase::build(&bounds, &children)))
 }
 
 fn decode_leaf_body(r: &mut Reader<'_>, src: &Bytes) -> Result<PageImage, Truncated> {
@@ -186,6 +203,12 @@ pub fn decode(bytes: &Bytes, file: &Path, offset: u64) -> Result<PageImage> {
     if bytes.first() == Some(&KIND_LEAF_PAGE) {
         return match LeafPage::check(bytes.clone()) {
             Ok(page) => Ok(PageImage::Leaf(LeafBase::from_page(page))),
+            Err(BadPage { at, what }) => Err(Error::corruption(file, offset + at as u64, what)),
+        };
+    }
+    if bytes.first() == Some(&KIND_INNER_PAGE) {
+        return match InnerPage::check(bytes.clone()) {
+            Ok(page) => Ok(PageImage::Inner(InnerBase::from_page(page))),
             Err(BadPage { at, what }) => Err(Error::corruption(file, offset + at as u64, what)),
         };
     }
@@ -274,15 +297,32 @@ mod tests {
 
     #[test]
     fn inner_roundtrip() {
-        let inner = InnerBase {
-            bounds: Bounds::default(),
-            children: vec![(Bytes::new(), 2), (Bytes::from_static(b"k"), 3)],
-        };
-        let mut out = Vec::new();
-        encode_inner(&inner, &mut out);
-        match decode(&Bytes::from(out), Path::new("x"), 0).unwrap() {
-            PageImage::Inner(i) => assert_eq!(i.children, inner.children),
-            PageImage::Leaf(_) => panic!("kind"),
+        let bounds = Bounds { low: Bytes::from_static(b"b"), high: Some(Bytes::from_static(b"q")), right: 9 };
+        let inner = InnerBase::build(&bounds, &[(Bytes::from_static(b"b"), 2), (Bytes::from_static(b"k"), 3)]);
+        // Today's format (kind 4) and the first one (kind 2), which is still read.
+        let (mut now, mut v0) = (Vec::new(), Vec::new());
+        encode_inner(&inner, &mut now);
+        encode_inner_v0(&inner, &mut v0);
+        assert_eq!(now[0], KIND_INNER_PAGE);
+        assert_eq!(v0[0], KIND_INNER);
+        for out in [now, v0] {
+            let out = Bytes::from(out);
+            match decode(&out, Path::new("x"), 0).unwrap() {
+                PageImage::Inner(i) => {
+                    assert_eq!(i.children(), inner.children());
+                    assert_eq!(i.bounds, inner.bounds);
+                }
+                PageImage::Leaf(_) => panic!("kind"),
+            }
+            for cut in 0..out.len() {
+                assert!(decode(&out.slice(..cut), Path::new("x"), 0).is_err(), "cut at {cut}");
+            }
         }
+        // A first-format page whose last separator is at its high fence is refused, not built.
+        let mut bad = Vec::new();
+        let wide = Bounds { low: Bytes::from_static(b"b"), high: Some(Bytes::from_static(b"k")), right: 9 };
+        let inner = InnerBase { bounds: wide, page: inner.page.clone() };
+        encode_inner_v0(&inner, &mut bad);
+        assert!(decode(&Bytes::from(bad), Path::new("x"), 0).is_err());
     }
 }
