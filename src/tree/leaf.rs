@@ -202,8 +202,13 @@ impl LeafPage {
 
     /// Replaces `out` with the key of entry `i` (no allocation once `out` is large enough).
     pub fn key_into(&self, i: usize, out: &mut Vec<u8>) {
-        let (off, _) = self.slot(i);
         out.clear();
+        self.append_key(i, out);
+    }
+
+    /// Appends the key of entry `i` to `out`.
+    pub fn append_key(&self, i: usize, out: &mut Vec<u8>) {
+        let (off, _) = self.slot(i);
         out.extend_from_slice(self.prefix());
         out.extend_from_slice(self.suffix(off));
     }

@@ -934,6 +934,12 @@ impl Tree {
 /// as seen at `ts`, tombstones left out: what `merge_leaf` then `visible_items` give, without
 /// building the merged leaf (no entry before `lower` is compared or cloned, and only the
 /// visible value of each key is).
+/// Where a key of a scan batch is: a range of the batch's key buffer, or a delta's key.
+enum ScanKey {
+    Arena(usize, usize),
+    Delta(Bytes),
+}
+
 fn visible_from(
     deltas: &[(&Bytes, &Version)],
     base: &LeafBase,
@@ -953,14 +959,12 @@ fn visible_from(
     };
     let mut d: Vec<(&Bytes, &Version)> = deltas.iter().filter(|(k, _)| keep(k)).copied().collect();
     d.sort_by(|a, b| a.0.cmp(b.0)); // stable: newest first within a key
-    let mut out = Vec::with_capacity(n - start + d.len());
-    let mut push = |key: Bytes, v: Option<Version>| {
-        if let Some(Version { value, .. }) = v {
-            if !matches!(value, Value::Tombstone) {
-                out.push((key, value));
-            }
-        }
-    };
+    // The page's keys are copied into one buffer per call, each returned as a slice of it:
+    // one allocation per leaf instead of one per key (a page strips the fences' prefix, so
+    // its keys are not slices of it).
+    let mut arena = Vec::new();
+    let mut items: Vec<(ScanKey, Value)> = Vec::with_capacity(n - start + d.len());
+    let live = |v: Option<Version>| v.map(|v| v.value).filter(|v| !matches!(v, Value::Tombstone));
     let (mut i, mut j) = (start, 0);
     while i < n || j < d.len() {
         let order = match d.get(j) {
@@ -969,8 +973,10 @@ fn visible_from(
             None => std::cmp::Ordering::Greater,
         };
         if order == std::cmp::Ordering::Greater {
-            if let Some(v) = page.visible(i, ts) {
-                push(page.key(i), Some(v));
+            if let Some(v) = live(page.visible(i, ts)) {
+                let from = arena.len();
+                page.append_key(i, &mut arena);
+                items.push((ScanKey::Arena(from, arena.len()), v));
             }
             i += 1;
             continue;
@@ -987,9 +993,18 @@ fn visible_from(
             seen = seen.or_else(|| page.visible(i, ts));
             i += 1;
         }
-        push(key.clone(), seen);
+        if let Some(v) = live(seen) {
+            items.push((ScanKey::Delta(key.clone()), v));
+        }
     }
-    out
+    let arena = Bytes::from(arena);
+    items
+        .into_iter()
+        .map(|(k, v)| match k {
+            ScanKey::Arena(from, to) => (arena.slice(from..to), v),
+            ScanKey::Delta(k) => (k, v),
+        })
+        .collect()
 }
 
 fn visible_items(leaf: &LeafBase, ts: u64, keep: impl Fn(&Bytes) -> bool) -> Vec<(Bytes, Value)> {
