@@ -11,13 +11,18 @@
 //!   3  reserved u8 = 0              4  count u32 (>= 1)    8  right u64 (right sibling, 0 = none)
 //!   16 prefix u16                   18 low_len u16         20 high_len u16 (0 without a high fence)
 //!   22 reserved u16 = 0             24 keys u32            28 len u32 (the page's length)
-//! children (count x 8 B, from 32): pid u64 (never 0), in separator order
+//! fences (from 32): low | high (whole keys), then zeros to a multiple of 8 (`arrays`)
+//! children (count x 8 B, from `arrays`): pid u64 (never 0), in separator order
 //! slots (count x 8 B):
 //!   off u32 (where the separator's suffix starts; it ends where the next one starts, the
 //!   last at `len`)                  hint u32 (the suffix's first 4 bytes, big-endian, zero-padded)
-//! fences: low | high (whole keys)
-//! separator suffixes (from `keys`, in slot order, contiguous): the separator after the prefix
+//! separator suffixes (from `keys` = arrays + 16 count, in slot order, contiguous): the
+//!   separator after the prefix
 //! ```
+//!
+//! The fences come first, beside the header: a descent compares the key with the high fence
+//! before it searches (a node split under it sends it right), and with short keys the two
+//! are in the header's cache line.
 //!
 //! Child `i` holds the keys in `[sep(i), sep(i + 1))`; `sep(0)` is the low fence. `prefix`
 //! is the length of the fences' common prefix (0 without a high fence), which every
@@ -33,7 +38,7 @@ use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use super::leaf::{common_prefix, hint_of, le_u16, le_u32, le_u64, BadPage};
+use super::leaf::{common_prefix, hint_of, le_u16, le_u32, le_u64, pad8, BadPage};
 use super::node::{key_cmp, Pid};
 
 /// The kind byte of an index page.
@@ -63,7 +68,8 @@ impl InnerPage {
         assert_eq!(children[0].0.as_ref(), low, "the first separator is the low fence");
         let prefix = high.map_or(0, |h| common_prefix(low, h));
         let high_len = high.map_or(0, <[u8]>::len);
-        let keys = HEADER + 16 * count + low.len() + high_len;
+        let arrays = pad8(HEADER + low.len() + high_len);
+        let keys = arrays + 16 * count;
         let len = keys + children.iter().map(|(s, _)| s.len() - prefix).sum::<usize>();
         let u32_of = |n: usize| u32::try_from(n).expect("a page is shorter than 4 GiB");
         let u16_of = |n: usize| u16::try_from(n).expect("keys are at most 16 KiB");
@@ -80,6 +86,11 @@ impl InnerPage {
         b.extend_from_slice(&[0, 0]);
         b.extend_from_slice(&u32_of(keys).to_le_bytes());
         b.extend_from_slice(&u32_of(len).to_le_bytes());
+        b.extend_from_slice(low);
+        if let Some(h) = high {
+            b.extend_from_slice(h);
+        }
+        b.resize(arrays, 0);
         for (_, pid) in children {
             assert!(*pid != 0, "a child id is never 0");
             b.extend_from_slice(&pid.to_le_bytes());
@@ -93,10 +104,6 @@ impl InnerPage {
             b.extend_from_slice(&u32_of(off).to_le_bytes());
             b.extend_from_slice(&hint_of(&sep[prefix..]).to_le_bytes());
             off += sep.len() - prefix;
-        }
-        b.extend_from_slice(low);
-        if let Some(h) = high {
-            b.extend_from_slice(h);
         }
         for (sep, _) in children {
             b.extend_from_slice(&sep[prefix..]);
@@ -133,14 +140,14 @@ impl InnerPage {
         le_u16(&self.buf, 16) as usize
     }
 
-    fn fences_at(&self) -> usize {
-        HEADER + 16 * self.count()
+    /// Where the child ids start (the slots follow them).
+    fn arrays_at(&self) -> usize {
+        pad8(HEADER + le_u16(&self.buf, 18) as usize + le_u16(&self.buf, 20) as usize)
     }
 
     /// The low fence (inclusive).
     pub fn low(&self) -> &[u8] {
-        let at = self.fences_at();
-        &self.buf[at..at + le_u16(&self.buf, 18) as usize]
+        &self.buf[HEADER..HEADER + le_u16(&self.buf, 18) as usize]
     }
 
     /// The high fence (exclusive), `None` for plus infinity.
@@ -148,7 +155,7 @@ impl InnerPage {
         if self.buf[2] & 1 == 0 {
             return None;
         }
-        let at = self.fences_at() + le_u16(&self.buf, 18) as usize;
+        let at = HEADER + le_u16(&self.buf, 18) as usize;
         Some(&self.buf[at..at + le_u16(&self.buf, 20) as usize])
     }
 
@@ -174,11 +181,11 @@ impl InnerPage {
 
     /// The id of child `i`.
     pub fn child(&self, i: usize) -> Pid {
-        le_u64(&self.buf, HEADER + 8 * i)
+        le_u64(&self.buf, self.arrays_at() + 8 * i)
     }
 
     fn slot(&self, i: usize) -> (usize, u32) {
-        let at = HEADER + 8 * self.count() + 8 * i;
+        let at = self.arrays_at() + 8 * self.count() + 8 * i;
         (le_u32(&self.buf, at) as usize, le_u32(&self.buf, at + 4))
     }
 
@@ -273,22 +280,25 @@ impl InnerPage {
         if count == 0 {
             return Err(bad(4, "an index page without a child"));
         }
-        let fences = count.checked_mul(16).and_then(|s| s.checked_add(HEADER)).filter(|&f| f <= b.len());
-        let fences = fences.ok_or_else(|| bad(4, "child and slot arrays past the page"))?;
         let (low_len, high_len) = (le_u16(b, 18) as usize, le_u16(b, 20) as usize);
         let has_high = b[2] & 1 == 1;
         if !has_high && high_len != 0 {
             return Err(bad(20, "high fence length without a high fence"));
         }
-        let keys = le_u32(b, 24) as usize;
-        if keys != fences + low_len + high_len || keys > b.len() {
-            return Err(bad(24, "separators do not follow the fences"));
+        let arrays = pad8(HEADER + low_len + high_len);
+        let keys = count.checked_mul(16).and_then(|s| s.checked_add(arrays)).filter(|&k| k <= b.len());
+        let keys = keys.ok_or_else(|| bad(4, "fences, child and slot arrays past the page"))?;
+        if le_u32(b, 24) as usize != keys {
+            return Err(bad(24, "separators do not follow the arrays"));
         }
-        let low = &b[fences..fences + low_len];
-        let high = has_high.then(|| &b[fences + low_len..keys]);
+        let low = &b[HEADER..HEADER + low_len];
+        let high = has_high.then(|| &b[HEADER + low_len..HEADER + low_len + high_len]);
+        if b[HEADER + low_len + high_len..arrays].iter().any(|&z| z != 0) {
+            return Err(bad(HEADER + low_len + high_len, "padding after the fences not zero"));
+        }
         if let Some(h) = high {
             if key_cmp(low, h) != Ordering::Less {
-                return Err(bad(fences, "low fence not below the high fence"));
+                return Err(bad(HEADER, "low fence not below the high fence"));
             }
         }
         let prefix = le_u16(b, 16) as usize;
@@ -297,10 +307,10 @@ impl InnerPage {
         }
         for i in 0..count {
             if self.child(i) == 0 {
-                return Err(bad(HEADER + 8 * i, "child id 0"));
+                return Err(bad(arrays + 8 * i, "child id 0"));
             }
         }
-        let slots = HEADER + 8 * count;
+        let slots = arrays + 8 * count;
         let mut next = keys;
         for i in 0..count {
             let (off, hint) = self.slot(i);
@@ -410,7 +420,8 @@ mod tests {
     fn a_page_without_children_or_with_a_child_id_zero_is_refused() {
         let (page, _) = page_of(&[b"a".to_vec(), b"b".to_vec()].into(), None);
         let mut b = page.bytes().to_vec();
-        b[HEADER..HEADER + 8].fill(0);
+        let arrays = page.arrays_at();
+        b[arrays..arrays + 8].fill(0);
         assert_eq!(InnerPage::check(Bytes::from(b)).unwrap_err().what, "child id 0");
         let mut b = page.bytes().to_vec();
         b[4..8].fill(0);

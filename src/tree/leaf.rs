@@ -70,7 +70,7 @@ fn bad(at: usize, what: &'static str) -> BadPage {
     BadPage { at, what }
 }
 
-fn pad8(n: usize) -> usize {
+pub(super) fn pad8(n: usize) -> usize {
     (n + 7) & !7
 }
 
