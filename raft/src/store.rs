@@ -926,7 +926,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 impl StateMachineStore {
     /// The install of `install_snapshot`: the copy, the load and the switch (module doc).
-    async fn install(&self, meta: &SnapshotMeta<NodeId, Node>, mut snapshot: Box<SnapshotData>) -> StoreResult<()> {
+    async fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        mut snapshot: Box<SnapshotData>,
+    ) -> StoreResult<()> {
         let re = snap_err(Some(meta), ErrorVerb::Read);
         let we = snap_err(Some(meta), ErrorVerb::Write);
         let w = sm_err(ErrorVerb::Write);

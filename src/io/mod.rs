@@ -13,27 +13,28 @@
 //! - **`io_uring`** (`uring.rs`, Linux only). Two rings per *process*, started on first use
 //!   and shared by every `IoDriver` (so opening hundreds of databases opens two rings and
 //!   pins one set of registered buffers, not hundreds).
-//!   - The *ring thread* runs a tokio-uring runtime; requests arrive on an unbounded
-//!     channel, each becomes a task on the ring thread, and its result comes back on a
-//!     oneshot channel, which any executor can await. tokio-uring files are `!Send`, so they
-//!     live in a table on the ring thread keyed by a file id; an [`IoFile`] holds the id and
-//!     sends a close request when its last clone drops. It runs open, close, rename, remove,
-//!     stat, fallocate, directory syncs and writes of 64 KiB or more. A pool of registered
-//!     (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one buffer;
-//!     where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and writes
-//!     from ordinary buffers.
-//!   - The *direct ring* (`direct.rs`) takes every file sync, the writes under 64 KiB (WAL
-//!     batches) and the reads made while fewer than 4 operations wait on its reaper (at
-//!     depth the ring thread completes cold reads faster), on a duplicate of the file's
-//!     descriptor. The polling
-//!     thread pushes the SQE and calls `io_uring_enter` itself, then drains the completion
-//!     queue: a buffered write or a page-cache hit is done when its first poll returns, with
-//!     no thread woken. Operations still in flight are handed to a reaper thread that waits
-//!     for their completions and wakes their futures. Where the direct ring cannot be set up,
-//!     one warning is logged and the ring thread does everything.
+//!   - The *direct ring* (`direct.rs`) runs every operation on an open file (reads, writes,
+//!     syncs, `fallocate`), opens files and directories, and reads sizes (`statx`). The
+//!     polling thread pushes the SQE and calls `io_uring_enter` itself, then drains the
+//!     completion queue: a buffered write or a page-cache hit is done when its first poll
+//!     returns, with no thread woken. Operations still in flight are handed to a reaper
+//!     thread that waits for their completions and wakes their futures. Files are opened
+//!     into the ring's *registered file table* (`IORING_FILE_INDEX_ALLOC`), one table of
+//!     up to `limits::IO_URING_FILE_SLOTS` slots (no more than the soft `RLIMIT_NOFILE`)
+//!     shared by every database: an open file takes a slot, not a process descriptor, and
+//!     a database holds one descriptor (its directory lock), so a thousand databases open
+//!     under `ulimit -n 1024`. Files opened once the table is full take descriptors; once
+//!     both are full, an open fails with an error naming both limits. A pool of
+//!     registered (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in
+//!     one buffer; where registration is refused (`RLIMIT_MEMLOCK`) one warning is logged
+//!     and writes use ordinary buffers. Where the direct ring cannot be set up, the
+//!     backend is unavailable.
+//!   - The *ring thread* runs a tokio-uring runtime for rename and remove; requests arrive
+//!     on an unbounded channel, each becomes a task on the ring thread, and its result
+//!     comes back on a oneshot channel, which any executor can await.
 //!
-//!   Operations `io_uring` lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`) run on
-//!   the `ringkv-fallback` thread pool.
+//!   Operations `io_uring` lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`, the
+//!   directory lock) run on a one-thread helper pool (`threadpool::aux`).
 //! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
 //!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
 //!
@@ -49,8 +50,9 @@
 //! # Contract
 //!
 //! 1. **Never blocks the caller.** Every operation is a `Send` future; waiting for the disk
-//!    happens on the ring thread, on a pool thread, or in the kernel's `io_uring` workers. The
-//!    one thing a poll does in the kernel is the direct ring's `io_uring_enter`, which
+//!    happens on the ring thread, on a pool thread, on the reaper, or in the kernel's
+//!    `io_uring` workers. The one thing a poll does in the kernel is the direct ring's
+//!    `io_uring_enter`, which
 //!    completes an operation inline only when it need not wait for the device (a buffered
 //!    write, a page-cache hit) and otherwise queues it. The futures work on any executor
 //!    (tokio multi-thread or current-thread, `futures::executor::block_on`, ...). Only
@@ -60,7 +62,8 @@
 //!    its future is still alive: dropping the future drops only the receiving end of the
 //!    result channel. The buffers (the `Bytes` of a write, the `Vec` of a read, a registered
 //!    buffer) are owned by the ring-thread task, the direct ring's operation slot or the pool
-//!    job until the kernel is done with them, so a dropped future never frees memory the
+//!    job until the kernel is done with them (a file opened for a dropped future closes
+//!    itself), so a dropped future never frees memory the
 //!    kernel still reads or writes. A write
 //!    whose future was dropped after its first poll still lands in full (or fails unseen).
 //! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
@@ -76,7 +79,8 @@
 //!    `"stat"`, `"truncate"`, `"rename"`, `"remove"`, `"create_dir"`, `"read_dir"`). If the
 //!    ring thread dies, operations fail with kind `BrokenPipe`; they never hang.
 //! 7. **File lifetime.** An [`IoFile`] is a cheap clone of a shared handle; the descriptor
-//!    closes when the last clone is dropped and the operations in flight on it are done.
+//!    (or `io_uring` file slot) closes when the last clone is dropped and the operations in
+//!    flight on it are done.
 
 use std::fmt;
 use std::io;
@@ -547,6 +551,39 @@ fn uring_engine() -> io::Result<Engine> {
 #[cfg(not(target_os = "linux"))]
 fn uring_engine() -> io::Result<Engine> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring exists only on Linux"))
+}
+
+/// The soft `RLIMIT_NOFILE` of the process (`None` where it cannot be read).
+#[cfg(target_os = "linux")]
+fn nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable `rlimit` for the duration of the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// The soft `RLIMIT_NOFILE` of the process (`None` where it cannot be read).
+#[cfg(not(target_os = "linux"))]
+fn nofile_limit() -> Option<u64> {
+    None
+}
+
+/// `e` itself, or where it is `EMFILE` (the process's descriptor table is full), an error
+/// of the same kind whose message says what needed a descriptor (`what` ends the
+/// sentence "... the process's descriptor table") and names the limit.
+fn name_descriptor_limit(e: io::Error, what: &str) -> io::Error {
+    #[cfg(target_os = "linux")]
+    const EMFILE: i32 = libc::EMFILE;
+    // Elsewhere the message stays the platform's own.
+    #[cfg(not(target_os = "linux"))]
+    const EMFILE: i32 = i32::MIN;
+    if e.raw_os_error() != Some(EMFILE) {
+        return e;
+    }
+    let limit = nofile_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    io::Error::new(
+        e.kind(),
+        format!("too many open files: {what} the process's descriptor table (RLIMIT_NOFILE {limit}): {e}"),
+    )
 }
 
 /// One warning per process; later `Auto` drivers fall back quietly.
