@@ -71,7 +71,6 @@ impl AlignedBuf {
     }
 
     /// Its bytes.
-    #[cfg(test)]
     pub(super) fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` points to `len` initialised (zeroed at allocation, or written by
         // the kernel) bytes owned by `self`, borrowed here for `&self`'s lifetime.

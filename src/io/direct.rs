@@ -47,6 +47,10 @@
 //!    drop empties the slot (`IORING_REGISTER_FILES_UPDATE` with -1), which frees it for
 //!    the next open. The size of a file is read by path (`statx`), since a slot has no
 //!    descriptor to `fstat`.
+//! 7. An `O_DIRECT` read (`Direct::read_direct`) asks for whole aligned blocks into an
+//!    [`AlignedBuf`] it owns: offset, length and every continuation stay multiples of the
+//!    file's alignment (a short read of whole blocks is continued, a partial block is the
+//!    end of the file); the caller slices out what it asked for.
 
 use std::ffi::CString;
 use std::future::Future;
@@ -65,7 +69,7 @@ use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use parking_lot::{Condvar, Mutex};
 
-use super::buffers::{FixedBuffers, Lease};
+use super::buffers::{AlignedBuf, FixedBuffers, Lease, BUF_ALIGN};
 use crate::limits::IO_URING_FILE_SLOTS;
 
 /// Submission queue entries of the direct ring (the CQ gets twice as many).
@@ -163,14 +167,48 @@ impl Direct {
 
     /// The size of the file at `path` (`statx` by path: a registered file has no
     /// descriptor to `fstat`).
-    pub(super) fn size_of(&'static self, path: &Path) -> impl Future<Output = io::Result<u64>> {
+    pub(super) fn size_of(&'static self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send + 'static {
+        let stat = self.stat(path, libc::STATX_SIZE);
+        async move { Ok(stat.await?.stx_size) }
+    }
+
+    /// `statx` of `path` asking for the fields of `mask` (the kernel sets `stx_mask` to the
+    /// ones it filled).
+    pub(super) fn stat(
+        &'static self,
+        path: &Path,
+        mask: u32,
+    ) -> impl Future<Output = io::Result<Box<libc::statx>>> + Send + 'static {
         let path = CString::new(path.as_os_str().as_bytes());
         async move {
             let path = path.map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
-            let op = Op::Statx { path, buf: Box::new(MaybeUninit::zeroed()) };
+            let op = Op::Statx { path, buf: Box::new(MaybeUninit::zeroed()), mask };
             match OpFuture::new(self, None, op).await? {
-                Out::Size(size) => Ok(size),
-                _ => unreachable!("a statx completes with a size"),
+                Out::Stat(stat) => Ok(stat),
+                _ => unreachable!("a statx completes with its buffer"),
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a file opened with `O_DIRECT` into an aligned buffer
+    /// (`offset` and `len` multiples of `align`, a power of two no larger than the buffer's
+    /// alignment): returns the buffer and how many bytes were read (fewer only at the end of
+    /// the file).
+    pub(super) fn read_direct(
+        &'static self,
+        file: Arc<DirectFile>,
+        offset: u64,
+        len: usize,
+        align: usize,
+    ) -> impl Future<Output = io::Result<(AlignedBuf, usize)>> + Send + 'static {
+        assert!(align.is_power_of_two() && align <= BUF_ALIGN, "direct-I/O alignment {align}");
+        assert!(offset.is_multiple_of(align as u64) && len.is_multiple_of(align), "unaligned direct read {offset}+{len}");
+        let op = Op::ReadDirect { buf: AlignedBuf::zeroed(len), offset, filled: 0, align };
+        let fut = OpFuture::new(self, Some(file), op);
+        async move {
+            match fut.await? {
+                Out::Aligned(buf, n) => Ok((buf, n)),
+                _ => unreachable!("a direct read completes with its buffer"),
             }
         }
     }
@@ -469,7 +507,9 @@ struct SlotState {
 enum Out {
     Bytes(Vec<u8>),
     Unit,
-    Size(u64),
+    Stat(Box<libc::statx>),
+    /// An aligned buffer and the bytes read into it.
+    Aligned(AlignedBuf, usize),
     /// An open file: closes itself if the caller is gone (contract 3).
     File(DirectFile),
 }
@@ -489,7 +529,9 @@ enum Op {
     Fallocate { offset: u64, len: u64 },
     /// `slot`: into the registered file table (cleared when the table is full).
     Open { path: CString, flags: i32, slot: bool, ring: &'static Direct },
-    Statx { path: CString, buf: Box<MaybeUninit<libc::statx>> },
+    Statx { path: CString, buf: Box<MaybeUninit<libc::statx>>, mask: u32 },
+    /// `O_DIRECT`: `offset`, `filled` and the buffer's length are multiples of `align`.
+    ReadDirect { buf: AlignedBuf, offset: u64, filled: usize, align: usize },
 }
 
 /// What a CQE leads to.
@@ -549,13 +591,22 @@ impl Op {
                 let open = if *slot { open.file_index(Some(types::DestinationSlot::auto_target())) } else { open };
                 open.build()
             }
-            Op::Statx { path, buf } => opcode::Statx::new(
+            Op::Statx { path, buf, mask } => opcode::Statx::new(
                 types::Fd(libc::AT_FDCWD),
                 path.as_ptr(),
                 buf.as_mut_ptr().cast::<types::statx>(),
             )
-            .mask(libc::STATX_SIZE)
+            .mask(*mask)
             .build(),
+            Op::ReadDirect { buf, offset, filled, .. } => {
+                let ask = (buf.len() - *filled).min(MAX_READ);
+                // SAFETY: `filled < buf.len()`: the pointer stays inside the buffer.
+                let ptr = unsafe { buf.as_mut_ptr().add(*filled) };
+                // `ask <= MAX_READ` (1 GiB).
+                #[allow(clippy::cast_possible_truncation)]
+                let ask = ask as u32;
+                with_fd!(fd, t => opcode::Read::new(t, ptr, ask).offset(*offset + *filled as u64).build())
+            }
         }
     }
 
@@ -657,10 +708,22 @@ impl Op {
                 Step::Done(Ok(Out::File(DirectFile { ring, target })))
             }
             Op::Statx { buf, .. } => {
-                // SAFETY: a successful statx filled the buffer (it was zeroed before, so every
-                // field is initialised either way).
-                let stat = unsafe { buf.assume_init_ref() };
-                Step::Done(Ok(Out::Size(stat.stx_size)))
+                // SAFETY: the buffer was zeroed at allocation (an all-zero `statx`, plain
+                // integers, is a valid value) and the kernel wrote only whole fields into it.
+                let stat = unsafe { buf.assume_init_read() };
+                Step::Done(Ok(Out::Stat(Box::new(stat))))
+            }
+            Op::ReadDirect { buf, filled, align, .. } => {
+                assert!(n <= buf.len() - *filled, "the kernel read {n} bytes of {}", buf.len() - *filled);
+                *filled += n;
+                // A short read of whole blocks is continued; a partial block is the end of
+                // the file.
+                if n > 0 && *filled < buf.len() && n.is_multiple_of(*align) {
+                    return Step::Again(self.entry(fd));
+                }
+                let filled = *filled;
+                let buf = std::mem::replace(buf, AlignedBuf::zeroed(0));
+                Step::Done(Ok(Out::Aligned(buf, filled)))
             }
         }
     }

@@ -27,8 +27,17 @@
 //!     both are full, an open fails with an error naming both limits. A pool of
 //!     registered (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in
 //!     one buffer; where registration is refused (`RLIMIT_MEMLOCK`) one warning is logged
-//!     and writes use ordinary buffers. Where the direct ring cannot be set up, the
-//!     backend is unavailable.
+//!     and writes use ordinary buffers. Files opened [`OpenMode::ReadDirect`] (the
+//!     published data and blob files) are read with `O_DIRECT`: each read is widened to
+//!     the file's direct-I/O alignment (`statx` `STATX_DIOALIGN`, else 4096) into a
+//!     page-aligned buffer (`buffers.rs`) and sliced, so a page-cache miss never costs
+//!     the submitting thread a copy and the kernel's cache does not double the engine's.
+//!     Where the file system refuses `O_DIRECT` (`EINVAL` at open, no alignment in
+//!     `statx`, or `EINVAL` at the first read) the file is read buffered, after one
+//!     warning per process. A buffered write followed by an `O_DIRECT` read of the same
+//!     range returns the written bytes (the kernel writes dirty pages of the range back
+//!     before a direct read; `tests/io_driver.rs` checks it). Where the direct ring cannot
+//!     be set up, the backend is unavailable.
 //!   - The *ring thread* runs a tokio-uring runtime for rename and remove; requests arrive
 //!     on an unbounded channel, each becomes a task on the ring thread, and its result
 //!     comes back on a oneshot channel, which any executor can await.
@@ -157,6 +166,13 @@ pub const BACKEND_ENV: &str = "RINGKV_IO_BACKEND";
 pub enum OpenMode {
     /// An existing file, read-only.
     Read,
+    /// An existing file that no one writes while it is open (a published data or blob
+    /// file), read-only, read around the page cache where the backend and the file system
+    /// allow: on `io_uring`, `O_DIRECT` reads widened to the file's direct-I/O alignment
+    /// (`statx`'s `STATX_DIOALIGN`, else 4096) and sliced; where `O_DIRECT` is refused
+    /// (tmpfs, `EINVAL` at open or at the first read) buffered reads, after one warning per
+    /// process. The thread pool and the simulated disk read it as [`OpenMode::Read`].
+    ReadDirect,
     /// An existing file, read-write.
     ReadWrite,
     /// Creates the file if it is missing, else opens it; read-write, never truncates.
@@ -170,6 +186,9 @@ pub enum OpenMode {
 pub struct IoStats {
     /// Calls of [`IoFile::read_at`] and [`IoFile::read_exact_at`].
     pub reads: u64,
+    /// Of `reads`, those made with `O_DIRECT` (files opened [`OpenMode::ReadDirect`] on
+    /// `io_uring` where the file system takes it).
+    pub direct_reads: u64,
     /// Calls of [`IoFile::writev_at`] (fixed-buffer ones included).
     pub writes: u64,
     /// Writes that went through a registered (fixed) buffer (`io_uring` only).
@@ -181,6 +200,7 @@ pub struct IoStats {
 #[derive(Default)]
 struct Counters {
     reads: AtomicU64,
+    direct_reads: AtomicU64,
     writes: AtomicU64,
     fixed_writes: AtomicU64,
     fsyncs: AtomicU64,
@@ -323,6 +343,7 @@ impl IoDriver {
         let s = &self.stats;
         IoStats {
             reads: s.reads.load(Ordering::Relaxed),
+            direct_reads: s.direct_reads.load(Ordering::Relaxed),
             writes: s.writes.load(Ordering::Relaxed),
             fixed_writes: s.fixed_writes.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
@@ -472,6 +493,9 @@ impl IoFile {
         let buf =
             on_file!(&self.inner.handle, f => f.read(offset, len, exact).await).map_err(self.err("read"))?;
         debug_assert!(buf.len() == len || (!exact && buf.len() < len));
+        if on_file!(&self.inner.handle, f => f.reads_direct()) {
+            Counters::bump(&self.inner.stats.direct_reads);
+        }
         Ok(buf)
     }
 

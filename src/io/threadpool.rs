@@ -110,7 +110,9 @@ fn open_options(mode: OpenMode) -> OpenOptions {
     let mut options = OpenOptions::new();
     options.read(true);
     match mode {
-        OpenMode::Read => {}
+        // The pool reads buffered: a blocking `pread` that misses the page cache waits on a
+        // pool thread either way, and the pool has no aligned buffers.
+        OpenMode::Read | OpenMode::ReadDirect => {}
         OpenMode::ReadWrite => {
             options.write(true);
         }

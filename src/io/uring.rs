@@ -43,20 +43,26 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use super::backend::{Backend, BackendFile, Written};
+use super::buffers::BUF_ALIGN;
 use super::direct::{self, Direct, DirectFile};
 use super::threadpool;
 use super::{Held, LockMode, OpenMode};
 
 /// Submission queue entries of the shared ring.
 const RING_ENTRIES: u32 = 64;
+/// The direct-I/O alignment assumed where `statx` does not report one (kernels before
+/// 6.1): a page, which every block device accepts.
+const DEFAULT_DIO_ALIGN: usize = 4096;
 /// How long `IoDriver::new` waits for the ring thread to start and answer the probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,14 +180,23 @@ impl Backend for &'static Ring {
 
     async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<UringFile> {
         let flags = match mode {
-            OpenMode::Read => libc::O_RDONLY,
+            OpenMode::Read | OpenMode::ReadDirect => libc::O_RDONLY,
             OpenMode::ReadWrite => libc::O_RDWR,
             OpenMode::Create => libc::O_RDWR | libc::O_CREAT,
             OpenMode::CreateNew => libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
         };
-        let file = self.direct.open(path, flags).await?;
-        let writable = mode != OpenMode::Read;
-        Ok(UringFile { direct: self.direct, file: Arc::new(file), path: path.to_owned(), writable })
+        let (file, dio_align) = if mode == OpenMode::ReadDirect {
+            self.open_direct(path).await?
+        } else {
+            (self.direct.open(path, flags).await?, 0)
+        };
+        Ok(UringFile {
+            direct: self.direct,
+            file: RwLock::new(Arc::new(file)),
+            dio_align: AtomicUsize::new(dio_align),
+            path: path.to_owned(),
+            writable: !matches!(mode, OpenMode::Read | OpenMode::ReadDirect),
+        })
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -217,11 +232,63 @@ impl Backend for &'static Ring {
     }
 }
 
+impl Ring {
+    /// Opens `path` read-only with `O_DIRECT` and returns it with its direct-I/O alignment;
+    /// where the file system refuses `O_DIRECT` (`EINVAL` at open) or reports no direct-I/O
+    /// alignment for the file (`statx`: `STATX_DIOALIGN` with zeros, tmpfs), opens it
+    /// buffered (alignment 0) after one warning per process.
+    async fn open_direct(&self, path: &Path) -> io::Result<(DirectFile, usize)> {
+        let refused = match self.direct.open(path, libc::O_RDONLY | libc::O_DIRECT).await {
+            Ok(file) => match dio_alignment(&*self.direct.stat(path, libc::STATX_DIOALIGN).await?) {
+                Ok(align) => return Ok((file, align)),
+                Err(why) => why,
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => format!("O_DIRECT refused at open: {e}"),
+            Err(e) => return Err(e),
+        };
+        warn_buffered(path, &refused);
+        Ok((self.direct.open(path, libc::O_RDONLY).await?, 0))
+    }
+}
+
+/// The direct-I/O alignment of a file from its `statx` (asked for `STATX_DIOALIGN`): the
+/// larger of the offset and memory alignments, or 4096 where the kernel does not report
+/// them; `Err` (why) where the file cannot be read with `O_DIRECT` by this backend.
+fn dio_alignment(stat: &libc::statx) -> Result<usize, String> {
+    if stat.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Ok(DEFAULT_DIO_ALIGN);
+    }
+    let (offset, mem) = (stat.stx_dio_offset_align, stat.stx_dio_mem_align);
+    if offset == 0 || mem == 0 {
+        return Err("the file system reports no direct-I/O alignment (statx)".to_owned());
+    }
+    let align = usize::try_from(offset.max(mem)).unwrap_or(usize::MAX);
+    if !align.is_power_of_two() || align > BUF_ALIGN || !offset.is_power_of_two() {
+        return Err(format!("direct-I/O alignment {offset} (offsets) / {mem} (memory) is not supported"));
+    }
+    Ok(align)
+}
+
+/// One warning per process that a file is read through the page cache.
+fn warn_buffered(path: &Path, why: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(file = %path.display(), reason = why,
+            "O_DIRECT reads are unavailable; reading data files through the page cache");
+    });
+    tracing::debug!(file = %path.display(), reason = why, "buffered reads");
+}
+
 /// A file open on the direct ring: a registered file slot (or, where the table is full, a
 /// descriptor), emptied when the last handle and the last operation in flight are gone.
 pub(super) struct UringFile {
     direct: &'static Direct,
-    file: Arc<DirectFile>,
+    /// Replaced once at most: by a buffered open of the same path where the first `O_DIRECT`
+    /// read is refused.
+    file: RwLock<Arc<DirectFile>>,
+    /// The direct-I/O alignment where the file is open with `O_DIRECT` (`OpenMode::ReadDirect`
+    /// and accepted), else 0.
+    dio_align: AtomicUsize,
     /// For the calls by path: `statx`, `truncate`.
     path: PathBuf,
     /// Opened for writing: `truncate` by path refuses a file opened read-only, as
@@ -235,7 +302,16 @@ impl BackendFile for UringFile {
             return Ok(Vec::new());
         }
         check_range(offset, len)?;
-        self.direct.read(Arc::clone(&self.file), offset, len, exact).await
+        let align = self.dio_align.load(Ordering::Acquire);
+        if align != 0 {
+            match self.read_direct(offset, len, exact, align).await {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.fall_back_to_buffered(&e).await?;
+                }
+                other => return other,
+            }
+        }
+        self.direct.read(self.file(), offset, len, exact).await
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
@@ -244,12 +320,12 @@ impl BackendFile for UringFile {
             return Ok(Written::Unfixed);
         }
         check_range(offset, total)?;
-        let fixed = self.direct.writev(Arc::clone(&self.file), offset, bufs).await?;
+        let fixed = self.direct.writev(self.file(), offset, bufs).await?;
         Ok(if fixed { Written::Fixed } else { Written::Unfixed })
     }
 
     async fn sync(&self, data_only: bool) -> io::Result<()> {
-        self.direct.sync(Arc::clone(&self.file), data_only).await
+        self.direct.sync(self.file(), data_only).await
     }
 
     async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -259,7 +335,7 @@ impl BackendFile for UringFile {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
-        match self.direct.allocate(Arc::clone(&self.file), offset, len).await {
+        match self.direct.allocate(self.file(), offset, len).await {
             // The file system cannot preallocate: only the length is extended.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 if self.len().await? < end {
@@ -273,6 +349,10 @@ impl BackendFile for UringFile {
 
     async fn len(&self) -> io::Result<u64> {
         self.direct.size_of(&self.path).await
+    }
+
+    fn reads_direct(&self) -> bool {
+        self.dio_align.load(Ordering::Relaxed) != 0
     }
 
     /// `io_uring` has no truncate on this kernel interface: `truncate(2)` by path on the
@@ -295,6 +375,51 @@ impl BackendFile for UringFile {
             }
         })
         .await
+    }
+}
+
+impl UringFile {
+    /// The file's slot (or descriptor), held by the operation about to use it.
+    fn file(&self) -> Arc<DirectFile> {
+        Arc::clone(&self.file.read())
+    }
+
+    /// An `O_DIRECT` read of `len` bytes at `offset`, widened to `align` both ways and
+    /// sliced.
+    async fn read_direct(&self, offset: u64, len: usize, exact: bool, align: usize) -> io::Result<Vec<u8>> {
+        let align64 = align as u64;
+        let start = offset - offset % align64;
+        let end = offset + len as u64; // no overflow: `check_range`
+        let end = end.div_ceil(align64).checked_mul(align64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows once aligned")
+        })?;
+        let wide = usize::try_from(end - start)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read larger than memory"))?;
+        let (buf, n) = self.direct.read_direct(self.file(), start, wide, align).await?;
+        // `offset - start < align`, a `usize`.
+        #[allow(clippy::cast_possible_truncation)]
+        let skip = (offset - start) as usize;
+        let got = n.saturating_sub(skip).min(len);
+        if exact && got < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read of {len} bytes at offset {offset} hit the end of the file after {got} bytes"),
+            ));
+        }
+        Ok(buf.as_slice()[skip..skip + got].to_vec())
+    }
+
+    /// The first `O_DIRECT` read was refused (`EINVAL`): reopens the file buffered, for this
+    /// read and every later one, after one warning per process.
+    async fn fall_back_to_buffered(&self, refused: &io::Error) -> io::Result<()> {
+        if self.dio_align.load(Ordering::Acquire) == 0 {
+            return Ok(()); // another read fell back first
+        }
+        warn_buffered(&self.path, &format!("O_DIRECT read refused: {refused}"));
+        let buffered = self.direct.open(&self.path, libc::O_RDONLY).await?;
+        *self.file.write() = Arc::new(buffered);
+        self.dio_align.store(0, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -386,7 +511,7 @@ mod tests {
         let path = dir.path().join("f");
         futures::executor::block_on(async {
             let file = ring.open(&path, OpenMode::CreateNew).await.unwrap();
-            assert_eq!(file.file.is_registered(), ring.direct.file_slots() > 0);
+            assert_eq!(file.file().is_registered(), ring.direct.file_slots() > 0);
             file.writev(0, vec![Bytes::from_static(b"slot")]).await.unwrap();
             file.sync(true).await.unwrap();
             assert_eq!(file.len().await.unwrap(), 4);
@@ -399,6 +524,32 @@ mod tests {
             assert_eq!(again.read(0, 100, false).await.unwrap(), b"sl\0\0\0\0\0\0\0\0");
             let err = ring.open(&path, OpenMode::CreateNew).await.err().unwrap();
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        });
+    }
+
+    /// An `O_DIRECT` read the kernel refuses (`EINVAL`: here an alignment of 1 forced on a
+    /// file whose file system wants whole sectors) reopens the file buffered and returns the
+    /// right bytes, then and afterwards.
+    #[test]
+    fn a_refused_direct_read_falls_back_to_buffered_reads() {
+        let Some(ring) = private_ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        futures::executor::block_on(async {
+            let file = ring.open(&path, OpenMode::ReadDirect).await.unwrap();
+            let stat = ring.direct.stat(&path, libc::STATX_DIOALIGN).await.unwrap();
+            let sector_aligned = stat.stx_mask & libc::STATX_DIOALIGN != 0 && stat.stx_dio_offset_align > 1;
+            if !file.reads_direct() || !sector_aligned {
+                eprintln!("no O_DIRECT with sector alignment on this file system, skipping");
+                return;
+            }
+            assert_eq!(file.read(4000, 200, true).await.unwrap(), &data[4000..4200]);
+            file.dio_align.store(1, Ordering::Release);
+            assert_eq!(file.read(1, 3, true).await.unwrap(), &data[1..4]);
+            assert!(!file.reads_direct(), "the refused O_DIRECT read did not fall back");
+            assert_eq!(file.read(9_999, 10, false).await.unwrap(), &data[9_999..]);
         });
     }
 }
