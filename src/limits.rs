@@ -66,3 +66,9 @@ pub const UPDATE_OPTIMISTIC_ATTEMPTS: u32 = 4;
 /// The most threads `Options::io_threads` and `Options::background_threads` accept (the
 /// fallback crate's own bound).
 pub const MAX_THREADS: usize = 4096;
+
+/// Slots of the `io_uring` backend's registered file table, shared by every database of the
+/// process (`io/direct.rs`): a file open on `io_uring` takes a slot, not a descriptor. The
+/// kernel refuses a table larger than the soft `RLIMIT_NOFILE` at the time the ring starts,
+/// so the table has the smaller of the two; files opened once it is full take descriptors.
+pub(crate) const IO_URING_FILE_SLOTS: u64 = 1 << 16;

@@ -451,3 +451,120 @@ fn works_on_a_futures_thread_pool() {
         futures::executor::block_on(rx).unwrap();
     }
 }
+
+/// Every read of a file opened `ReadDirect` near the block boundaries of a 4 KiB-block
+/// device returns the bytes written, as `read_at` / `read_exact_at` of a buffered file
+/// would: while the written range is still dirty in the page cache (the kernel writes it
+/// back before an `O_DIRECT` read), after `fdatasync`, and after the file's pages were
+/// dropped from the cache (`POSIX_FADV_DONTNEED`), so the reads come from the device.
+/// Returns the driver's `direct_reads`.
+async fn reads_near_block_boundaries_match(d: &IoDriver, dir: &Path) -> u64 {
+    const BLOCK: u64 = 4096;
+    let size = 3 * BLOCK as usize + 100;
+    let data = pattern(size, 77);
+    let path = dir.join("frames");
+    let w = create(d, &path).await;
+    w.writev_at(0, chunks(&data, &[5000, 1, 3000])).await.unwrap();
+    let offsets: Vec<u64> = [0, 1, 511, 512, 4095, 4096, 4097, 8191, 8192, 8193, 12287, 12288, 12289]
+        .into_iter()
+        .chain([size as u64 - 1, size as u64, size as u64 + 1, size as u64 + 5000])
+        .collect();
+    let lens = [1usize, 2, 100, 511, 512, 4095, 4096, 4097, 8191, 8192, 8193, 3 * 4096 + 100];
+    let before = d.io_stats().direct_reads;
+    for phase in ["dirty in the page cache", "synced", "dropped from the page cache"] {
+        match phase {
+            "synced" => w.sync_data().await.unwrap(),
+            "dropped from the page cache" => {
+                let std_file = std::fs::File::open(&path).unwrap();
+                // SAFETY: a valid descriptor, for the duration of the call.
+                let rc = unsafe {
+                    libc::posix_fadvise(
+                        std::os::fd::AsRawFd::as_raw_fd(&std_file),
+                        0,
+                        0,
+                        libc::POSIX_FADV_DONTNEED,
+                    )
+                };
+                assert_eq!(rc, 0);
+            }
+            _ => {}
+        }
+        let r = d.open(&path, OpenMode::ReadDirect).await.unwrap();
+        for &offset in &offsets {
+            for &len in &lens {
+                let at = (offset as usize).min(size);
+                let expected = &data[at..(at + len).min(size)];
+                let got = r.read_at(offset, len).await.unwrap();
+                assert!(got == expected, "{phase}: read_at({offset}, {len}) got {} bytes", got.len());
+                match r.read_exact_at(offset, len).await {
+                    Ok(got) => {
+                        assert!(expected.len() == len && got == expected, "{phase}: exact {offset}+{len}");
+                    }
+                    Err(Error::Io { source, .. }) => {
+                        assert!(expected.len() < len, "{phase}: exact {offset}+{len}: {source}");
+                        assert_eq!(source.kind(), ErrorKind::UnexpectedEof, "{phase}: {offset}+{len}");
+                    }
+                    Err(e) => panic!("{phase}: exact {offset}+{len}: {e}"),
+                }
+            }
+        }
+        assert!(r.read_exact_at(0, 0).await.unwrap().is_empty());
+    }
+    d.io_stats().direct_reads - before
+}
+
+#[test]
+fn direct_reads_return_the_written_bytes_at_every_alignment() {
+    multi_thread(async {
+        for d in drivers() {
+            // Under the target directory's disk (tempdir's default, /tmp, is the same one
+            // here; tmpfs is tested below).
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let direct = reads_near_block_boundaries_match(&d, dir.path()).await;
+            println!("{:?}: {direct} direct reads", d.backend());
+            if d.backend() == IoBackend::ThreadPool {
+                assert_eq!(direct, 0, "the thread pool reads buffered");
+            } else {
+                assert!(direct > 0, "io_uring read nothing with O_DIRECT from a disk file");
+            }
+        }
+    });
+}
+
+/// tmpfs: kernels before 6.6 refuse `O_DIRECT` there (`EINVAL` at open) and the file is
+/// read buffered; later ones take it (tmpfs has no device: the "direct" read copies from
+/// its pages, as a buffered one does). Either way every read returns the written bytes.
+#[test]
+fn tmpfs_reads_return_the_written_bytes_whether_or_not_it_takes_o_direct() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm, skipping");
+        return;
+    }
+    multi_thread(async {
+        for d in drivers() {
+            let dir = tempfile::tempdir_in(shm).unwrap();
+            let direct = reads_near_block_boundaries_match(&d, dir.path()).await;
+            println!("{:?} on tmpfs: {direct} direct reads", d.backend());
+        }
+    });
+}
+
+/// A file whose file system refuses `O_DIRECT` at open (`EINVAL`; procfs here, tmpfs on
+/// kernels before 6.6) opened `ReadDirect` is read buffered, and correctly.
+#[test]
+fn a_file_refusing_o_direct_at_open_is_read_buffered() {
+    let path = Path::new("/proc/version");
+    let Ok(expected) = std::fs::read(path) else {
+        eprintln!("no /proc/version, skipping");
+        return;
+    };
+    multi_thread(async {
+        for d in drivers() {
+            let before = d.io_stats().direct_reads;
+            let f = d.open(path, OpenMode::ReadDirect).await.unwrap();
+            assert_eq!(f.read_at(0, 1 << 16).await.unwrap(), expected, "{:?}", d.backend());
+            assert_eq!(d.io_stats().direct_reads, before, "{:?}", d.backend());
+        }
+    });
+}

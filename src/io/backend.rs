@@ -81,4 +81,9 @@ pub(super) trait BackendFile {
 
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Whether reads of this file go around the page cache (`O_DIRECT`) now.
+    fn reads_direct(&self) -> bool {
+        false
+    }
 }

@@ -1,5 +1,6 @@
 //! Submission from the caller's thread: a second process-wide `io_uring`, driven with the
-//! `io-uring` crate, for the small operations on the commit path (WAL writes, reads, syncs).
+//! `io-uring` crate, for every operation on an open file (reads, writes, syncs,
+//! `fallocate`) and for opening files and reading their size.
 //!
 //! ```text
 //!  caller (any thread, any executor)                reaper thread ("ringkv-reaper")
@@ -20,8 +21,9 @@
 //!    (a caller draining the CQ or the reaper) turns it back into the `Arc` with
 //!    `Arc::from_raw`, exactly once per SQE.
 //! 2. The slot owns everything the kernel touches: the read buffer, the `Bytes` of a write
-//!    and its iovec array, and an `Arc<std::fs::File>` (so the descriptor stays open until
-//!    the last CQE). The caller's future holds another count of the slot and nothing else,
+//!    and its iovec array, the lease of a registered buffer, the path of an open or a
+//!    `statx` and its result buffer, and an `Arc<DirectFile>` (so the file's slot or
+//!    descriptor stays open until the last CQE). The caller's future holds another count of the slot and nothing else,
 //!    so dropping it never frees memory the kernel uses.
 //! 3. Continuations (short reads and writes, writes of more than [`MAX_IOVECS`] buffers,
 //!    retries after `EINTR`/`ECANCELED`) are submitted by whoever takes the CQE, not by the
@@ -34,10 +36,29 @@
 //! 5. `handed` counts the operations whose caller saw no completion after submitting; the
 //!    reaper waits in the kernel only while it is non-zero, so operations that complete
 //!    during their submission wake no thread at all.
+//! 6. **Files live in a registered file table.** The ring registers a sparse table of
+//!    `limits::IO_URING_FILE_SLOTS` slots (fewer where the soft `RLIMIT_NOFILE` is lower:
+//!    the kernel refuses a larger table) shared by every database of the process. An open
+//!    is an `IORING_OP_OPENAT` into a slot the kernel picks (`IORING_FILE_INDEX_ALLOC`), so
+//!    the file takes no process descriptor; SQEs name it with `IOSQE_FIXED_FILE`. Where the
+//!    table is full (`ENFILE`) or missing, the open takes a descriptor instead, and where
+//!    that fails too the error (`EMFILE`) names both limits. A [`DirectFile`] is the only
+//!    owner of its slot; every operation holds an `Arc` of it until its last CQE, and its
+//!    drop empties the slot (`IORING_REGISTER_FILES_UPDATE` with -1), which frees it for
+//!    the next open. The size of a file is read by path (`statx`), since a slot has no
+//!    descriptor to `fstat`.
+//! 7. An `O_DIRECT` read (`Direct::read_direct`) asks for whole aligned blocks into an
+//!    [`AlignedBuf`] it owns: offset, length and every continuation stay multiples of the
+//!    file's alignment (a short read of whole blocks is continued, a partial block is the
+//!    end of the file); the caller slices out what it asked for.
 
+use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -47,6 +68,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use parking_lot::{Condvar, Mutex};
+
+use super::buffers::{AlignedBuf, FixedBuffers, Lease, BUF_ALIGN};
+use crate::limits::IO_URING_FILE_SLOTS;
 
 /// Submission queue entries of the direct ring (the CQ gets twice as many).
 const RING_ENTRIES: u32 = 256;
@@ -58,14 +82,13 @@ const MAX_READ: usize = 1 << 30;
 const ENTER_GETEVENTS: u32 = 1;
 
 /// The process-wide direct ring, set up on first use; `None` (after one warning) where the
-/// kernel refuses it, and callers then use the ring thread for everything.
+/// kernel refuses it, and the `io_uring` backend is then unavailable.
 pub(super) fn global() -> Option<&'static Direct> {
     static DIRECT: OnceLock<Option<&'static Direct>> = OnceLock::new();
     *DIRECT.get_or_init(|| match Direct::start() {
         Ok(direct) => Some(direct),
         Err(e) => {
-            tracing::warn!(error = %e, "io_uring submission from the caller's thread is unavailable; \
-                all io_uring operations go through the ring thread");
+            tracing::warn!(error = %e, "io_uring submission from the caller's thread is unavailable");
             None
         }
     })
@@ -83,11 +106,25 @@ pub(super) struct Direct {
     /// The reaper sleeps on `idle`/`wake` while `handed` is 0.
     idle: Mutex<()>,
     wake: Condvar,
+    /// Slots of the registered file table (invariant 6); 0 where the kernel refused one.
+    file_slots: u32,
+    /// The registered write buffers; `None` where the kernel refused them.
+    fixed: Option<FixedBuffers>,
 }
 
 impl Direct {
     fn start() -> io::Result<&'static Direct> {
         let ring = IoUring::builder().setup_cqsize(RING_ENTRIES * 2).build(RING_ENTRIES)?;
+        let file_slots = u32::try_from(IO_URING_FILE_SLOTS.min(super::nofile_limit().unwrap_or(0))).unwrap_or(u32::MAX);
+        let file_slots = match ring.submitter().register_files_sparse(file_slots) {
+            Ok(()) => file_slots,
+            Err(e) => {
+                tracing::warn!(error = %e, slots = file_slots,
+                    "could not register an io_uring file table; every io_uring file takes a descriptor");
+                0
+            }
+        };
+        let fixed = FixedBuffers::register(&ring.submitter());
         let direct: &'static Direct = Box::leak(Box::new(Direct {
             ring,
             sq: Mutex::new(0),
@@ -95,47 +132,162 @@ impl Direct {
             handed: AtomicUsize::new(0),
             idle: Mutex::new(()),
             wake: Condvar::new(),
+            file_slots,
+            fixed,
         }));
         std::thread::Builder::new().name("ringkv-reaper".into()).spawn(move || direct.reap_forever())?;
         Ok(direct)
+    }
+
+    /// Slots of the registered file table (0 where there is none).
+    #[cfg(test)]
+    pub(super) fn file_slots(&self) -> u32 {
+        self.file_slots
+    }
+
+    /// Opens `path` with the `open(2)` `flags` into a free slot of the registered file
+    /// table (no process descriptor); where the table is full or missing, into a
+    /// descriptor. Both full is `EMFILE`, with a message naming the two limits.
+    pub(super) fn open(&'static self, path: &Path, flags: i32) -> impl Future<Output = io::Result<DirectFile>> {
+        let path = CString::new(path.as_os_str().as_bytes());
+        let file_slots = self.file_slots;
+        async move {
+            let path = path.map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
+            let op = Op::Open { path, flags, slot: file_slots > 0, ring: self };
+            match OpFuture::new(self, None, op).await {
+                Ok(Out::File(file)) => Ok(file),
+                Ok(_) => unreachable!("an open completes with a file"),
+                Err(e) => Err(super::name_descriptor_limit(
+                    e,
+                    &format!("the io_uring file table ({file_slots} slots) is full, and so is"),
+                )),
+            }
+        }
+    }
+
+    /// The size of the file at `path` (`statx` by path: a registered file has no
+    /// descriptor to `fstat`).
+    pub(super) fn size_of(&'static self, path: &Path) -> impl Future<Output = io::Result<u64>> + Send + 'static {
+        let stat = self.stat(path, libc::STATX_SIZE);
+        async move { Ok(stat.await?.stx_size) }
+    }
+
+    /// `statx` of `path` asking for the fields of `mask` (the kernel sets `stx_mask` to the
+    /// ones it filled).
+    pub(super) fn stat(
+        &'static self,
+        path: &Path,
+        mask: u32,
+    ) -> impl Future<Output = io::Result<Box<libc::statx>>> + Send + 'static {
+        let path = CString::new(path.as_os_str().as_bytes());
+        async move {
+            let path = path.map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
+            let op = Op::Statx { path, buf: Box::new(MaybeUninit::zeroed()), mask };
+            match OpFuture::new(self, None, op).await? {
+                Out::Stat(stat) => Ok(stat),
+                _ => unreachable!("a statx completes with its buffer"),
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a file opened with `O_DIRECT` into an aligned buffer
+    /// (`offset` and `len` multiples of `align`, a power of two no larger than the buffer's
+    /// alignment): returns the buffer and how many bytes were read (fewer only at the end of
+    /// the file).
+    pub(super) fn read_direct(
+        &'static self,
+        file: Arc<DirectFile>,
+        offset: u64,
+        len: usize,
+        align: usize,
+    ) -> impl Future<Output = io::Result<(AlignedBuf, usize)>> + Send + 'static {
+        assert!(align.is_power_of_two() && align <= BUF_ALIGN, "direct-I/O alignment {align}");
+        assert!(offset.is_multiple_of(align as u64) && len.is_multiple_of(align), "unaligned direct read {offset}+{len}");
+        let op = Op::ReadDirect { buf: AlignedBuf::zeroed(len), offset, filled: 0, align };
+        let fut = OpFuture::new(self, Some(file), op);
+        async move {
+            match fut.await? {
+                Out::Aligned(buf, n) => Ok((buf, n)),
+                _ => unreachable!("a direct read completes with its buffer"),
+            }
+        }
     }
 
     /// Reads up to `len` bytes at `offset` (fewer only at the end of the file); with `exact`,
     /// a file ending first is `UnexpectedEof`.
     pub(super) fn read(
         &'static self,
-        file: Arc<std::fs::File>,
+        file: Arc<DirectFile>,
         offset: u64,
         len: usize,
         exact: bool,
     ) -> impl Future<Output = io::Result<Vec<u8>>> + Send + 'static {
         let op = Op::Read { buf: Vec::with_capacity(len), len, offset, exact };
-        OpFuture::new(self, file, op)
+        let fut = OpFuture::new(self, Some(file), op);
+        async move {
+            match fut.await? {
+                Out::Bytes(bytes) => Ok(bytes),
+                _ => unreachable!("a read completes with bytes"),
+            }
+        }
     }
 
-    /// Writes every byte of `bufs` at `offset`, continuing short writes.
+    /// Writes every byte of `bufs` at `offset`, continuing short writes: from a registered
+    /// buffer (returns `true`) when they fit in one and one is free, else with `writev`.
     pub(super) fn writev(
         &'static self,
-        file: Arc<std::fs::File>,
+        file: Arc<DirectFile>,
         offset: u64,
         bufs: Vec<Bytes>,
-    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    ) -> impl Future<Output = io::Result<bool>> + Send + 'static {
         let bufs: Vec<Bytes> = bufs.into_iter().filter(|b| !b.is_empty()).collect();
-        let op = Op::Write { bufs, first: 0, iovecs: IoVecs(Vec::new()), offset };
-        let fut = OpFuture::new(self, file, op);
-        async move { fut.await.map(drop) }
+        let total: usize = bufs.iter().map(Bytes::len).sum();
+        let lease = self.fixed.as_ref().and_then(|f| f.gather(&bufs, total));
+        let fixed = lease.is_some();
+        let op = match lease {
+            Some(lease) => Op::WriteFixed { lease, len: total, done: 0, offset },
+            None => Op::Write { bufs, first: 0, iovecs: IoVecs(Vec::new()), offset },
+        };
+        let fut = OpFuture::new(self, Some(file), op);
+        async move { fut.await.map(|_| fixed) }
     }
 
     /// `fdatasync` (`data_only`) or `fsync` of `file`.
     pub(super) fn sync(
         &'static self,
-        file: Arc<std::fs::File>,
+        file: Arc<DirectFile>,
         data_only: bool,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let fut = OpFuture::new(self, file, Op::Sync { data_only });
+        let fut = OpFuture::new(self, Some(file), Op::Sync { data_only });
         async move { fut.await.map(drop) }
     }
 
+    /// `fallocate` mode 0 of `offset..offset + len`.
+    pub(super) fn allocate(
+        &'static self,
+        file: Arc<DirectFile>,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let fut = OpFuture::new(self, Some(file), Op::Fallocate { offset, len });
+        async move { fut.await.map(drop) }
+    }
+
+    /// Empties slot `index` of the file table (the last handle of its file dropped, so no
+    /// operation is in flight on it). The kernel drops its reference to the file, and the
+    /// slot is free for the next open.
+    fn release_slot(&self, index: u32) {
+        loop {
+            match self.ring.submitter().register_files_update(index, &[-1]) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, slot = index, "could not empty an io_uring file slot; it stays taken");
+                    return;
+                }
+            }
+        }
+    }
     /// Queues `entry` for `slot` and submits it. Never drops the entry: a full SQ is
     /// submitted and the push retried.
     ///
@@ -262,11 +414,6 @@ impl Direct {
         }
     }
 
-    /// Operations in flight that did not complete during their submission.
-    pub(super) fn waiting(&self) -> usize {
-        self.handed.load(Ordering::Relaxed)
-    }
-
     /// Counts one more operation as handed over (the caller holds that operation's slot
     /// lock). Returns whether the reaper may be asleep on `wake` and must be woken.
     fn hand_over(&self) -> bool {
@@ -279,20 +426,92 @@ impl Direct {
     }
 }
 
+/// An open file of the direct ring: a slot of its registered file table, or (where the
+/// table is full or missing) a descriptor. Dropping it empties the slot or closes the
+/// descriptor; every operation holds an `Arc` of it until its last CQE (invariant 6).
+pub(super) struct DirectFile {
+    ring: &'static Direct,
+    target: Target,
+}
+
+enum Target {
+    Slot(u32),
+    Fd(OwnedFd),
+}
+
+impl DirectFile {
+    fn fd(&self) -> FdRef {
+        match &self.target {
+            Target::Slot(index) => FdRef::Fixed(*index),
+            Target::Fd(fd) => FdRef::Fd(fd.as_raw_fd()),
+        }
+    }
+
+    /// Whether the file sits in the registered file table (holds no process descriptor).
+    #[cfg(test)]
+    pub(super) fn is_registered(&self) -> bool {
+        matches!(self.target, Target::Slot(_))
+    }
+}
+
+impl Drop for DirectFile {
+    fn drop(&mut self) {
+        if let Target::Slot(index) = self.target {
+            self.ring.release_slot(index);
+        }
+    }
+}
+
+/// The file an SQE names: a descriptor or a slot of the registered file table.
+#[derive(Clone, Copy)]
+enum FdRef {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// `$body` with `$t` bound to `types::Fd` or `types::Fixed`, whichever `$fd` is (the
+/// opcode builders take either).
+macro_rules! with_fd {
+    ($fd:expr, $t:ident => $body:expr) => {
+        match $fd {
+            FdRef::Fd(raw) => {
+                let $t = types::Fd(raw);
+                $body
+            }
+            FdRef::Fixed(index) => {
+                let $t = types::Fixed(index);
+                $body
+            }
+        }
+    };
+}
+
 /// An operation in flight, shared by the kernel (one count per queued SQE) and the caller's
 /// future.
 struct Slot {
     state: Mutex<SlotState>,
-    file: Arc<std::fs::File>,
+    /// The file operated on (`None` for the operations by path: open, statx).
+    file: Option<Arc<DirectFile>>,
 }
 
 struct SlotState {
     op: Op,
     /// The outcome, once the last step completed.
-    done: Option<io::Result<Vec<u8>>>,
+    done: Option<io::Result<Out>>,
     waker: Option<Waker>,
     /// Counted in `Direct::handed`.
     handed: bool,
+}
+
+/// What a finished operation hands its caller.
+enum Out {
+    Bytes(Vec<u8>),
+    Unit,
+    Stat(Box<libc::statx>),
+    /// An aligned buffer and the bytes read into it.
+    Aligned(AlignedBuf, usize),
+    /// An open file: closes itself if the caller is gone (contract 3).
+    File(DirectFile),
 }
 
 /// The iovecs of a write.
@@ -305,19 +524,26 @@ unsafe impl Send for IoVecs {}
 enum Op {
     Read { buf: Vec<u8>, len: usize, offset: u64, exact: bool },
     Write { bufs: Vec<Bytes>, first: usize, iovecs: IoVecs, offset: u64 },
+    WriteFixed { lease: Lease, len: usize, done: usize, offset: u64 },
     Sync { data_only: bool },
+    Fallocate { offset: u64, len: u64 },
+    /// `slot`: into the registered file table (cleared when the table is full).
+    Open { path: CString, flags: i32, slot: bool, ring: &'static Direct },
+    Statx { path: CString, buf: Box<MaybeUninit<libc::statx>>, mask: u32 },
+    /// `O_DIRECT`: `offset`, `filled` and the buffer's length are multiples of `align`.
+    ReadDirect { buf: AlignedBuf, offset: u64, filled: usize, align: usize },
 }
 
 /// What a CQE leads to.
 enum Step {
     Again(squeue::Entry),
-    Done(io::Result<Vec<u8>>),
+    Done(io::Result<Out>),
 }
 
 impl Op {
     /// The SQE of the next step. Pointers in it point into `self`'s heap buffers, which do not
     /// move until `self` is dropped or the next `advance`.
-    fn entry(&mut self, fd: types::Fd) -> squeue::Entry {
+    fn entry(&mut self, fd: FdRef) -> squeue::Entry {
         match self {
             Op::Read { buf, len, offset, .. } => {
                 let filled = buf.len();
@@ -327,7 +553,7 @@ impl Op {
                 // `ask <= MAX_READ` (1 GiB).
                 #[allow(clippy::cast_possible_truncation)]
                 let ask = ask as u32;
-                opcode::Read::new(fd, ptr, ask).offset(*offset + filled as u64).build()
+                with_fd!(fd, t => opcode::Read::new(t, ptr, ask).offset(*offset + filled as u64).build())
             }
             Op::Write { bufs, first, iovecs, offset } => {
                 iovecs.0.clear();
@@ -340,22 +566,65 @@ impl Op {
                 // At most MAX_IOVECS (1024) entries, taken above.
                 #[allow(clippy::cast_possible_truncation)]
                 let count = iovecs.0.len() as u32;
-                opcode::Writev::new(fd, iovecs.0.as_ptr(), count).offset(*offset).build()
+                with_fd!(fd, t => opcode::Writev::new(t, iovecs.0.as_ptr(), count).offset(*offset).build())
+            }
+            Op::WriteFixed { lease, len, done, offset } => {
+                // SAFETY: `done < len <= FIXED_BUF_LEN`: the pointer stays inside the buffer.
+                let ptr = unsafe { lease.ptr().add(*done) };
+                // `len - done <= FIXED_BUF_LEN` (256 KiB).
+                #[allow(clippy::cast_possible_truncation)]
+                let ask = (*len - *done) as u32;
+                let index = lease.index();
+                with_fd!(fd, t => opcode::WriteFixed::new(t, ptr, ask, index).offset(*offset + *done as u64).build())
             }
             Op::Sync { data_only } => {
                 let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
-                opcode::Fsync::new(fd).flags(flags).build()
+                with_fd!(fd, t => opcode::Fsync::new(t).flags(flags).build())
+            }
+            Op::Fallocate { offset, len } => {
+                with_fd!(fd, t => opcode::Fallocate::new(t, *len).offset(*offset).build())
+            }
+            Op::Open { path, flags, slot, .. } => {
+                // A descriptor is close-on-exec; a slot has no such flag (the kernel refuses it).
+                let flags = if *slot { *flags } else { *flags | libc::O_CLOEXEC };
+                let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).flags(flags).mode(0o666);
+                let open = if *slot { open.file_index(Some(types::DestinationSlot::auto_target())) } else { open };
+                open.build()
+            }
+            Op::Statx { path, buf, mask } => opcode::Statx::new(
+                types::Fd(libc::AT_FDCWD),
+                path.as_ptr(),
+                buf.as_mut_ptr().cast::<types::statx>(),
+            )
+            .mask(*mask)
+            .build(),
+            Op::ReadDirect { buf, offset, filled, .. } => {
+                let ask = (buf.len() - *filled).min(MAX_READ);
+                // SAFETY: `filled < buf.len()`: the pointer stays inside the buffer.
+                let ptr = unsafe { buf.as_mut_ptr().add(*filled) };
+                // `ask <= MAX_READ` (1 GiB).
+                #[allow(clippy::cast_possible_truncation)]
+                let ask = ask as u32;
+                with_fd!(fd, t => opcode::Read::new(t, ptr, ask).offset(*offset + *filled as u64).build())
             }
         }
     }
 
     /// Takes the result `res` of the step last submitted.
-    fn advance(&mut self, res: i32, fd: types::Fd) -> Step {
+    #[allow(clippy::too_many_lines)] // one arm per operation
+    fn advance(&mut self, res: i32, fd: FdRef) -> Step {
         // `EINTR` is retried like the blocking calls; `ECANCELED` comes only from the kernel
         // cancelling the requests of a submitting thread that exits (ringkv never cancels),
         // so the step is submitted again, by a thread that lives.
         if res == -libc::EINTR || res == -libc::ECANCELED {
             return Step::Again(self.entry(fd));
+        }
+        // The registered file table is full: open into a descriptor instead.
+        if let Op::Open { slot: slot @ true, .. } = self {
+            if res == -libc::ENFILE {
+                *slot = false;
+                return Step::Again(self.entry(fd));
+            }
         }
         if res < 0 {
             return Step::Done(Err(io::Error::from_raw_os_error(-res)));
@@ -383,7 +652,7 @@ impl Op {
                         ),
                     )));
                 }
-                Step::Done(Ok(std::mem::take(buf)))
+                Step::Done(Ok(Out::Bytes(std::mem::take(buf))))
             }
             Op::Write { bufs, first, offset, iovecs } => {
                 let asked: usize = iovecs.0.iter().map(|v| v.iov_len).sum();
@@ -409,16 +678,60 @@ impl Op {
                 if *first < bufs.len() {
                     return Step::Again(self.entry(fd));
                 }
-                Step::Done(Ok(Vec::new()))
+                Step::Done(Ok(Out::Unit))
             }
-            Op::Sync { .. } => Step::Done(Ok(Vec::new())),
+            Op::WriteFixed { len, done, offset, .. } => {
+                if n == 0 {
+                    return Step::Done(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("wrote 0 bytes at offset {}", *offset + *done as u64),
+                    )));
+                }
+                assert!(n <= *len - *done, "the kernel wrote {n} bytes of {}", *len - *done);
+                *done += n;
+                if *done < *len {
+                    return Step::Again(self.entry(fd));
+                }
+                Step::Done(Ok(Out::Unit))
+            }
+            Op::Sync { .. } | Op::Fallocate { .. } => Step::Done(Ok(Out::Unit)),
+            Op::Open { slot, ring, .. } => {
+                let target = if *slot {
+                    // A slot index is below the table size, a `u32`.
+                    #[allow(clippy::cast_possible_truncation)]
+                    Target::Slot(n as u32)
+                } else {
+                    // SAFETY: a successful `openat` returned the new descriptor `res`, owned by
+                    // nobody else: this `OwnedFd` becomes its only owner.
+                    Target::Fd(unsafe { OwnedFd::from_raw_fd(res) })
+                };
+                Step::Done(Ok(Out::File(DirectFile { ring, target })))
+            }
+            Op::Statx { buf, .. } => {
+                // SAFETY: the buffer was zeroed at allocation (an all-zero `statx`, plain
+                // integers, is a valid value) and the kernel wrote only whole fields into it.
+                let stat = unsafe { buf.assume_init_read() };
+                Step::Done(Ok(Out::Stat(Box::new(stat))))
+            }
+            Op::ReadDirect { buf, filled, align, .. } => {
+                assert!(n <= buf.len() - *filled, "the kernel read {n} bytes of {}", buf.len() - *filled);
+                *filled += n;
+                // A short read of whole blocks is continued; a partial block is the end of
+                // the file.
+                if n > 0 && *filled < buf.len() && n.is_multiple_of(*align) {
+                    return Step::Again(self.entry(fd));
+                }
+                let filled = *filled;
+                let buf = std::mem::replace(buf, AlignedBuf::zeroed(0));
+                Step::Done(Ok(Out::Aligned(buf, filled)))
+            }
         }
     }
 }
 
 impl Slot {
-    fn fd(&self) -> types::Fd {
-        types::Fd(self.file.as_raw_fd())
+    fn fd(&self) -> FdRef {
+        self.file.as_ref().map_or(FdRef::Fd(libc::AT_FDCWD), |f| f.fd())
     }
 
     /// Takes the CQE result `res` of this slot's step (`self` is the count the SQE held).
@@ -455,14 +768,14 @@ struct OpFuture {
 }
 
 impl OpFuture {
-    fn new(ring: &'static Direct, file: Arc<std::fs::File>, op: Op) -> OpFuture {
+    fn new(ring: &'static Direct, file: Option<Arc<DirectFile>>, op: Op) -> OpFuture {
         let state = SlotState { op, done: None, waker: None, handed: false };
         OpFuture { ring, slot: Arc::new(Slot { state: Mutex::new(state), file }), submitted: false }
     }
 }
 
 impl Future for OpFuture {
-    type Output = io::Result<Vec<u8>>;
+    type Output = io::Result<Out>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -510,23 +823,17 @@ mod tests {
         ring
     }
 
-    fn open(path: &std::path::Path) -> Arc<std::fs::File> {
-        Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .unwrap(),
-        )
+    fn open(ring: &'static Direct, path: &std::path::Path) -> Arc<DirectFile> {
+        let file = futures::executor::block_on(ring.open(path, libc::O_RDWR | libc::O_CREAT)).unwrap();
+        assert_eq!(file.is_registered(), ring.file_slots() > 0);
+        Arc::new(file)
     }
 
     #[test]
     fn round_trip_write_read_fdatasync() {
         let Some(ring) = ring() else { return };
         let dir = tempfile::tempdir().unwrap();
-        let file = open(&dir.path().join("f"));
+        let file = open(ring, &dir.path().join("f"));
         futures::executor::block_on(async {
             let bufs = vec![Bytes::from_static(b"hello, "), Bytes::new(), Bytes::from_static(b"world")];
             ring.writev(Arc::clone(&file), 3, bufs).await.unwrap();
@@ -545,9 +852,9 @@ mod tests {
         let Some(ring) = ring() else { return };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let file = open(&path);
+        let file = open(ring, &path);
         // More buffers than one writev takes: the rest is submitted by whoever reaps.
-        let bufs: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(format!("{i:07}"))).collect();
+        let bufs: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(format!("{i:0100}"))).collect();
         let expected: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         let mut fut = Box::pin(ring.writev(Arc::clone(&file), 0, bufs));
         let waker = futures::task::noop_waker();
@@ -561,7 +868,7 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "the dropped write never landed in full");
             // Nudge the ring: a later operation reaps (and continues) the dropped one.
-            let other = open(&dir.path().join("g"));
+            let other = open(ring, &dir.path().join("g"));
             futures::executor::block_on(ring.sync(other, true)).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -577,7 +884,7 @@ mod tests {
             std_file.write_all(&[i as u8; 4096]).unwrap();
         }
         drop(std_file);
-        let file = open(&path);
+        let file = open(ring, &path);
         let reads = (0..256u64).map(|i| ring.read(Arc::clone(&file), i * 4096 + 7, 4000, true));
         let results = futures::executor::block_on(futures::future::join_all(reads));
         for (i, r) in results.into_iter().enumerate() {
@@ -604,7 +911,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"0123456789").unwrap();
-        let file = open(&path);
+        let file = open(ring, &path);
         futures::executor::block_on(async {
             let err = ring.read(Arc::clone(&file), 4, 10, true).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);

@@ -13,27 +13,37 @@
 //! - **`io_uring`** (`uring.rs`, Linux only). Two rings per *process*, started on first use
 //!   and shared by every `IoDriver` (so opening hundreds of databases opens two rings and
 //!   pins one set of registered buffers, not hundreds).
-//!   - The *ring thread* runs a tokio-uring runtime; requests arrive on an unbounded
-//!     channel, each becomes a task on the ring thread, and its result comes back on a
-//!     oneshot channel, which any executor can await. tokio-uring files are `!Send`, so they
-//!     live in a table on the ring thread keyed by a file id; an [`IoFile`] holds the id and
-//!     sends a close request when its last clone drops. It runs open, close, rename, remove,
-//!     stat, fallocate, directory syncs and writes of 64 KiB or more. A pool of registered
-//!     (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in one buffer;
-//!     where registration is refused (`RLIMIT_MEMLOCK`) the ring logs one warning and writes
-//!     from ordinary buffers.
-//!   - The *direct ring* (`direct.rs`) takes every file sync, the writes under 64 KiB (WAL
-//!     batches) and the reads made while fewer than 4 operations wait on its reaper (at
-//!     depth the ring thread completes cold reads faster), on a duplicate of the file's
-//!     descriptor. The polling
-//!     thread pushes the SQE and calls `io_uring_enter` itself, then drains the completion
-//!     queue: a buffered write or a page-cache hit is done when its first poll returns, with
-//!     no thread woken. Operations still in flight are handed to a reaper thread that waits
-//!     for their completions and wakes their futures. Where the direct ring cannot be set up,
-//!     one warning is logged and the ring thread does everything.
+//!   - The *direct ring* (`direct.rs`) runs every operation on an open file (reads, writes,
+//!     syncs, `fallocate`), opens files and directories, and reads sizes (`statx`). The
+//!     polling thread pushes the SQE and calls `io_uring_enter` itself, then drains the
+//!     completion queue: a buffered write or a page-cache hit is done when its first poll
+//!     returns, with no thread woken. Operations still in flight are handed to a reaper
+//!     thread that waits for their completions and wakes their futures. Files are opened
+//!     into the ring's *registered file table* (`IORING_FILE_INDEX_ALLOC`), one table of
+//!     up to `limits::IO_URING_FILE_SLOTS` slots (no more than the soft `RLIMIT_NOFILE`)
+//!     shared by every database: an open file takes a slot, not a process descriptor, and
+//!     a database holds one descriptor (its directory lock), so a thousand databases open
+//!     under `ulimit -n 1024`. Files opened once the table is full take descriptors; once
+//!     both are full, an open fails with an error naming both limits. A pool of
+//!     registered (fixed) buffers (`buffers.rs`: 16 x 256 KiB) backs writes that fit in
+//!     one buffer; where registration is refused (`RLIMIT_MEMLOCK`) one warning is logged
+//!     and writes use ordinary buffers. Files opened [`OpenMode::ReadDirect`] (the
+//!     published data and blob files) are read with `O_DIRECT`: each read is widened to
+//!     the file's direct-I/O alignment (`statx` `STATX_DIOALIGN`, else 4096) into a
+//!     page-aligned buffer (`buffers.rs`) and sliced, so a page-cache miss never costs
+//!     the submitting thread a copy and the kernel's cache does not double the engine's.
+//!     Where the file system refuses `O_DIRECT` (`EINVAL` at open, no alignment in
+//!     `statx`, or `EINVAL` at the first read) the file is read buffered, after one
+//!     warning per process. A buffered write followed by an `O_DIRECT` read of the same
+//!     range returns the written bytes (the kernel writes dirty pages of the range back
+//!     before a direct read; `tests/io_driver.rs` checks it). Where the direct ring cannot
+//!     be set up, the backend is unavailable.
+//!   - The *ring thread* runs a tokio-uring runtime for rename and remove; requests arrive
+//!     on an unbounded channel, each becomes a task on the ring thread, and its result
+//!     comes back on a oneshot channel, which any executor can await.
 //!
-//!   Operations `io_uring` lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`) run on
-//!   the `ringkv-fallback` thread pool.
+//!   Operations `io_uring` lacks (`set_len`, `read_dir`, `exists`, `create_dir_all`, the
+//!   directory lock) run on a one-thread helper pool (`threadpool::aux`).
 //! - **thread pool** (`threadpool.rs`). A `std::fs::File` behind an `Arc`; every operation
 //!   is a blocking positional call run as a job on `ringkv_fallback::global()`.
 //!
@@ -49,8 +59,9 @@
 //! # Contract
 //!
 //! 1. **Never blocks the caller.** Every operation is a `Send` future; waiting for the disk
-//!    happens on the ring thread, on a pool thread, or in the kernel's `io_uring` workers. The
-//!    one thing a poll does in the kernel is the direct ring's `io_uring_enter`, which
+//!    happens on the ring thread, on a pool thread, on the reaper, or in the kernel's
+//!    `io_uring` workers. The one thing a poll does in the kernel is the direct ring's
+//!    `io_uring_enter`, which
 //!    completes an operation inline only when it need not wait for the device (a buffered
 //!    write, a page-cache hit) and otherwise queues it. The futures work on any executor
 //!    (tokio multi-thread or current-thread, `futures::executor::block_on`, ...). Only
@@ -60,7 +71,8 @@
 //!    its future is still alive: dropping the future drops only the receiving end of the
 //!    result channel. The buffers (the `Bytes` of a write, the `Vec` of a read, a registered
 //!    buffer) are owned by the ring-thread task, the direct ring's operation slot or the pool
-//!    job until the kernel is done with them, so a dropped future never frees memory the
+//!    job until the kernel is done with them (a file opened for a dropped future closes
+//!    itself), so a dropped future never frees memory the
 //!    kernel still reads or writes. A write
 //!    whose future was dropped after its first poll still lands in full (or fails unseen).
 //! 4. **Ordering.** The driver never reorders, but it does not serialise either: operations
@@ -76,7 +88,8 @@
 //!    `"stat"`, `"truncate"`, `"rename"`, `"remove"`, `"create_dir"`, `"read_dir"`). If the
 //!    ring thread dies, operations fail with kind `BrokenPipe`; they never hang.
 //! 7. **File lifetime.** An [`IoFile`] is a cheap clone of a shared handle; the descriptor
-//!    closes when the last clone is dropped and the operations in flight on it are done.
+//!    (or `io_uring` file slot) closes when the last clone is dropped and the operations in
+//!    flight on it are done.
 
 use std::fmt;
 use std::io;
@@ -153,6 +166,13 @@ pub const BACKEND_ENV: &str = "RINGKV_IO_BACKEND";
 pub enum OpenMode {
     /// An existing file, read-only.
     Read,
+    /// An existing file that no one writes while it is open (a published data or blob
+    /// file), read-only, read around the page cache where the backend and the file system
+    /// allow: on `io_uring`, `O_DIRECT` reads widened to the file's direct-I/O alignment
+    /// (`statx`'s `STATX_DIOALIGN`, else 4096) and sliced; where `O_DIRECT` is refused
+    /// (tmpfs, `EINVAL` at open or at the first read) buffered reads, after one warning per
+    /// process. The thread pool and the simulated disk read it as [`OpenMode::Read`].
+    ReadDirect,
     /// An existing file, read-write.
     ReadWrite,
     /// Creates the file if it is missing, else opens it; read-write, never truncates.
@@ -166,6 +186,9 @@ pub enum OpenMode {
 pub struct IoStats {
     /// Calls of [`IoFile::read_at`] and [`IoFile::read_exact_at`].
     pub reads: u64,
+    /// Of `reads`, those made with `O_DIRECT` (files opened [`OpenMode::ReadDirect`] on
+    /// `io_uring` where the file system takes it).
+    pub direct_reads: u64,
     /// Calls of [`IoFile::writev_at`] (fixed-buffer ones included).
     pub writes: u64,
     /// Writes that went through a registered (fixed) buffer (`io_uring` only).
@@ -177,6 +200,7 @@ pub struct IoStats {
 #[derive(Default)]
 struct Counters {
     reads: AtomicU64,
+    direct_reads: AtomicU64,
     writes: AtomicU64,
     fixed_writes: AtomicU64,
     fsyncs: AtomicU64,
@@ -319,6 +343,7 @@ impl IoDriver {
         let s = &self.stats;
         IoStats {
             reads: s.reads.load(Ordering::Relaxed),
+            direct_reads: s.direct_reads.load(Ordering::Relaxed),
             writes: s.writes.load(Ordering::Relaxed),
             fixed_writes: s.fixed_writes.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
@@ -468,6 +493,9 @@ impl IoFile {
         let buf =
             on_file!(&self.inner.handle, f => f.read(offset, len, exact).await).map_err(self.err("read"))?;
         debug_assert!(buf.len() == len || (!exact && buf.len() < len));
+        if on_file!(&self.inner.handle, f => f.reads_direct()) {
+            Counters::bump(&self.inner.stats.direct_reads);
+        }
         Ok(buf)
     }
 
@@ -547,6 +575,39 @@ fn uring_engine() -> io::Result<Engine> {
 #[cfg(not(target_os = "linux"))]
 fn uring_engine() -> io::Result<Engine> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring exists only on Linux"))
+}
+
+/// The soft `RLIMIT_NOFILE` of the process (`None` where it cannot be read).
+#[cfg(target_os = "linux")]
+fn nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable `rlimit` for the duration of the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// The soft `RLIMIT_NOFILE` of the process (`None` where it cannot be read).
+#[cfg(not(target_os = "linux"))]
+fn nofile_limit() -> Option<u64> {
+    None
+}
+
+/// `e` itself, or where it is `EMFILE` (the process's descriptor table is full), an error
+/// of the same kind whose message says what needed a descriptor (`what` ends the
+/// sentence "... the process's descriptor table") and names the limit.
+fn name_descriptor_limit(e: io::Error, what: &str) -> io::Error {
+    #[cfg(target_os = "linux")]
+    const EMFILE: i32 = libc::EMFILE;
+    // Elsewhere the message stays the platform's own.
+    #[cfg(not(target_os = "linux"))]
+    const EMFILE: i32 = i32::MIN;
+    if e.raw_os_error() != Some(EMFILE) {
+        return e;
+    }
+    let limit = nofile_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    io::Error::new(
+        e.kind(),
+        format!("too many open files: {what} the process's descriptor table (RLIMIT_NOFILE {limit}): {e}"),
+    )
 }
 
 /// One warning per process; later `Auto` drivers fall back quietly.

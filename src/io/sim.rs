@@ -601,7 +601,7 @@ impl Backend for SimDisk {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, "simulated disk: file exists"))
             }
             (Some(Entry::File(ino)), _) => ino,
-            (None, OpenMode::Read | OpenMode::ReadWrite) => {
+            (None, OpenMode::Read | OpenMode::ReadDirect | OpenMode::ReadWrite) => {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "simulated disk: no such file"))
             }
             (None, OpenMode::Create | OpenMode::CreateNew) => {
@@ -624,7 +624,7 @@ impl Backend for SimDisk {
             ino,
             generation,
             name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            writable: mode != OpenMode::Read,
+            writable: !matches!(mode, OpenMode::Read | OpenMode::ReadDirect),
         })
     }
 

@@ -48,7 +48,7 @@ where
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
     match pool.run(f).await {
-        Ok(result) => result,
+        Ok(result) => result.map_err(|e| super::name_descriptor_limit(e, "this call needs a descriptor, and none is left in")),
         Err(canceled) => Err(io::Error::new(io::ErrorKind::BrokenPipe, canceled)),
     }
 }
@@ -98,7 +98,9 @@ pub(super) async fn lock_dir_on(
     run_on(pool, move || match ringkv_fallback::try_lock_dir(&path, mode) {
         Ok(lock) => Ok(Ok(Held::Os(lock))),
         Err(ringkv_fallback::LockError::Held { holders }) => Ok(Err(holders)),
-        Err(ringkv_fallback::LockError::Io(e)) => Err(e),
+        Err(ringkv_fallback::LockError::Io(e)) => {
+            Err(super::name_descriptor_limit(e, "the directory lock takes a descriptor (flock) and there is none left in"))
+        }
     })
     .await
 }
@@ -108,7 +110,9 @@ fn open_options(mode: OpenMode) -> OpenOptions {
     let mut options = OpenOptions::new();
     options.read(true);
     match mode {
-        OpenMode::Read => {}
+        // The pool reads buffered: a blocking `pread` that misses the page cache waits on a
+        // pool thread either way, and the pool has no aligned buffers.
+        OpenMode::Read | OpenMode::ReadDirect => {}
         OpenMode::ReadWrite => {
             options.write(true);
         }

@@ -4,14 +4,12 @@
 //! ```text
 //!  caller (any thread, any executor)            ring thread (tokio-uring runtime)
 //!  ---------------------------------            ---------------------------------
-//!  open, close, rename, remove, statx, fallocate, sync_dir, writes of 64 KiB or more:
-//!  Ring::call(job) --- Msg::Job --(mpsc)--->    serve(): job(&ctx) looks up the file
-//!                                                        and spawns a task
-//!        .await  <------ result --(oneshot)--   task: submits SQEs, awaits CQEs,
-//!                                                     owns every buffer until completion
-//!  drop(last IoFile) --- Msg::Close(id) --->    serve(): removes the file from the table
+//!  rename, remove:
+//!  Ring::call(job) --- Msg::Job --(mpsc)--->    serve(): spawns job(&ctx) as a task
+//!        .await  <------ result --(oneshot)--   task: submits SQEs, awaits CQEs
 //!
-//!  sync, writes under 64 KiB, reads at low depth (direct.rs, duplicate descriptor):
+//!  open, statx, reads, writes, syncs (directories too), fallocate (direct.rs,
+//!  registered file slots):
 //!  first poll: push SQE, io_uring_enter,        reaper thread ("ringkv-reaper"): waits
 //!  drain the CQ; Ready if done (buffered        for the CQEs of the operations not done
 //!  writes, cached reads), else hand over --->   at submission, wakes their futures
@@ -21,72 +19,61 @@
 //! truncate) run on a one-thread helper pool started on first use (`threadpool::aux`): this
 //! backend never starts the 32-thread pool of the thread-pool backend.
 //!
-//! Each `UringFile` owns a duplicate of its descriptor, made on the ring thread at open,
-//! for the direct ring. Where the direct ring cannot be set up (one warning), or the
-//! duplicate cannot be made, every operation takes the ring-thread path.
+//! A `UringFile` is a slot of the direct ring's registered file table, shared by every
+//! database of the process (`direct.rs`, invariant 6): it holds no process descriptor,
+//! so a process under the common `ulimit -n 1024` opens a thousand databases (each holds
+//! one descriptor, its directory lock, and a slot for its WAL segment and its manifest).
+//! Truncation (`set_len`) and the length extension where `fallocate` is unsupported go
+//! by path, on the helper thread (`truncate(2)`); the size is a `statx` by path. Where the
+//! direct ring cannot be set up, the backend is unavailable (and `IoBackend::Auto` takes
+//! the thread pool).
 //!
 //! Invariants (of the ring-thread path; the direct ring's are in `direct.rs`):
 //!
-//! 1. tokio-uring objects (`File`, fixed buffers) never leave the ring thread. An
-//!    `IoFile` holds a file id; the table `RingCtx::files` maps it to the `File`.
-//! 2. A job looks its file up *when the ring thread receives it*, before spawning its task.
-//!    Messages are received in send order, so a job sent before the `Close` of its file
-//!    always finds it, and an operation in flight keeps its `Rc<File>` (and so the
-//!    descriptor) alive after a `Close`.
-//! 3. A job's task owns its buffers; the caller only owns the oneshot receiver. Dropping
+//! 1. tokio-uring objects never leave the ring thread.
+//! 2. A job's task owns its buffers; the caller only owns the oneshot receiver. Dropping
 //!    the caller's future never cancels or frees anything the kernel uses.
-//! 4. Every value that owns a ring resource and crosses the channel (`UringFile`) sends its
-//!    `Close` on drop, so a result dropped in the channel leaks nothing.
-//! 5. If the ring thread or one of its tasks dies, the channels report it: callers get
+//! 3. If the ring thread or one of its tasks dies, the channels report it: callers get
 //!    `BrokenPipe`, never a hang.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::fs::File;
 
 use super::backend::{Backend, BackendFile, Written};
-use super::buffers::FixedBuffers;
-use super::direct::{self, Direct};
+use super::buffers::BUF_ALIGN;
+use super::direct::{self, Direct, DirectFile};
 use super::threadpool;
 use super::{Held, LockMode, OpenMode};
 
 /// Submission queue entries of the shared ring.
-const RING_ENTRIES: u32 = 1024;
-/// Most iovecs in one `writev` (`UIO_MAXIOV`).
-const MAX_IOVECS: usize = 1024;
-/// Writes smaller than this (WAL batches) go through the direct ring; larger ones
-/// (checkpoint files) through the ring thread and its registered buffers.
-const DIRECT_WRITE_MAX: usize = 64 * 1024;
-/// Reads go through the direct ring while fewer operations than this wait on its reaper.
-const DIRECT_READ_DEPTH: usize = 4;
+const RING_ENTRIES: u32 = 64;
+/// The direct-I/O alignment assumed where `statx` does not report one (kernels before
+/// 6.1): a page, which every block device accepts.
+const DEFAULT_DIO_ALIGN: usize = 4096;
 /// How long `IoDriver::new` waits for the ring thread to start and answer the probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
-/// Runs on the ring thread: looks up what it needs in the context, returns the task to spawn.
+/// Runs on the ring thread: returns the task to spawn.
 type Job = Box<dyn FnOnce(&Rc<RingCtx>) -> LocalTask + Send>;
 
-enum Msg {
-    Job(Job),
-    Close(u64),
-}
-
-/// The handle of the process-wide ring thread.
+/// The handle of the process-wide ring thread, and the direct ring every file uses.
 pub(super) struct Ring {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<Job>,
+    direct: &'static Direct,
 }
 
 /// What the failed probe reported, kept to rebuild an `io::Error` for every caller.
@@ -99,12 +86,8 @@ struct ProbeFailure {
 /// life of the process.
 pub(super) fn global() -> io::Result<&'static Ring> {
     static RING: OnceLock<Result<Ring, ProbeFailure>> = OnceLock::new();
-    let outcome = RING.get_or_init(|| {
-        let ring = Ring::start().map_err(|e| ProbeFailure { kind: e.kind(), message: e.to_string() })?;
-        // Sets up the direct ring now (or warns once), not on the first open.
-        direct::global();
-        Ok(ring)
-    });
+    let outcome =
+        RING.get_or_init(|| Ring::start().map_err(|e| ProbeFailure { kind: e.kind(), message: e.to_string() }));
     match outcome {
         Ok(ring) => Ok(ring),
         Err(f) => Err(io::Error::new(f.kind, f.message.clone())),
@@ -116,10 +99,13 @@ fn ring_gone() -> io::Error {
 }
 
 impl Ring {
-    /// Starts the ring thread and checks it end to end: the ring is set up, a no-op
-    /// round-trips, and an `unlinkat` of a missing path answers `NotFound` (kernels before
-    /// 5.11 lack the path opcodes ringkv uses and answer `EINVAL`).
+    /// Starts the ring thread and checks it end to end: the direct ring is set up, the ring
+    /// is set up, a no-op round-trips, and an `unlinkat` of a missing path answers
+    /// `NotFound` (kernels before 5.11 lack the path opcodes ringkv uses and answer
+    /// `EINVAL`).
     fn start() -> io::Result<Ring> {
+        let direct = direct::global()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "the direct io_uring could not be set up"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("ringkv-uring".into()).spawn(move || ring_thread(rx, ready_tx))?;
@@ -130,7 +116,7 @@ impl Ring {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the io_uring thread did not start"))
             }
         }
-        let ring = Ring { tx };
+        let ring = Ring { tx, direct };
         let (probe_tx, probe_rx) = std::sync::mpsc::channel();
         let missing =
             std::env::temp_dir().join(format!("ringkv-uring-probe-{}-missing/x", std::process::id()));
@@ -161,12 +147,12 @@ impl Ring {
         Fut: Future<Output = ()> + 'static,
     {
         let job: Job = Box::new(move |ctx| Box::pin(job(ctx)));
-        self.tx.send(Msg::Job(job)).map_err(|_| ring_gone())
+        self.tx.send(job).map_err(|_| ring_gone())
     }
 
     /// Runs `job` on the ring thread and awaits its result. `job` itself runs synchronously
-    /// when the ring thread receives it (look files up there); the future it returns is
-    /// spawned as a ring-thread task.
+    /// when the ring thread receives it; the future it returns is spawned as a ring-thread
+    /// task.
     async fn call<T, F, Fut>(&self, job: F) -> io::Result<T>
     where
         T: Send + 'static,
@@ -177,57 +163,40 @@ impl Ring {
         self.send_job(move |ctx| {
             let task = job(ctx);
             async move {
-                // The caller may be gone; the result (for `open`, a `UringFile`, which
-                // closes itself on drop) is then dropped here.
+                // The caller may be gone; the result is then dropped here.
                 let _ = tx.send(task.await);
             }
         })?;
         rx.await.map_err(|_| ring_gone())?
     }
-
-    /// A job on the file `id`: on receipt, the file is looked up and `op` is called with it
-    /// (so `op`'s synchronous part runs in message order); its future becomes the task.
-    async fn with_file<T, F, Fut>(&self, id: u64, op: F) -> io::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Rc<File>, &Rc<RingCtx>) -> Fut + Send + 'static,
-        Fut: Future<Output = io::Result<T>> + 'static,
-    {
-        self.call(move |ctx| {
-            let started = ctx.file(id).map(|file| op(file, ctx));
-            async move { started?.await }
-        })
-        .await
-    }
 }
 
-/// Open, close, rename, remove and directory syncs run on the ring thread; the operations
-/// `io_uring` lacks (`read_dir`, `exists`, `mkdir -p`, `flock`) on the one-thread helper
-/// pool `threadpool::aux` (never on the 32-thread fallback pool, which this backend does
-/// not start).
+/// Open and directory syncs run on the direct ring (into a registered file slot); rename
+/// and remove on the ring thread; the operations `io_uring` lacks (`read_dir`,
+/// `exists`, `mkdir -p`, `flock`) on the one-thread helper pool `threadpool::aux` (never on
+/// the 32-thread fallback pool, which this backend does not start).
 impl Backend for &'static Ring {
     type File = UringFile;
 
     async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<UringFile> {
-        let ring: &'static Ring = self;
-        let direct = direct::global();
-        let path = path.to_owned();
-        ring.call(move |ctx| {
-            let ctx = Rc::clone(ctx);
-            async move {
-                let file = open_options(mode).open(&path).await?;
-                // The direct ring's descriptor: a duplicate made now, on the ring thread.
-                let direct = direct.and_then(|direct| match dup_fd(&file) {
-                    Ok(dup) => Some(DirectFile { ring: direct, file: Arc::new(dup) }),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no duplicate descriptor; this file uses the ring thread only");
-                        None
-                    }
-                });
-                Ok(UringFile { id: ctx.insert(file), ring, direct })
-            }
+        let flags = match mode {
+            OpenMode::Read | OpenMode::ReadDirect => libc::O_RDONLY,
+            OpenMode::ReadWrite => libc::O_RDWR,
+            OpenMode::Create => libc::O_RDWR | libc::O_CREAT,
+            OpenMode::CreateNew => libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+        };
+        let (file, dio_align) = if mode == OpenMode::ReadDirect {
+            self.open_direct(path).await?
+        } else {
+            (self.direct.open(path, flags).await?, 0)
+        };
+        Ok(UringFile {
+            direct: self.direct,
+            file: RwLock::new(Arc::new(file)),
+            dio_align: AtomicUsize::new(dio_align),
+            path: path.to_owned(),
+            writable: !matches!(mode, OpenMode::Read | OpenMode::ReadDirect),
         })
-        .await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -244,15 +213,10 @@ impl Backend for &'static Ring {
         threadpool::create_dir_all_on(threadpool::aux(), path).await
     }
 
+    /// Opens the directory into a file slot (no descriptor), fsyncs it, and empties the slot.
     async fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let path = path.to_owned();
-        self.call(move |_| async move {
-            let dir = tokio_uring::fs::OpenOptions::new().read(true).open(&path).await?;
-            let synced = dir.sync_all().await;
-            let closed = dir.close().await;
-            synced.and(closed)
-        })
-        .await
+        let dir = Arc::new(self.direct.open(path, libc::O_RDONLY | libc::O_DIRECTORY).await?);
+        self.direct.sync(dir, false).await
     }
 
     async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -268,28 +232,68 @@ impl Backend for &'static Ring {
     }
 }
 
-/// A file open on the ring thread. Dropping it closes the file there (and the duplicate
-/// descriptor of the direct ring closes when its last operation in flight is done).
-pub(super) struct UringFile {
-    id: u64,
-    ring: &'static Ring,
-    /// Where the direct ring (`direct.rs`) is available: a duplicate of the descriptor, used
-    /// for reads, syncs and small writes from the caller's thread.
-    direct: Option<DirectFile>,
-}
-
-/// A descriptor for the direct ring. Every operation holds a clone of `file` until its last
-/// CQE, so the descriptor outlives the operations in flight on it (contract 7).
-struct DirectFile {
-    ring: &'static Direct,
-    file: Arc<std::fs::File>,
-}
-
-impl Drop for UringFile {
-    fn drop(&mut self) {
-        // Fails only if the ring thread is gone, and the table with it.
-        let _ = self.ring.tx.send(Msg::Close(self.id));
+impl Ring {
+    /// Opens `path` read-only with `O_DIRECT` and returns it with its direct-I/O alignment;
+    /// where the file system refuses `O_DIRECT` (`EINVAL` at open) or reports no direct-I/O
+    /// alignment for the file (`statx`: `STATX_DIOALIGN` with zeros, tmpfs), opens it
+    /// buffered (alignment 0) after one warning per process.
+    async fn open_direct(&self, path: &Path) -> io::Result<(DirectFile, usize)> {
+        let refused = match self.direct.open(path, libc::O_RDONLY | libc::O_DIRECT).await {
+            Ok(file) => match dio_alignment(&*self.direct.stat(path, libc::STATX_DIOALIGN).await?) {
+                Ok(align) => return Ok((file, align)),
+                Err(why) => why,
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => format!("O_DIRECT refused at open: {e}"),
+            Err(e) => return Err(e),
+        };
+        warn_buffered(path, &refused);
+        Ok((self.direct.open(path, libc::O_RDONLY).await?, 0))
     }
+}
+
+/// The direct-I/O alignment of a file from its `statx` (asked for `STATX_DIOALIGN`): the
+/// larger of the offset and memory alignments, or 4096 where the kernel does not report
+/// them; `Err` (why) where the file cannot be read with `O_DIRECT` by this backend.
+fn dio_alignment(stat: &libc::statx) -> Result<usize, String> {
+    if stat.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Ok(DEFAULT_DIO_ALIGN);
+    }
+    let (offset, mem) = (stat.stx_dio_offset_align, stat.stx_dio_mem_align);
+    if offset == 0 || mem == 0 {
+        return Err("the file system reports no direct-I/O alignment (statx)".to_owned());
+    }
+    let align = usize::try_from(offset.max(mem)).unwrap_or(usize::MAX);
+    if !align.is_power_of_two() || align > BUF_ALIGN || !offset.is_power_of_two() {
+        return Err(format!("direct-I/O alignment {offset} (offsets) / {mem} (memory) is not supported"));
+    }
+    Ok(align)
+}
+
+/// One warning per process that a file is read through the page cache.
+fn warn_buffered(path: &Path, why: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(file = %path.display(), reason = why,
+            "O_DIRECT reads are unavailable; reading data files through the page cache");
+    });
+    tracing::debug!(file = %path.display(), reason = why, "buffered reads");
+}
+
+/// A file open on the direct ring: a registered file slot (or, where the table is full, a
+/// descriptor), emptied when the last handle and the last operation in flight are gone.
+pub(super) struct UringFile {
+    direct: &'static Direct,
+    /// Replaced once at most: by a buffered open of the same path where the first `O_DIRECT`
+    /// read is refused.
+    file: RwLock<Arc<DirectFile>>,
+    /// The direct-I/O alignment where the file is open with `O_DIRECT` (`OpenMode::ReadDirect`
+    /// and accepted), else 0.
+    dio_align: AtomicUsize,
+    /// For the calls by path: `statx`, `truncate`.
+    path: PathBuf,
+    /// Opened for writing: `truncate` by path refuses a file opened read-only, as
+    /// `ftruncate` of its descriptor would.
+    writable: bool,
 }
 
 impl BackendFile for UringFile {
@@ -298,29 +302,16 @@ impl BackendFile for UringFile {
             return Ok(Vec::new());
         }
         check_range(offset, len)?;
-        // Reads go direct while few operations wait on the reaper: at depth 1 that saves a
-        // thread hop (cold 4 KiB reads, 1 in flight: 12.6-14.7k/s against 10.9-11.6k/s);
-        // at depth the ring thread completes them faster (64 in flight: 81-85k/s through
-        // it, 68-75k/s all direct, where every miss interrupts the submitting executor
-        // thread to finish it). `peers --workloads ltm --scale 0.1`, 2026-11-25.
-        if let Some(d) = self.direct.as_ref().filter(|d| d.ring.waiting() < DIRECT_READ_DEPTH) {
-            return d.ring.read(Arc::clone(&d.file), offset, len, exact).await;
-        }
-        self.ring
-            .with_file(self.id, move |file, _| async move {
-                let buf = read_to_fill(&file, offset, len).await?;
-                if exact && buf.len() < len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "read of {len} bytes at offset {offset} hit the end of the file after {} bytes",
-                            buf.len()
-                        ),
-                    ));
+        let align = self.dio_align.load(Ordering::Acquire);
+        if align != 0 {
+            match self.read_direct(offset, len, exact, align).await {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.fall_back_to_buffered(&e).await?;
                 }
-                Ok(buf)
-            })
-            .await
+                other => return other,
+            }
+        }
+        self.direct.read(self.file(), offset, len, exact).await
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
@@ -329,144 +320,114 @@ impl BackendFile for UringFile {
             return Ok(Written::Unfixed);
         }
         check_range(offset, total)?;
-        if let Some(d) = self.direct.as_ref().filter(|_| total < DIRECT_WRITE_MAX) {
-            return d.ring.writev(Arc::clone(&d.file), offset, bufs).await.map(|()| Written::Unfixed);
-        }
-        self.ring
-            .with_file(self.id, move |file, ctx| {
-                // Copy now, on receipt: a free buffer is taken before later jobs run.
-                let fixed = ctx.fixed.gather(&bufs, total);
-                async move {
-                    match fixed {
-                        Some(fixed) => {
-                            drop(bufs);
-                            let (result, _fixed) = file.write_fixed_all_at(fixed, offset).await;
-                            result.map(|()| Written::Fixed)
-                        }
-                        None => write_all_vectored(&file, bufs, offset).await.map(|()| Written::Unfixed),
-                    }
-                }
-            })
-            .await
+        let fixed = self.direct.writev(self.file(), offset, bufs).await?;
+        Ok(if fixed { Written::Fixed } else { Written::Unfixed })
     }
 
     async fn sync(&self, data_only: bool) -> io::Result<()> {
-        if let Some(d) = &self.direct {
-            return d.ring.sync(Arc::clone(&d.file), data_only).await;
-        }
-        self.ring
-            .with_file(self.id, move |file, _| async move {
-                if data_only {
-                    file.sync_data().await
-                } else {
-                    file.sync_all().await
-                }
-            })
-            .await
+        self.direct.sync(self.file(), data_only).await
     }
 
     async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 {
             return Ok(());
         }
-        offset
+        let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows"))?;
-        let result = self
-            .ring
-            .with_file(self.id, move |file, _| async move { file.fallocate(offset, len, 0).await })
-            .await;
-        match result {
-            // The file system cannot preallocate: the fallback crate extends the length (on
-            // the helper thread).
+        match self.direct.allocate(self.file(), offset, len).await {
+            // The file system cannot preallocate: only the length is extended.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                let file = self.dup().await?;
-                threadpool::run_on(threadpool::aux(), move || ringkv_fallback::allocate(&file, offset, len)).await
+                if self.len().await? < end {
+                    self.set_len(end).await?;
+                }
+                Ok(())
             }
             other => other,
         }
     }
 
     async fn len(&self) -> io::Result<u64> {
-        self.ring.with_file(self.id, move |file, _| async move { Ok(file.statx().await?.stx_size) }).await
+        self.direct.size_of(&self.path).await
     }
 
-    /// `io_uring` has no truncate in tokio-uring: a duplicate descriptor does it on the
+    fn reads_direct(&self) -> bool {
+        self.dio_align.load(Ordering::Relaxed) != 0
+    }
+
+    /// `io_uring` has no truncate on this kernel interface: `truncate(2)` by path on the
     /// helper thread (`threadpool::aux`; recovery's cut of a torn WAL tail).
     async fn set_len(&self, len: u64) -> io::Result<()> {
-        let file = self.dup().await?;
-        threadpool::run_on(threadpool::aux(), move || file.set_len(len)).await
+        if !self.writable {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let path = CString::new(self.path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length past the largest file offset"))?;
+        threadpool::run_on(threadpool::aux(), move || {
+            // SAFETY: `path` is a NUL-terminated string alive for the call; `truncate` only
+            // reads it.
+            if unsafe { libc::truncate(path.as_ptr(), len) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+        .await
     }
 }
 
 impl UringFile {
-    /// A `std` file sharing this file's open file description, for the blocking calls
-    /// `io_uring` lacks. The duplicate is made on the ring thread (a `fcntl`, no disk I/O).
-    async fn dup(&self) -> io::Result<std::fs::File> {
-        self.ring
-            .with_file(self.id, move |file, _| {
-                let dup = dup_fd(&file);
-                async move { dup }
-            })
-            .await
+    /// The file's slot (or descriptor), held by the operation about to use it.
+    fn file(&self) -> Arc<DirectFile> {
+        Arc::clone(&self.file.read())
     }
-}
 
-/// A `std` file sharing `file`'s open file description (a `fcntl`, no disk I/O).
-fn dup_fd(file: &File) -> io::Result<std::fs::File> {
-    // SAFETY: `file` is an open tokio-uring `File` (borrowed for this call; a tokio-uring file
-    // is closed only by `File::close(self)` or by dropping it), so its descriptor stays open
-    // for the whole lifetime of this `BorrowedFd`, which ends with this statement
-    // (`try_clone_to_owned` returns a new descriptor).
-    let dup = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) }.try_clone_to_owned();
-    Ok(std::fs::File::from(dup?))
-}
-
-/// State of the ring thread. `!Send`: it lives and dies there.
-struct RingCtx {
-    files: RefCell<HashMap<u64, Rc<File>>>,
-    next_id: Cell<u64>,
-    fixed: FixedBuffers,
-}
-
-impl RingCtx {
-    fn file(&self, id: u64) -> io::Result<Rc<File>> {
-        match self.files.borrow().get(&id) {
-            Some(file) => Ok(Rc::clone(file)),
-            // Invariant 2 makes this unreachable while an `IoFile` exists.
-            None => Err(io::Error::other(format!("io_uring file id {id} is not open"))),
+    /// An `O_DIRECT` read of `len` bytes at `offset`, widened to `align` both ways and
+    /// sliced.
+    async fn read_direct(&self, offset: u64, len: usize, exact: bool, align: usize) -> io::Result<Vec<u8>> {
+        let align64 = align as u64;
+        let start = offset - offset % align64;
+        let end = offset + len as u64; // no overflow: `check_range`
+        let end = end.div_ceil(align64).checked_mul(align64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows once aligned")
+        })?;
+        let wide = usize::try_from(end - start)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read larger than memory"))?;
+        let (buf, n) = self.direct.read_direct(self.file(), start, wide, align).await?;
+        // `offset - start < align`, a `usize`.
+        #[allow(clippy::cast_possible_truncation)]
+        let skip = (offset - start) as usize;
+        let got = n.saturating_sub(skip).min(len);
+        if exact && got < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read of {len} bytes at offset {offset} hit the end of the file after {got} bytes"),
+            ));
         }
+        Ok(buf.as_slice()[skip..skip + got].to_vec())
     }
 
-    fn insert(&self, file: File) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let previous = self.files.borrow_mut().insert(id, Rc::new(file));
-        assert!(previous.is_none(), "file id {id} reused");
-        id
-    }
-
-    fn close(&self, id: u64) {
-        let Some(file) = self.files.borrow_mut().remove(&id) else {
-            debug_assert!(false, "close of unknown file id {id}");
-            return;
-        };
-        match Rc::try_unwrap(file) {
-            Ok(file) => {
-                tokio_uring::spawn(async move {
-                    if let Err(e) = file.close().await {
-                        tracing::warn!(error = %e, "closing a file failed");
-                    }
-                });
-            }
-            // Operations are in flight: the last one to finish drops the file, which
-            // closes the descriptor.
-            Err(shared) => drop(shared),
+    /// The first `O_DIRECT` read was refused (`EINVAL`): reopens the file buffered, for this
+    /// read and every later one, after one warning per process.
+    async fn fall_back_to_buffered(&self, refused: &io::Error) -> io::Result<()> {
+        if self.dio_align.load(Ordering::Acquire) == 0 {
+            return Ok(()); // another read fell back first
         }
+        warn_buffered(&self.path, &format!("O_DIRECT read refused: {refused}"));
+        let buffered = self.direct.open(&self.path, libc::O_RDONLY).await?;
+        *self.file.write() = Arc::new(buffered);
+        self.dio_align.store(0, Ordering::Release);
+        Ok(())
     }
 }
 
-fn ring_thread(rx: mpsc::UnboundedReceiver<Msg>, ready: std::sync::mpsc::Sender<io::Result<()>>) {
+/// State of the ring thread. `!Send`: it lives and dies there. (Empty today: the ring
+/// thread keeps no table; jobs get it for symmetry with their spawning context.)
+struct RingCtx;
+
+fn ring_thread(rx: mpsc::UnboundedReceiver<Job>, ready: std::sync::mpsc::Sender<io::Result<()>>) {
     let mut builder = tokio_uring::builder();
     builder.entries(RING_ENTRIES);
     let runtime = match tokio_uring::Runtime::new(&builder) {
@@ -477,11 +438,7 @@ fn ring_thread(rx: mpsc::UnboundedReceiver<Msg>, ready: std::sync::mpsc::Sender<
         }
     };
     runtime.block_on(async move {
-        let ctx = Rc::new(RingCtx {
-            files: RefCell::new(HashMap::new()),
-            next_id: Cell::new(0),
-            fixed: FixedBuffers::register(),
-        });
+        let ctx = Rc::new(RingCtx);
         let _ = ready.send(Ok(()));
         serve(ctx, rx).await;
     });
@@ -489,33 +446,10 @@ fn ring_thread(rx: mpsc::UnboundedReceiver<Msg>, ready: std::sync::mpsc::Sender<
 
 /// The ring thread's loop. It ends when every `Ring` handle is gone (never, for the
 /// process-wide ring).
-async fn serve(ctx: Rc<RingCtx>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Job(job) => {
-                tokio_uring::spawn(job(&ctx));
-            }
-            Msg::Close(id) => ctx.close(id),
-        }
+async fn serve(ctx: Rc<RingCtx>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        tokio_uring::spawn(job(&ctx));
     }
-}
-
-fn open_options(mode: OpenMode) -> tokio_uring::fs::OpenOptions {
-    let mut options = tokio_uring::fs::OpenOptions::new();
-    options.read(true);
-    match mode {
-        OpenMode::Read => {}
-        OpenMode::ReadWrite => {
-            options.write(true);
-        }
-        OpenMode::Create => {
-            options.write(true).create(true);
-        }
-        OpenMode::CreateNew => {
-            options.write(true).create_new(true);
-        }
-    }
-    options
 }
 
 fn check_range(offset: u64, len: usize) -> io::Result<()> {
@@ -523,60 +457,6 @@ fn check_range(offset: u64, len: usize) -> io::Result<()> {
         Some(_) => Ok(()),
         None => Err(io::Error::new(io::ErrorKind::InvalidInput, "offset + len overflows")),
     }
-}
-
-/// Reads at `offset` until `len` bytes or the end of the file.
-async fn read_to_fill(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let filled = buf.len();
-        let (result, window) = file.read_at(buf.slice(filled..len), offset + filled as u64).await;
-        buf = window.into_inner();
-        match result {
-            Ok(0) => break,
-            Ok(n) => debug_assert_eq!(buf.len(), filled + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(buf)
-}
-
-/// Writes every byte of `bufs` at `offset`: `writev` of at most [`MAX_IOVECS`] buffers at a
-/// time, continuing after short writes. (tokio-uring's `writev_at_all` panics on a short
-/// write and on empty buffers, so it is not used.)
-async fn write_all_vectored(file: &File, bufs: Vec<Bytes>, mut offset: u64) -> io::Result<()> {
-    let mut rest: Vec<Bytes> = bufs.into_iter().filter(|b| !b.is_empty()).collect();
-    let mut first = 0;
-    while first < rest.len() {
-        let batch: Vec<Bytes> = rest[first..].iter().take(MAX_IOVECS).cloned().collect();
-        let asked: usize = batch.iter().map(bytes::Bytes::len).sum();
-        let (result, _batch) = file.writev_at(batch, offset).await;
-        let mut n = match result {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("wrote 0 bytes at offset {offset}"),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        assert!(n <= asked, "the kernel wrote {n} bytes of {asked}");
-        offset += n as u64;
-        while n > 0 {
-            let head = &mut rest[first];
-            if n >= head.len() {
-                n -= head.len();
-                first += 1;
-            } else {
-                *head = Bytes::slice(head, n..);
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -625,22 +505,51 @@ mod tests {
     }
 
     #[test]
-    fn files_close_when_the_last_handle_drops() {
+    fn files_take_slots_and_keep_their_bytes_after_the_last_handle_drops() {
         let Some(ring) = private_ring() else { return };
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
         futures::executor::block_on(async {
-            let file = ring.open(&dir.path().join("f"), OpenMode::Create).await.unwrap();
-            let id = file.id;
-            let open_files = || ring.call(|ctx| std::future::ready(Ok(ctx.files.borrow().len())));
-            assert_eq!(open_files().await.unwrap(), 1);
-            let dup = file.dup().await.unwrap();
+            let file = ring.open(&path, OpenMode::CreateNew).await.unwrap();
+            assert_eq!(file.file().is_registered(), ring.direct.file_slots() > 0);
+            file.writev(0, vec![Bytes::from_static(b"slot")]).await.unwrap();
+            file.sync(true).await.unwrap();
+            assert_eq!(file.len().await.unwrap(), 4);
+            file.set_len(2).await.unwrap();
+            assert_eq!(file.len().await.unwrap(), 2);
+            file.allocate(0, 10).await.unwrap();
+            assert_eq!(file.len().await.unwrap(), 10);
             drop(file);
-            // The Close was sent before this job, so the table is already empty.
-            assert_eq!(open_files().await.unwrap(), 0);
-            let err = ring.with_file(id, |_, _| std::future::ready(Ok(()))).await.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::Other);
-            // The duplicate descriptor is independent of the ring's.
-            assert_eq!(dup.metadata().unwrap().len(), 0);
+            let again = ring.open(&path, OpenMode::Read).await.unwrap();
+            assert_eq!(again.read(0, 100, false).await.unwrap(), b"sl\0\0\0\0\0\0\0\0");
+            let err = ring.open(&path, OpenMode::CreateNew).await.err().unwrap();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        });
+    }
+
+    /// An `O_DIRECT` read the kernel refuses (`EINVAL`: here an alignment of 1 forced on a
+    /// file whose file system wants whole sectors) reopens the file buffered and returns the
+    /// right bytes, then and afterwards.
+    #[test]
+    fn a_refused_direct_read_falls_back_to_buffered_reads() {
+        let Some(ring) = private_ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        futures::executor::block_on(async {
+            let file = ring.open(&path, OpenMode::ReadDirect).await.unwrap();
+            let stat = ring.direct.stat(&path, libc::STATX_DIOALIGN).await.unwrap();
+            let sector_aligned = stat.stx_mask & libc::STATX_DIOALIGN != 0 && stat.stx_dio_offset_align > 1;
+            if !file.reads_direct() || !sector_aligned {
+                eprintln!("no O_DIRECT with sector alignment on this file system, skipping");
+                return;
+            }
+            assert_eq!(file.read(4000, 200, true).await.unwrap(), &data[4000..4200]);
+            file.dio_align.store(1, Ordering::Release);
+            assert_eq!(file.read(1, 3, true).await.unwrap(), &data[1..4]);
+            assert!(!file.reads_direct(), "the refused O_DIRECT read did not fall back");
+            assert_eq!(file.read(9_999, 10, false).await.unwrap(), &data[9_999..]);
         });
     }
 }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 pub use crate::files::FileMeta;
-use crate::io::{IoDriver, IoFile, OpenMode};
+use crate::io::{IoDriver, OpenMode};
 pub use edit::{BucketMeta, Edit, ManifestState, PageLoc};
 
 /// Manifest size past which it is rewritten as a snapshot (or twice its snapshot, when
@@ -41,7 +41,10 @@ pub fn manifest_name(n: u64) -> String {
 }
 
 struct Inner {
-    file: IoFile,
+    /// The current manifest file. It is opened for each edit and closed after it, not held
+    /// between edits: a database holds as few files open as it can (a thousand databases
+    /// share a process's descriptor limit and `io_uring` file table, `io/direct.rs`).
+    path: PathBuf,
     number: u64,
     len: u64,
     /// Length of the file when it was started or opened: the snapshot it began with (or
@@ -109,11 +112,12 @@ impl Manifest {
         if writable {
             file.sync_all().await?;
         }
+        drop(file);
         Ok(Some(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),
             inner: tokio::sync::Mutex::new(Inner {
-                file,
+                path,
                 number,
                 len: r.valid_len,
                 base: r.valid_len,
@@ -126,11 +130,11 @@ impl Manifest {
     /// Creates the manifest of a new database in `dir`.
     pub async fn create(io: &IoDriver, dir: &Path) -> Result<Manifest> {
         let state = ManifestState::new();
-        let (file, len) = write_snapshot(io, dir, 1, &state).await?;
+        let (path, len) = write_snapshot(io, dir, 1, &state).await?;
         Ok(Manifest {
             io: io.clone(),
             dir: dir.to_path_buf(),
-            inner: tokio::sync::Mutex::new(Inner { file, number: 1, len, base: len, state }),
+            inner: tokio::sync::Mutex::new(Inner { path, number: 1, len, base: len, state }),
             disk_len: len.into(),
         })
     }
@@ -162,17 +166,19 @@ impl Manifest {
         let mut g = self.inner.lock().await;
         let rec = edit::encode_record(&edits);
         let at = g.len;
-        g.file.writev_at(at, vec![Bytes::from(rec.clone())]).await?;
-        g.file.sync_data().await?;
+        let file = self.io.open(&g.path, OpenMode::ReadWrite).await?;
+        file.writev_at(at, vec![Bytes::from(rec.clone())]).await?;
+        file.sync_data().await?;
+        drop(file);
         g.len += rec.len() as u64;
         for e in &edits {
             g.state.apply(e);
         }
         if g.len > REWRITE_BYTES.max(2 * g.base) {
             let number = g.number + 1;
-            let (file, len) = write_snapshot(&self.io, &self.dir, number, &g.state).await?;
+            let (path, len) = write_snapshot(&self.io, &self.dir, number, &g.state).await?;
             let old = self.dir.join(manifest_name(g.number));
-            g.file = file;
+            g.path = path;
             g.len = len;
             g.base = len;
             g.number = number;
@@ -222,7 +228,7 @@ async fn write_snapshot(
     dir: &Path,
     number: u64,
     state: &ManifestState,
-) -> Result<(IoFile, u64)> {
+) -> Result<(PathBuf, u64)> {
     let path = dir.join(manifest_name(number));
     let rec = edit::encode_record(&state.snapshot());
     let len = rec.len() as u64;
@@ -230,6 +236,7 @@ async fn write_snapshot(
     file.set_len(0).await?;
     file.writev_at(0, vec![Bytes::from(rec)]).await?;
     file.sync_all().await?;
+    drop(file);
     // The new manifest's directory entry must be durable before CURRENT can name it: a
     // file system may persist the rename below and lose this creation (regression
     // `regression_current_never_names_a_lost_manifest`).
@@ -242,7 +249,7 @@ async fn write_snapshot(
     drop(cur);
     io.rename(&tmp, &dir.join(CURRENT)).await?;
     io.sync_dir(dir).await?;
-    Ok((file, len))
+    Ok((path, len))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! one frame by address.
 //!
 //! Read path on a miss: address -> file (interval map) -> relocation entry (table loaded
-//! once per file, then cached) -> one async positional read -> CRC32C check. A mismatch is
+//! once per file, then cached) -> one async positional read (`O_DIRECT` where the backend and
+//! the file system allow: `OpenMode::ReadDirect`) -> CRC32C check. A mismatch is
 //! `Error::Corruption` naming the file and the frame's offset; it is never returned as data.
 //!
 //! Files are immutable once written. A file is published by a manifest edit only after it
@@ -160,7 +161,9 @@ impl Store {
     }
 
     async fn handle(&self, f: &StoredFile) -> Result<IoFile> {
-        f.handle.get_or_try_init(|| self.io.open(&f.path, OpenMode::Read)).await.cloned()
+        // Published files are immutable: read around the page cache (the engine caches pages
+        // itself), where the backend and the file system allow.
+        f.handle.get_or_try_init(|| self.io.open(&f.path, OpenMode::ReadDirect)).await.cloned()
     }
 
     async fn relocs(&self, f: &StoredFile) -> Result<Arc<Vec<RelocEntry>>> {
