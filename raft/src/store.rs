@@ -44,7 +44,10 @@
 //! purge past the recorded snapshot waits while it is open (or fails, if the install
 //! failed). openraft's other purges never pass the recorded snapshot: it purges only what
 //! a snapshot it was told about covers, and a build or install records its snapshot
-//! before it tells openraft.
+//! before it tells openraft. The gate opens at `begin_receiving_snapshot`, which openraft
+//! 0.9's chunked receiver calls before any chunk arrives; a network that hands
+//! `Raft::install_full_snapshot` a snapshot it received by other means skips it, and the
+//! purge of that install is then not held back.
 //!
 //! What still waits for the next open: ringkv cannot drop a bucket inside a commit, and a
 //! snapshot file is not in the database. So the bucket of a replaced generation, or of an
