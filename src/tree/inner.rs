@@ -10,7 +10,7 @@
 //!   0  kind u8 = 4 (index page)     1  format u8 = 1       2  flags u8 (bit 0: has a high fence)
 //!   3  reserved u8 = 0              4  count u32 (>= 1)    8  right u64 (right sibling, 0 = none)
 //!   16 prefix u16                   18 low_len u16         20 high_len u16 (0 without a high fence)
-//!   22 reserved u16 = 0             24 keys u32            28 len u32 (the page's length)
+//!   22 skip u16                     24 keys u32            28 len u32 (the page's length)
 //! fences (from 32): low | high (whole keys), then zeros to a multiple of 8 (`arrays`)
 //! children (count x 8 B, from `arrays`): pid u64 (never 0), in separator order
 //! slots (count x 8 B):
@@ -19,6 +19,11 @@
 //! separator suffixes (from `keys` = arrays + 16 count, in slot order, contiguous): the
 //!   separator after the prefix
 //! ```
+//!
+//! `skip` is the length of the common prefix of the suffixes of separators 1.. (0 with one
+//! child): the hints of those slots are taken after it, so that separators sharing more
+//! than the fences do (the root's, whose low fence is empty; keys with a common lead) still
+//! differ in their hints. Slot 0's hint is its suffix's first bytes.
 //!
 //! The fences come first, beside the header: a descent compares the key with the high fence
 //! before it searches (a node split under it sends it right), and with short keys the two
@@ -73,6 +78,7 @@ impl InnerPage {
         let len = keys + children.iter().map(|(s, _)| s.len() - prefix).sum::<usize>();
         let u32_of = |n: usize| u32::try_from(n).expect("a page is shorter than 4 GiB");
         let u16_of = |n: usize| u16::try_from(n).expect("keys are at most 16 KiB");
+        let skip = Self::skip_of(children.iter().skip(1).map(|(s, _)| &s[prefix..]));
         let mut b = Vec::with_capacity(len);
         b.push(KIND_INNER_PAGE);
         b.push(FORMAT);
@@ -83,7 +89,7 @@ impl InnerPage {
         b.extend_from_slice(&u16_of(prefix).to_le_bytes());
         b.extend_from_slice(&u16_of(low.len()).to_le_bytes());
         b.extend_from_slice(&u16_of(high_len).to_le_bytes());
-        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&u16_of(skip).to_le_bytes());
         b.extend_from_slice(&u32_of(keys).to_le_bytes());
         b.extend_from_slice(&u32_of(len).to_le_bytes());
         b.extend_from_slice(low);
@@ -102,7 +108,8 @@ impl InnerPage {
             }
             assert!(high.is_none_or(|h| key_cmp(sep, h) == Ordering::Less), "a separator below the high fence");
             b.extend_from_slice(&u32_of(off).to_le_bytes());
-            b.extend_from_slice(&hint_of(&sep[prefix..]).to_le_bytes());
+            let hint_from = if i == 0 { prefix } else { prefix + skip };
+            b.extend_from_slice(&hint_of(&sep[hint_from..]).to_le_bytes());
             off += sep.len() - prefix;
         }
         for (sep, _) in children {
@@ -215,23 +222,47 @@ impl InnerPage {
         (0..self.count()).find(|&i| self.child(i) == pid)
     }
 
-    /// The number of separators below `key`, or at or below it when `inclusive`.
-    fn partition(&self, key: &[u8], inclusive: bool) -> usize {
-        let p = self.prefix_len();
+    /// The common prefix length of `suffixes` (0 for none).
+    fn skip_of<'a>(mut suffixes: impl Iterator<Item = &'a [u8]>) -> usize {
+        let Some(first) = suffixes.next() else { return 0 };
+        suffixes.fold(first.len(), |n, s| n.min(common_prefix(&first[..n], s)))
+    }
+
+    fn skip(&self) -> usize {
+        le_u16(&self.buf, 22) as usize
+    }
+
+    /// The position of the child for `key`: of the last separator at or below `key` (below
+    /// it, when not `inclusive`), 0 when there is none.
+    fn child_index(&self, key: &[u8], inclusive: bool) -> usize {
+        let (p, n) = (self.prefix_len(), self.count());
         let (head, rest) = key.split_at(p.min(key.len()));
         match key_cmp(head, &self.low()[..p]) {
             Ordering::Less => return 0,
-            Ordering::Greater => return self.count(),
+            Ordering::Greater => return n - 1,
             Ordering::Equal if key.len() < p => return 0,
             Ordering::Equal => {}
         }
-        let want = hint_of(rest);
-        let (mut lo, mut hi) = (0, self.count());
+        if n == 1 {
+            return 0;
+        }
+        // Separators 1.. share their first `skip` bytes: a key that differs there is below
+        // or above all of them.
+        let skip = self.skip();
+        let (lead, tail) = rest.split_at(skip.min(rest.len()));
+        match key_cmp(lead, &self.suffix(1)[..skip]) {
+            Ordering::Less => return 0,
+            Ordering::Greater => return n - 1,
+            Ordering::Equal if rest.len() < skip => return 0,
+            Ordering::Equal => {}
+        }
+        let want = hint_of(tail);
+        let (mut lo, mut hi) = (1, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let (_, hint) = self.slot(mid);
             let ord = match hint.cmp(&want) {
-                Ordering::Equal => key_cmp(self.suffix(mid), rest),
+                Ordering::Equal => key_cmp(&self.suffix(mid)[skip..], tail),
                 o => o,
             };
             let below = match ord {
@@ -245,18 +276,19 @@ impl InnerPage {
                 hi = mid;
             }
         }
-        lo
+        // `lo` is the first of separators 1.. past `key`; separator 0 (the low fence) is at
+        // or below any key that reaches here, or the answer is child 0 either way.
+        lo - 1
     }
 
     /// The child covering `key` (the first child for a key below the low fence).
     pub fn child_for(&self, key: &[u8]) -> Pid {
-        self.child(self.partition(key, true).saturating_sub(1))
+        self.child(self.child_index(key, true))
     }
 
     /// The child holding the greatest keys strictly below `key` (`None` = plus infinity).
     pub fn child_before(&self, key: Option<&[u8]>) -> Pid {
-        let n = key.map_or(self.count(), |k| self.partition(k, false));
-        self.child(n.saturating_sub(1))
+        self.child(key.map_or(self.count() - 1, |k| self.child_index(k, false)))
     }
 
     fn validate(&self) -> Result<(), BadPage> {
@@ -270,7 +302,7 @@ impl InnerPage {
         if b[1] != FORMAT {
             return Err(bad(1, "unknown index page format"));
         }
-        if b[2] & !1 != 0 || b[3] != 0 || le_u16(b, 22) != 0 {
+        if b[2] & !1 != 0 || b[3] != 0 {
             return Err(bad(2, "reserved header bits set"));
         }
         if le_u32(b, 28) as usize != b.len() {
@@ -310,8 +342,17 @@ impl InnerPage {
                 return Err(bad(arrays + 8 * i, "child id 0"));
             }
         }
+        self.check_separators(arrays, keys, low, high)
+    }
+
+    /// The separators of a page whose header, fences and child ids checked: contiguous from
+    /// `keys`, hinted after `skip`, strictly increasing from the low fence, below the high.
+    fn check_separators(&self, arrays: usize, keys: usize, low: &[u8], high: Option<&[u8]>) -> Result<(), BadPage> {
+        let b = &self.buf[..];
+        let (count, prefix) = (self.count(), self.prefix_len());
         let slots = arrays + 8 * count;
         let mut next = keys;
+        let skip = self.skip();
         for i in 0..count {
             let (off, hint) = self.slot(i);
             if off != next {
@@ -322,7 +363,11 @@ impl InnerPage {
                 return Err(bad(slots + 8 * i + 8, "separator offsets out of order"));
             }
             let suffix = &b[off..end];
-            if hint != hint_of(suffix) {
+            if i > 0 && suffix.len() < skip {
+                return Err(bad(22, "skip longer than a separator"));
+            }
+            let hinted = if i == 0 { suffix } else { &suffix[skip..] };
+            if hint != hint_of(hinted) {
                 return Err(bad(slots + 8 * i + 4, "slot hint differs from its separator"));
             }
             if i == 0 && suffix != &low[prefix..] {
@@ -335,6 +380,10 @@ impl InnerPage {
                 return Err(bad(off, "a separator at or past the high fence"));
             }
             next = end;
+        }
+        let suffixes = (1..count).map(|i| self.suffix(i));
+        if skip != Self::skip_of(suffixes) {
+            return Err(bad(22, "skip is not the separators' common prefix"));
         }
         Ok(())
     }
