@@ -281,20 +281,9 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn a_crash_at_any_point_of_a_snapshot_install_leaves_the_old_state_or_the_new_one() {
     let rt = runtime();
     // The snapshot to install, built on a store of its own (real disk).
-    let src = tempfile::tempdir().unwrap();
-    let (new_meta, new_file) = rt.block_on(async {
-        let db = Db::open(src.path().join("db"), Options::default()).await.unwrap();
-        let (_log, mut sm) = open_db(db.clone(), src.path().join("snapshots")).await.unwrap();
-        let mut entries = vec![membership(2, 1, &[1, 2, 3])];
-        entries.extend((2..=300).map(|i| set(2, i, &format!("new{i:03}"), &format!("v{i}"))));
-        sm.apply(entries).await.unwrap();
-        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let mut bytes = Vec::new();
-        let mut f = *sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
-        tokio::io::AsyncReadExt::read_to_end(&mut f, &mut bytes).await.unwrap();
-        db.close().await.unwrap();
-        (snap.meta, bytes)
-    });
+    let mut entries = vec![membership(2, 1, &[1, 2, 3])];
+    entries.extend((2..=300).map(|i| set(2, i, &format!("new{i:03}"), &format!("v{i}"))));
+    let (new_meta, new_file) = rt.block_on(snapshot_of(entries));
     let old_applied = Some(log_id(1, 5));
     let mut outcomes = [0u64; 2];
     let mut points = 0;
