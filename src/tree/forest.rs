@@ -295,6 +295,22 @@ impl Forest {
     /// Replaces the chain whose head is `head` (with `seq`) by one base node. False when the
     /// CAS lost to a concurrent change.
     pub fn replace(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
+        let done = self.swap_base(pid, head, seq, kind, guard);
+        if done {
+            self.mark_dirty(pid);
+        }
+        done
+    }
+
+    /// [`Forest::replace`] for a checkpoint's capture: `kind` is the consolidated base whose
+    /// bytes are the image the checkpoint writes, so the page is not marked dirty again
+    /// (it is sealed in that checkpoint, and `publish` records the new head's `seq`, this
+    /// call's `seq + 1`, as flushed). False when the CAS lost to a concurrent change.
+    pub fn replace_sealed(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
+        self.swap_base(pid, head, seq, kind, guard)
+    }
+
+    fn swap_base(&self, pid: Pid, head: Shared<'_, Node>, seq: u64, kind: NodeKind, guard: &Guard) -> bool {
         let node = Node::base(seq + 1, kind);
         let (mem, stub) = (node.mem, matches!(node.kind, NodeKind::Disk { .. }));
         let slot = self.table.slot(pid);
@@ -303,7 +319,6 @@ impl Forest {
                 // SAFETY: the CAS just unlinked `head`'s chain.
                 let old = unsafe { retire_chain(head, guard) };
                 self.swap_mem(mem, stub, old);
-                self.mark_dirty(pid);
                 true
             }
             Err(_) => false,

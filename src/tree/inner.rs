@@ -257,10 +257,12 @@ impl InnerPage {
             Ordering::Equal => {}
         }
         let want = hint_of(tail);
+        // The slot array's place, read from the header once, not once per probe.
+        let hints = self.arrays_at() + 8 * n + 4;
         let (mut lo, mut hi) = (1, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let (_, hint) = self.slot(mid);
+            let hint = le_u32(&self.buf, hints + 8 * mid);
             let ord = match hint.cmp(&want) {
                 Ordering::Equal => key_cmp(&self.suffix(mid)[skip..], tail),
                 o => o,

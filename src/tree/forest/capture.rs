@@ -9,6 +9,14 @@ use super::{
 use crate::tree::merge_leaf_at;
 use crate::tree::node::LeafBase;
 
+/// A checkpoint's cut as its capture sees it: the timestamp, the GC horizon at or below it,
+/// and the guard the captured chains are read under.
+struct CutAt<'g> {
+    cut_ts: u64,
+    horizon: u64,
+    guard: &'g epoch::Guard,
+}
+
 impl Forest {
     /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
     /// tree's structure lock). Versions above the cut are left out (the WAL replays them).
@@ -30,52 +38,33 @@ impl Forest {
         sorted.sort_unstable();
         for pid in sorted {
             let Some(v) = ChainView::load(self, pid, &guard) else { continue };
-            let mut image = Vec::new();
-            let mut complete = true;
-            match &v.bottom.kind {
-                NodeKind::Inner(i) => page::encode_inner(i, &mut image),
+            let seq = v.head_node.seq;
+            let c = match &v.bottom.kind {
+                NodeKind::Inner(i) => {
+                    let mut image = Vec::new();
+                    page::encode_inner(i, &mut image);
+                    Captured { pid, seq, image: Bytes::from(image), complete: true, copy_from: 0, freed: false }
+                }
                 NodeKind::Leaf(base) => {
-                    complete = self.capture_leaf(&v, base, (cut_ts, horizon), &mut image, &mut blob_ids, &mut blobs);
+                    let cut = CutAt { cut_ts, horizon, guard: &guard };
+                    let (image, complete, seq) = self.capture_leaf(&v, pid, base, &cut, &mut blob_ids, &mut blobs);
+                    Captured { pid, seq, image, complete, copy_from: 0, freed: false }
                 }
                 NodeKind::Disk { .. } if v.depth() == 0 => {
                     let addr = self.table.slot(pid).meta.lock().addr;
                     assert!(addr != 0, "an unloaded page has an address");
-                    out.push(Captured {
-                        pid,
-                        seq: v.head_node.seq,
-                        image: Bytes::new(),
-                        complete: true,
-                        copy_from: addr,
-                        freed: false,
-                    });
-                    continue;
+                    Captured { pid, seq, image: Bytes::new(), complete: true, copy_from: addr, freed: false }
                 }
                 NodeKind::Disk { .. } => {
                     unloaded.push(pid);
                     continue;
                 }
                 NodeKind::Forward { .. } => {
-                    let c = Captured {
-                        pid,
-                        seq: v.head_node.seq,
-                        image: Bytes::new(),
-                        complete: true,
-                        copy_from: 0,
-                        freed: true,
-                    };
-                    out.push(c);
-                    continue;
+                    Captured { pid, seq, image: Bytes::new(), complete: true, copy_from: 0, freed: true }
                 }
                 NodeKind::Upsert { .. } => unreachable!(),
-            }
-            out.push(Captured {
-                pid,
-                seq: v.head_node.seq,
-                image: Bytes::from(image),
-                complete,
-                copy_from: 0,
-                freed: false,
-            });
+            };
+            out.push(c);
         }
         if !unloaded.is_empty() {
             return Err(unloaded);
@@ -83,21 +72,39 @@ impl Forest {
         Ok((out, blobs))
     }
 
-    /// The image of leaf `base` under the deltas of `v` at the cut (`cut_ts`, `horizon`),
-    /// appended to `image`; a blob value not yet on disk gets an address (once per cell,
-    /// remembered in `blob_ids`) and joins `blobs`. Returns whether the image holds every
-    /// version (none above the cut was left out).
+    /// The image of leaf `base` under the deltas of `v` at the cut; a
+    /// blob value not yet on disk gets an address (once per cell, remembered in `blob_ids`)
+    /// and joins `blobs`. Returns the image, whether it holds every version (none above the
+    /// cut was left out), and the `seq` of the chain it holds.
+    ///
+    /// A complete image of a chain with deltas and without in-memory blobs is also the page
+    /// consolidated: it replaces the chain (the frame then shares the page's bytes, and the
+    /// deltas' memory is freed), so a page a checkpoint wrote holds one page in memory, not
+    /// a chain beside a copy of its image. If a concurrent write wins the race, the chain
+    /// stays and the image is of the chain as loaded.
     fn capture_leaf(
         &self,
         v: &ChainView<'_>,
+        pid: Pid,
         base: &LeafBase,
-        (cut_ts, horizon): (u64, u64),
-        image: &mut Vec<u8>,
+        cut: &CutAt<'_>,
         blob_ids: &mut FxHashMap<*const BlobCell, u64>,
         blobs: &mut Vec<PendingBlob>,
-    ) -> bool {
-        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, horizon, cut_ts);
-        page::encode_leaf(&merged, image, &mut |cell| {
+    ) -> (Bytes, bool, u64) {
+        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
+        let seq = v.head_node.seq;
+        if !merged.page.has_cells() {
+            let image = merged.page.bytes().clone();
+            if complete
+                && v.depth() != 0
+                && self.replace_sealed(pid, v.head, seq, NodeKind::Leaf(merged), cut.guard)
+            {
+                return (image, true, seq + 1);
+            }
+            return (image, complete, seq);
+        }
+        let mut image = Vec::new();
+        page::encode_leaf(&merged, &mut image, &mut |cell| {
             let a = cell.addr();
             if a != 0 {
                 return a;
@@ -108,7 +115,7 @@ impl Forest {
                 addr
             })
         });
-        complete
+        (Bytes::from(image), complete, seq)
     }
 
     /// After a checkpoint is durable: points each captured page at its new image (a page
