@@ -5,10 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{check_bucket_name, DbInner};
+use super::{check_bucket_name, checkpoint, DbInner};
 use crate::error::{Error, Result};
-use crate::manifest::{BucketMeta, Edit};
-use crate::tree::node::{LeafBase, NodeKind};
+use crate::manifest::{BucketMeta, Edit, PageLoc};
+use crate::tree::node::{LeafBase, NodeKind, Pid};
 use crate::tree::Tree;
 
 impl DbInner {
@@ -44,7 +44,21 @@ impl DbInner {
         t.ok_or_else(|| Error::NotFound(format!("bucket {name:?}")))
     }
 
-    /// Deletes bucket `name` (durably) and everything in it.
+    /// Deletes bucket `name` (durably) and everything in it, and gives its space back:
+    /// 1. Under `bucket_lock` and then `ckpt_lock` (the order a backup takes them; no
+    ///    checkpoint is in flight, so none publishes an address for a page freed here), mark
+    ///    the tree dropped under the commit lock: no commit applies to it afterwards
+    ///    (`commit_locked` checks the mark under that lock), so its structure is fixed.
+    /// 2. List its pages (`Forest::tree_pages`, which loads index nodes not in memory).
+    /// 3. One manifest edit drops the bucket and takes its pages out of the page map: a
+    ///    crash leaves either the whole bucket or nothing of it.
+    /// 4. In memory: the pages leave the mapping table (their memory is freed through the
+    ///    epoch), the files' live-page counts fall, and files left with no live page are
+    ///    dropped now; the surviving pages of files the bucket shared are marked for GC
+    ///    (`super::gc`), so the next checkpoint moves them and drops those files.
+    ///
+    /// If step 2 fails, the mark is taken back and nothing changed (a commit into the
+    /// bucket meanwhile failed with `NotFound`).
     pub(crate) async fn drop_bucket(&self, name: &str) -> Result<()> {
         self.check_open()?;
         self.check_writable()?;
@@ -55,10 +69,44 @@ impl DbInner {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("bucket {name:?}")))?;
-        self.manifest.commit(vec![Edit::DropBucket(t.id)]).await.inspect_err(|e| self.poison(e))?;
-        t.dropped.store(true, Ordering::Release);
+        let _ckpt = self.ckpt_lock.lock().await;
+        {
+            let _commits = self.commit_lock.lock().await;
+            t.dropped.store(true, Ordering::Release);
+        }
+        let pids = match self.forest.tree_pages(t.root).await {
+            Ok(p) => p,
+            Err(e) => {
+                t.dropped.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let freed: Vec<(Pid, PageLoc)> = pids
+            .iter()
+            .filter(|&&pid| self.forest.table.try_slot(pid).is_some_and(|s| s.meta.lock().addr != 0))
+            .map(|&pid| (pid, PageLoc { addr: 0, len: 0 }))
+            .collect();
+        let edits = vec![Edit::DropBucket(t.id), Edit::SetPages(freed)];
+        if let Err(e) = self.manifest.commit(edits).await {
+            self.poison(&e);
+            return Err(e);
+        }
         self.catalog.write().remove(name);
         self.by_id.write().remove(&t.id);
+        let old = self.forest.forget(&pids);
+        let dead = checkpoint::release_frames(self, old);
+        let removed = checkpoint::remove_files(self, dead).await?;
+        // The files the bucket shared with others: their survivors move at the next
+        // checkpoint, which then drops the files.
+        let (gc_files, gc_pages) = super::gc::mark_sparse_files(self, None);
+        tracing::info!(
+            bucket = name,
+            pages = pids.len(),
+            files_removed = removed,
+            gc_files,
+            gc_pages,
+            "bucket dropped"
+        );
         Ok(())
     }
 

@@ -6,7 +6,9 @@
 //! 2. The cut: with every tree's structure lock held (so the captured structure is
 //!    complete), register a snapshot at `cut = visible` (so no trim can drop a version the
 //!    images need), seal the dirty set and encode each sealed page with the versions at or
-//!    below `cut`. Nothing awaits while the locks are held.
+//!    below `cut`; a leaf whose image holds its whole chain (and no in-memory blob) is
+//!    replaced by that image, consolidated, its deltas freed (`Forest::capture`). Nothing
+//!    awaits while the locks are held.
 //! 3. Write the blob file and the data file (frames, ranges, relocation table, footer)
 //!    through a `store::FileWriter`: frames are flushed every `store::FLUSH_BYTES` in
 //!    chunks submitted concurrently and each image is dropped once written, so the
@@ -360,10 +362,17 @@ fn publish_in_memory(
         pb.cell.set_addr(pb.addr);
     }
     let old = db.forest.publish(placed, cut_ts);
-    let mut live = db.live_files.lock();
     if let Some(id) = new_data_file {
-        *live.entry(id).or_insert(0) += placed.iter().filter(|p| !p.0.freed).count();
+        *db.live_files.lock().entry(id).or_insert(0) += placed.iter().filter(|p| !p.0.freed).count();
     }
+    (new_data_file, release_frames(db, old))
+}
+
+/// The live-page count of the file of each address in `old` (page images no page points
+/// at any more) falls by one; returns the files left with no live page, which the caller
+/// drops ([`remove_files`]).
+pub(crate) fn release_frames(db: &DbInner, old: Vec<u64>) -> Vec<u64> {
+    let mut live = db.live_files.lock();
     let mut touched = Vec::new();
     for a in old {
         if let Some(id) = db.store.file_of(a) {
@@ -379,12 +388,21 @@ fn publish_in_memory(
     for id in &dead {
         live.remove(id);
     }
-    (new_data_file, dead)
+    dead
 }
 
 /// Step 6: a second manifest edit drops the dead files, which are then deleted; WAL
 /// segments wholly at or below the cut are deleted.
 async fn drop_dead(db: &DbInner, dead: Vec<u64>, cut_ts: u64, stats: &mut CheckpointStats) -> Result<()> {
+    stats.files_removed += remove_files(db, dead).await?;
+    stats.wal_segments_removed = db.wal.remove_below(cut_ts).await?;
+    Ok(())
+}
+
+/// Drops the files `dead`, which no page points into: one manifest edit, then each file
+/// is deleted. Returns how many were deleted.
+pub(crate) async fn remove_files(db: &DbInner, dead: Vec<u64>) -> Result<usize> {
+    let mut removed = 0;
     if !dead.is_empty() {
         db.manifest
             .commit(dead.iter().map(|&id| Edit::RemoveFile(id)).collect())
@@ -393,10 +411,9 @@ async fn drop_dead(db: &DbInner, dead: Vec<u64>, cut_ts: u64, stats: &mut Checkp
         for id in dead {
             if let Some(path) = db.store.forget_file(id) {
                 db.io.remove_file(&path).await?;
-                stats.files_removed += 1;
+                removed += 1;
             }
         }
     }
-    stats.wal_segments_removed = db.wal.remove_below(cut_ts).await?;
-    Ok(())
+    Ok(removed)
 }

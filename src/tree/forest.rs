@@ -35,6 +35,7 @@
 
 mod cache;
 mod capture;
+mod reclaim;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

@@ -276,6 +276,17 @@ impl Tree {
         Tree { id, root, smo: Mutex::new(()), dropped: Default::default(), size: BucketSize::default() }
     }
 
+    /// The error for a page of this tree missing from the mapping table: `NotFound` once
+    /// the bucket is dropped (its pages were taken out under an operation begun before),
+    /// an internal error otherwise.
+    fn missing(&self, f: &Forest, pid: Pid) -> Error {
+        if self.dropped.load(Ordering::Acquire) {
+            Error::NotFound("the bucket was dropped".into())
+        } else {
+            f.dangling(pid)
+        }
+    }
+
     /// Moves the bucket's size ([`BucketSize`]) by the write of `version` over what the
     /// chain `v` holds for `key`: a put of a key whose newest version is absent or a
     /// tombstone adds a key, a delete of a live one removes it, the bytes follow the value
@@ -316,7 +327,7 @@ impl Tree {
     ) -> Result<Step<(Pid, ChainView<'g>)>> {
         let mut pid = self.root;
         for _ in 0..100_000 {
-            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| self.missing(f, pid))?;
             f.touch(pid);
             match &v.bottom.kind {
                 NodeKind::Inner(i) => {
@@ -644,7 +655,7 @@ impl Tree {
     ) -> Result<bool> {
         let rb = &r.bounds;
         let parent = self.find_parent(f, &rb.low, pid, guard)?;
-        let pv = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
+        let pv = ChainView::load(f, parent, guard).ok_or_else(|| self.missing(f, parent))?;
         let NodeKind::Inner(inner) = &pv.bottom.kind else { return Ok(false) };
         let Some(idx) = inner.page.position(pid) else { return Ok(false) };
         if idx == 0 {
@@ -679,7 +690,7 @@ impl Tree {
         }
         if !extended {
             // Undo the freeze: the frozen content is the page.
-            let rv = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let rv = ChainView::load(f, pid, guard).ok_or_else(|| self.missing(f, pid))?;
             let ok = f.replace(pid, rv.head, rv.head_node.seq, NodeKind::Leaf(r.clone()), guard);
             assert!(ok, "a frozen page takes no writes");
             return Ok(false);
@@ -736,7 +747,7 @@ impl Tree {
         guard: &Guard,
     ) -> Result<()> {
         let parent = self.find_parent(f, child_low, child, guard)?;
-        let v = ChainView::load(f, parent, guard).ok_or_else(|| f.dangling(parent))?;
+        let v = ChainView::load(f, parent, guard).ok_or_else(|| self.missing(f, parent))?;
         let NodeKind::Inner(inner) = &v.bottom.kind else {
             return Err(Error::internal("parent is not an index node"));
         };
@@ -778,7 +789,7 @@ impl Tree {
     fn find_parent(&self, f: &Forest, child_low: &[u8], child: Pid, guard: &Guard) -> Result<Pid> {
         let mut pid = self.root;
         for _ in 0..100_000 {
-            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| self.missing(f, pid))?;
             let NodeKind::Inner(i) = &v.bottom.kind else {
                 return Err(Error::invalid("structure modification met an unloaded index node"));
             };
@@ -886,7 +897,7 @@ impl Tree {
         };
         let mut pid = self.root;
         for _ in 0..100_000 {
-            let v = ChainView::load(f, pid, guard).ok_or_else(|| f.dangling(pid))?;
+            let v = ChainView::load(f, pid, guard).ok_or_else(|| self.missing(f, pid))?;
             match &v.bottom.kind {
                 NodeKind::Inner(i) => {
                     pid = if high_below(&i.bounds) {
