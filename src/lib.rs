@@ -86,6 +86,21 @@ internal!("fuzzing", wal);
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, which it reads once at start-up (the `_RJEM_MALLOC_CONF` environment
+/// variable still overrides them): pages freed by the heap go back to the kernel after
+/// about one second (`dirty_decay_ms`, 10 s by default) and straight away once they are
+/// purged (`muzzy_decay_ms`). A checkpoint frees the deltas and images of every page it
+/// wrote at once; with the default decay those freed pages stayed resident for seconds, so
+/// the process's RSS ran well above the heap the cache bounds (README, Memory: 1.34x less
+/// RSS after a 1M-key load, at the same speed).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+// SAFETY: jemalloc declares `const char *malloc_conf` (prefixed `_rjem_` by
+// tikv-jemalloc-sys) as a weak symbol for the program to define; this is a thin pointer
+// to a NUL-terminated string that lives for the whole process and is never written.
+#[export_name = "_rjem_malloc_conf"]
+static malloc_conf: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 pub use batch::WriteBatch;
 pub use bucket::{Bucket, CompareAndSwapError};
 pub use check::CheckReport;
