@@ -48,6 +48,11 @@ pub enum EngineKind {
     RingkvUring,
     /// ringkv on its thread-pool backend.
     RingkvThreadPool,
+    /// ringkv on io_uring with `Durability::None` for the relaxed workloads (the WAL
+    /// written in the background: the mode that matches fjall's default user-space journal).
+    RingkvUringNone,
+    /// ringkv on the thread pool with `Durability::None` for the relaxed workloads.
+    RingkvThreadPoolNone,
     /// mace-kv.
     Mace,
     /// redb.
@@ -61,10 +66,23 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
-    /// Every engine, in report order.
-    pub const ALL: [EngineKind; 7] = [
+    /// The engines a run without `--engines` measures: every one but the `-none` variants.
+    pub const DEFAULT: [EngineKind; 7] = [
         EngineKind::RingkvUring,
         EngineKind::RingkvThreadPool,
+        EngineKind::Mace,
+        EngineKind::Redb,
+        EngineKind::Fjall,
+        EngineKind::Rocksdb,
+        EngineKind::Lmdb,
+    ];
+
+    /// Every engine, in report order.
+    pub const ALL: [EngineKind; 9] = [
+        EngineKind::RingkvUring,
+        EngineKind::RingkvThreadPool,
+        EngineKind::RingkvUringNone,
+        EngineKind::RingkvThreadPoolNone,
         EngineKind::Mace,
         EngineKind::Redb,
         EngineKind::Fjall,
@@ -77,6 +95,8 @@ impl EngineKind {
         match self {
             EngineKind::RingkvUring => "ringkv-uring",
             EngineKind::RingkvThreadPool => "ringkv-threadpool",
+            EngineKind::RingkvUringNone => "ringkv-uring-none",
+            EngineKind::RingkvThreadPoolNone => "ringkv-threadpool-none",
             EngineKind::Mace => "mace",
             EngineKind::Redb => "redb",
             EngineKind::Fjall => "fjall",
@@ -100,13 +120,22 @@ impl EngineKind {
 
     /// True for the two ringkv backends (the engine under test, not a peer).
     pub fn is_ringkv(self) -> bool {
-        matches!(self, EngineKind::RingkvUring | EngineKind::RingkvThreadPool)
+        matches!(
+            self,
+            EngineKind::RingkvUring
+                | EngineKind::RingkvThreadPool
+                | EngineKind::RingkvUringNone
+                | EngineKind::RingkvThreadPoolNone
+        )
     }
 
     /// The crate and version the binary was built with.
     pub fn version(self) -> &'static str {
         match self {
-            EngineKind::RingkvUring | EngineKind::RingkvThreadPool => "ringkv (this tree)",
+            EngineKind::RingkvUring
+            | EngineKind::RingkvThreadPool
+            | EngineKind::RingkvUringNone
+            | EngineKind::RingkvThreadPoolNone => "ringkv (this tree)",
             EngineKind::Mace => "mace-kv 0.2.0",
             EngineKind::Redb => "redb 4.6.0",
             EngineKind::Fjall => "fjall 3.1.13",
@@ -145,9 +174,15 @@ pub trait Engine: Send + Sync {
 pub async fn open(kind: EngineKind, dir: &Path, cfg: &OpenCfg) -> anyhow::Result<Arc<dyn Engine>> {
     std::fs::create_dir_all(dir)?;
     Ok(match kind {
-        EngineKind::RingkvUring => engines::ringkv::open(dir, cfg, ringkv::IoBackend::Uring).await?,
+        EngineKind::RingkvUring => engines::ringkv::open(dir, cfg, ringkv::IoBackend::Uring, false).await?,
         EngineKind::RingkvThreadPool => {
-            engines::ringkv::open(dir, cfg, ringkv::IoBackend::ThreadPool).await?
+            engines::ringkv::open(dir, cfg, ringkv::IoBackend::ThreadPool, false).await?
+        }
+        EngineKind::RingkvUringNone => {
+            engines::ringkv::open(dir, cfg, ringkv::IoBackend::Uring, true).await?
+        }
+        EngineKind::RingkvThreadPoolNone => {
+            engines::ringkv::open(dir, cfg, ringkv::IoBackend::ThreadPool, true).await?
         }
         EngineKind::Mace => engines::mace::open(dir, cfg)?,
         EngineKind::Redb => engines::redb::open(dir, cfg)?,

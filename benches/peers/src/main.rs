@@ -49,7 +49,9 @@ struct Args {
     /// Keys of the bulk load, overriding the scale's (10M at `--scale 1`).
     #[arg(long)]
     bulk_keys: Option<u64>,
-    /// Engines, comma-separated: ringkv-uring, ringkv-threadpool, mace, redb, fjall, rocksdb, lmdb.
+    /// Engines, comma-separated: ringkv-uring, ringkv-threadpool, mace, redb, fjall, rocksdb, lmdb;
+    /// also ringkv-uring-none and ringkv-threadpool-none (`Durability::None` for the relaxed
+    /// workloads), which run only when named.
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<String>>,
     /// Workloads, comma-separated: mixed (= W1..W6) or W1..W6, ltm, durable, bulk, fio.
@@ -467,7 +469,7 @@ fn main() -> ExitCode {
 fn parent(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let engines: Vec<EngineKind> = match &args.engines {
-        None => EngineKind::ALL.to_vec(),
+        None => EngineKind::DEFAULT.to_vec(),
         Some(list) => list
             .iter()
             .map(|s| EngineKind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown engine {s:?}")))

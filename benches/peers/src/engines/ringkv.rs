@@ -6,6 +6,9 @@
 //! - relaxed durability: `Durability::Buffered` (the WAL reaches the kernel before `commit`
 //!   returns, no fsync) — the same guarantee as RocksDB `sync=false`, mace
 //!   `sync_on_write=false` and LMDB `NO_SYNC`; redb's and fjall's relaxed modes are weaker.
+//!   The `-none` engines use `Durability::None` instead (the WAL written by the background
+//!   task, bounded by `Options::wal_buffer_limit`): the match for fjall's default journal,
+//!   a user-space buffer until it is persisted.
 //! - durable commits: `Durability::Sync` per commit; concurrent committers share one WAL
 //!   write and one fdatasync (group commit). `stats().wal_fsyncs` counts them.
 //! - W1-W6 and durable commits: `Bucket::put` is one transaction per update; a
@@ -31,12 +34,19 @@ pub struct Ringkv {
     bucket: Bucket,
 }
 
-/// Opens ringkv on `backend`.
-pub async fn open(dir: &Path, cfg: &OpenCfg, backend: IoBackend) -> anyhow::Result<Arc<dyn Engine>> {
+/// Opens ringkv on `backend`; the relaxed workloads commit with `Durability::None` when
+/// `background_wal` (the WAL written by the background task), else `Buffered`.
+pub async fn open(
+    dir: &Path,
+    cfg: &OpenCfg,
+    backend: IoBackend,
+    background_wal: bool,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    let relaxed = if background_wal { Durability::None } else { Durability::Buffered };
     let opts = Options::default()
         .io_backend(backend)
         .cache_capacity(cfg.cache_bytes)
-        .durability(if cfg.durable { Durability::Sync } else { Durability::Buffered });
+        .durability(if cfg.durable { Durability::Sync } else { relaxed });
     let db = Db::open(dir, opts).await?;
     anyhow::ensure!(db.io_backend() == backend, "ringkv opened {:?}, asked {backend:?}", db.io_backend());
     let bucket = db.bucket("bench").await?;

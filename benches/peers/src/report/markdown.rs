@@ -197,9 +197,14 @@ pub fn render(rows: &[Row], info: &RunInfo) -> String {
         let Some(bp) = best(rows, &w, t, true) else { continue };
         let mut cells = Vec::new();
         for e in ["ringkv-uring", "ringkv-threadpool"] {
-            cells.push(
-                find(rows, &w, e, t).map_or("-".into(), |r| format!("{:.2}", r.ops_per_s / bp.ops_per_s)),
-            );
+            let ratio = |e: &str| find(rows, &w, e, t).map(|r| format!("{:.2}", r.ops_per_s / bp.ops_per_s));
+            // A `-none` run of the same backend (Durability::None), when there is one.
+            cells.push(match (ratio(e), ratio(&format!("{e}-none"))) {
+                (Some(a), Some(b)) => format!("{a} (None: {b})"),
+                (Some(a), None) => a,
+                (None, Some(b)) => format!("- (None: {b})"),
+                (None, None) => "-".into(),
+            });
         }
         let fio = if w == "ltm-read" {
             find(rows, "fio-randread", "fio", t)

@@ -19,6 +19,8 @@ fn short(engine: &str) -> &str {
     match engine {
         "ringkv-uring" => "rk-uring",
         "ringkv-threadpool" => "rk-tpool",
+        "ringkv-uring-none" => "rk-uring-none",
+        "ringkv-threadpool-none" => "rk-tpool-none",
         "rocksdb" => "rocks",
         other => other,
     }
