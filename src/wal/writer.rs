@@ -22,12 +22,18 @@
 //! - A **flush** (1) rolls over to a new segment if the batch would carry the active one
 //!   past `segment_bytes` (see below), (2) writes the whole batch, behind a batch mark
 //!   (`record.rs`: its own offset and the segment bytes synced so far, which recovery uses
-//!   to tell a torn tail from damage), with ONE `writev_at` at the segment's offset and
-//!   awaits its completion, (3) under the lock sets `written_lsn`
+//!   to tell a torn tail from damage), with ONE write at the segment's offset and
+//!   awaits its completion. The write is a *durable write* (`IoFile::writev_at_dsync`,
+//!   `RWF_DSYNC`: the write and its data sync as one submission) when a `Sync` waiter is
+//!   already waiting (`sync_wanted_lsn > synced_lsn`) and the segment holds no unsynced
+//!   bytes; it is a plain `writev_at` otherwise. A durable write covers only its own
+//!   range, hence the second condition. (3) Under the lock it sets `written_lsn`
 //!   to the batch end and reads `sync_wanted_lsn`: if any waiter wants more than is synced
-//!   it issues ONE `sync_data` — only after the write completion was seen, so the fsync
-//!   covers it — and sets `synced_lsn`; (4) under the lock puts the active segment back and
-//!   clears `in_flight`. With N concurrent committers: one write and one fsync per batch.
+//!   and the segment has unsynced bytes (a plain write was used) it issues ONE
+//!   `sync_data` — only after the write completion was seen, so the fsync covers it — and
+//!   sets `synced_lsn`; (4) under the lock puts the active segment back and clears
+//!   `in_flight`. With N concurrent `Sync` committers: one submission per batch (a
+//!   durable write), or one write and one fsync after unsynced `Buffered` batches.
 //!   A batch of `Buffered` waiters only is not fsynced (unless a `Sync` waiter joins while
 //!   it is being written).
 //! - **Cancellation safety without a background task**: the flush is a `Shared` future
@@ -89,10 +95,14 @@ pub struct WalStats {
     /// Batches written (one `writev_at` each).
     pub batches_written: u64,
     /// `sync_data` calls on segments plus `sync_dir` calls on the directory issued by the
-    /// writer (batch fsyncs, rollover fsyncs, segment creation and removal).
+    /// writer (batch fsyncs, rollover fsyncs, segment creation and removal), plus the
+    /// durable writes (`dsync_writes`), each one data sync.
     pub fsyncs: u64,
     /// Bytes written to segments: records and segment headers.
     pub bytes_written: u64,
+    /// Batches written as one durable write (`RWF_DSYNC`: the write and its data sync in
+    /// one submission), each also counted in `batches_written` and `fsyncs`.
+    pub dsync_writes: u64,
     /// Bytes of the segment files on disk now.
     pub disk_bytes: u64,
 }
@@ -117,6 +127,7 @@ struct Inner {
     batches_written: AtomicU64,
     fsyncs: AtomicU64,
     bytes_written: AtomicU64,
+    dsync_writes: AtomicU64,
     /// Test failpoints: fail the next batch write / batch fsync.
     #[cfg(test)]
     fail_next_write: std::sync::atomic::AtomicBool,
@@ -276,6 +287,7 @@ impl Inner {
             batches_written: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            dsync_writes: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_write: Default::default(),
             #[cfg(test)]
@@ -407,6 +419,7 @@ impl Wal {
             batches_written: i.batches_written.load(Ordering::Relaxed),
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
             bytes_written: i.bytes_written.load(Ordering::Relaxed),
+            dsync_writes: i.dsync_writes.load(Ordering::Relaxed),
             disk_bytes: i.state.lock().segments.iter().map(|s| s.bytes).sum(),
         }
     }
@@ -508,15 +521,38 @@ impl Inner {
             bufs.push(encode_mark(segment.offset, segment.synced));
             bufs.extend(batch.bufs);
             let file_bytes = MARK_LEN as u64 + batch.bytes;
+            // One submission when a `Sync` waiter is already there and the segment holds
+            // no unsynced bytes: a durable write (`RWF_DSYNC`) covers exactly this batch's
+            // range, and everything before it in the segment is already synced. Otherwise
+            // (earlier `Buffered` batches not synced) the write is plain and the fdatasync
+            // below covers them all.
+            let dsync = !segment.unsynced && {
+                let st = self.state.lock();
+                st.sync_wanted_lsn > st.synced_lsn
+            };
             #[cfg(test)]
             if self.fail_next_write.swap(false, Ordering::SeqCst) {
                 let e = std::io::Error::other("injected write failure");
                 return Err(Error::io(segment.file.path(), "write", e));
             }
-            segment.file.writev_at(segment.offset, bufs).await?;
+            if dsync {
+                #[cfg(test)]
+                if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+                    let e = std::io::Error::other("injected fsync failure");
+                    return Err(Error::io(segment.file.path(), "write_dsync", e));
+                }
+                segment.file.writev_at_dsync(segment.offset, bufs).await?;
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.dsync_writes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                segment.file.writev_at(segment.offset, bufs).await?;
+            }
             written = file_bytes;
             segment.offset += file_bytes;
-            segment.unsynced = true;
+            segment.unsynced = !dsync;
+            if dsync {
+                segment.synced = segment.offset;
+            }
             self.batches_written.fetch_add(1, Ordering::Relaxed);
             self.bytes_written.fetch_add(file_bytes, Ordering::Relaxed);
         }
@@ -534,6 +570,7 @@ impl Inner {
         };
         let mut fsynced = false;
         if need_sync {
+            // After a durable write, `unsynced` is false: the segment is synced to its end.
             if segment.unsynced {
                 fsynced = true;
                 // The write above (and every earlier one) completed before this fsync is
