@@ -31,6 +31,8 @@ pub mod record;
 pub mod writer;
 
 #[cfg(test)]
+// Tests index segment images by file offsets: the casts cannot truncate there.
+#[allow(clippy::cast_possible_truncation)]
 mod tests;
 
 pub use record::{RecordError, WalOp, WalRecord};
