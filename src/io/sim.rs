@@ -15,7 +15,9 @@
 //! - **A durable write** (`writev_dsync`, `RWF_DSYNC`) is exactly a write, then a data sync
 //!   of that write alone: until it completes it is a pending write like any other (a crash
 //!   may keep any part of it, or none); once it completes it is durable, and no other
-//!   write of the file became durable through it.
+//!   write of the file became durable through it. Its sync half counts as an operation of
+//!   its own for [`SimDisk::halt_after`] and [`SimDisk::fail_op`], so a crash point falls
+//!   between the write and its sync too.
 //! - **Directory entries** (create, rename, remove, mkdir) change the live namespace at once
 //!   and are queued per parent directory; `sync_dir(d)` makes d's entries durable. A file's
 //!   fsync does not make its directory entry durable.
@@ -904,6 +906,9 @@ impl BackendFile for SimFile {
                 return Err(io::Error::other("simulated disk: write_dsync cut by a crash"));
             }
             s.observe(ino, id);
+            // The sync half counts as an operation of its own, so a halt or an injected
+            // failure can fall between the write and its sync (the write stays pending).
+            s.begin(generation, "fsync")?;
             if Armed::hit(&mut s.fail_sync) {
                 s.log.failed_ops += 1;
                 return Err(io::Error::from_raw_os_error(libc_eio()));
