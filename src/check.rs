@@ -31,8 +31,9 @@
 //!    decodes; every blob a leaf references resolves to a verified blob frame of its length.
 //! 5. WAL: segment names contiguous, each header (magic, sequence number), every record's
 //!    frame, CRC and payload; timestamps above the checkpoint frontier strictly increase.
-//!    A bad record at the very end of the last segment is the torn tail (a note); a bad
-//!    record anywhere else is a problem.
+//!    Zeros from a bad record to the end of the last segment are its preallocated tail (a
+//!    clean end, nothing to say); a bad record at the very end of the last segment is the
+//!    torn tail (a note); a bad record anywhere else is a problem.
 //! 6. Directory: files recovery would delete (unreferenced data and blob files, old
 //!    manifests, `CURRENT.tmp`) are listed as notes.
 //!
@@ -57,7 +58,7 @@ use crate::options::Options;
 use crate::store::data_file::{self, FileKind, Footer, RelocEntry, FOOTER_LEN, RELOC_ENTRY_LEN};
 use crate::tree::node::Value;
 use crate::tree::page::{self, PageImage};
-use crate::wal::reader::{damage_after, Item, SegmentReader};
+use crate::wal::reader::{damage_after, zero_tail, Item, SegmentReader};
 use crate::wal::record::{decode_frame, decode_segment_header, RecordError, FRAME_LEN, SEGMENT_HEADER_LEN};
 use crate::wal::{parse_segment_file_name, segment_file_name};
 
@@ -949,8 +950,14 @@ impl Checker {
                 }
             }
         };
+        // A creation cut by a crash holds no record: no more than a header, or (the header
+        // and the first zeros are one write) nothing but zeros after it.
+        let holds_no_record = file_len <= SEGMENT_HEADER_LEN as u64
+            || (is_last
+                && header.is_err()
+                && zero_tail(file, SEGMENT_HEADER_LEN as u64, file_len).await.unwrap_or(false));
         match header {
-            Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+            Err(e) if is_last && holds_no_record => {
                 self.note(format!(
                     "{}: no complete header ({e}): a creation cut by a crash; recovery will delete it",
                     path.display()
@@ -1028,6 +1035,17 @@ impl Checker {
                 }
                 Ok(Err(reason)) => reason,
             };
+            if is_last {
+                match zero_tail(file, offset, file_len).await {
+                    // The preallocated tail of the last segment: a clean end.
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.problem(e);
+                        break;
+                    }
+                }
+            }
             let next = next_intact(&mut reader, offset, file_len).await;
             if !is_last {
                 self.problem(reason.at(path, offset));

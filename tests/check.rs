@@ -243,6 +243,11 @@ fn wal_records(path: &Path) -> Vec<(u64, u64)> {
     let mut at = WAL_HEADER_LEN;
     while at < seg.len() {
         let len = le_u32(&seg, at) as usize;
+        if len == 0 {
+            // The preallocated tail: zeros to the end of the segment.
+            assert!(seg[at..].iter().all(|&b| b == 0), "a zero frame before the end at {at}");
+            break;
+        }
         assert_eq!(crc32c::crc32c(&seg[at + 8..at + 8 + len]), le_u32(&seg, at + 4), "WAL record crc");
         out.push((at as u64, (WAL_FRAME_LEN + len) as u64));
         at += WAL_FRAME_LEN + len;
@@ -495,9 +500,15 @@ fn torn_wal_tail_is_a_note_not_a_problem() {
     let recs = wal_records(&seg);
     let (off, len) = *recs.last().unwrap();
     let mut bytes = fs::read(&seg).unwrap();
-    let end = bytes.len() as u64;
-    // A torn append: the first half of a record after the last one.
-    bytes.extend_from_within(off as usize..(off + len / 2) as usize);
+    let end = off + len;
+    // A torn append: the first half of a record after the last one, in the preallocated
+    // zeros (or past the end of a segment that has none).
+    let half: Vec<u8> = bytes[off as usize..(off + len / 2) as usize].to_vec();
+    let stop = end as usize + half.len();
+    if bytes.len() < stop {
+        bytes.resize(stop, 0);
+    }
+    bytes[end as usize..stop].copy_from_slice(&half);
     fs::write(&seg, bytes).unwrap();
     let r = check_readonly(&dir);
     assert!(r.is_ok(), "{r}");

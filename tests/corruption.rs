@@ -546,6 +546,11 @@ fn wal_records(seg: &[u8]) -> Vec<(usize, usize, u64)> {
     let mut at = WAL_HEADER_LEN;
     while at < seg.len() {
         let len = le_u32(seg, at) as usize;
+        if len == 0 {
+            // The preallocated tail: zeros to the end of the segment.
+            assert!(seg[at..].iter().all(|&b| b == 0), "a zero frame before the end at {at}");
+            return out;
+        }
         let crc = le_u32(seg, at + 4);
         let payload = &seg[at + WAL_FRAME_LEN..at + WAL_FRAME_LEN + len];
         assert_eq!(crc32c::crc32c(payload), crc, "record crc at {at}");

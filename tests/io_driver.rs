@@ -158,6 +158,46 @@ fn vectored_write_read_roundtrip() {
     });
 }
 
+/// The durable write: every byte lands (small through a registered buffer, large and
+/// many-sliced through `writev`), counted as one write and one fsync; an error names
+/// `"write_dsync"` and the path.
+#[test]
+fn durable_write_lands_whole_and_counts_one_write_and_one_sync() {
+    multi_thread(async {
+        for d in drivers() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log");
+            let f = create(&d, &path).await;
+            let before = d.io_stats();
+            let small = pattern(3000, 7);
+            f.writev_at_dsync(0, chunks(&small, &[1, 0, 999])).await.unwrap();
+            let after = d.io_stats();
+            assert_eq!(
+                (after.writes, after.fsyncs),
+                (before.writes + 1, before.fsyncs + 1),
+                "{:?}",
+                d.backend()
+            );
+            let big = pattern(1 << 20, 8);
+            f.writev_at_dsync(4096, chunks(&big, &[3, 70_000])).await.unwrap();
+            assert_eq!(f.read_exact_at(0, small.len()).await.unwrap(), small);
+            assert!(f.read_exact_at(4096, big.len()).await.unwrap() == big);
+            assert_eq!(f.len().await.unwrap(), 4096 + (1 << 20));
+            f.writev_at_dsync(0, Vec::new()).await.unwrap();
+
+            let ro = d.open(&path, OpenMode::Read).await.unwrap();
+            let err = ro.writev_at_dsync(0, vec![Bytes::from_static(b"x")]).await.unwrap_err();
+            match &err {
+                Error::Io { path: p, op, .. } => {
+                    assert_eq!(p, &path);
+                    assert_eq!(*op, "write_dsync");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn fixed_buffers_are_used_when_registered() {
     let Ok(d) = IoDriver::new(IoBackend::Uring) else {

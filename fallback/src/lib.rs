@@ -12,7 +12,7 @@
 //! - [`try_lock_dir`]: the advisory lock that keeps a second writer out of a database
 //!   directory.
 //! - Positional helpers meant to run inside such jobs: [`read_exact_at`],
-//!   [`read_to_fill_at`], [`write_all_vectored_at`], [`allocate`], [`sync_dir`]. They never
+//!   [`read_to_fill_at`], [`write_all_vectored_at`], [`write_all_vectored_dsync_at`], [`allocate`], [`sync_dir`]. They never
 //!   move a file cursor, so any number of jobs may use the same [`std::fs::File`] at once.
 //!
 //! # Guarantees
@@ -33,4 +33,6 @@ mod positional;
 
 pub use lock::{try_lock_dir, DirLock, LockError, LockMode};
 pub use pool::{global, set_global_threads, Canceled, Pool, DEFAULT_GLOBAL_THREADS, GLOBAL_THREADS_ENV};
-pub use positional::{allocate, read_exact_at, read_to_fill_at, sync_dir, write_all_vectored_at};
+pub use positional::{
+    allocate, read_exact_at, read_to_fill_at, sync_dir, write_all_vectored_at, write_all_vectored_dsync_at,
+};

@@ -54,6 +54,25 @@ pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) -> io::Re
     write_all_vectored_with(bufs, offset, |iov, at| write_vectored_once_at(file, iov, at))
 }
 
+/// Writes every byte of `bufs` at `offset` as [`write_all_vectored_at`] does, each
+/// `pwritev2` with `RWF_DSYNC` on Linux: when it returns `Ok`, these bytes (and the
+/// metadata needed to read them back) are durable, as after a write and an `fdatasync` of
+/// their range. Earlier writes to other ranges are not covered (the kernel writes back only
+/// the range written). Elsewhere: the write, then `sync_data` of the whole file.
+pub fn write_all_vectored_dsync_at(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        write_all_vectored_with(bufs, offset, |iov, at| {
+            Ok(rustix::io::pwritev2(file, iov, at, rustix::io::ReadWriteFlags::DSYNC)?)
+        })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        write_all_vectored_at(file, bufs, offset)?;
+        file.sync_data()
+    }
+}
+
 /// Makes sure `offset..offset + len` is allocated on disk, extending the file if it is
 /// shorter (`fallocate` mode 0 on Linux). Where the file system cannot preallocate, or on
 /// other platforms, it only extends the length to `offset + len` if that is larger.

@@ -2,7 +2,8 @@
 //! `Options::spawner` is set ([`spawn`]), else the process-wide [`background_pool`].
 //!
 //! The task flushes the WAL for `Durability::None` commits (every 20 ms, else every
-//! 200 ms), pushes `Stats` through the `metrics` facade every second (feature `metrics`),
+//! 200 ms, or when woken), zero-fills the active WAL segment ahead of its writes
+//! (`Wal::prepare_ahead`; a commit that sees the zone half used wakes the task), pushes `Stats` through the `metrics` facade every second (feature `metrics`),
 //! and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
 //! commit asking for one) and the time trigger (`Options::checkpoint_interval`). It holds
 //! only a weak reference, so a dropped database stops it; it stops at `close` and when the
@@ -88,6 +89,11 @@ pub(crate) async fn background(db: Weak<DbInner>) {
             return;
         }
         if let Err(e) = d.wal.flush().await {
+            d.poison(&e);
+            return;
+        }
+        // Off the commit path: zero-fill the WAL segment ahead of its writes.
+        if let Err(e) = d.wal.prepare_ahead().await {
             d.poison(&e);
             return;
         }

@@ -172,7 +172,8 @@ impl DbInner {
     /// Step 3: wake the background task if a checkpoint is due, then wait for the WAL to
     /// reach `durability` for the record at `lsn`.
     pub(crate) async fn after_commit(&self, lsn: u64, durability: Durability) -> Result<()> {
-        if self.checkpoint_due() {
+        // The background task also prepares the WAL's zone ahead (`Wal::prepare_ahead`).
+        if self.checkpoint_due() || self.wal.wants_preparation() {
             self.bg_wake.notify_one();
         }
         // The WAL's buffer bound: a commit that would not wait waits for the kernel instead

@@ -70,6 +70,13 @@ pub(super) trait BackendFile {
     /// Writes every byte of `bufs`, back to back, at `offset`.
     fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> impl Future<Output = io::Result<Written>> + Send;
 
+    /// Writes every byte of `bufs` at `offset` and makes them durable as one operation
+    /// (`RWF_DSYNC`): when it completes, these bytes and the metadata needed to read them
+    /// are on stable storage, as after the write and an `fdatasync`. Earlier writes to
+    /// other ranges are not covered. A failure may leave any part of the write done and
+    /// none of it durable.
+    fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> impl Future<Output = io::Result<Written>> + Send;
+
     /// `fdatasync` when `data_only`, else `fsync`.
     fn sync(&self, data_only: bool) -> impl Future<Output = io::Result<()>> + Send;
 

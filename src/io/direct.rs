@@ -240,13 +240,35 @@ impl Direct {
         offset: u64,
         bufs: Vec<Bytes>,
     ) -> impl Future<Output = io::Result<bool>> + Send + 'static {
+        self.write_op(file, offset, bufs, false)
+    }
+
+    /// [`Direct::writev`] with `RWF_DSYNC` in every step's SQE: one submission that
+    /// completes once the bytes written are durable (the range written, as `fdatasync`
+    /// would make it; a continued short write syncs each part in its own step).
+    pub(super) fn writev_dsync(
+        &'static self,
+        file: Arc<DirectFile>,
+        offset: u64,
+        bufs: Vec<Bytes>,
+    ) -> impl Future<Output = io::Result<bool>> + Send + 'static {
+        self.write_op(file, offset, bufs, true)
+    }
+
+    fn write_op(
+        &'static self,
+        file: Arc<DirectFile>,
+        offset: u64,
+        bufs: Vec<Bytes>,
+        dsync: bool,
+    ) -> impl Future<Output = io::Result<bool>> + Send + 'static {
         let bufs: Vec<Bytes> = bufs.into_iter().filter(|b| !b.is_empty()).collect();
         let total: usize = bufs.iter().map(Bytes::len).sum();
         let lease = self.fixed.as_ref().and_then(|f| f.gather(&bufs, total));
         let fixed = lease.is_some();
         let op = match lease {
-            Some(lease) => Op::WriteFixed { lease, len: total, done: 0, offset },
-            None => Op::Write { bufs, first: 0, iovecs: IoVecs(Vec::new()), offset },
+            Some(lease) => Op::WriteFixed { lease, len: total, done: 0, offset, dsync },
+            None => Op::Write { bufs, first: 0, iovecs: IoVecs(Vec::new()), offset, dsync },
         };
         let fut = OpFuture::new(self, Some(file), op);
         async move { fut.await.map(|_| fixed) }
@@ -523,8 +545,9 @@ unsafe impl Send for IoVecs {}
 
 enum Op {
     Read { buf: Vec<u8>, len: usize, offset: u64, exact: bool },
-    Write { bufs: Vec<Bytes>, first: usize, iovecs: IoVecs, offset: u64 },
-    WriteFixed { lease: Lease, len: usize, done: usize, offset: u64 },
+    /// `dsync`: every step carries `RWF_DSYNC`.
+    Write { bufs: Vec<Bytes>, first: usize, iovecs: IoVecs, offset: u64, dsync: bool },
+    WriteFixed { lease: Lease, len: usize, done: usize, offset: u64, dsync: bool },
     Sync { data_only: bool },
     Fallocate { offset: u64, len: u64 },
     /// `slot`: into the registered file table (cleared when the table is full).
@@ -555,7 +578,8 @@ impl Op {
                 let ask = ask as u32;
                 with_fd!(fd, t => opcode::Read::new(t, ptr, ask).offset(*offset + filled as u64).build())
             }
-            Op::Write { bufs, first, iovecs, offset } => {
+            Op::Write { bufs, first, iovecs, offset, dsync } => {
+                let rw_flags = if *dsync { libc::RWF_DSYNC } else { 0 };
                 iovecs.0.clear();
                 iovecs.0.extend(
                     bufs[*first..]
@@ -566,16 +590,23 @@ impl Op {
                 // At most MAX_IOVECS (1024) entries, taken above.
                 #[allow(clippy::cast_possible_truncation)]
                 let count = iovecs.0.len() as u32;
-                with_fd!(fd, t => opcode::Writev::new(t, iovecs.0.as_ptr(), count).offset(*offset).build())
+                with_fd!(fd, t => opcode::Writev::new(t, iovecs.0.as_ptr(), count)
+                    .offset(*offset)
+                    .rw_flags(rw_flags)
+                    .build())
             }
-            Op::WriteFixed { lease, len, done, offset } => {
+            Op::WriteFixed { lease, len, done, offset, dsync } => {
+                let rw_flags = if *dsync { libc::RWF_DSYNC } else { 0 };
                 // SAFETY: `done < len <= FIXED_BUF_LEN`: the pointer stays inside the buffer.
                 let ptr = unsafe { lease.ptr().add(*done) };
                 // `len - done <= FIXED_BUF_LEN` (256 KiB).
                 #[allow(clippy::cast_possible_truncation)]
                 let ask = (*len - *done) as u32;
                 let index = lease.index();
-                with_fd!(fd, t => opcode::WriteFixed::new(t, ptr, ask, index).offset(*offset + *done as u64).build())
+                with_fd!(fd, t => opcode::WriteFixed::new(t, ptr, ask, index)
+                    .offset(*offset + *done as u64)
+                    .rw_flags(rw_flags)
+                    .build())
             }
             Op::Sync { data_only } => {
                 let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
@@ -654,7 +685,7 @@ impl Op {
                 }
                 Step::Done(Ok(Out::Bytes(std::mem::take(buf))))
             }
-            Op::Write { bufs, first, offset, iovecs } => {
+            Op::Write { bufs, first, offset, iovecs, .. } => {
                 let asked: usize = iovecs.0.iter().map(|v| v.iov_len).sum();
                 if n == 0 && asked > 0 {
                     return Step::Done(Err(io::Error::new(

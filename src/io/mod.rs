@@ -79,12 +79,14 @@
 //!    in flight at the same time complete in any order (`io_uring` completes out of order,
 //!    pool threads run in parallel). An fsync covers exactly the writes whose completion the
 //!    caller *awaited before submitting the fsync*. Callers (the WAL, the checkpoint) submit
-//!    an fsync only after awaiting every write it must cover.
-//! 5. **Complete transfers.** [`IoFile::writev_at`] writes every byte (short writes are
-//!    continued) or fails. [`IoFile::read_exact_at`] returns exactly `len` bytes or an error
+//!    an fsync only after awaiting every write it must cover. A durable write
+//!    ([`IoFile::writev_at_dsync`]) covers its own bytes only, never an earlier write.
+//! 5. **Complete transfers.** [`IoFile::writev_at`] and [`IoFile::writev_at_dsync`] write
+//!    every byte (short writes are continued) or fail. [`IoFile::read_exact_at`] returns exactly `len` bytes or an error
 //!    of kind `UnexpectedEof`; [`IoFile::read_at`] stops early only at the end of the file.
 //! 6. **Errors name their place.** Every failure is [`Error::Io`] with the path and the
-//!    operation (`"open"`, `"read"`, `"write"`, `"fsync"`, `"fdatasync"`, `"fallocate"`,
+//!    operation (`"open"`, `"read"`, `"write"`, `"write_dsync"`, `"fsync"`,
+//!    `"fdatasync"`, `"fallocate"`,
 //!    `"stat"`, `"truncate"`, `"rename"`, `"remove"`, `"create_dir"`, `"read_dir"`). If the
 //!    ring thread dies, operations fail with kind `BrokenPipe`; they never hang.
 //! 7. **File lifetime.** An [`IoFile`] is a cheap clone of a shared handle; the descriptor
@@ -505,6 +507,25 @@ impl IoFile {
         let stats = &self.inner.stats;
         Counters::bump(&stats.writes);
         match on_file!(&self.inner.handle, f => f.writev(offset, bufs).await).map_err(self.err("write"))? {
+            Written::Fixed => Counters::bump(&stats.fixed_writes),
+            Written::Unfixed => {}
+        }
+        Ok(())
+    }
+
+    /// Writes all of `bufs` at `offset` and makes them durable, as ONE operation: a write
+    /// with `RWF_DSYNC` (`io_uring`: the flag in the write SQE; thread pool: `pwritev2` in one
+    /// pool job). When it returns `Ok`, these bytes and the metadata needed to read them
+    /// back are on stable storage, as after [`IoFile::writev_at`] then
+    /// [`IoFile::sync_data`] — but only *this write's range* is covered: earlier writes
+    /// whose bytes are not yet synced stay unsynced (sync them first). On error, any part
+    /// of the write may have landed and none of it is known durable. Counted as one write
+    /// and one fsync in [`IoStats`]; errors name the operation `"write_dsync"`.
+    pub async fn writev_at_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> Result<()> {
+        let stats = &self.inner.stats;
+        Counters::bump(&stats.writes);
+        Counters::bump(&stats.fsyncs);
+        match on_file!(&self.inner.handle, f => f.writev_dsync(offset, bufs).await).map_err(self.err("write_dsync"))? {
             Written::Fixed => Counters::bump(&stats.fixed_writes),
             Written::Unfixed => {}
         }

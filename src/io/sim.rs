@@ -12,6 +12,12 @@
 //!   the file that were *observed before the fsync was submitted*: a write whose completion
 //!   the caller had not seen is not covered (contract 4 of the module above). A write whose
 //!   future was dropped before completing is never observed, so never covered.
+//! - **A durable write** (`writev_dsync`, `RWF_DSYNC`) is exactly a write, then a data sync
+//!   of that write alone: until it completes it is a pending write like any other (a crash
+//!   may keep any part of it, or none); once it completes it is durable, and no other
+//!   write of the file became durable through it. Its sync half counts as an operation of
+//!   its own for [`SimDisk::halt_after`] and [`SimDisk::fail_op`], so a crash point falls
+//!   between the write and its sync too.
 //! - **Directory entries** (create, rename, remove, mkdir) change the live namespace at once
 //!   and are queued per parent directory; `sync_dir(d)` makes d's entries durable. A file's
 //!   fsync does not make its directory entry durable.
@@ -814,6 +820,32 @@ fn read_only() -> io::Error {
 }
 
 impl SimFile {
+    /// Applies a write to the live image and queues it as pending (not yet observed).
+    /// `None` for an empty write. The armed write faults apply (space, misdirection).
+    fn push_write(&self, offset: u64, bufs: &[Bytes], what: &str) -> io::Result<Option<(u32, u64)>> {
+        if !self.writable {
+            return Err(read_only());
+        }
+        let data: Vec<u8> = bufs.concat();
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let mut s = self.lock(what)?;
+        s.space()?;
+        let mut at = offset;
+        if hit_named(&mut s.misdirect, &self.name) {
+            let pages = 1 + s.below(8);
+            at = if s.below(2) == 0 { offset + pages * 4096 } else { offset.saturating_sub(pages * 4096) };
+            if at == offset {
+                at = offset + 4096;
+            }
+            s.log.misdirected.push((PathBuf::from(&self.name), offset, at, data.len()));
+        }
+        s.trace(Path::new(&self.name), &format!("{what} {} bytes at {at}", data.len()));
+        let id = s.push_change(self.ino, Change::Write { offset: at, data });
+        Ok(Some((s.polls(), id)))
+    }
+
     fn lock(&self, what: &str) -> io::Result<parking_lot::MutexGuard<'_, State>> {
         let mut s = self.disk.state.lock();
         s.begin(self.generation, what)?;
@@ -848,34 +880,48 @@ impl BackendFile for SimFile {
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        if !self.writable {
-            return Err(read_only());
-        }
-        let data: Vec<u8> = bufs.concat();
-        if data.is_empty() {
+        let Some((polls, id)) = self.push_write(offset, &bufs, "write")? else {
             return Ok(Written::Unfixed);
-        }
-        let (polls, id) = {
-            let mut s = self.lock("write")?;
-            s.space()?;
-            let mut at = offset;
-            if hit_named(&mut s.misdirect, &self.name) {
-                let pages = 1 + s.below(8);
-                at =
-                    if s.below(2) == 0 { offset + pages * 4096 } else { offset.saturating_sub(pages * 4096) };
-                if at == offset {
-                    at = offset + 4096;
-                }
-                s.log.misdirected.push((PathBuf::from(&self.name), offset, at, data.len()));
-            }
-            s.trace(Path::new(&self.name), &format!("write {} bytes at {at}", data.len()));
-            let id = s.push_change(self.ino, Change::Write { offset: at, data });
-            (s.polls(), id)
         };
         let disk = self.disk.clone();
         let ino = self.ino;
         delay(polls, move || disk.state.lock().observe(ino, id)).await;
         Ok(Written::Unfixed)
+    }
+
+    /// Exactly a write and then a data sync of its range: the write is pending (a crash
+    /// before completion keeps, drops, tears or garbles it like any unsynced write) until
+    /// the operation completes; then it, and nothing else of the file, is durable. An
+    /// armed [`SimDisk::fail_sync`] fails the sync half: the write stays pending.
+    async fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
+        let Some((polls, id)) = self.push_write(offset, &bufs, "write_dsync")? else {
+            return Ok(Written::Unfixed);
+        };
+        let disk = self.disk.clone();
+        let (ino, generation, name) = (self.ino, self.generation, self.name.clone());
+        delay(polls, move || {
+            let mut s = disk.state.lock();
+            if s.generation != generation {
+                // Crashed before completion: the write met the crash as a pending one.
+                return Err(io::Error::other("simulated disk: write_dsync cut by a crash"));
+            }
+            s.observe(ino, id);
+            // The sync half counts as an operation of its own, so a halt or an injected
+            // failure can fall between the write and its sync (the write stays pending).
+            s.begin(generation, "fsync")?;
+            if Armed::hit(&mut s.fail_sync) {
+                s.log.failed_ops += 1;
+                return Err(io::Error::from_raw_os_error(libc_eio()));
+            }
+            s.trace(Path::new(&name), "fdatasync of the write's range");
+            let inode = s.inodes.get_mut(&ino).expect("inode");
+            if let Some(at) = inode.pending.iter().position(|p| p.id == id) {
+                let p = inode.pending.remove(at);
+                apply(&mut inode.durable, &p.change);
+            }
+            Ok(Written::Unfixed)
+        })
+        .await
     }
 
     /// Both kinds of sync make the file's observed writes and length changes durable.

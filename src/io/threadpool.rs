@@ -205,6 +205,20 @@ impl BackendFile for PoolFile {
         .map(|()| Written::Unfixed)
     }
 
+    async fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
+        if bufs.iter().all(bytes::Bytes::is_empty) {
+            return Ok(Written::Unfixed);
+        }
+        let file = Arc::clone(&self.0);
+        // One job: `pwritev2` with `RWF_DSYNC`, so the write and its sync are one hop.
+        run(move || {
+            let slices: Vec<&[u8]> = bufs.iter().map(std::convert::AsRef::as_ref).collect();
+            ringkv_fallback::write_all_vectored_dsync_at(&file, &slices, offset)
+        })
+        .await
+        .map(|()| Written::Unfixed)
+    }
+
     async fn sync(&self, data_only: bool) -> io::Result<()> {
         let file = Arc::clone(&self.0);
         run(move || if data_only { file.sync_data() } else { file.sync_all() }).await

@@ -324,6 +324,16 @@ impl BackendFile for UringFile {
         Ok(if fixed { Written::Fixed } else { Written::Unfixed })
     }
 
+    async fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
+        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
+        if total == 0 {
+            return Ok(Written::Unfixed);
+        }
+        check_range(offset, total)?;
+        let fixed = self.direct.writev_dsync(self.file(), offset, bufs).await?;
+        Ok(if fixed { Written::Fixed } else { Written::Unfixed })
+    }
+
     async fn sync(&self, data_only: bool) -> io::Result<()> {
         self.direct.sync(self.file(), data_only).await
     }

@@ -2,7 +2,9 @@
 //!
 //! A committing transaction [`append`](Wal::append)s one [`WalRecord`] (its commit
 //! timestamp and its puts and deletes) and [`wait`](Wal::wait)s for it to be durable.
-//! Concurrent committers share flushes: one vectored write and one `fdatasync` per batch.
+//! Concurrent committers share flushes: per batch, one vectored durable write (`RWF_DSYNC`,
+//! the write and its data sync in one submission), or one write and one `fdatasync` when
+//! earlier batches of the segment were written without a sync.
 //!
 //! Files: segments named `wal-{seq:016x}.log` in the WAL directory, each a 16-byte header
 //! followed by records. The byte layout is in [`record`]; the group-commit, rollover and
@@ -10,8 +12,9 @@
 //!
 //! # Safety properties
 //!
-//! 1. A record acknowledged by `wait(lsn, Durability::Sync)` was written and covered by an
-//!    `fdatasync` submitted after its write completed; it is returned by recovery (unless a
+//! 1. A record acknowledged by `wait(lsn, Durability::Sync)` was written by a durable write
+//!    that completed, or written and covered by an `fdatasync` submitted after its write
+//!    completed; it is returned by recovery (unless a
 //!    checkpoint frontier at or above its `ts` was passed to [`Wal::open`]).
 //! 2. Recovery never returns a record that fails its CRC or its structural checks: the
 //!    first such record ends the log and is cut (the segment is truncated there; a bad
@@ -28,6 +31,8 @@ pub mod record;
 pub mod writer;
 
 #[cfg(test)]
+// Tests index segment images by file offsets: the casts cannot truncate there.
+#[allow(clippy::cast_possible_truncation)]
 mod tests;
 
 pub use record::{RecordError, WalOp, WalRecord};

@@ -9,9 +9,11 @@
 //!    missing one is [`Error::Corruption`] naming the missing file.
 //! 2. Read each segment front to back. Its header must carry the magic and its own sequence
 //!    number. A bad header is [`Error::Corruption`] at offset 0 (magic) or 8 (seq), except
-//!    for the *last* segment when the file is no longer than a header: that is a segment
-//!    whose creation was cut by a crash (it holds no record, because the header is synced
-//!    before any record is written) and it is deleted.
+//!    for the *last* segment when the file is no longer than a header or holds only zeros
+//!    after it: that is a segment whose creation was cut by a crash (the header and the
+//!    first preallocated zeros are one write, which a crash may keep in part; it holds no
+//!    record, because the header is synced before any record is written) and it is
+//!    deleted.
 //! 3. The first record of the *last* segment that fails to decode (impossible length, short
 //!    read, bad CRC, or a malformed payload) ends the log: that is the torn tail; the
 //!    segment is truncated at the record's offset and synced, and what was cut is logged
@@ -24,6 +26,17 @@
 //!    [`Error::Corruption`] rather than drop records. A bad record in an earlier segment is [`Error::Corruption`]:
 //!    a segment is created only after the one before it is complete and synced, so it
 //!    cannot be a torn tail, and cutting there would drop acknowledged commits.
+//!
+//!    3a. A segment is preallocated: the writer zero-fills it ahead of its records (see
+//!    [`super::writer`]). So in the *last* segment, a bad record from which the file holds
+//!    only zeros to its end (read twice: the same read as the records, then a fresh one;
+//!    reads that disagree are [`Error::Corruption`]) is a **clean end**, not a torn tail (no zero run decodes as a
+//!    record or a mark: a zero length is impossible). A writer truncates the segment there
+//!    and syncs it, without a warning. Zeros that do not reach the end of the file (a later
+//!    batch follows) are judged as above: a torn tail, or damage when a later mark proves
+//!    the range was durable. A segment before the last never has a zero tail: the writer
+//!    cuts it at rollover before the next segment exists, so one there is corruption.
+//!    Segments written before preallocation (no zero tail) read the same way.
 //! 4. The last segment, when intact, is `fdatasync`ed before recovery returns: after a
 //!    process crash its tail may sit unsynced in the page cache, and the writer's next
 //!    segment must not exist on disk before it is durable (regression
@@ -100,7 +113,8 @@ pub(super) async fn recover(
             }
             break;
         }
-        let (max_ts, end, torn) = read_records(&file, &path, file_len, frontier_ts, &mut records).await?;
+        let (max_ts, end, torn, zeros_first) =
+            read_records(&file, &path, file_len, frontier_ts, &mut records).await?;
         // A torn tail is cut to `end` below (a read-only open leaves the file as it is).
         let bytes = if torn.is_some() && writable { end } else { file_len };
         segments.push(SegmentInfo { seq, path: path.clone(), max_ts, bytes });
@@ -110,6 +124,30 @@ pub(super) async fn recover(
             // cache, maybe not yet durable. The writer is about to create a later segment,
             // and a later segment implies this one is complete on disk: make it so (step 4).
             file.sync_data().await?;
+        }
+        let clean_end = torn.is_some() && is_last && {
+            // Read twice, like a bad record (step 3): bytes that read as zeros once and not
+            // the other time are damage seen in flight, not a clean end or a torn tail.
+            let zeros_again = zero_tail(&file, end, file_len).await?;
+            if zeros_again != zeros_first {
+                return Err(Error::corruption(
+                    &path,
+                    end,
+                    "the WAL tail read differently twice (zeros once, not the other time): unreliable reads",
+                ));
+            }
+            zeros_again
+        };
+        if clean_end {
+            // The preallocated tail (step 3a): a clean end. A writer cuts it, so the
+            // segment, no longer the last once the writer's segment exists, ends at its
+            // last record.
+            tracing::debug!(file = %path.display(), end, zeros = file_len - end, "WAL: clean end in a preallocated tail");
+            if writable {
+                file.set_len(end).await?;
+                file.sync_all().await?;
+            }
+            break;
         }
         if let Some(reason) = torn {
             let later = &seqs[index + 1..];
@@ -148,17 +186,21 @@ async fn list_segments(io: &IoDriver, dir: &Path) -> Result<Vec<u64>> {
     Ok(seqs)
 }
 
-/// Step 2: checks the header of segment `seq`. `Ok(false)` for the last segment when it is
-/// no longer than a header and the header is bad: a creation cut by a crash (it holds no
-/// record).
+/// Step 2: checks the header of segment `seq`. `Ok(false)` for the last segment when the
+/// header is bad and the file is no longer than a header or only zeros follow it: a
+/// creation cut by a crash (it holds no record).
 async fn check_header(file: &IoFile, path: &Path, seq: u64, file_len: u64, is_last: bool) -> Result<bool> {
     let header = if file_len < SEGMENT_HEADER_LEN as u64 {
         Err(RecordError::Truncated { need: SEGMENT_HEADER_LEN as u64, have: file_len })
     } else {
         decode_segment_header(&file.read_exact_at(0, SEGMENT_HEADER_LEN).await?)
     };
+    // A creation cut by a crash holds no record: no more than a header, or (the header and
+    // the first zeros are one write, which a crash may tear) nothing but zeros after it.
+    let holds_no_record = file_len <= SEGMENT_HEADER_LEN as u64
+        || (is_last && header.is_err() && zero_tail(file, SEGMENT_HEADER_LEN as u64, file_len).await?);
     match header {
-        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+        Err(e) if is_last && holds_no_record => {
             tracing::warn!(
                 file = %path.display(),
                 len = file_len,
@@ -179,14 +221,16 @@ async fn check_header(file: &IoFile, path: &Path, seq: u64, file_len: u64, is_la
 
 /// Step 3, reading: the records of one segment from its header on, those above
 /// `frontier_ts` pushed to `records`. Returns the largest `ts` seen, the offset where
-/// reading stopped, and why it stopped early (a record that does not decode), if it did.
+/// reading stopped, why it stopped early (a record that does not decode), if it did, and
+/// then whether the rest of the file read as zeros (through the same buffer, so the same
+/// read as the records).
 async fn read_records(
     file: &IoFile,
     path: &Path,
     file_len: u64,
     frontier_ts: u64,
     records: &mut Vec<WalRecord>,
-) -> Result<(Option<u64>, u64, Option<RecordError>)> {
+) -> Result<(Option<u64>, u64, Option<RecordError>, bool)> {
     let mut reader = SegmentReader::new(file, file_len);
     let mut offset = SEGMENT_HEADER_LEN as u64;
     let mut max_ts: Option<u64> = None;
@@ -211,10 +255,13 @@ async fn read_records(
                     records.push(rec);
                 }
             }
-            Err(e) => return Ok((max_ts, offset, Some(e))),
+            Err(e) => {
+                let zeros = reader.zeros_to_end(offset).await?;
+                return Ok((max_ts, offset, Some(e), zeros));
+            }
         }
     }
-    Ok((max_ts, offset, None))
+    Ok((max_ts, offset, None, false))
 }
 
 /// Step 3, cutting: the last segment's first bad record at `offset` is a torn append only
@@ -264,6 +311,23 @@ async fn cut_torn_tail(
     file.set_len(offset).await?;
     file.sync_all().await?;
     Ok(())
+}
+
+/// Whether every byte of the file from `from` to `file_len` is zero: the unwritten part of
+/// a preallocated segment (step 3a).
+pub(crate) async fn zero_tail(file: &IoFile, from: u64, file_len: u64) -> Result<bool> {
+    let mut at = from;
+    while at < file_len {
+        let n = (file_len - at).min(READ_CHUNK_BYTES as u64);
+        // `n <= READ_CHUNK_BYTES`, a usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let chunk = file.read_exact_at(at, n as usize).await?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n;
+    }
+    Ok(true)
 }
 
 /// Looks past the bad record at `bad` for batch marks that prove damage: one found at an
@@ -337,6 +401,23 @@ impl<'a> SegmentReader<'a> {
         #[allow(clippy::cast_possible_truncation)]
         let start = (offset - self.buf_offset) as usize;
         Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// Whether every byte from `offset` to the end of the file is zero, read through the
+    /// buffer (the bytes already read are not read again).
+    pub(crate) async fn zeros_to_end(&mut self, offset: u64) -> Result<bool> {
+        let mut at = offset;
+        while at < self.file_len {
+            let n = (self.file_len - at).min(READ_CHUNK_BYTES as u64);
+            // `n <= READ_CHUNK_BYTES`, a usize.
+            #[allow(clippy::cast_possible_truncation)]
+            let Some(bytes) = self.bytes_at(at, n as usize).await? else { return Ok(false) };
+            if bytes.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n;
+        }
+        Ok(true)
     }
 
     /// Decodes the record at `offset`. The outer error is an I/O failure (recovery stops);

@@ -481,6 +481,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The preallocated tail of a segment is zeros: no run of zeros may decode as a record
+    /// or a batch mark (a zero length is below `MIN_PAYLOAD_LEN`, and a mark needs its own
+    /// length in the frame).
+    #[test]
+    fn a_run_of_zeros_is_never_a_record_or_a_mark() {
+        let zeros = [0u8; 4096];
+        let frame: &[u8; FRAME_LEN] = zeros[..FRAME_LEN].try_into().unwrap();
+        assert_eq!(decode_frame(frame), Err(RecordError::BadLength { len: 0 }));
+        for len in 0..=zeros.len() {
+            assert_eq!(decode_mark(&zeros[..len]), None, "{len} zeros");
+        }
+        // Even with a frame claiming a payload, zeros are no record (ts 0, CRC of zeros).
+        let payload = Bytes::from_static(&[0u8; MIN_PAYLOAD_LEN]);
+        assert!(decode_payload(&payload, 0).is_err());
+    }
+
     fn sample() -> WalRecord {
         WalRecord {
             ts: 0x0102_0304_0506_0708,

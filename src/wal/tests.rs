@@ -173,7 +173,7 @@ fn torn_tail_garbage_is_cut_and_writing_continues() {
             write_records(&wal, 1..=20, 100).await;
             drop(wal);
             let seg1 = seg_path(dir.path(), 1);
-            let good_len = std::fs::metadata(&seg1).unwrap().len();
+            let good_len = logical_end(&seg1);
             {
                 use std::io::Write;
                 let mut f = std::fs::OpenOptions::new().append(true).open(&seg1).unwrap();
@@ -206,7 +206,8 @@ fn torn_tail_mid_record_is_cut() {
                 write_records(&wal, 1..=10, 20).await;
                 drop(wal);
                 let seg1 = seg_path(dir.path(), 1);
-                let len = std::fs::metadata(&seg1).unwrap().len();
+                // The segment as main's writer left it: ending at its last record.
+                let len = logical_end(&seg1);
                 let record_len = super::record::encode(&rec(10, 20)).unwrap().len() as u64;
                 assert!(cut < record_len);
                 let f = std::fs::OpenOptions::new().write(true).open(&seg1).unwrap();
@@ -269,6 +270,10 @@ fn bad_headers_and_gaps() {
             write_records(&wal, 1..=3, 10).await;
             drop(wal);
             drop(open(&io, dir.path(), 0).await); // segment 2, so that 1 is not the last
+            // Segment 2 ends at its header, as a writer leaves it before a later segment
+            // exists (its preallocated tail cut).
+            let seg2 = seg_path(dir.path(), 2);
+            std::fs::OpenOptions::new().write(true).open(&seg2).unwrap().set_len(logical_end(&seg2)).unwrap();
             let seg1 = seg_path(dir.path(), 1);
             let mut bytes = std::fs::read(&seg1).unwrap();
             bytes[0] = b'X';
@@ -606,4 +611,337 @@ fn random_cancellation_and_mixed_durability() {
             assert_eq!(ts_of(&recovered), (1..=total).collect::<Vec<_>>(), "seed {seed}");
         });
     }
+}
+
+#[test]
+fn sync_commits_go_out_as_one_durable_write_per_batch() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            let base = wal.stats();
+            for ts in 1..=5 {
+                let lsn = wal.append(&rec(ts, 64)).unwrap();
+                wal.wait(lsn, Durability::Sync).await.unwrap();
+            }
+            let s = wal.stats();
+            // Every batch was a durable write: no separate fdatasync.
+            assert_eq!(s.batches_written - base.batches_written, 5, "{backend:?}");
+            assert_eq!(s.dsync_writes - base.dsync_writes, 5, "{backend:?}");
+            assert_eq!(s.fsyncs - base.fsyncs, 5, "{backend:?}");
+            // Buffered batches, then a Sync waiter: a plain write and one fdatasync.
+            for ts in 6..=8 {
+                let lsn = wal.append(&rec(ts, 64)).unwrap();
+                wal.wait(lsn, Durability::Buffered).await.unwrap();
+            }
+            let lsn = wal.append(&rec(9, 64)).unwrap();
+            wal.wait(lsn, Durability::Sync).await.unwrap();
+            let t = wal.stats();
+            assert_eq!(t.dsync_writes, s.dsync_writes, "{backend:?}: unsynced bytes before: no durable write");
+            assert_eq!(t.fsyncs - s.fsyncs, 1, "{backend:?}");
+            drop(wal);
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=9).collect::<Vec<_>>());
+        });
+    }
+}
+
+/// The simulated crash of the one-submission durable write: every record acknowledged
+/// `Sync` survives; the batch cut before its completion is either whole or cut off, never a
+/// half record; and `Buffered` batches before a `Sync` one are covered by its ack.
+#[cfg(feature = "sim")]
+#[test]
+fn a_simulated_crash_keeps_every_durable_write_acknowledged() {
+    use crate::io::sim::SimDisk;
+    let dir = Path::new("/db/wal");
+    let mut cut_whole = 0;
+    let mut cut_lost = 0;
+    for seed in 0..200u64 {
+        let disk = SimDisk::new(seed);
+        let io = IoDriver::simulated(disk.clone());
+        let acked = futures::executor::block_on(async {
+            io.create_dir_all(dir).await.unwrap();
+            io.sync_dir(Path::new("/")).await.unwrap();
+            io.sync_dir(Path::new("/db")).await.unwrap();
+            let (wal, _) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEGMENT_BYTES).await.unwrap();
+            let mut acked = 0;
+            // Some buffered batches (unsynced), then one Sync ack covering them.
+            for ts in 1..=3 {
+                let lsn = wal.append(&rec(ts, 100 + 700 * (seed % 3) as usize)).unwrap();
+                wal.wait(lsn, Durability::Buffered).await.unwrap();
+            }
+            let lsn = wal.append(&rec(4, 64)).unwrap();
+            wal.wait(lsn, Durability::Sync).await.unwrap();
+            acked = acked.max(4);
+            for ts in 5..=8 {
+                let lsn = wal.append(&rec(ts, 64 + 600 * (seed % 2) as usize)).unwrap();
+                wal.wait(lsn, Durability::Sync).await.unwrap();
+                acked = ts;
+            }
+            assert!(wal.stats().dsync_writes >= 4, "the Sync batches after the first are durable writes");
+            // One more durable write, cut by the crash before it completes.
+            let lsn = wal.append(&rec(9, 2000)).unwrap();
+            if poll_once_and_drop(wal.wait(lsn, Durability::Sync)) {
+                acked = 9;
+            }
+            drop(wal);
+            acked
+        });
+        disk.crash();
+        let io = IoDriver::simulated(disk.clone());
+        let (_wal, recovered) = futures::executor::block_on(Wal::open(io, dir.to_path_buf(), 0, SEGMENT_BYTES))
+            .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
+        let ts = ts_of(&recovered);
+        assert!(ts.len() as u64 >= acked, "seed {seed}: acknowledged 1..={acked}, recovered {ts:?}");
+        assert_eq!(ts, (1..=ts.len() as u64).collect::<Vec<_>>(), "seed {seed}: a prefix");
+        for r in &recovered {
+            let WalOp::Put { value, .. } = &r.ops[0] else { panic!("seed {seed}: a put first") };
+            assert_eq!(r, &rec(r.ts, value.len()), "seed {seed}: record {} intact", r.ts);
+        }
+        if ts.len() == 9 {
+            cut_whole += 1;
+        } else {
+            cut_lost += 1;
+        }
+    }
+    // The seeds reach both fates of the cut durable write.
+    assert!(cut_whole > 0 && cut_lost > 0, "kept {cut_whole}, lost {cut_lost}");
+}
+
+/// The logical end of segment `seq`'s records (header + marks + records), read with the
+/// recovery reader's rules: the offset of the first frame that does not decode.
+fn logical_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = record::SEGMENT_HEADER_LEN;
+    loop {
+        let Some(frame) = bytes.get(at..at + record::FRAME_LEN) else { return at as u64 };
+        let Ok((len, _)) = record::decode_frame(frame.try_into().unwrap()) else { return at as u64 };
+        let end = at + record::FRAME_LEN + len as usize;
+        if end > bytes.len() || bytes[at..end].iter().all(|&b| b == 0) {
+            return at as u64;
+        }
+        at = end;
+    }
+}
+
+#[test]
+fn a_preallocated_zero_tail_recovers_as_a_clean_end() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            write_records(&wal, 1..=20, 100).await;
+            drop(wal); // as after a crash: no close
+            let seg = seg_path(dir.path(), 1);
+            let len = std::fs::metadata(&seg).unwrap().len();
+            let end = logical_end(&seg);
+            assert!(len > end, "{backend:?}: the segment is preallocated past its records ({len} <= {end})");
+            assert!(std::fs::read(&seg).unwrap()[end as usize..].iter().all(|&b| b == 0));
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=20).collect::<Vec<_>>(), "{backend:?}");
+            // The recovered segment ends at its last record; writing goes on in segment 2.
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), end, "{backend:?}");
+            assert_eq!(wal.segment_seqs(), vec![1, 2]);
+            assert_eq!(wal.stats().disk_bytes, seqs_on_disk(dir.path()).iter().map(|&s| std::fs::metadata(seg_path(dir.path(), s)).unwrap().len()).sum::<u64>());
+        });
+    }
+}
+
+#[test]
+fn a_torn_record_inside_a_preallocated_segment_is_cut() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            write_records(&wal, 1..=5, 100).await;
+            let seg = seg_path(dir.path(), 1);
+            let end5 = logical_end(&seg);
+            write_records(&wal, 6..=6, 3000).await;
+            drop(wal);
+            // Record 6's batch landed only in part: its second half is still zeros.
+            let mut bytes = std::fs::read(&seg).unwrap();
+            let end6 = logical_end(&seg);
+            assert!(end6 > end5 + 3000);
+            let cut = u64::midpoint(end5, end6);
+            bytes[cut as usize..end6 as usize].fill(0);
+            std::fs::write(&seg, &bytes).unwrap();
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=5).collect::<Vec<_>>(), "{backend:?}");
+            // Cut after the torn batch's own mark, which landed whole.
+            let cut_at = end5 + record::MARK_LEN as u64;
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), cut_at, "{backend:?}: cut at the torn batch");
+        });
+    }
+}
+
+#[test]
+fn damage_before_the_end_of_a_preallocated_segment_is_corruption() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = open(&io, dir.path(), 0).await;
+            for ts in 1..=10 {
+                write_records(&wal, ts..=ts, 100).await;
+            }
+            drop(wal);
+            let seg = seg_path(dir.path(), 1);
+            let end = logical_end(&seg);
+            // Zeros over a synced batch in the middle: later batch marks prove it was durable.
+            let mut bytes = std::fs::read(&seg).unwrap();
+            let mid = (end / 2) as usize;
+            bytes[mid..mid + 200].fill(0);
+            std::fs::write(&seg, &bytes).unwrap();
+            let err = Wal::open(io.clone(), dir.path().to_path_buf(), 0, SEGMENT_BYTES).await.err();
+            assert!(matches!(err, Some(Error::Corruption { .. })), "{backend:?}: {err:?}");
+            // Nothing was cut.
+            assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+        });
+    }
+}
+
+/// A segment as main's writer left it: header, marks and records up to the end of the
+/// file, no preallocated tail (the byte layout is unchanged).
+#[test]
+fn a_segment_written_without_preallocation_still_opens() {
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = record::encode_segment_header(1).to_vec();
+        for ts in 1..=4u64 {
+            let at = bytes.len() as u64;
+            bytes.extend_from_slice(&record::encode_mark(at, at));
+            bytes.extend_from_slice(&record::encode(&rec(ts, 50)).unwrap());
+        }
+        std::fs::write(seg_path(dir.path(), 1), &bytes).unwrap();
+        multi_thread().block_on(async {
+            let (wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=4).collect::<Vec<_>>(), "{backend:?}");
+            assert_eq!(std::fs::read(seg_path(dir.path(), 1)).unwrap(), bytes, "{backend:?}: left as it was");
+            write_records(&wal, 5..=6, 50).await;
+            drop(wal);
+            let (_wal, recovered) = open(&io, dir.path(), 0).await;
+            assert_eq!(ts_of(&recovered), (1..=6).collect::<Vec<_>>(), "{backend:?}");
+        });
+    }
+}
+
+/// Many committers across many rollovers while the zone ahead is prepared concurrently:
+/// every acknowledged record comes back, in order, and every segment but the last ends at
+/// its last record (a rollover cuts the preallocated tail before the next segment exists).
+#[test]
+fn rollover_under_concurrent_committers_and_preparation_loses_nothing() {
+    const TASKS: u64 = 8;
+    const COMMITS: u64 = 300;
+    // Large enough for zero fills (the first 256 KiB, then 1 MiB steps) inside a segment.
+    const SMALL: u64 = 1536 * 1024;
+    for (backend, io) in drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        multi_thread().block_on(async {
+            let (wal, _) = Wal::open(io.clone(), dir.path().to_path_buf(), 0, SMALL).await.unwrap();
+            let wal = Arc::new(wal);
+            let commit_lock = Arc::new(std::sync::Mutex::new(0u64));
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let preparer = {
+                let (wal, done) = (Arc::clone(&wal), Arc::clone(&done));
+                tokio::spawn(async move {
+                    let mut rounds = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        wal.prepare_ahead().await.unwrap();
+                        rounds += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    rounds
+                })
+            };
+            let mut tasks = Vec::new();
+            for t in 0..TASKS {
+                let (wal, commit_lock) = (Arc::clone(&wal), Arc::clone(&commit_lock));
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..COMMITS {
+                        let lsn = {
+                            let mut next = commit_lock.lock().unwrap();
+                            *next += 1;
+                            wal.append(&rec(*next, 1500)).unwrap()
+                        };
+                        let d = if (t + i) % 4 == 0 { Durability::Buffered } else { Durability::Sync };
+                        wal.wait(lsn, d).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            wal.flush().await.unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(preparer.await.unwrap() > 0);
+            let seqs = wal.segment_seqs();
+            assert!(seqs.len() >= 3, "{backend:?}: {seqs:?}");
+            assert!(wal.stats().zero_fill_bytes > seqs.len() as u64 * writer::PREALLOC_FIRST_BYTES, "{backend:?}: fills ran");
+            drop(Arc::into_inner(wal).unwrap());
+            for &s in &seqs[..seqs.len() - 1] {
+                let p = seg_path(dir.path(), s);
+                assert_eq!(std::fs::metadata(&p).unwrap().len(), logical_end(&p), "{backend:?}: segment {s}");
+            }
+            let (_wal, recovered) = Wal::open(io.clone(), dir.path().to_path_buf(), 0, SMALL).await.unwrap();
+            assert_eq!(ts_of(&recovered), (1..=TASKS * COMMITS).collect::<Vec<_>>(), "{backend:?}");
+        });
+    }
+}
+
+/// A flush whose batch reaches into a zero fill in progress waits for the fill before it
+/// writes (zeros never land over a record): on the simulated disk, whose writes change
+/// the live image when submitted, the record's bytes are not there while the fill runs.
+#[cfg(feature = "sim")]
+#[test]
+fn a_flush_waits_for_the_zero_fill_in_its_way() {
+    use crate::io::sim::SimDisk;
+    let dir = Path::new("/db/wal");
+    let seg = seg_path(dir, 1);
+    let mut checked = 0;
+    for seed in 0..20u64 {
+        let disk = SimDisk::new(seed);
+        let io = IoDriver::simulated(disk.clone());
+        let (wal, _) = futures::executor::block_on(async {
+            io.create_dir_all(dir).await.unwrap();
+            io.sync_dir(Path::new("/")).await.unwrap();
+            io.sync_dir(Path::new("/db")).await.unwrap();
+            let (wal, r) = Wal::open(io.clone(), dir.to_path_buf(), 0, 4 << 20).await.unwrap();
+            // Past half of the first 256 KiB zone.
+            for ts in 1..=15 {
+                write_records(&wal, ts * 10 - 9..=ts * 10, 1000).await;
+            }
+            (wal, r)
+        });
+        disk.set_max_pending_polls(40);
+        {
+            disk.set_max_pending_polls(40);
+            let mut prepare = pin!(wal.prepare_ahead());
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            assert!(prepare.as_mut().poll(&mut cx).is_pending() || wal.filling_from().is_none());
+            let Some(start) = wal.filling_from() else {
+                futures::executor::block_on(prepare).unwrap();
+                continue;
+            };
+            let lsn = wal.append(&rec(151, 300_000)).unwrap();
+            let mut wait = pin!(wal.wait(lsn, Durability::Sync));
+            assert!(
+                wait.as_mut().poll(&mut cx).is_pending(),
+                "seed {seed}: the flush completed while the fill in its way was running"
+            );
+            if wal.filling_from().is_some() {
+                let live = disk.read_file(&seg).unwrap();
+                let at = start as usize;
+                assert!(live[at..at + 4096].iter().all(|&b| b == 0), "seed {seed}: a record written into the fill");
+                checked += 1;
+            }
+            futures::executor::block_on(async {
+                prepare.await.unwrap();
+                wait.await.unwrap();
+            });
+        }
+        drop(wal);
+        let (_wal, recovered) =
+            futures::executor::block_on(Wal::open(io.clone(), dir.to_path_buf(), 0, 4 << 20)).unwrap();
+        assert_eq!(ts_of(&recovered), (1..=151).collect::<Vec<_>>(), "seed {seed}");
+    }
+    assert!(checked > 0, "no seed caught the fill in flight");
 }
