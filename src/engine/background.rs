@@ -93,9 +93,11 @@ pub(crate) async fn background(db: Weak<DbInner>) {
             return;
         }
         // Off the commit path: zero-fill the WAL segment ahead of its writes.
-        if let Err(e) = d.wal.prepare_ahead().await {
-            d.poison(&e);
-            return;
+        if d.zero_fills_wal() {
+            if let Err(e) = d.wal.prepare_ahead().await {
+                d.poison(&e);
+                return;
+            }
         }
         #[cfg(feature = "metrics")]
         if last_publish.elapsed() >= METRICS_INTERVAL {

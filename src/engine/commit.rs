@@ -173,7 +173,7 @@ impl DbInner {
     /// reach `durability` for the record at `lsn`.
     pub(crate) async fn after_commit(&self, lsn: u64, durability: Durability) -> Result<()> {
         // The background task also prepares the WAL's zone ahead (`Wal::prepare_ahead`).
-        if self.checkpoint_due() || self.wal.wants_preparation() {
+        if self.checkpoint_due() || (self.zero_fills_wal() && self.wal.wants_preparation()) {
             self.bg_wake.notify_one();
         }
         // The WAL's buffer bound: a commit that would not wait waits for the kernel instead
@@ -215,6 +215,16 @@ impl DbInner {
     /// Whether the background task should start a checkpoint now: the size trigger
     /// (`Options::checkpoint_bytes`), half the dirty-page bound, or a cache that eviction
     /// could not bring under its capacity.
+    /// Whether the background task zero-fills the WAL ahead of its writes
+    /// (`Wal::prepare_ahead`): only for a database whose commits are `Sync` by default.
+    /// Zero-filled segments make an `fdatasync` write data only (no journal commit), but
+    /// each fill ends in an `fdatasync` of the segment, which also writes back the records
+    /// of `Buffered` commits in flight and stalls the appends behind it: measured quiet,
+    /// W3/W4 (`Buffered`) ran at 0.58-0.78x with fills (README, issue 18).
+    pub(crate) fn zero_fills_wal(&self) -> bool {
+        self.opts.durability == Durability::Sync
+    }
+
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
             || self.forest.dirty_pages() > self.opts.dirty_pages_limit() / 2
