@@ -16,9 +16,13 @@
 //!   - The *direct ring* (`direct.rs`) runs every operation on an open file (reads, writes,
 //!     syncs, `fallocate`), opens files and directories, and reads sizes (`statx`). The
 //!     polling thread pushes the SQE and calls `io_uring_enter` itself, then drains the
-//!     completion queue: a buffered write or a page-cache hit is done when its first poll
-//!     returns, with no thread woken. Operations still in flight are handed to a reaper
-//!     thread that waits for their completions and wakes their futures. Files are opened
+//!     completion queue: an operation the kernel completes inline (a page-cache hit) is
+//!     done when its first poll returns, with no thread woken. Operations still in flight
+//!     are handed to a reaper thread that waits for their completions and wakes their
+//!     futures. On ext4 a buffered write is not completed inline: the kernel hands it to an
+//!     io-wq worker (95-97% of submissions in a W3/W4 run, by the `io_uring` tracepoints),
+//!     so a `Buffered` commit costs two thread hops (io-wq, then the reaper) on this backend,
+//!     one on the thread pool (README, the peer run of 2026-11-30). Files are opened
 //!     into the ring's *registered file table* (`IORING_FILE_INDEX_ALLOC`), one table of
 //!     up to `limits::IO_URING_FILE_SLOTS` slots (no more than the soft `RLIMIT_NOFILE`)
 //!     shared by every database: an open file takes a slot, not a process descriptor, and

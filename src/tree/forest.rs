@@ -283,14 +283,24 @@ impl Forest {
 
     /// Takes back a page installed by `install_new` that never became reachable.
     pub fn uninstall(&self, pid: Pid, guard: &Guard) {
-        let slot = self.table.slot(pid);
-        let prev = slot.head.swap(Shared::null(), Ordering::AcqRel, guard);
-        // SAFETY: the swap just took the chain out of its slot, and no node links to `pid`
-        // (the `replace` that would have linked it failed), so only a pin that predates the
-        // swap can still reach it (a thread that loaded the slot by page id meanwhile).
+        // SAFETY: no node links to `pid` (the `replace` that would have linked it failed).
+        unsafe { self.empty_slot(pid, guard) };
+        self.free_pids.lock().push(pid);
+    }
+
+    /// Takes the chain of `pid` out of its slot (leaving it empty), retires it through the
+    /// epoch and releases its memory from the cache's count.
+    ///
+    /// # Safety
+    /// No live node may link to `pid` any more, so that once the slot is empty only a pin
+    /// that predates this call (a thread that loaded the slot by page id) can reach the
+    /// chain; epoch reclamation frees it after those pins end.
+    pub(super) unsafe fn empty_slot(&self, pid: Pid, guard: &Guard) {
+        let prev = self.table.slot(pid).head.swap(Shared::null(), Ordering::AcqRel, guard);
+        // SAFETY: the swap just took the chain out of its slot, and the caller guarantees
+        // nothing links to `pid`: only a pin that predates the swap can still reach it.
         let old = unsafe { retire_chain(prev, guard) };
         self.swap_mem(0, false, old);
-        self.free_pids.lock().push(pid);
     }
 
     /// Replaces the chain whose head is `head` (with `seq`) by one base node. False when the

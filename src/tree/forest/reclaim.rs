@@ -2,15 +2,16 @@
 //! out of the mapping table, so that their memory is freed at once and the drop's manifest
 //! edit can take them out of the page map in the same record that drops the bucket.
 
-use super::{epoch, retire_chain, ChainView, Forest, FxHashSet, NodeKind, Pid, Result, Shared};
+use super::{epoch, ChainView, Forest, FxHashSet, NodeKind, Pid, Result};
 use crate::tree::mapping::SlotMeta;
 
 impl Forest {
     /// Every page of the tree rooted at `root`: the pages its index nodes name, and the
     /// right siblings of every page whose bounds are known (a split's new sibling that its
     /// parent does not name yet). Index nodes not in memory are loaded; of the children of
-    /// an index node only the first is loaded to learn their level (a B-link tree's leaves
-    /// are all at one depth), so the leaves themselves are never read.
+    /// an index node only the first is looked at (loaded if its kind is unknown) to learn
+    /// their level (a B-link tree's leaves are all at one depth), so at most one leaf per
+    /// lowest index node is read, never the others.
     ///
     /// The caller stops every change of the tree's structure first (the bucket is marked
     /// dropped under the commit lock, and only commits split or merge its pages).
@@ -84,15 +85,9 @@ impl Forest {
         let mut old = Vec::new();
         for &pid in pids {
             let Some(slot) = self.table.try_slot(pid) else { continue };
-            let prev = slot.head.swap(Shared::null(), std::sync::atomic::Ordering::AcqRel, &guard);
-            if !prev.is_null() {
-                // SAFETY: the swap just took the chain out of its slot, and the only links to
-                // `pid` are in the dropped tree, which no operation enters any more (its
-                // bucket is marked dropped): only a pin that predates the swap can still
-                // reach the chain, and the chain is destroyed after every such pin ends.
-                let retired = unsafe { retire_chain(prev, &guard) };
-                self.swap_mem(0, false, retired);
-            }
+            // SAFETY: the only links to `pid` are in the dropped tree, which no operation
+            // enters any more (its bucket is marked dropped).
+            unsafe { self.empty_slot(pid, &guard) };
             let mut meta = slot.meta.lock();
             if meta.addr != 0 {
                 old.push(meta.addr);
