@@ -173,6 +173,27 @@ impl Backend for Pool {
     }
 }
 
+impl PoolFile {
+    /// Writes every byte of `bufs` at `offset` in one pool job; with `dsync`, each
+    /// `pwritev2` carries `RWF_DSYNC`, so the write and its sync are one hop.
+    async fn write_job(&self, offset: u64, bufs: Vec<Bytes>, dsync: bool) -> io::Result<Written> {
+        if bufs.iter().all(bytes::Bytes::is_empty) {
+            return Ok(Written::Unfixed);
+        }
+        let file = Arc::clone(&self.0);
+        run(move || {
+            let slices: Vec<&[u8]> = bufs.iter().map(std::convert::AsRef::as_ref).collect();
+            if dsync {
+                ringkv_fallback::write_all_vectored_dsync_at(&file, &slices, offset)
+            } else {
+                ringkv_fallback::write_all_vectored_at(&file, &slices, offset)
+            }
+        })
+        .await
+        .map(|()| Written::Unfixed)
+    }
+}
+
 impl BackendFile for PoolFile {
     async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
         if len == 0 {
@@ -193,30 +214,11 @@ impl BackendFile for PoolFile {
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        if bufs.iter().all(bytes::Bytes::is_empty) {
-            return Ok(Written::Unfixed);
-        }
-        let file = Arc::clone(&self.0);
-        run(move || {
-            let slices: Vec<&[u8]> = bufs.iter().map(std::convert::AsRef::as_ref).collect();
-            ringkv_fallback::write_all_vectored_at(&file, &slices, offset)
-        })
-        .await
-        .map(|()| Written::Unfixed)
+        self.write_job(offset, bufs, false).await
     }
 
     async fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        if bufs.iter().all(bytes::Bytes::is_empty) {
-            return Ok(Written::Unfixed);
-        }
-        let file = Arc::clone(&self.0);
-        // One job: `pwritev2` with `RWF_DSYNC`, so the write and its sync are one hop.
-        run(move || {
-            let slices: Vec<&[u8]> = bufs.iter().map(std::convert::AsRef::as_ref).collect();
-            ringkv_fallback::write_all_vectored_dsync_at(&file, &slices, offset)
-        })
-        .await
-        .map(|()| Written::Unfixed)
+        self.write_job(offset, bufs, true).await
     }
 
     async fn sync(&self, data_only: bool) -> io::Result<()> {

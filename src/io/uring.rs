@@ -296,6 +296,24 @@ pub(super) struct UringFile {
     writable: bool,
 }
 
+impl UringFile {
+    /// Writes every byte of `bufs` at `offset` on the direct ring; with `dsync`, every SQE
+    /// carries `RWF_DSYNC` (the write and its data sync as one submission).
+    async fn write(&self, offset: u64, bufs: Vec<Bytes>, dsync: bool) -> io::Result<Written> {
+        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
+        if total == 0 {
+            return Ok(Written::Unfixed);
+        }
+        check_range(offset, total)?;
+        let fixed = if dsync {
+            self.direct.writev_dsync(self.file(), offset, bufs).await?
+        } else {
+            self.direct.writev(self.file(), offset, bufs).await?
+        };
+        Ok(if fixed { Written::Fixed } else { Written::Unfixed })
+    }
+}
+
 impl BackendFile for UringFile {
     async fn read(&self, offset: u64, len: usize, exact: bool) -> io::Result<Vec<u8>> {
         if len == 0 {
@@ -315,23 +333,11 @@ impl BackendFile for UringFile {
     }
 
     async fn writev(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
-        if total == 0 {
-            return Ok(Written::Unfixed);
-        }
-        check_range(offset, total)?;
-        let fixed = self.direct.writev(self.file(), offset, bufs).await?;
-        Ok(if fixed { Written::Fixed } else { Written::Unfixed })
+        self.write(offset, bufs, false).await
     }
 
     async fn writev_dsync(&self, offset: u64, bufs: Vec<Bytes>) -> io::Result<Written> {
-        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
-        if total == 0 {
-            return Ok(Written::Unfixed);
-        }
-        check_range(offset, total)?;
-        let fixed = self.direct.writev_dsync(self.file(), offset, bufs).await?;
-        Ok(if fixed { Written::Fixed } else { Written::Unfixed })
+        self.write(offset, bufs, true).await
     }
 
     async fn sync(&self, data_only: bool) -> io::Result<()> {
