@@ -92,6 +92,7 @@ impl Leaf {
         match page::decode(bytes, path, 0)? {
             PageImage::Leaf(l) => Ok(l.len()),
             PageImage::Inner(i) => Ok(i.len()),
+            PageImage::Delta(d) => Ok(d.leaf.len()),
         }
     }
 }

@@ -28,7 +28,10 @@
 //!    frame's CRC. Frames the page table points at are decoded as page images.
 //! 4. Page table: every page's address resolves (address -> file through the ranges ->
 //!    relocation entry) to a verified frame of a data file, of the recorded length, that
-//!    decodes; every blob a leaf references resolves to a verified blob frame of its length.
+//!    decodes; a page written as delta frames has every frame of its chain resolved, each
+//!    a delta frame linking to the frames the page table lists after it, the last a base;
+//!    every blob a leaf or a delta frame references resolves to a verified blob frame of
+//!    its length.
 //! 5. WAL: segment names contiguous, each header (magic, sequence number), every record's
 //!    frame, CRC and payload; timestamps above the checkpoint frontier strictly increase.
 //!    Zeros from a bad record to the end of the last segment are its preallocated tail (a
@@ -102,6 +105,9 @@ pub struct CheckReport {
     pub leaf_pages: u64,
     /// Of which index nodes.
     pub inner_pages: u64,
+    /// Delta frames of pages written as chains (each also counted in `frames`; a page is
+    /// counted in `pages` once, when every frame of its chain checks).
+    pub delta_frames: u64,
     /// Pages that could not be checked because their file is damaged (reported once, as the
     /// file's problem).
     pub unchecked_pages: u64,
@@ -149,8 +155,8 @@ impl fmt::Display for CheckReport {
         )?;
         write!(
             f,
-            "  pages      {} resolved ({} leaves, {} index nodes), {} blobs resolved",
-            self.pages, self.leaf_pages, self.inner_pages, self.blobs
+            "  pages      {} resolved ({} leaves, {} index nodes, {} delta frames), {} blobs resolved",
+            self.pages, self.leaf_pages, self.inner_pages, self.delta_frames, self.blobs
         )?;
         if self.unchecked_pages > 0 {
             write!(f, ", {} unchecked (damaged file)", self.unchecked_pages)?;
@@ -251,12 +257,17 @@ struct PageLink {
     offset: u64,
 }
 
+/// A frame of a page's image, as the page table lists it: (page id, length, the links the
+/// frame must have: empty for a base).
+type PageFrame = (u64, u32, Vec<(u64, u32)>);
+
 struct Checker {
     io: IoDriver,
     dir: PathBuf,
     report: CheckReport,
-    /// Page addresses of the page table -> (page id, length).
-    page_at: FxHashMap<u64, (u64, u32)>,
+    /// Frame addresses of the page table's images -> (page id, length, the links the frame
+    /// must have: empty for a base, a delta frame's links for one of a chain).
+    page_at: FxHashMap<u64, PageFrame>,
     /// Blob references of the decoded leaves, by blob address.
     blob_refs: FxHashMap<u64, BlobRef>,
     /// Page ids the decoded pages refer to.
@@ -300,16 +311,23 @@ impl Checker {
             Some(m) => {
                 // Page addresses -> page ids, so that a data file's frames the page table
                 // points at are decoded while the file is read.
-                let mut pages: Vec<_> = m.state.pages.iter().map(|(p, l)| (*p, *l)).collect();
+                let mut pages: Vec<_> = m.state.pages.iter().map(|(p, l)| (*p, l.clone())).collect();
                 pages.sort_unstable_by_key(|p| p.0);
                 for (pid, loc) in pages {
-                    if let Some((other, _)) = self.page_at.insert(loc.addr, (pid, loc.len)) {
-                        let at = m.page_record.get(&pid).copied().unwrap_or(0);
-                        self.problem(Error::corruption(
-                            &m.path,
-                            at,
-                            format!("pages {other} and {pid} share address {}", loc.addr),
-                        ));
+                    // The newest frame must link to the rest; link i to the links after it.
+                    let mut frames = vec![(loc.addr, loc.len, loc.links.clone())];
+                    frames.extend(
+                        loc.links.iter().enumerate().map(|(i, l)| (l.0, l.1, loc.links[i + 1..].to_vec())),
+                    );
+                    for (addr, len, links) in frames {
+                        if let Some((other, ..)) = self.page_at.insert(addr, (pid, len, links)) {
+                            let at = m.page_record.get(&pid).copied().unwrap_or(0);
+                            self.problem(Error::corruption(
+                                &m.path,
+                                at,
+                                format!("pages {other} and {pid} share a frame at address {addr}"),
+                            ));
+                        }
                     }
                 }
                 for meta in m.state.files.values() {
@@ -708,17 +726,30 @@ impl Checker {
                 }
                 Err(err) => self.problem(err),
             }
-            if let (true, FileKind::Data, Some(&(pid, len))) = (info.ok, kind, self.page_at.get(&e.addr)) {
-                info.decoded = Some(self.check_page(&bytes, path, e, pid, len));
+            if let (true, FileKind::Data, Some((pid, len, links))) =
+                (info.ok, kind, self.page_at.get(&e.addr))
+            {
+                let (pid, len, links) = (*pid, *len, links.clone());
+                info.decoded = Some(self.check_page(&bytes, path, e, pid, len, &links));
             }
             frames.insert(e.addr, info);
         }
         frames
     }
 
-    /// Decodes the verified frame of page `pid` (the page table says `len` bytes); collects
-    /// the blob references of a leaf. True when it is a page image.
-    fn check_page(&mut self, bytes: &Bytes, path: &Path, e: &RelocEntry, pid: u64, len: u32) -> bool {
+    /// Decodes the verified frame of page `pid` (the page table says `len` bytes, and that
+    /// it is a base when `links` is empty, else a delta frame with these links); collects
+    /// the blob references of a leaf or a delta frame. True when it is what the page table
+    /// says.
+    fn check_page(
+        &mut self,
+        bytes: &Bytes,
+        path: &Path,
+        e: &RelocEntry,
+        pid: u64,
+        len: u32,
+        links: &[(u64, u32)],
+    ) -> bool {
         if len != e.len {
             self.problem(Error::corruption(
                 path,
@@ -740,79 +771,106 @@ impl Checker {
             file: path.to_path_buf(),
             offset: e.offset,
         };
-        match img {
+        let leaf = match img {
+            PageImage::Delta(d) if d.links == links => {
+                self.report.delta_frames += 1;
+                d.leaf
+            }
+            PageImage::Delta(_) => {
+                self.problem(Error::corruption(
+                    path,
+                    e.offset,
+                    format!("page {pid}: a delta frame whose links differ from the page table's"),
+                ));
+                return false;
+            }
+            _ if !links.is_empty() => {
+                self.problem(Error::corruption(
+                    path,
+                    e.offset,
+                    format!("page {pid}: the page table says a delta frame, the frame is a base"),
+                ));
+                return false;
+            }
             PageImage::Inner(inner) => {
                 self.report.inner_pages += 1;
                 self.links.extend((0..inner.len()).map(|i| link(inner.page.child(i), "child")));
                 if inner.bounds.right != 0 {
                     self.links.push(link(inner.bounds.right, "right sibling"));
                 }
+                return true;
             }
             PageImage::Leaf(leaf) => {
                 self.report.leaf_pages += 1;
                 if leaf.bounds.right != 0 {
                     self.links.push(link(leaf.bounds.right, "right sibling"));
                 }
-                for v in leaf.entries().iter().flat_map(|en| en.versions.clone()) {
-                    let Value::Blob(c) = &v.value else { continue };
-                    let r = BlobRef { len: c.len, pid, file: path.to_path_buf(), offset: e.offset };
-                    let Some(prev) = self.blob_refs.insert(c.addr(), r) else { continue };
-                    if prev.len != c.len {
-                        self.problem(Error::corruption(
-                            path,
-                            e.offset,
-                            format!(
-                                "page {pid} references blob address {} as {} bytes, page {} as {}",
-                                c.addr(),
-                                c.len,
-                                prev.pid,
-                                prev.len
-                            ),
-                        ));
-                    }
-                }
+                leaf
+            }
+        };
+        for v in leaf.entries().iter().flat_map(|en| en.versions.clone()) {
+            let Value::Blob(c) = &v.value else { continue };
+            let r = BlobRef { len: c.len, pid, file: path.to_path_buf(), offset: e.offset };
+            let Some(prev) = self.blob_refs.insert(c.addr(), r) else { continue };
+            if prev.len != c.len {
+                self.problem(Error::corruption(
+                    path,
+                    e.offset,
+                    format!(
+                        "page {pid} references blob address {} as {} bytes, page {} as {}",
+                        c.addr(),
+                        c.len,
+                        prev.pid,
+                        prev.len
+                    ),
+                ));
             }
         }
         true
     }
 
-    /// Step 4a: every page resolves to a decoded frame.
+    /// Step 4a: every page resolves to decoded frames (its one frame, or every frame of its
+    /// chain).
     fn resolve_pages(&mut self, m: &ManifestView, checked: &BTreeMap<u64, CheckedFile>) {
         let index = RangeIndex::new(&m.state);
-        let mut pages: Vec<_> = m.state.pages.iter().map(|(p, l)| (*p, *l)).collect();
+        let mut pages: Vec<_> = m.state.pages.iter().map(|(p, l)| (*p, l.clone())).collect();
         pages.sort_unstable_by_key(|p| p.0);
-        for (pid, loc) in pages {
+        'pages: for (pid, loc) in pages {
             let rec = m.page_record.get(&pid).copied().unwrap_or(0);
-            let Some(fid) = index.file_of(loc.addr) else {
-                self.problem(Error::corruption(
-                    &m.path,
-                    rec,
-                    format!("page {pid}: address {} is in no file", loc.addr),
-                ));
-                continue;
-            };
-            let Some(f) = checked.get(&fid) else {
-                self.report.unchecked_pages += 1;
-                continue;
-            };
-            let Some(fi) = f.frames.get(&loc.addr) else {
-                self.problem(Error::corruption(
-                    &f.path,
-                    f.reloc_offset,
-                    format!("page {pid}: address {} missing from the relocation table", loc.addr),
-                ));
-                continue;
-            };
-            if f.kind != FileKind::Data {
-                self.problem(Error::corruption(
-                    &f.path,
-                    fi.offset,
-                    format!("page {pid}: address {} is a frame of a blob file", loc.addr),
-                ));
-                continue;
+            let mut all_ok = true;
+            for addr in loc.frames() {
+                let Some(fid) = index.file_of(addr) else {
+                    self.problem(Error::corruption(
+                        &m.path,
+                        rec,
+                        format!("page {pid}: address {addr} is in no file"),
+                    ));
+                    continue 'pages;
+                };
+                let Some(f) = checked.get(&fid) else {
+                    self.report.unchecked_pages += 1;
+                    continue 'pages;
+                };
+                let Some(fi) = f.frames.get(&addr) else {
+                    self.problem(Error::corruption(
+                        &f.path,
+                        f.reloc_offset,
+                        format!("page {pid}: address {addr} missing from the relocation table"),
+                    ));
+                    continue 'pages;
+                };
+                if f.kind != FileKind::Data {
+                    self.problem(Error::corruption(
+                        &f.path,
+                        fi.offset,
+                        format!("page {pid}: address {addr} is a frame of a blob file"),
+                    ));
+                    continue 'pages;
+                }
+                // A frame that fails its CRC or its decoding was reported where it was read.
+                all_ok &= fi.ok && fi.decoded == Some(true);
             }
-            // A frame that fails its CRC or its decoding was reported where it was read.
-            if fi.ok && fi.decoded == Some(true) {
+            if all_ok {
                 self.report.pages += 1;
             }
         }

@@ -496,6 +496,12 @@ fn decode_page(bytes: &Bytes, offset: u64) {
                 return;
             }
         }
+        PageImage::Delta(d) => {
+            check_leaf(&d.leaf);
+            let mut leaf = Vec::new();
+            page::encode_leaf(&d.leaf, &mut leaf, &mut |c| c.addr());
+            page::encode_delta(d.cut, &d.links, &leaf, &mut out);
+        }
     }
     assert_eq!(&out[..], &bytes[..], "re-encoding a decoded page image changed its bytes");
 }

@@ -30,6 +30,18 @@ pub(crate) const CONSOLIDATE_CHAIN_LEN: usize = 16;
 /// Blind writes (deltas over an evicted leaf's stub) a leaf takes before the next writer
 /// loads it; folded in at once, more would make one image many times `SPLIT_LEAF_BYTES`.
 pub(crate) const MAX_BLIND_DELTAS: usize = CONSOLIDATE_CHAIN_LEN / 2;
+/// Delta frames a page's chain on disk holds at most (above its base): a checkpoint that
+/// would write one more loads the page and writes a base instead, so a load reads at most
+/// this many frames plus one, all at once.
+pub(crate) const MAX_DELTA_FRAMES: usize = 3;
+/// A page's new versions go out as a delta frame only while the frame stays below this
+/// fraction (1/n) of the page's base; a larger one is written as a base.
+pub(crate) const DELTA_BASE_RATIO: usize = 2;
+/// An evicted leaf takes blind writes while its size (its image on disk, frames of its
+/// chain included, plus the blind writes in memory) stays below this; past it, the next
+/// writer loads the leaf, whose write then splits it. Twice the split size: a leaf evicted
+/// just below the split size still takes a few blind writes.
+pub(crate) const BLIND_PAGE_BYTES: usize = 2 * SPLIT_LEAF_BYTES;
 /// A leaf whose encoded size passes this many bytes is split.
 pub(crate) const SPLIT_LEAF_BYTES: usize = 4 * 1024;
 /// A leaf with at least this many keys may split.

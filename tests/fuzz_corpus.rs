@@ -479,7 +479,7 @@ mod seeds {
             }),
             Edit::AddFile(FileMeta { id: 3, kind: FileKind::Blob, size: 100, ranges: vec![] }),
             Edit::RemoveFile(2),
-            Edit::SetPages(vec![(1, PageLoc { addr: 3, len: 100 }), (2, PageLoc { addr: 0, len: 0 })]),
+            Edit::SetPages(vec![(1, PageLoc::base(3, 100)), (2, PageLoc::freed())]),
             Edit::AddBucket(BucketMeta { id: 1, name: "users".into(), root: 1 }),
             Edit::AddBucket(BucketMeta { id: 2, name: "ünïcode".into(), root: 5 }),
             Edit::DropBucket(1),

@@ -43,7 +43,8 @@ fn random_crashes_lose_no_acknowledged_commit() {
          {} commits attempted, {} acknowledged Sync + {} Buffered, {} survived, {} unacknowledged lost; \
          0 acknowledged lost, 0 prefix violations, 0 uncommitted visible; \
          crash fates: {} torn, {} garbage, {} dropped writes, {} names lost; {} checkpoints, {} closes, \
-         {} process restarts; {} offline checks of crashed states clean",
+         {} process restarts; {} offline checks of crashed states clean; {} delta frames written, \
+         {} chains consolidated",
         totals.crashes,
         totals.stacked,
         totals.recoveries,
@@ -61,6 +62,8 @@ fn random_crashes_lose_no_acknowledged_commit() {
         totals.closes,
         totals.restarts,
         totals.checks,
+        totals.delta_frames,
+        totals.chains_consolidated,
     );
     assert!(totals.acked_sync > 0 && totals.survived > 0);
 }

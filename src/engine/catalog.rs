@@ -84,7 +84,7 @@ impl DbInner {
         let freed: Vec<(Pid, PageLoc)> = pids
             .iter()
             .filter(|&&pid| self.forest.table.try_slot(pid).is_some_and(|s| s.meta.lock().addr != 0))
-            .map(|&pid| (pid, PageLoc { addr: 0, len: 0 }))
+            .map(|&pid| (pid, PageLoc::freed()))
             .collect();
         let edits = vec![Edit::DropBucket(t.id), Edit::SetPages(freed)];
         if let Err(e) = self.manifest.commit(edits).await {

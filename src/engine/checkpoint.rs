@@ -2,13 +2,17 @@
 //! files as async vectored writes, publish, then move the WAL frontier.
 //!
 //! Protocol:
-//! 1. Pages whose chain ends in a disk stub (blind writes) are loaded first.
+//! 1. Pages whose chain ends in a disk stub and that cannot go out as a delta frame are
+//!    loaded first (`Forest::capture_needs_load`: a chain on disk already
+//!    `limits::MAX_DELTA_FRAMES` deltas long, or an unchanged chain GC moves).
 //! 2. The cut: with every tree's structure lock held (so the captured structure is
 //!    complete), register a snapshot at `cut = visible` (so no trim can drop a version the
 //!    images need), seal the dirty set and encode each sealed page with the versions at or
 //!    below `cut`; a leaf whose image holds its whole chain (and no in-memory blob) is
-//!    replaced by that image, consolidated, its deltas freed (`Forest::capture`). Nothing
-//!    awaits while the locks are held.
+//!    replaced by that image, consolidated, its deltas freed (`Forest::capture`). Blind
+//!    writes over an evicted leaf become a delta frame: the versions above the previous
+//!    cut and at or below this one, linked to the page's frames on disk, with no read of
+//!    them (`tree::page::DeltaImage`). Nothing awaits while the locks are held.
 //! 3. Write the blob file and the data file (frames, ranges, relocation table, footer)
 //!    through a `store::FileWriter`: frames are flushed every `store::FLUSH_BYTES` in
 //!    chunks submitted concurrently and each image is dropped once written, so the
@@ -16,7 +20,7 @@
 //!    which the commit path enforces) and one flush of frames GC copies; then `fdatasync`
 //!    each file and sync the directory. `DbInner::ckpt_mem` counts what it holds.
 //! 4. Publish: one manifest edit adds both files, points every captured page at its new
-//!    address, sets the WAL frontier to `cut` and records every bucket's approximate size
+//!    address (with its links, for a delta frame), sets the WAL frontier to `cut` and records every bucket's approximate size
 //!    as counted when the cut's snapshot was taken. Data first, metadata last: a crash
 //!    before the edit is durable leaves unreferenced files that open deletes.
 //! 5. In memory: the files become readable, pages whose image holds their whole chain
@@ -66,6 +70,14 @@ pub struct CheckpointStats {
     /// Bytes of frames this checkpoint copied as they were on disk: pages GC marked that
     /// were not in memory (those in memory are written from their image, with the rest).
     pub gc_copied_bytes: u64,
+    /// Of `pages`, those written as delta frames (blind writes over an evicted leaf, linked
+    /// to its frames on disk, without reading them).
+    pub delta_frames: usize,
+    /// Of `pages`, bases that replaced a chain of delta frames (chains consolidated).
+    pub chains_consolidated: usize,
+    /// Pages loaded from disk so that they could be written (a base where a delta frame
+    /// would not do).
+    pub pages_loaded: usize,
     /// How long the checkpoint took, in milliseconds.
     pub duration_ms: u64,
 }
@@ -78,9 +90,15 @@ const LOAD_DEPTH: usize = 64;
 /// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
 /// the cache leave one evicted page per write to fold in; one at a time, the checkpoint
 /// would wait a device round trip per page).
-async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<()> {
+async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<usize> {
     use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(pids).map(|pid| f.load(pid)).buffer_unordered(LOAD_DEPTH).try_collect().await
+    let n = pids.len();
+    futures::stream::iter(pids)
+        .map(|pid| f.load_to_write(pid))
+        .buffer_unordered(LOAD_DEPTH)
+        .try_collect::<()>()
+        .await?;
+    Ok(n)
 }
 
 /// Runs one checkpoint (serialised by `ckpt_lock`): the steps of the module doc. The
@@ -96,7 +114,8 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
 ///
 /// Runs in an `info` span `ringkv.checkpoint` whose fields say what it did (`cut_ts`,
 /// `pages`, `blobs`, `bytes`, `files_removed`, `wal_segments_removed`, `gc_pages`,
-/// `gc_files`, `gc_copied_bytes`, `duration_ms`); an `info` event `checkpoint` sums up
+/// `gc_files`, `gc_copied_bytes`, `delta_frames`, `chains_consolidated`, `pages_loaded`,
+/// `duration_ms`); an `info` event `checkpoint` sums up
 /// one that wrote something (`debug` for one that had nothing to write).
 pub(crate) async fn run_locked(
     db: &DbInner,
@@ -114,6 +133,9 @@ pub(crate) async fn run_locked(
         gc_pages = Empty,
         gc_files = Empty,
         gc_copied_bytes = Empty,
+        delta_frames = Empty,
+        chains_consolidated = Empty,
+        pages_loaded = Empty,
         duration_ms = Empty,
     );
     let started = std::time::Instant::now();
@@ -132,6 +154,9 @@ pub(crate) async fn run_locked(
             span.record("gc_pages", s.gc_pages);
             span.record("gc_files", s.gc_files);
             span.record("gc_copied_bytes", s.gc_copied_bytes);
+            span.record("delta_frames", s.delta_frames);
+            span.record("chains_consolidated", s.chains_consolidated);
+            span.record("pages_loaded", s.pages_loaded);
             span.record("duration_ms", s.duration_ms);
             if s.pages > 0 || s.blobs > 0 {
                 tracing::info!(
@@ -142,6 +167,8 @@ pub(crate) async fn run_locked(
                     files_removed = s.files_removed,
                     wal_segments_removed = s.wal_segments_removed,
                     gc_pages = s.gc_pages,
+                    delta_frames = s.delta_frames,
+                    pages_loaded = s.pages_loaded,
                     duration_ms = s.duration_ms,
                     "checkpoint"
                 );
@@ -164,13 +191,22 @@ pub(crate) async fn run_locked(
 /// The steps of [`run`], under `ckpt_lock`.
 async fn steps(db: &DbInner) -> Result<CheckpointStats> {
     db.check_writable()?;
-    let Cut { snap, sealed, pages, blobs, sizes } = cut(db).await?;
-    let cut_ts = snap.ts();
+    // The previous cut: every version at or below it is in the pages' images on disk.
     let (state_ts, _) = db.manifest.frontier_and_next_bucket().await;
+    let Cut { snap, sealed, pages, blobs, sizes, loaded } = cut(db, state_ts).await?;
+    let cut_ts = snap.ts();
     if pages.is_empty() && blobs.is_empty() && cut_ts == state_ts {
-        return Ok(CheckpointStats { cut_ts, ..Default::default() });
+        return Ok(CheckpointStats { cut_ts, pages_loaded: loaded, ..Default::default() });
     }
-    let mut stats = CheckpointStats { cut_ts, pages: pages.len(), blobs: blobs.len(), ..Default::default() };
+    let mut stats = CheckpointStats {
+        cut_ts,
+        pages: pages.len(),
+        blobs: blobs.len(),
+        delta_frames: pages.iter().filter(|c| c.links.is_some()).count(),
+        chains_consolidated: pages.iter().filter(|c| c.consolidates).count(),
+        pages_loaded: loaded,
+        ..Default::default()
+    };
     let (new_files, placed) = match write_and_publish(db, cut_ts, pages, &blobs, sizes, &mut stats).await {
         Ok(x) => x,
         Err(e) => {
@@ -199,19 +235,23 @@ struct Cut {
     /// taken: (id, keys, bytes). A commit applied but not yet published then is counted
     /// here and replayed again after a crash (the approximation `Tree::account` names).
     sizes: Vec<(u32, u64, u64)>,
+    /// Pages loaded so that they could be captured.
+    loaded: usize,
 }
 
-/// Steps 1-2: load the pages whose chain ends in a disk stub, then seal and capture the
-/// dirty set under every tree's structure lock at one snapshot.
-async fn cut(db: &DbInner) -> Result<Cut> {
+/// Steps 1-2: load the pages whose chain ends in a disk stub and that cannot go out as a
+/// delta frame (`Forest::capture_needs_load`), then seal and capture the dirty set under
+/// every tree's structure lock at one snapshot. `since` is the previous cut.
+async fn cut(db: &DbInner, since: u64) -> Result<Cut> {
     let f = &db.forest;
     let mut attempt = 0;
+    let mut loaded = 0;
     loop {
         attempt += 1;
         if attempt > MAX_CUT_ATTEMPTS {
             return Err(Error::ReadOnly("checkpoint could not load the pages it must write".into()));
         }
-        load_all(f, f.dirty_unloaded()).await?;
+        loaded += load_all(f, f.dirty_unloaded()).await?;
         let trees = db.trees();
         let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
         let snap = db.mvcc.snapshot();
@@ -224,17 +264,17 @@ async fn cut(db: &DbInner) -> Result<Cut> {
             .collect();
         let horizon = db.mvcc.horizon();
         let sealed = f.take_dirty();
-        match f.capture(&sealed, snap.ts(), horizon) {
+        match f.capture(&sealed, snap.ts(), horizon, since) {
             Ok((pages, blobs)) => {
                 drop(locks);
                 db.ckpt_mem.hold(pages.iter().map(|c| c.image.len()).sum());
-                return Ok(Cut { snap, sealed, pages, blobs, sizes });
+                return Ok(Cut { snap, sealed, pages, blobs, sizes, loaded });
             }
             Err(need) => {
                 f.restore_dirty(sealed);
                 drop(locks);
                 drop(snap);
-                load_all(f, need).await?;
+                loaded += load_all(f, need).await?;
             }
         }
     }
@@ -311,7 +351,7 @@ async fn write_pages(
     let mut locs = Vec::with_capacity(pages.len());
     for mut c in pages {
         if c.freed {
-            locs.push((c.pid, PageLoc { addr: 0, len: 0 }));
+            locs.push((c.pid, PageLoc::freed()));
             placed.push((c, 0, 0));
             continue;
         }
@@ -330,7 +370,8 @@ async fn write_pages(
         };
         let addr = db.store.alloc_addr();
         let len = writer.add(addr, image).len;
-        locs.push((c.pid, PageLoc { addr, len }));
+        let links = c.links.as_ref().map(|l| l.to_vec()).unwrap_or_default();
+        locs.push((c.pid, PageLoc { addr, len, links }));
         placed.push((c, addr, len));
         if writer.held_len() >= FLUSH_BYTES {
             let held = writer.held_len();
@@ -368,8 +409,8 @@ fn publish_in_memory(
     (new_data_file, release_frames(db, old))
 }
 
-/// The live-page count of the file of each address in `old` (page images no page points
-/// at any more) falls by one; returns the files left with no live page, which the caller
+/// The live-frame count of the file of each address in `old` (frames no page's image uses
+/// any more) falls by one; returns the files left with no live frame, which the caller
 /// drops ([`remove_files`]).
 pub(crate) fn release_frames(db: &DbInner, old: Vec<u64>) -> Vec<u64> {
     let mut live = db.live_files.lock();

@@ -97,12 +97,27 @@ impl DbInner {
 
     /// Step 1 for one bucket: [`Error::Conflict`] if a key was written after `ts`, else
     /// the leaf of each key.
+    ///
+    /// The keys that land on one evicted leaf count together: once they (with the blind
+    /// writes it already carries) would pass `MAX_BLIND_DELTAS` or `BLIND_PAGE_BYTES`, the
+    /// leaf is loaded and kept in memory (`Forest::load_to_write`), so the rest of them land
+    /// on it and its split keeps it near the split size. (Each key alone would find room:
+    /// the writes of this commit are applied only at step 2.)
     pub(crate) async fn check_set(&self, s: &WriteSet<'_>, ts: u64) -> Result<Vec<Pid>> {
         let mut leaves = Vec::with_capacity(s.writes.len());
         let mut leaf = 0;
-        for k in s.writes.keys() {
+        let (mut run, mut run_len, mut run_bytes) = (0, 0, 0);
+        for (k, v) in s.writes {
             if s.tree.written_after(&self.forest, k, ts, &mut leaf).await? {
                 return Err(Error::Conflict);
+            }
+            if leaf != run {
+                (run, run_len, run_bytes) = (leaf, 0, 0);
+            }
+            run_len += 1;
+            run_bytes += k.len() + v.as_ref().map_or(0, Bytes::len);
+            if !self.forest.blind_room(leaf, run_len, run_bytes) {
+                self.forest.load_to_write(leaf).await?;
             }
             leaves.push(leaf);
         }

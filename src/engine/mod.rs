@@ -71,6 +71,8 @@ pub(crate) struct DbInner {
     pub poisoned: Mutex<Option<Error>>,
     /// The directory lock (`Db::open`), released at the end of `close` or at drop.
     pub lock: Mutex<Option<open::HeldLock>>,
+    /// Per data file, the frames of it that pages' images use (a page written as delta
+    /// frames uses one of each of its frames' files); a file at 0 is dropped.
     pub live_files: Mutex<FxHashMap<u64, usize>>,
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// Bytes of page images and copied frames the running checkpoint holds.

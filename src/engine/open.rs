@@ -120,9 +120,9 @@ async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         mvcc.clone(),
         opts.cache_capacity,
         state.next_pid,
-        state.pages.iter().map(|(pid, loc)| (*pid, loc.addr, loc.len)),
+        state.pages.iter().map(|(pid, loc)| (*pid, loc.addr, loc.len, loc.links.clone())),
     ));
-    let live = store.live_counts(state.pages.values().map(|l| l.addr));
+    let live = store.live_counts(state.pages.values().flat_map(crate::manifest::PageLoc::frames));
     let (catalog, by_id) = load_catalog(&forest, &state);
     // Step 6.
     let wal = replay_wal(&io, &dir, &opts, &state, &forest, &mvcc, &by_id).await?;

@@ -67,6 +67,12 @@ pub struct Stats {
     pub splits: u64,
     /// Page merges since open.
     pub merges: u64,
+    /// Delta frames written since open: blind writes to evicted leaves checkpointed as a
+    /// frame linked to the leaf's frames on disk, without reading the leaf.
+    pub delta_frames: u64,
+    /// Chains of delta frames replaced by one base since open (the leaf loaded and
+    /// written whole, when its chain was full or GC moved it).
+    pub chains_consolidated: u64,
     /// Page images read from disk since open (cache misses of the tree).
     pub page_reads: u64,
     /// Point reads since open that found every page they needed in the cache.
@@ -138,6 +144,8 @@ impl DbInner {
             snapshots: self.mvcc.live_snapshots(),
             splits: self.forest.splits.load(Ordering::Relaxed),
             merges: self.forest.merges.load(Ordering::Relaxed),
+            delta_frames: self.forest.delta_frames.load(Ordering::Relaxed),
+            chains_consolidated: self.forest.chains_consolidated.load(Ordering::Relaxed),
             page_reads: self.forest.page_reads.load(Ordering::Relaxed),
             cache_hits: forest.read_hits.get(),
             cache_misses: forest.read_misses.get(),
@@ -220,6 +228,8 @@ impl DbInner {
             ("ringkv_checkpoints_total", s.checkpoints),
             ("ringkv_splits_total", s.splits),
             ("ringkv_merges_total", s.merges),
+            ("ringkv_delta_frames_total", s.delta_frames),
+            ("ringkv_chains_consolidated_total", s.chains_consolidated),
         ];
         for (name, value) in counters {
             counter!(name, "db" => db.clone()).absolute(value);

@@ -14,7 +14,11 @@
 //!   6 add bucket      id u32 | root pid u64 | name_len u16 | name
 //!   7 drop bucket     id u32
 //!   8 bucket sizes    n u32 | (id u32 | keys u64 | bytes u64)*  (approximate, at the checkpoint's cut)
+//!   9 set page chains n u32 | (pid u64 | addr u64 | len u32 | k u8 | k x (addr u64 | len u32))*
+//!                     (tag 5 with each page's links: the frames its delta frame at `addr` links to)
 //! ```
+//!
+//! A `SetPages` edit is written as tag 5 when no page in it has links, else as tag 9.
 //!
 //! The first record of a manifest file is a full snapshot of the state (the same fields);
 //! later records are edits applied in order. A record with a bad CRC or length is the torn
@@ -34,13 +38,33 @@ use crate::limits::{MAX_BUCKET_NAME_LEN, MAX_MANIFEST_RECORD_LEN};
 
 const FORMAT_VERSION: u8 = 1;
 
-/// Where a page image is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a page image is: its newest frame, and for a page written as delta frames, the
+/// frames that one links to (newest first, the base last).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PageLoc {
-    /// Logical address.
+    /// Logical address of the newest frame (0 = freed).
     pub addr: u64,
-    /// Frame length.
+    /// Its length.
     pub len: u32,
+    /// The frames below it, newest first, the base last; empty when `addr` is the base.
+    pub links: Vec<(u64, u32)>,
+}
+
+impl PageLoc {
+    /// A page whose image is one frame.
+    pub fn base(addr: u64, len: u32) -> PageLoc {
+        PageLoc { addr, len, links: Vec::new() }
+    }
+
+    /// A freed page (an edit's way of taking it out of the page table).
+    pub fn freed() -> PageLoc {
+        PageLoc::default()
+    }
+
+    /// Every frame of the page: the newest, then its links.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.addr).chain(self.links.iter().map(|l| l.0))
+    }
 }
 
 /// A bucket in the catalogue.
@@ -137,7 +161,7 @@ impl ManifestState {
                     if loc.addr == 0 {
                         self.pages.remove(pid);
                     } else {
-                        self.pages.insert(*pid, *loc);
+                        self.pages.insert(*pid, loc.clone());
                     }
                 }
             }
@@ -170,7 +194,7 @@ impl ManifestState {
             },
         ];
         v.extend(self.files.values().cloned().map(Edit::AddFile));
-        let mut pages: Vec<(u64, PageLoc)> = self.pages.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut pages: Vec<(u64, PageLoc)> = self.pages.iter().map(|(k, v)| (*k, v.clone())).collect();
         pages.sort_unstable_by_key(|p| p.0);
         v.push(Edit::SetPages(pages));
         v.extend(self.buckets.values().cloned().map(Edit::AddBucket));
@@ -218,7 +242,9 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                 p.put_u64_le(*id);
             }
             Edit::SetPages(v) => {
-                p.put_u8(5);
+                // Tag 5 while no page has links (the format before delta frames), else 9.
+                let chains = v.iter().any(|(_, l)| !l.links.is_empty());
+                p.put_u8(if chains { 9 } else { 5 });
                 // One entry per page id: at most MAX_PAGES (limits.rs, <= u32::MAX).
                 #[allow(clippy::cast_possible_truncation)]
                 p.put_u32_le(v.len() as u32);
@@ -226,6 +252,15 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                     p.put_u64_le(*pid);
                     p.put_u64_le(loc.addr);
                     p.put_u32_le(loc.len);
+                    if chains {
+                        // A chain is at most limits::MAX_DELTA_FRAMES + 1 frames.
+                        #[allow(clippy::cast_possible_truncation)]
+                        p.put_u8(loc.links.len() as u8);
+                        for &(a, l) in &loc.links {
+                            p.put_u64_le(a);
+                            p.put_u32_le(l);
+                        }
+                    }
                 }
             }
             Edit::AddBucket(b) => {
@@ -300,7 +335,22 @@ pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncat
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let pid = r.u64()?;
-                    v.push((pid, PageLoc { addr: r.u64()?, len: r.u32()? }));
+                    v.push((pid, PageLoc::base(r.u64()?, r.u32()?)));
+                }
+                Edit::SetPages(v)
+            }
+            9 => {
+                let n = r.count32(21)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let pid = r.u64()?;
+                    let (addr, len) = (r.u64()?, r.u32()?);
+                    let k = r.u8()?;
+                    let mut links = Vec::with_capacity(usize::from(k));
+                    for _ in 0..k {
+                        links.push((r.u64()?, r.u32()?));
+                    }
+                    v.push((pid, PageLoc { addr, len, links }));
                 }
                 Edit::SetPages(v)
             }
@@ -447,7 +497,7 @@ mod tests {
     fn snapshot_roundtrip_and_torn_tail() {
         let mut s = ManifestState::new();
         s.apply(&Edit::AddFile(FileMeta { id: 3, kind: FileKind::Blob, size: 99, ranges: vec![(1, 5)] }));
-        s.apply(&Edit::SetPages(vec![(1, PageLoc { addr: 2, len: 30 })]));
+        s.apply(&Edit::SetPages(vec![(1, PageLoc::base(2, 30))]));
         s.apply(&Edit::AddBucket(BucketMeta { id: 1, name: "users".into(), root: 1 }));
         s.apply(&Edit::Checkpoint(42));
         let mut file = encode_record(&s.snapshot());

@@ -47,9 +47,9 @@ use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
-use super::page::{self, PageImage};
+use super::page::{self, FrameRef, PageImage};
 use crate::error::{Error, Result};
-use crate::limits::MAX_PAGES;
+use crate::limits::{BLIND_PAGE_BYTES, MAX_BLIND_DELTAS, MAX_DELTA_FRAMES, MAX_PAGES};
 use crate::mvcc::Mvcc;
 use crate::store::Store;
 use crate::tree::mapping::{retire_chain, MappingTable, Retired};
@@ -93,6 +93,19 @@ pub struct Captured {
     pub complete: bool,
     /// True for a page merged away: the checkpoint records it as freed, writes no frame.
     pub freed: bool,
+    /// For a delta frame (`tree::page::DeltaImage`): the frames it links to, newest first,
+    /// the base last (the page's image before this checkpoint). `None` for a base.
+    pub links: Option<Arc<Vec<FrameRef>>>,
+    /// True for a base that replaces a chain of delta frames (a chain consolidated).
+    pub consolidates: bool,
+}
+
+impl Captured {
+    /// A capture of `pid` at `seq` whose frame is `image` (a base), or a copy of the frame
+    /// at `copy_from`.
+    fn base(pid: Pid, seq: u64, image: Bytes, complete: bool, copy_from: u64) -> Captured {
+        Captured { pid, seq, image, copy_from, complete, freed: false, links: None, consolidates: false }
+    }
 }
 
 /// A blob value a checkpoint must write, with the address the images refer to it by.
@@ -142,6 +155,13 @@ pub struct Forest {
     pub splits: AtomicU64,
     /// Leaf merges since open.
     pub merges: AtomicU64,
+    /// The data files GC last marked for moving (`Forest::mark_files_dirty`): a chain with
+    /// a frame in one of them is written as a base, not extended by a delta frame.
+    gc_files: Mutex<FxHashSet<u64>>,
+    /// Delta frames published since open (blind writes checkpointed without a page read).
+    pub delta_frames: AtomicU64,
+    /// Chains of delta frames replaced by a base since open.
+    pub chains_consolidated: AtomicU64,
     /// Page images read from disk since open.
     pub page_reads: AtomicU64,
     /// Point reads (`Tree::get_version`) that found every page they needed in memory.
@@ -164,7 +184,7 @@ impl Forest {
         mvcc: Arc<Mvcc>,
         capacity: usize,
         next_pid: u64,
-        pages: impl Iterator<Item = (Pid, u64, u32)>,
+        pages: impl Iterator<Item = (Pid, u64, u32, Vec<FrameRef>)>,
     ) -> Forest {
         let f = Forest {
             table: MappingTable::new(),
@@ -185,6 +205,9 @@ impl Forest {
             inflight: Mutex::new(FxHashMap::default()),
             splits: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            gc_files: Mutex::new(FxHashSet::default()),
+            delta_frames: AtomicU64::new(0),
+            chains_consolidated: AtomicU64::new(0),
             page_reads: AtomicU64::new(0),
             read_hits: Default::default(),
             read_misses: Default::default(),
@@ -192,12 +215,13 @@ impl Forest {
             barren: AtomicU64::new(0),
         };
         f.disk_ts.store(f.mvcc.visible(), Ordering::SeqCst);
-        for (pid, addr, len) in pages {
+        for (pid, addr, len, links) in pages {
             let slot = f.table.slot(pid);
             let stub = Node::base(1, NodeKind::Disk { addr, bounds: None });
             f.swap_mem(stub.mem, true, Retired::default());
             slot.head.store(Owned::new(stub), Ordering::Release);
-            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1 };
+            let links = (!links.is_empty()).then(|| Arc::new(links));
+            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links };
         }
         f
     }
@@ -419,7 +443,8 @@ impl Forest {
         }
     }
 
-    /// Dirty pages whose chain ends in a disk stub (blind writes to evicted pages).
+    /// Dirty pages whose chain ends in a disk stub and that a checkpoint cannot write
+    /// without loading them ([`Forest::capture_needs_load`]).
     pub fn dirty_unloaded(&self) -> Vec<Pid> {
         let mut pids: Vec<Pid> = self
             .dirty
@@ -430,16 +455,47 @@ impl Forest {
         pids.dedup();
         let guard = epoch::pin();
         pids.into_iter()
-            .filter(|&p| {
-                ChainView::load(self, p, &guard)
-                    .is_some_and(|v| matches!(v.bottom.kind, NodeKind::Disk { .. }))
-            })
+            .filter(|&p| ChainView::load(self, p, &guard).is_some_and(|v| self.capture_needs_load(p, &v)))
             .collect()
     }
 
-    /// Where a page's image is: (address, length), if published.
+    /// Whether the chain of `pid`, if it is blind writes over an evicted leaf, has room for
+    /// `deltas` more of `bytes` bytes (`Tree::written_after` says when a write is blind).
+    /// True for a page in memory.
+    pub fn blind_room(&self, pid: Pid, deltas: usize, bytes: usize) -> bool {
+        let guard = epoch::pin();
+        let Some(v) = ChainView::load(self, pid, &guard) else { return true };
+        !matches!(v.bottom.kind, NodeKind::Disk { .. })
+            || (v.depth() + deltas <= MAX_BLIND_DELTAS && v.head_node.bytes as usize + bytes <= BLIND_PAGE_BYTES)
+    }
+
+    /// Whether a checkpoint must load page `pid` (chain `v`) before it can write it. A
+    /// chain that does not end in a stub needs nothing. Over a stub: blind writes go out as
+    /// a delta frame while the page has fewer than [`MAX_DELTA_FRAMES`] of them on disk and
+    /// its bounds are known and no frame of its chain is in a file GC is emptying (else the
+    /// page is loaded and written as a base, which consolidates its chain); an unchanged stub (GC) is copied as is when its image is one
+    /// frame, and loaded when it is a chain (GC moves a chain as a whole, as a base).
+    /// The capture may still ask for a load: a delta frame larger than
+    /// `1 / DELTA_BASE_RATIO` of its base, or one with nothing to write.
+    pub fn capture_needs_load(&self, pid: Pid, v: &ChainView<'_>) -> bool {
+        let NodeKind::Disk { bounds, .. } = &v.bottom.kind else { return false };
+        let meta = self.table.slot(pid).meta.lock();
+        let deltas_on_disk = meta.links.as_ref().map_or(0, |l| l.len());
+        if v.depth() == 0 {
+            deltas_on_disk > 0
+        } else {
+            bounds.is_none() || meta.addr == 0 || deltas_on_disk >= MAX_DELTA_FRAMES || {
+                let gc = self.gc_files.lock();
+                deltas_on_disk > 0
+                    && !gc.is_empty()
+                    && meta.frames().any(|a| self.store.file_of(a).is_some_and(|id| gc.contains(&id)))
+            }
+        }
+    }
+
+    /// Where a page's image is: (address, length) of its newest frame, if published.
     pub fn page_loc(&self, pid: Pid) -> Option<(u64, u32)> {
-        let m = *self.table.try_slot(pid)?.meta.lock();
+        let m = self.table.try_slot(pid)?.meta.lock();
         (m.addr != 0).then_some((m.addr, m.len))
     }
 

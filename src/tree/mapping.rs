@@ -6,23 +6,35 @@
 //! retire the chain they unlinked with `defer_destroy`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Shared};
 use parking_lot::Mutex;
 
 use crate::limits::{MAPPING_CHUNKS, MAPPING_CHUNK_LEN};
 use crate::tree::node::{Node, NodeKind, Pid};
+use crate::tree::page::FrameRef;
 
 /// Where the page's last published image is, and which chain state it equals.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct SlotMeta {
-    /// Logical address of the last published image (0 = never published).
+    /// Logical address of the last published image (0 = never published): its base, or
+    /// its newest delta frame.
     pub addr: u64,
     /// Its frame length.
     pub len: u32,
     /// `seq` of the chain head the image equals; 0 when no in-memory state equals it.
     pub flushed_seq: u64,
+    /// For an image whose newest frame is a delta frame: the frames it links to, newest
+    /// first, the base last (`tree::page::DeltaImage`). `None` for a base.
+    pub links: Option<Arc<Vec<FrameRef>>>,
+}
+
+impl SlotMeta {
+    /// Every frame of the page's image: the newest, then its links.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.addr).filter(|&a| a != 0).chain(self.links.iter().flat_map(|l| l.iter().map(|f| f.0)))
+    }
 }
 
 /// One page's entry.

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::limits::{
-    CONSOLIDATE_CHAIN_LEN, MAX_BLIND_DELTAS, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS,
+    BLIND_PAGE_BYTES, CONSOLIDATE_CHAIN_LEN, MAX_BLIND_DELTAS, SPLIT_INNER_CHILDREN, SPLIT_LEAF_BYTES, SPLIT_MIN_KEYS,
 };
 pub use forest::Forest;
 use leaf::LeafBuilder;
@@ -448,7 +448,10 @@ impl Tree {
     /// [`MAX_BLIND_DELTAS`] of them: then the leaf is loaded.
     ///
     /// `hint` is a page to try before descending (`Tree::leaf_covering`); it is set to
-    /// the leaf that held `key`, for the next key and for [`Tree::apply`].
+    /// the leaf that held `key`, for the next key and for [`Tree::apply`]. A leaf it loads
+    /// stays in memory until the next checkpoint (`Forest::load_to_write`): the commit
+    /// writes it, and in a small cache the loads of its next keys would evict it first,
+    /// leaving the write blind again and the leaf unsplit.
     pub async fn written_after(&self, f: &Forest, key: &[u8], ts: u64, hint: &mut Pid) -> Result<bool> {
         let in_leaf = |l: &LeafBase| l.search(key).is_ok_and(|i| l.page.newest_ts(i) > ts);
         loop {
@@ -463,12 +466,16 @@ impl Tree {
                             None => match &v.bottom.kind {
                                 NodeKind::Leaf(l) => Step::Done(in_leaf(l)),
                                 NodeKind::Forward { frozen, .. } => Step::Done(in_leaf(frozen)),
-                                // A stub already carrying MAX_BLIND_DELTAS blind writes is
+                                // A stub already carrying MAX_BLIND_DELTAS blind writes, or a
+                                // leaf whose size with them (the stub's `bytes`: its image on
+                                // disk, delta frames included) reached BLIND_PAGE_BYTES, is
                                 // loaded now, so the write lands on the leaf and the usual
                                 // consolidation and split keep it near SPLIT_LEAF_BYTES; folded
                                 // in later all at once, they would make an image many times it.
                                 NodeKind::Disk { .. }
-                                    if f.disk_ts() <= ts && v.depth() < MAX_BLIND_DELTAS =>
+                                    if f.disk_ts() <= ts
+                                        && v.depth() < MAX_BLIND_DELTAS
+                                        && (v.head_node.bytes as usize) < BLIND_PAGE_BYTES =>
                                 {
                                     Step::Done(false)
                                 }
@@ -480,7 +487,7 @@ impl Tree {
             };
             match step {
                 Step::Done(v) => return Ok(v),
-                Step::Load(p) => f.load(p).await?,
+                Step::Load(p) => f.load_to_write(p).await?,
             }
         }
     }
@@ -532,7 +539,9 @@ impl Tree {
             // Split as soon as a write takes the leaf past the split size: a leaf written
             // rarely (random keys over a tree larger than the cache) gets few writes
             // between an eviction and the next, and must not grow by a few at each.
-            let big = node.bytes as usize > SPLIT_LEAF_BYTES;
+            // (Not over a stub: the leaf is not in memory to split; the next writer loads
+            // it, `Tree::written_after`.)
+            let big = node.bytes as usize > SPLIT_LEAF_BYTES && !matches!(v.bottom.kind, NodeKind::Disk { .. });
             // Deletes shrink leaves: look for a merge now and then.
             let shrinking = matches!(version.value, Value::Tombstone) && depth >= 4;
             let owned = Owned::new(node);

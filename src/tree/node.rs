@@ -436,7 +436,9 @@ pub struct Node {
     /// Memory accounted to this element.
     pub mem: usize,
     /// Approximate encoded size of the leaf this chain describes (base plus deltas), to
-    /// decide splits without walking the chain; 0 for index nodes and stubs. 32 bits, so
+    /// decide splits without walking the chain; 0 for index nodes and for stubs made at
+    /// open, the leaf's size for a stub made by eviction (what its image on disk holds,
+    /// delta frames included, so blind writes above it count from there). 32 bits, so
     /// that it packs beside `depth` (saturates; a leaf is split long before).
     pub bytes: u32,
     /// The element.

@@ -77,6 +77,10 @@ pub struct Totals {
     pub garbage: u64,
     pub dropped: u64,
     pub names_lost: u64,
+    /// Delta frames the checkpoints of the workload wrote (`Stats::delta_frames`).
+    pub delta_frames: u64,
+    /// Chains of delta frames they consolidated (`Stats::chains_consolidated`).
+    pub chains_consolidated: u64,
 }
 
 impl Totals {
@@ -97,6 +101,8 @@ impl Totals {
         self.garbage += o.garbage;
         self.dropped += o.dropped;
         self.names_lost += o.names_lost;
+        self.delta_frames += o.delta_frames;
+        self.chains_consolidated += o.chains_consolidated;
     }
 }
 
@@ -210,7 +216,7 @@ impl Run {
     pub async fn cycles(&mut self, cycles: u64, stacked_percent: u64) -> Result<(), String> {
         for _ in 0..cycles {
             let db = self.recover(stacked_percent).await?;
-            self.work(db).await?;
+            self.work_counted(db).await?;
             if self.rng.chance(25) {
                 // The process dies but the machine runs on: everything written (not only
                 // what was synced) stays, so every acknowledged commit must survive, the
@@ -219,7 +225,7 @@ impl Run {
                 self.everything_acked_must_survive();
                 self.totals.restarts += 1;
                 let db = self.recover(0).await?;
-                self.work(db).await?;
+                self.work_counted(db).await?;
             }
             self.crash();
         }
@@ -227,6 +233,17 @@ impl Run {
         let db = self.recover(0).await?;
         db.close().await.map_err(|e| self.fail(format!("final close: {e}")))?;
         Ok(())
+    }
+
+    /// [`Run::work`], then adds what its checkpoints wrote as delta frames and
+    /// consolidated to the totals.
+    async fn work_counted(&mut self, db: Db) -> Result<(), String> {
+        let handle = db.clone();
+        let r = self.work(db).await;
+        let s = handle.stats();
+        self.totals.delta_frames += s.delta_frames;
+        self.totals.chains_consolidated += s.chains_consolidated;
+        r
     }
 
     fn crash(&mut self) {

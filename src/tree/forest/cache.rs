@@ -6,6 +6,7 @@ use super::{
     epoch, merge_leaf, page, retire_chain, Arc, ChainView, Error, Forest, FutureExt, LoadedImage, Node,
     NodeKind, Ordering, Owned, PageImage, Pid, Result, EVICT_SCAN_BUDGET,
 };
+use crate::tree::mapping::SlotMeta;
 
 impl Forest {
     /// Sets the page's CLOCK bit.
@@ -43,41 +44,103 @@ impl Forest {
     }
 
     /// Loads page `pid` from disk if its chain ends in a disk stub, folding blind deltas in.
+    /// A page written as delta frames has all its frames read at once (the slot knows
+    /// them) and merged over its base.
     pub async fn load(&self, pid: Pid) -> Result<()> {
-        let (addr, stub_seq) = {
+        let (meta, stub_seq) = {
             let guard = epoch::pin();
             let v = ChainView::load(self, pid, &guard).ok_or_else(|| self.dangling(pid))?;
             match &v.bottom.kind {
                 // Read the slot's current address, not the stub's: a checkpoint may have
                 // rewritten the page (GC) after the stub was made, to an identical image,
                 // and the stub's old file may be gone.
-                NodeKind::Disk { .. } => (self.table.slot(pid).meta.lock().addr, v.bottom.seq),
+                NodeKind::Disk { .. } => (self.table.slot(pid).meta.lock().clone(), v.bottom.seq),
                 _ => return Ok(()),
             }
         };
-        if addr == 0 {
+        if meta.addr == 0 {
             return Err(self.dangling(pid));
         }
-        let loaded = match self.read_image(addr).await {
+        let loaded = match self.read_chain(&meta).await {
             Ok(l) => l,
             // A checkpoint may have moved the page (GC) and deleted its old file while we
             // were reading: retry at the new address; any other failure is the answer.
             Err(e) => {
-                let moved = self.table.slot(pid).meta.lock().addr != addr;
+                let moved = self.table.slot(pid).meta.lock().addr != meta.addr;
                 if moved {
                     return Box::pin(self.load(pid)).await;
                 }
                 return Err(e);
             }
         };
-        self.install_loaded(pid, stub_seq, addr, &loaded)
+        self.install_loaded(pid, stub_seq, meta.addr, &loaded)
+    }
+
+    /// [`Forest::load`] for a page about to be written (by a commit, or by a checkpoint as a
+    /// base): the page loaded is marked dirty and kept from eviction until a checkpoint
+    /// publishes it (its `flushed_seq` is cleared), so that the loads of the next pages
+    /// cannot evict it again before the write; an unchanged chain GC moves, or a leaf a
+    /// commit loads to split it, would otherwise load clean and go first.
+    pub async fn load_to_write(&self, pid: Pid) -> Result<()> {
+        self.load(pid).await?;
+        let guard = epoch::pin();
+        if let Some(v) = ChainView::load(self, pid, &guard) {
+            if !matches!(v.bottom.kind, NodeKind::Disk { .. }) {
+                self.mark_dirty(pid);
+                self.table.slot(pid).meta.lock().flushed_seq = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the image `meta` names: its one frame, or every frame of its chain at once,
+    /// merged. Returns the image and the cut its newest frame was written at, for a chain
+    /// (0 for one frame): the blind deltas in memory at or below that cut are in the image.
+    async fn read_chain(&self, meta: &SlotMeta) -> Result<(Arc<LoadedImage>, u64)> {
+        let Some(links) = &meta.links else {
+            let img = self.read_image(meta.addr).await?;
+            if let PageImage::Delta(_) = &img.0 {
+                return Err(Error::corruption(&img.1, img.2, "a page without links is a delta frame"));
+            }
+            return Ok((img, 0));
+        };
+        let frames: Vec<Arc<LoadedImage>> =
+            futures::future::try_join_all(meta.frames().map(|a| self.read_image(a))).await?;
+        let (base, deltas) = frames.split_last().expect("a chain has a head and links");
+        let PageImage::Leaf(base_leaf) = &base.0 else {
+            return Err(Error::corruption(&base.1, base.2, "the base of a chain of delta frames is not a leaf"));
+        };
+        let mut versions = Vec::new();
+        let mut head_cut = 0;
+        for (i, f) in deltas.iter().enumerate() {
+            let PageImage::Delta(d) = &f.0 else {
+                return Err(Error::corruption(&f.1, f.2, "a frame of a chain is not a delta frame"));
+            };
+            if d.links[..] != links[i..] {
+                return Err(Error::corruption(&f.1, f.2, "a delta frame links to frames its page does not"));
+            }
+            if i == 0 {
+                head_cut = d.cut;
+            }
+            for e in d.leaf.entries() {
+                if e.key < base_leaf.bounds.low || base_leaf.bounds.is_right_of(&e.key) {
+                    return Err(Error::corruption(&f.1, f.2, "a delta frame holds a key outside its page"));
+                }
+                versions.extend(e.versions.into_iter().map(|v| (e.key.clone(), v)));
+            }
+        }
+        let refs: Vec<_> = versions.iter().map(|(k, v)| (k, v)).collect();
+        let merged = merge_leaf(&refs, base_leaf, self.horizon());
+        let (_, file, offset) = &*frames[0];
+        Ok((Arc::new((PageImage::Leaf(merged), file.clone(), *offset)), head_cut))
     }
 
     /// Puts the image `loaded` (read from `addr`) in place of the disk stub of `pid` made at
-    /// `stub_seq`, folding in the blind deltas above the stub; nothing to do if another
-    /// loader did it first. Retries a lost CAS (a delta landed meanwhile), boundedly.
-    fn install_loaded(&self, pid: Pid, stub_seq: u64, addr: u64, loaded: &LoadedImage) -> Result<()> {
-        let (img, file, offset) = loaded;
+    /// `stub_seq`, folding in the blind deltas above the stub (those above `since`, the cut
+    /// of the image's newest delta frame: the rest are in the image); nothing to do if
+    /// another loader did it first. Retries a lost CAS (a delta landed meanwhile), boundedly.
+    fn install_loaded(&self, pid: Pid, stub_seq: u64, addr: u64, loaded: &(Arc<LoadedImage>, u64)) -> Result<()> {
+        let ((img, file, offset), since) = (&*loaded.0, loaded.1);
         let horizon = self.horizon();
         for _ in 0..1000 {
             let guard = epoch::pin();
@@ -87,7 +150,10 @@ impl Forest {
             }
             let kind = match &img {
                 PageImage::Leaf(l) if v.depth() == 0 => NodeKind::Leaf(l.clone()),
-                PageImage::Leaf(l) => NodeKind::Leaf(merge_leaf(&v.delta_vec(), l, horizon)),
+                PageImage::Leaf(l) => {
+                    let deltas: Vec<_> = v.deltas().filter(|(_, ver)| ver.ts > since).collect();
+                    NodeKind::Leaf(merge_leaf(&deltas, l, horizon))
+                }
                 PageImage::Inner(i) if v.depth() == 0 => NodeKind::Inner(i.clone()),
                 PageImage::Inner(_) => {
                     return Err(Error::corruption(
@@ -96,6 +162,7 @@ impl Forest {
                         "page image is an index node but leaf writes reached it",
                     ));
                 }
+                PageImage::Delta(_) => unreachable!("read_chain merges delta frames"),
             };
             let node = Node::base(v.head_node.seq + 1, kind);
             let new_seq = node.seq;
@@ -187,7 +254,12 @@ impl Forest {
             return; // written since its image: dirty (checked before walking the chain)
         }
         let Some(v) = ChainView::load(self, pid, guard) else { return };
-        let NodeKind::Leaf(l) = &v.bottom.kind else { return };
+        // A leaf, or blind writes over a stub that a delta frame holds (bounds known).
+        let bounds = match &v.bottom.kind {
+            NodeKind::Leaf(l) => l.bounds.detached(),
+            NodeKind::Disk { bounds: Some(b), .. } if v.depth() > 0 => b.clone(),
+            _ => return,
+        };
         if v.head_node.seq != meta.flushed_seq {
             return;
         }
@@ -196,8 +268,10 @@ impl Forest {
             self.barren.store(0, Ordering::Relaxed);
             return;
         }
-        let stub =
-            Node::base(v.head_node.seq + 1, NodeKind::Disk { addr: meta.addr, bounds: Some(l.bounds.detached()) });
+        let mut stub = Node::base(v.head_node.seq + 1, NodeKind::Disk { addr: meta.addr, bounds: Some(bounds) });
+        // The leaf's size as the chain counted it (its image: the stub stands for it), from
+        // which blind writes keep counting (`Tree::written_after`).
+        stub.bytes = v.head_node.bytes;
         let mem = stub.mem;
         let head_ptr = v.head;
         if slot.head.compare_exchange(head_ptr, Owned::new(stub), Ordering::AcqRel, Ordering::Acquire, guard).is_ok() {

@@ -1,13 +1,17 @@
 //! The forest's side of a checkpoint: capturing the images of the sealed dirty pages at the
-//! cut, publishing their new addresses (forest invariants 1 and 5), and GC's marking of the
-//! pages of sparse files.
+//! cut (a base, or for blind writes over an evicted leaf a delta frame linked to the
+//! page's frames on disk, `tree::page::DeltaImage`), publishing their new addresses (forest
+//! invariants 1 and 5), and GC's marking of the pages of sparse files (every frame of a
+//! page's chain counts: GC moves a chain as a whole, as a base).
 
 use super::{
     epoch, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
     NodeKind, Ordering, PendingBlob, Pid,
 };
+use crate::limits::DELTA_BASE_RATIO;
+use crate::tree::leaf::LeafBuilder;
 use crate::tree::merge_leaf_at;
-use crate::tree::node::LeafBase;
+use crate::tree::node::{Bounds, LeafBase};
 
 /// A checkpoint's cut as its capture sees it: the timestamp, the GC horizon at or below it,
 /// and the guard the captured chains are read under.
@@ -20,6 +24,8 @@ struct CutAt<'g> {
 impl Forest {
     /// Captures the images of `pids` for a checkpoint cut at `cut_ts` (caller holds every
     /// tree's structure lock). Versions above the cut are left out (the WAL replays them).
+    /// `since` is the previous checkpoint's cut: every version at or below it is in the
+    /// pages' images on disk already, so a delta frame holds only those above it.
     /// Fails with the pages that must be loaded first.
     #[allow(clippy::type_complexity)]
     pub fn capture(
@@ -27,8 +33,9 @@ impl Forest {
         pids: &FxHashSet<Pid>,
         cut_ts: u64,
         horizon: u64,
+        since: u64,
     ) -> std::result::Result<(Vec<Captured>, Vec<PendingBlob>), Vec<Pid>> {
-        assert!(horizon <= cut_ts);
+        assert!(horizon <= cut_ts && since <= cut_ts);
         let guard = epoch::pin();
         let mut out = Vec::with_capacity(pids.len());
         let mut blobs: Vec<PendingBlob> = Vec::new();
@@ -39,29 +46,41 @@ impl Forest {
         for pid in sorted {
             let Some(v) = ChainView::load(self, pid, &guard) else { continue };
             let seq = v.head_node.seq;
+            let cut = CutAt { cut_ts, horizon, guard: &guard };
+            let consolidates = || self.table.slot(pid).meta.lock().links.is_some();
             let c = match &v.bottom.kind {
                 NodeKind::Inner(i) => {
                     let mut image = Vec::new();
                     page::encode_inner(i, &mut image);
-                    Captured { pid, seq, image: Bytes::from(image), complete: true, copy_from: 0, freed: false }
+                    Captured::base(pid, seq, Bytes::from(image), true, 0)
                 }
                 NodeKind::Leaf(base) => {
-                    let cut = CutAt { cut_ts, horizon, guard: &guard };
                     let (image, complete, seq) = self.capture_leaf(&v, pid, base, &cut, &mut blob_ids, &mut blobs);
-                    Captured { pid, seq, image, complete, copy_from: 0, freed: false }
+                    Captured { consolidates: consolidates(), ..Captured::base(pid, seq, image, complete, 0) }
+                }
+                NodeKind::Disk { .. } if self.capture_needs_load(pid, &v) => {
+                    unloaded.push(pid);
+                    continue;
                 }
                 NodeKind::Disk { .. } if v.depth() == 0 => {
                     let addr = self.table.slot(pid).meta.lock().addr;
                     assert!(addr != 0, "an unloaded page has an address");
-                    Captured { pid, seq, image: Bytes::new(), complete: true, copy_from: addr, freed: false }
+                    Captured::base(pid, seq, Bytes::new(), true, addr)
                 }
-                NodeKind::Disk { .. } => {
-                    unloaded.push(pid);
-                    continue;
+                NodeKind::Disk { bounds, .. } => {
+                    let bounds = bounds.as_ref().expect("capture_needs_load: a stub with deltas has bounds");
+                    if let Some(c) = self.capture_delta(&v, pid, bounds, since, &cut, &mut blob_ids, &mut blobs) {
+                        c
+                    } else {
+                        unloaded.push(pid);
+                        continue;
+                    }
                 }
-                NodeKind::Forward { .. } => {
-                    Captured { pid, seq, image: Bytes::new(), complete: true, copy_from: 0, freed: true }
-                }
+                NodeKind::Forward { .. } => Captured {
+                    freed: true,
+                    consolidates: consolidates(),
+                    ..Captured::base(pid, seq, Bytes::new(), true, 0)
+                },
                 NodeKind::Upsert { .. } => unreachable!(),
             };
             out.push(c);
@@ -70,6 +89,70 @@ impl Forest {
             return Err(unloaded);
         }
         Ok((out, blobs))
+    }
+
+    /// The delta frame of page `pid`, whose chain `v` is blind writes over a stub: the
+    /// versions above `since` and at or below the cut, linked to the page's image on disk.
+    /// `None` when the page must be loaded and written as a base instead: the frame would
+    /// be larger than `1 / DELTA_BASE_RATIO` of the base, or would hold nothing (every
+    /// delta above the cut).
+    #[allow(clippy::too_many_arguments)]
+    fn capture_delta(
+        &self,
+        v: &ChainView<'_>,
+        pid: Pid,
+        bounds: &Bounds,
+        since: u64,
+        cut: &CutAt<'_>,
+        blob_ids: &mut FxHashMap<*const BlobCell, u64>,
+        blobs: &mut Vec<PendingBlob>,
+    ) -> Option<Captured> {
+        let meta = self.table.slot(pid).meta.lock().clone();
+        let base_len = meta.links.as_ref().and_then(|l| l.last()).map_or(meta.len, |b| b.1);
+        let deltas: Vec<_> = v.deltas().filter(|(_, ver)| ver.ts > since).collect();
+        let empty = LeafBase::from_page(LeafBuilder::new(bounds.low.clone(), bounds.high.clone(), bounds.right).finish());
+        // Horizon 0: no trimming. A delta frame lies over older versions of its keys; a
+        // tombstone trimmed away here would let them show again.
+        let (merged, complete) = merge_leaf_at(&deltas, &empty, 0, cut.cut_ts);
+        if merged.is_empty() || merged.page.len() * DELTA_BASE_RATIO > base_len as usize {
+            return None;
+        }
+        let leaf = self.leaf_image(&merged, blob_ids, blobs);
+        let mut links = Vec::with_capacity(1 + meta.links.as_ref().map_or(0, |l| l.len()));
+        links.push((meta.addr, meta.len));
+        links.extend(meta.links.iter().flat_map(|l| l.iter().copied()));
+        let mut image = Vec::new();
+        page::encode_delta(cut.cut_ts, &links, &leaf, &mut image);
+        Some(Captured {
+            links: Some(Arc::new(links)),
+            ..Captured::base(pid, v.head_node.seq, Bytes::from(image), complete, 0)
+        })
+    }
+
+    /// The bytes of leaf `leaf` as a frame: a blob value not yet on disk gets an address
+    /// (once per cell, remembered in `blob_ids`) and joins `blobs`.
+    fn leaf_image(
+        &self,
+        leaf: &LeafBase,
+        blob_ids: &mut FxHashMap<*const BlobCell, u64>,
+        blobs: &mut Vec<PendingBlob>,
+    ) -> Bytes {
+        if !leaf.page.has_cells() {
+            return leaf.page.bytes().clone();
+        }
+        let mut image = Vec::new();
+        page::encode_leaf(leaf, &mut image, &mut |cell| {
+            let a = cell.addr();
+            if a != 0 {
+                return a;
+            }
+            *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
+                let addr = self.store.alloc_addr();
+                blobs.push(PendingBlob { cell: cell.clone(), addr });
+                addr
+            })
+        });
+        Bytes::from(image)
     }
 
     /// The image of leaf `base` under the deltas of `v` at the cut; a
@@ -103,25 +186,14 @@ impl Forest {
             }
             return (image, complete, seq);
         }
-        let mut image = Vec::new();
-        page::encode_leaf(&merged, &mut image, &mut |cell| {
-            let a = cell.addr();
-            if a != 0 {
-                return a;
-            }
-            *blob_ids.entry(Arc::as_ptr(cell)).or_insert_with(|| {
-                let addr = self.store.alloc_addr();
-                blobs.push(PendingBlob { cell: cell.clone(), addr });
-                addr
-            })
-        });
-        (Bytes::from(image), complete, seq)
+        (self.leaf_image(&merged, blob_ids, blobs), complete, seq)
     }
 
     /// After a checkpoint is durable: points each captured page at its new image (a page
     /// becomes evictable when its image holds its whole chain and the chain has not changed
-    /// since), keeps pages with versions above the cut dirty, and returns the addresses the
-    /// new images replaced.
+    /// since), keeps pages with versions above the cut dirty, and returns the addresses of
+    /// the frames no page links to any more (those a base or a freed page replaced; a
+    /// delta frame links to the frames before it, which stay).
     pub fn publish(&self, pages: &[(Captured, u64, u32)], cut_ts: u64) -> Vec<u64> {
         // Invariant 5: raised before any meta below makes a page evictable.
         self.disk_ts.fetch_max(cut_ts, Ordering::SeqCst);
@@ -130,17 +202,24 @@ impl Forest {
             let slot = self.table.slot(c.pid);
             {
                 let mut meta = slot.meta.lock();
-                if meta.addr != 0 {
-                    old.push(meta.addr);
+                if c.links.is_none() {
+                    old.extend(meta.frames());
                 }
                 *meta = crate::tree::mapping::SlotMeta {
                     addr: *addr,
                     len: *len,
                     flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
+                    links: c.links.clone(),
                 };
             }
             if !c.complete {
                 self.mark_dirty(c.pid);
+            }
+            if c.links.is_some() {
+                self.delta_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            if c.consolidates {
+                self.chains_consolidated.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.note_clean();
@@ -154,12 +233,17 @@ impl Forest {
         let mut pids = Vec::new();
         for pid in 1..self.next_pid() {
             let Some(slot) = self.table.try_slot(pid) else { continue };
-            let addr = slot.meta.lock().addr;
-            if addr != 0 && self.store.file_of(addr).is_some_and(|id| files.contains(&id)) {
+            let moved = slot
+                .meta
+                .lock()
+                .frames()
+                .any(|addr| self.store.file_of(addr).is_some_and(|id| files.contains(&id)));
+            if moved {
                 pids.push(pid);
             }
         }
         let n = pids.len();
+        self.gc_files.lock().clone_from(files);
         self.restore_dirty(pids);
         n
     }

@@ -79,7 +79,8 @@ impl Forest {
     /// Takes `pids` out of the mapping table: each slot is emptied (its chain freed
     /// through the epoch, so a reader still on it finishes safely; one that comes back by
     /// page id finds nothing and fails instead of reading another page) and its address
-    /// cleared. The page ids are not reused. Returns the addresses the pages had on disk.
+    /// cleared. The page ids are not reused. Returns the addresses of every frame the pages had
+    /// on disk.
     pub fn forget(&self, pids: &[Pid]) -> Vec<u64> {
         let guard = epoch::pin();
         let mut old = Vec::new();
@@ -89,10 +90,8 @@ impl Forest {
             // enters any more (its bucket is marked dropped).
             unsafe { self.empty_slot(pid, &guard) };
             let mut meta = slot.meta.lock();
-            if meta.addr != 0 {
-                old.push(meta.addr);
-            }
-            *meta = SlotMeta { addr: 0, len: 0, flushed_seq: 0 };
+            old.extend(meta.frames());
+            *meta = SlotMeta::default();
         }
         old
     }
