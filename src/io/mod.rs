@@ -21,8 +21,11 @@
 //!     are handed to a reaper thread that waits for their completions and wakes their
 //!     futures. On ext4 a buffered write is not completed inline: the kernel hands it to an
 //!     io-wq worker (95-97% of submissions in a W3/W4 run, by the `io_uring` tracepoints),
-//!     so a `Buffered` commit costs two thread hops (io-wq, then the reaper) on this backend,
-//!     one on the thread pool (README, the peer run of 2026-11-30). Files are opened
+//!     so a `Buffered` commit would cost two thread hops (io-wq, then the reaper) on this
+//!     backend, one on the thread pool (README, the peer run of 2026-11-30). The first poll
+//!     of a buffered write therefore keeps draining the CQ (yielding between tries) for up
+//!     to 20 us before it hands the write over (`direct.rs` invariant 8), which catches
+//!     most WAL appends once the io-wq worker has written them. Files are opened
 //!     into the ring's *registered file table* (`IORING_FILE_INDEX_ALLOC`), one table of
 //!     up to `limits::IO_URING_FILE_SLOTS` slots (no more than the soft `RLIMIT_NOFILE`)
 //!     shared by every database: an open file takes a slot, not a process descriptor, and
@@ -66,8 +69,10 @@
 //!    happens on the ring thread, on a pool thread, on the reaper, or in the kernel's
 //!    `io_uring` workers. The one thing a poll does in the kernel is the direct ring's
 //!    `io_uring_enter`, which
-//!    completes an operation inline only when it need not wait for the device (a buffered
-//!    write, a page-cache hit) and otherwise queues it. The futures work on any executor
+//!    completes an operation inline only when it need not wait for the device (a page-cache
+//!    hit, a buffered write where the file system allows) and otherwise queues it, and,
+//!    for a buffered write, up to 20 us of draining the CQ with `yield_now` between tries
+//!    (CPU time, not a wait on the device). The futures work on any executor
 //!    (tokio multi-thread or current-thread, `futures::executor::block_on`, ...). Only
 //!    [`IoDriver::new`] may wait, once per process, for the ring to start.
 //! 2. **Lazy submission.** Nothing is submitted until the future is first polled.
