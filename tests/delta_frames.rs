@@ -191,3 +191,46 @@ fn gc_moves_chains_as_bases() {
         db.close().await.unwrap();
     });
 }
+
+/// A leaf in memory whose base is its image on disk has its new versions written as a
+/// delta frame too: a few writes to cached leaves cost frames of their size, not pages.
+#[test]
+fn writes_to_cached_leaves_go_out_as_delta_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let opts = Options::default().cache_capacity(64 << 20).background_checkpoints(false);
+        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        for start in (0..KEYS).step_by(500) {
+            let mut tx = b.begin().unwrap();
+            for i in start..start + 500 {
+                tx.put(key(i), value(i, 0)).unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        db.checkpoint().await.unwrap();
+        for r in 1..=2 {
+            let mut batch = db.batch();
+            for i in (0..KEYS).filter(|i| (i + r).is_multiple_of(STEP)) {
+                batch.put(&b, key(i), value(i, r)).unwrap();
+            }
+            batch.commit().await.unwrap();
+            let s = db.checkpoint().await.unwrap();
+            eprintln!("round {r}: {} pages, {} delta frames, {} bytes", s.pages, s.delta_frames, s.bytes);
+            assert!(s.pages > 100, "round {r}: {} pages", s.pages);
+            // (The rest: leaves a write split, and their parents.)
+            assert!(s.delta_frames * 4 >= s.pages * 3, "round {r}: {} of {} pages", s.delta_frames, s.pages);
+            // About one key per leaf: a frame of a few hundred bytes each, not a page.
+            assert!(s.bytes < s.pages as u64 * 1024, "round {r}: {} bytes for {} pages", s.bytes, s.pages);
+            assert_eq!(s.pages_loaded, 0);
+        }
+        read_back(&b, 2, "in memory").await;
+        db.close().await.unwrap();
+        let report = Db::check(dir.path(), &opts).await.unwrap();
+        assert!(report.is_ok() && report.delta_frames > 100, "{report}");
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        let b = db.existing_bucket("b").unwrap();
+        read_back(&b, 2, "after the reopen").await;
+        db.close().await.unwrap();
+    });
+}

@@ -79,6 +79,7 @@ pub const EVICT_SCAN_BUDGET: usize = 512;
 
 /// A page image captured by a checkpoint.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // four independent facts about one capture
 pub struct Captured {
     /// Page id.
     pub pid: Pid,
@@ -98,13 +99,26 @@ pub struct Captured {
     pub links: Option<Arc<Vec<FrameRef>>>,
     /// True for a base that replaces a chain of delta frames (a chain consolidated).
     pub consolidates: bool,
+    /// True when the image is of a leaf base alone (the chain was one base, or was replaced
+    /// by the image): that base, of `seq`, is what the image holds (`SlotMeta::base_seq`).
+    pub base_is_image: bool,
 }
 
 impl Captured {
     /// A capture of `pid` at `seq` whose frame is `image` (a base), or a copy of the frame
     /// at `copy_from`.
     fn base(pid: Pid, seq: u64, image: Bytes, complete: bool, copy_from: u64) -> Captured {
-        Captured { pid, seq, image, copy_from, complete, freed: false, links: None, consolidates: false }
+        Captured {
+            pid,
+            seq,
+            image,
+            copy_from,
+            complete,
+            freed: false,
+            links: None,
+            consolidates: false,
+            base_is_image: false,
+        }
     }
 }
 
@@ -221,7 +235,7 @@ impl Forest {
             f.swap_mem(stub.mem, true, Retired::default());
             slot.head.store(Owned::new(stub), Ordering::Release);
             let links = (!links.is_empty()).then(|| Arc::new(links));
-            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links };
+            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links, base_seq: 0 };
         }
         f
     }
@@ -484,13 +498,18 @@ impl Forest {
         if v.depth() == 0 {
             deltas_on_disk > 0
         } else {
-            bounds.is_none() || meta.addr == 0 || deltas_on_disk >= MAX_DELTA_FRAMES || {
-                let gc = self.gc_files.lock();
-                deltas_on_disk > 0
-                    && !gc.is_empty()
-                    && meta.frames().any(|a| self.store.file_of(a).is_some_and(|id| gc.contains(&id)))
-            }
+            bounds.is_none() || meta.addr == 0 || deltas_on_disk >= MAX_DELTA_FRAMES || self.in_gc_files(&meta)
         }
+    }
+
+    /// Whether `meta` is a chain with a frame in a file GC is emptying (such a chain is
+    /// written as a base, so that the file can go).
+    fn in_gc_files(&self, meta: &crate::tree::mapping::SlotMeta) -> bool {
+        if meta.links.is_none() {
+            return false;
+        }
+        let gc = self.gc_files.lock();
+        !gc.is_empty() && meta.frames().any(|a| self.store.file_of(a).is_some_and(|id| gc.contains(&id)))
     }
 
     /// Where a page's image is: (address, length) of its newest frame, if published.

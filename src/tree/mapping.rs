@@ -28,6 +28,10 @@ pub struct SlotMeta {
     /// For an image whose newest frame is a delta frame: the frames it links to, newest
     /// first, the base last (`tree::page::DeltaImage`). `None` for a base.
     pub links: Option<Arc<Vec<FrameRef>>>,
+    /// `seq` of a leaf base in memory whose every version (at or above the horizon it was
+    /// written at) is in the image on disk: the deltas above that base are the page's only
+    /// versions not on disk, so a checkpoint may write them as a delta frame; 0 for none.
+    pub base_seq: u64,
 }
 
 impl SlotMeta {

@@ -179,7 +179,10 @@ impl Forest {
                 // that image meanwhile, it moved an identical one).
                 if v.depth() == 0 {
                     meta.flushed_seq = new_seq;
+                    meta.base_seq = new_seq;
                     self.note_clean();
+                } else {
+                    meta.base_seq = 0;
                 }
                 drop(meta);
                 // SAFETY: the CAS just unlinked the old chain.

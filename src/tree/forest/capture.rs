@@ -1,6 +1,7 @@
 //! The forest's side of a checkpoint: capturing the images of the sealed dirty pages at the
-//! cut (a base, or for blind writes over an evicted leaf a delta frame linked to the
-//! page's frames on disk, `tree::page::DeltaImage`), publishing their new addresses (forest
+//! cut (a base, or a delta frame linked to the page's frames on disk,
+//! `tree::page::DeltaImage`: for blind writes over an evicted leaf, and for the deltas of a
+//! leaf in memory whose base is its image on disk, `SlotMeta::base_seq`), publishing their new addresses (forest
 //! invariants 1 and 5), and GC's marking of the pages of sparse files (every frame of a
 //! page's chain counts: GC moves a chain as a whole, as a base).
 
@@ -8,7 +9,7 @@ use super::{
     epoch, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
     NodeKind, Ordering, PendingBlob, Pid,
 };
-use crate::limits::DELTA_BASE_RATIO;
+use crate::limits::{DELTA_BASE_RATIO, MAX_DELTA_FRAMES};
 use crate::tree::leaf::LeafBuilder;
 use crate::tree::merge_leaf_at;
 use crate::tree::node::{Bounds, LeafBase};
@@ -54,10 +55,16 @@ impl Forest {
                     page::encode_inner(i, &mut image);
                     Captured::base(pid, seq, Bytes::from(image), true, 0)
                 }
-                NodeKind::Leaf(base) => {
-                    let (image, complete, seq) = self.capture_leaf(&v, pid, base, &cut, &mut blob_ids, &mut blobs);
-                    Captured { consolidates: consolidates(), ..Captured::base(pid, seq, image, complete, 0) }
+                NodeKind::Leaf(base) if v.depth() > 0 && self.deltas_over_image(pid, &v) => {
+                    if let Some(c) =
+                        self.capture_delta(&v, pid, &base.bounds, since, &cut, &mut blob_ids, &mut blobs)
+                    {
+                        c
+                    } else {
+                        self.capture_base(&v, pid, base, &cut, &mut blob_ids, &mut blobs)
+                    }
                 }
+                NodeKind::Leaf(base) => self.capture_base(&v, pid, base, &cut, &mut blob_ids, &mut blobs),
                 NodeKind::Disk { .. } if self.capture_needs_load(pid, &v) => {
                     unloaded.push(pid);
                     continue;
@@ -89,6 +96,36 @@ impl Forest {
             return Err(unloaded);
         }
         Ok((out, blobs))
+    }
+
+    /// Whether the deltas of chain `v` of `pid` (a leaf in memory) may go out as a delta
+    /// frame: its base is what the image on disk holds (`SlotMeta::base_seq`), the chain on
+    /// disk has room for one more delta frame and none of its frames is in a file GC is
+    /// emptying.
+    fn deltas_over_image(&self, pid: Pid, v: &ChainView<'_>) -> bool {
+        let meta = self.table.slot(pid).meta.lock();
+        meta.addr != 0
+            && meta.base_seq == v.bottom.seq
+            && meta.links.as_ref().map_or(0, |l| l.len()) < MAX_DELTA_FRAMES
+            && !self.in_gc_files(&meta)
+    }
+
+    /// The capture of leaf `pid` as a base (its chain consolidated at the cut).
+    fn capture_base(
+        &self,
+        v: &ChainView<'_>,
+        pid: Pid,
+        base: &LeafBase,
+        cut: &CutAt<'_>,
+        blob_ids: &mut FxHashMap<*const BlobCell, u64>,
+        blobs: &mut Vec<PendingBlob>,
+    ) -> Captured {
+        let replaced_from = v.head_node.seq;
+        let (image, complete, seq) = self.capture_leaf(v, pid, base, cut, blob_ids, blobs);
+        let consolidates = self.table.slot(pid).meta.lock().links.is_some();
+        // The image is of the base alone when the chain was one base or the image replaced it.
+        let base_is_image = complete && (v.depth() == 0 || seq == replaced_from + 1);
+        Captured { consolidates, base_is_image, ..Captured::base(pid, seq, image, complete, 0) }
     }
 
     /// The delta frame of page `pid`, whose chain `v` is blind writes over a stub: the
@@ -205,11 +242,19 @@ impl Forest {
                 if c.links.is_none() {
                     old.extend(meta.frames());
                 }
+                let base_seq = if c.links.is_some() {
+                    meta.base_seq // a delta frame: the base under it is still the one on disk
+                } else if c.base_is_image {
+                    c.seq
+                } else {
+                    0
+                };
                 *meta = crate::tree::mapping::SlotMeta {
                     addr: *addr,
                     len: *len,
                     flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
                     links: c.links.clone(),
+                    base_seq,
                 };
             }
             if !c.complete {
