@@ -55,6 +55,17 @@ async fn settle(db: &Db) {
     panic!("GC still moving pages after 20 checkpoints");
 }
 
+/// Writes every key's first value, 500 keys per transaction.
+async fn load(b: &ringkv::Bucket) {
+    for start in (0..KEYS).step_by(500) {
+        let mut tx = b.begin().unwrap();
+        for i in start..start + 500 {
+            tx.put(key(i), value(i, 0)).unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
 async fn read_back(b: &ringkv::Bucket, rounds: u32, when: &str) {
     for i in 0..KEYS {
         assert_eq!(b.get(key(i)).await.unwrap(), expected(i, rounds).map(Into::into), "key {i} {when}");
@@ -67,13 +78,7 @@ fn blind_writes_past_the_cache_go_out_as_delta_frames_without_a_page_read() {
     runtime().block_on(async {
         let db = Db::open(dir.path(), opts()).await.unwrap();
         let b = db.bucket("b").await.unwrap();
-        for start in (0..KEYS).step_by(500) {
-            let mut tx = b.begin().unwrap();
-            for i in start..start + 500 {
-                tx.put(key(i), value(i, 0)).unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
+        load(&b).await;
         db.checkpoint().await.unwrap();
         // Every leaf written once more, blindly: a leaf that grew past `BLIND_PAGE_BYTES`
         // (blind writes folded in by a checkpoint, without a split) is loaded by its next
@@ -157,13 +162,7 @@ fn gc_moves_chains_as_bases() {
     runtime().block_on(async {
         let db = Db::open(dir.path(), opts().gc_live_ratio(0.9)).await.unwrap();
         let b = db.bucket("b").await.unwrap();
-        for start in (0..KEYS).step_by(500) {
-            let mut tx = b.begin().unwrap();
-            for i in start..start + 500 {
-                tx.put(key(i), value(i, 0)).unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
+        load(&b).await;
         db.checkpoint().await.unwrap();
         b.put(b"evict-trigger", b"x").await.unwrap();
         for r in 1..=2 {
@@ -201,13 +200,7 @@ fn writes_to_cached_leaves_go_out_as_delta_frames() {
         let opts = Options::default().cache_capacity(64 << 20).background_checkpoints(false);
         let db = Db::open(dir.path(), opts.clone()).await.unwrap();
         let b = db.bucket("b").await.unwrap();
-        for start in (0..KEYS).step_by(500) {
-            let mut tx = b.begin().unwrap();
-            for i in start..start + 500 {
-                tx.put(key(i), value(i, 0)).unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
+        load(&b).await;
         db.checkpoint().await.unwrap();
         for r in 1..=2 {
             let mut batch = db.batch();

@@ -110,7 +110,16 @@ impl Forest {
             && !self.in_gc_files(&meta)
     }
 
-    /// The capture of leaf `pid` as a base (its chain consolidated at the cut).
+    /// The capture of leaf `pid` as a base: the image of `base` under the deltas of `v` at
+    /// the cut; a blob value not yet on disk gets an address (once per cell, remembered in
+    /// `blob_ids`) and joins `blobs`.
+    ///
+    /// A complete image of a chain with deltas and without in-memory blobs is also the page
+    /// consolidated: it replaces the chain (the frame then shares the page's bytes, and the
+    /// deltas' memory is freed), so a page a checkpoint wrote holds one page in memory, not
+    /// a chain beside a copy of its image, and that base is the image
+    /// (`Captured::base_is_image`, as is a chain that was one base). If a concurrent write
+    /// wins the race, the chain stays and the image is of the chain as loaded.
     fn capture_base(
         &self,
         v: &ChainView<'_>,
@@ -120,12 +129,25 @@ impl Forest {
         blob_ids: &mut FxHashMap<*const BlobCell, u64>,
         blobs: &mut Vec<PendingBlob>,
     ) -> Captured {
-        let replaced_from = v.head_node.seq;
-        let (image, complete, seq) = self.capture_leaf(v, pid, base, cut, blob_ids, blobs);
         let consolidates = self.table.slot(pid).meta.lock().links.is_some();
-        // The image is of the base alone when the chain was one base or the image replaced it.
-        let base_is_image = complete && (v.depth() == 0 || seq == replaced_from + 1);
-        Captured { consolidates, base_is_image, ..Captured::base(pid, seq, image, complete, 0) }
+        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
+        let seq = v.head_node.seq;
+        let captured = |image, seq, base_is_image| Captured {
+            consolidates,
+            base_is_image,
+            ..Captured::base(pid, seq, image, complete, 0)
+        };
+        if merged.page.has_cells() {
+            return captured(self.leaf_image(&merged, blob_ids, blobs), seq, complete && v.depth() == 0);
+        }
+        let image = merged.page.bytes().clone();
+        if complete && v.depth() != 0 {
+            if self.replace_sealed(pid, v.head, seq, NodeKind::Leaf(merged), cut.guard) {
+                return captured(image, seq + 1, true);
+            }
+            return captured(image, seq, false);
+        }
+        captured(image, seq, complete && v.depth() == 0)
     }
 
     /// The delta frame of page `pid`, whose chain `v` is blind writes over a stub: the
@@ -190,40 +212,6 @@ impl Forest {
             })
         });
         Bytes::from(image)
-    }
-
-    /// The image of leaf `base` under the deltas of `v` at the cut; a
-    /// blob value not yet on disk gets an address (once per cell, remembered in `blob_ids`)
-    /// and joins `blobs`. Returns the image, whether it holds every version (none above the
-    /// cut was left out), and the `seq` of the chain it holds.
-    ///
-    /// A complete image of a chain with deltas and without in-memory blobs is also the page
-    /// consolidated: it replaces the chain (the frame then shares the page's bytes, and the
-    /// deltas' memory is freed), so a page a checkpoint wrote holds one page in memory, not
-    /// a chain beside a copy of its image. If a concurrent write wins the race, the chain
-    /// stays and the image is of the chain as loaded.
-    fn capture_leaf(
-        &self,
-        v: &ChainView<'_>,
-        pid: Pid,
-        base: &LeafBase,
-        cut: &CutAt<'_>,
-        blob_ids: &mut FxHashMap<*const BlobCell, u64>,
-        blobs: &mut Vec<PendingBlob>,
-    ) -> (Bytes, bool, u64) {
-        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
-        let seq = v.head_node.seq;
-        if !merged.page.has_cells() {
-            let image = merged.page.bytes().clone();
-            if complete
-                && v.depth() != 0
-                && self.replace_sealed(pid, v.head, seq, NodeKind::Leaf(merged), cut.guard)
-            {
-                return (image, true, seq + 1);
-            }
-            return (image, complete, seq);
-        }
-        (self.leaf_image(&merged, blob_ids, blobs), complete, seq)
     }
 
     /// After a checkpoint is durable: points each captured page at its new image (a page
