@@ -59,7 +59,7 @@ use crate::manifest::edit::{record_at, RecordAt};
 use crate::manifest::{parse_current, Edit, FileMeta, ManifestState, CURRENT};
 use crate::options::Options;
 use crate::store::data_file::{self, FileKind, Footer, RelocEntry, FOOTER_LEN, RELOC_ENTRY_LEN};
-use crate::tree::node::Value;
+use crate::tree::node::{LeafBase, Value};
 use crate::tree::page::{self, PageImage};
 use crate::wal::reader::{damage_after, zero_tail, Item, SegmentReader};
 use crate::wal::record::{decode_frame, decode_segment_header, RecordError, FRAME_LEN, SEGMENT_HEADER_LEN};
@@ -231,6 +231,8 @@ struct CheckedFile {
 #[derive(Debug, Clone)]
 struct BlobRef {
     len: u32,
+    /// How many versions of the frames of the page table hold it.
+    count: u64,
     pid: u64,
     /// The data file and frame offset of the leaf holding the reference.
     file: PathBuf,
@@ -808,24 +810,7 @@ impl Checker {
                 leaf
             }
         };
-        for v in leaf.entries().iter().flat_map(|en| en.versions.clone()) {
-            let Value::Blob(c) = &v.value else { continue };
-            let r = BlobRef { len: c.len, pid, file: path.to_path_buf(), offset: e.offset };
-            let Some(prev) = self.blob_refs.insert(c.addr(), r) else { continue };
-            if prev.len != c.len {
-                self.problem(Error::corruption(
-                    path,
-                    e.offset,
-                    format!(
-                        "page {pid} references blob address {} as {} bytes, page {} as {}",
-                        c.addr(),
-                        c.len,
-                        prev.pid,
-                        prev.len
-                    ),
-                ));
-            }
-        }
+        self.note_blob_refs(&leaf, pid, path, e.offset);
         true
     }
 
@@ -876,11 +861,66 @@ impl Checker {
         }
     }
 
-    /// Step 4b: every blob reference resolves to a verified blob frame of its length.
+    /// Counts the blob references of leaf `leaf` (page `pid`, its frame at `offset` of
+    /// `path`), every version; a blob referenced with two lengths is a problem.
+    fn note_blob_refs(&mut self, leaf: &LeafBase, pid: u64, path: &Path, offset: u64) {
+        for v in leaf.entries().iter().flat_map(|en| en.versions.clone()) {
+            let Value::Blob(c) = &v.value else { continue };
+            let prev = match self.blob_refs.entry(c.addr()) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(BlobRef { len: c.len, count: 1, pid, file: path.to_path_buf(), offset });
+                    continue;
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    o.get_mut().count += 1;
+                    o.get().clone()
+                }
+            };
+            if prev.len != c.len {
+                self.problem(Error::corruption(
+                    path,
+                    offset,
+                    format!(
+                        "page {pid} references blob address {} as {} bytes, page {} as {}",
+                        c.addr(),
+                        c.len,
+                        prev.pid,
+                        prev.len
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Step 4b: every blob reference resolves to a verified blob frame of its length, and
+    /// no blob file's reference count in the manifest is below the references the page
+    /// table's frames hold (GC would drop the file while they do; `engine::gc`).
     fn resolve_blobs(&mut self, m: &ManifestView, checked: &BTreeMap<u64, CheckedFile>) {
         let index = RangeIndex::new(&m.state);
         let mut refs: Vec<_> = std::mem::take(&mut self.blob_refs).into_iter().collect();
         refs.sort_unstable_by_key(|r| r.0);
+        let mut per_file: BTreeMap<u64, u64> = BTreeMap::new();
+        for (addr, r) in &refs {
+            if let Some(fid) = index.file_of(*addr) {
+                *per_file.entry(fid).or_insert(0) += r.count;
+            }
+        }
+        for (&fid, &recorded) in &m.state.blob_refs {
+            let held = per_file.get(&fid).copied().unwrap_or(0);
+            if recorded < held {
+                self.problem(Error::corruption(
+                    &m.path,
+                    0,
+                    format!(
+                        "blob file {fid}: the manifest counts {recorded} references, the pages hold {held}"
+                    ),
+                ));
+            } else if recorded > held && recorded != u64::MAX {
+                self.note(format!(
+                    "blob file {fid}: the manifest counts {recorded} references, the pages hold {held} (kept until they are read)"
+                ));
+            }
+        }
         for (addr, r) in refs {
             let Some(fid) = index.file_of(addr) else {
                 self.problem(Error::corruption(

@@ -5,6 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use super::{check_bucket_name, checkpoint, DbInner};
 use crate::error::{Error, Result};
 use crate::manifest::{BucketMeta, Edit, PageLoc};
@@ -86,7 +88,17 @@ impl DbInner {
             .filter(|&&pid| self.forest.table.try_slot(pid).is_some_and(|s| s.meta.lock().addr != 0))
             .map(|&pid| (pid, PageLoc::freed()))
             .collect();
-        let edits = vec![Edit::DropBucket(t.id), Edit::SetPages(freed)];
+        let blob_counts = match self.dropped_blob_refs(&freed).await {
+            Ok(c) => c,
+            Err(e) => {
+                t.dropped.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let mut edits = vec![Edit::DropBucket(t.id), Edit::SetPages(freed)];
+        if !blob_counts.is_empty() {
+            edits.push(Edit::BlobRefs(blob_counts.clone()));
+        }
         if let Err(e) = self.manifest.commit(edits).await {
             self.poison(&e);
             return Err(e);
@@ -94,7 +106,8 @@ impl DbInner {
         self.catalog.write().remove(name);
         self.by_id.write().remove(&t.id);
         let old = self.forest.forget(&pids);
-        let dead = checkpoint::release_frames(self, old);
+        let mut dead = checkpoint::release_frames(self, old);
+        dead.extend(super::gc::set_blob_counts(self, &blob_counts));
         let removed = checkpoint::remove_files(self, dead).await?;
         // The files the bucket shared with others: their survivors move at the next
         // checkpoint, which then drops the files.
@@ -108,6 +121,25 @@ impl DbInner {
             "bucket dropped"
         );
         Ok(())
+    }
+
+    /// The new reference counts of the blob files the frames of `freed` (a dropped
+    /// bucket's pages) refer to: their references are taken away (`super::gc`), read from
+    /// the frames of pages not read since open (only while some blob file has a count).
+    async fn dropped_blob_refs(&self, freed: &[(Pid, PageLoc)]) -> Result<Vec<(u64, u64)>> {
+        if self.blob_refs.lock().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut changes = crate::tree::forest::BlobRefChanges::default();
+        let pids: Vec<Pid> = freed.iter().map(|p| p.0).collect();
+        let forest = &self.forest;
+        let mut reads = futures::stream::iter(pids)
+            .map(move |pid| forest.blob_refs_of(pid))
+            .buffer_unordered(checkpoint::LOAD_DEPTH);
+        while let Some(refs) = reads.next().await {
+            changes.released.extend(refs?);
+        }
+        Ok(super::gc::blob_counts(self, &changes, None))
     }
 
     /// Names of every bucket, sorted.

@@ -20,18 +20,21 @@
 //!    which the commit path enforces) and one flush of frames GC copies; then `fdatasync`
 //!    each file and sync the directory. `DbInner::ckpt_mem` counts what it holds.
 //! 4. Publish: one manifest edit adds both files, points every captured page at its new
-//!    address (with its links, for a delta frame), sets the WAL frontier to `cut` and records every bucket's approximate size
-//!    as counted when the cut's snapshot was taken. Data first, metadata last: a crash
+//!    address (with its links, for a delta frame), sets the WAL frontier to `cut`, records
+//!    every bucket's approximate size as counted when the cut's snapshot was taken and the
+//!    new reference counts of the blob files the images change. Data first, metadata last: a crash
 //!    before the edit is durable leaves unreferenced files that open deletes.
 //! 5. In memory: the files become readable, pages whose image holds their whole chain
 //!    become evictable, pages with versions above the cut stay dirty.
-//! 6. Data files no page points into any more are dropped by a second edit, then deleted;
-//!    WAL segments wholly at or below `cut` are deleted.
+//! 6. Data files no page points into any more, and blob files no frame refers to any
+//!    more (their counts, which step 4's edit recorded: `super::gc`), are dropped by a
+//!    second edit, then deleted; WAL segments wholly at or below `cut` are deleted.
 //!
 //! A failure in steps 3-4 puts the sealed pages back in the dirty set and turns the
 //! database read-only (a failed fsync is never retried as if nothing happened). After the
 //! steps, GC (`super::gc`) picks the data files whose live pages fell below
-//! `Options::gc_live_ratio` and marks those pages dirty, so the next checkpoint moves them.
+//! `Options::gc_live_ratio` and marks those pages dirty, so the next checkpoint moves them,
+//! and rewrites the sparsest blob file below that ratio with its referenced values only.
 //!
 //! Each step is a function of its own, named after it; [`run`] calls them in order.
 
@@ -68,8 +71,12 @@ pub struct CheckpointStats {
     /// delete the files).
     pub gc_files: usize,
     /// Bytes of frames this checkpoint copied as they were on disk: pages GC marked that
-    /// were not in memory (those in memory are written from their image, with the rest).
+    /// were not in memory (those in memory are written from their image, with the rest),
+    /// and the referenced values of a blob file GC rewrote.
     pub gc_copied_bytes: u64,
+    /// Sparse blob files GC rewrote with only their referenced values, at the same
+    /// addresses (`engine::gc::compact_blob_file`; each also counts in `files_removed`).
+    pub blob_files_compacted: usize,
     /// Of `pages`, those written as delta frames (blind writes over an evicted leaf, linked
     /// to its frames on disk, without reading them).
     pub delta_frames: usize,
@@ -85,7 +92,7 @@ pub struct CheckpointStats {
 const MAX_CUT_ATTEMPTS: usize = 16;
 
 /// Reads this many pages at once when a checkpoint loads the pages it must write.
-const LOAD_DEPTH: usize = 64;
+pub(crate) const LOAD_DEPTH: usize = 64;
 
 /// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
 /// the cache leave one evicted page per write to fold in; one at a time, the checkpoint
@@ -114,8 +121,8 @@ pub(crate) async fn run(db: &DbInner) -> Result<CheckpointStats> {
 ///
 /// Runs in an `info` span `ringkv.checkpoint` whose fields say what it did (`cut_ts`,
 /// `pages`, `blobs`, `bytes`, `files_removed`, `wal_segments_removed`, `gc_pages`,
-/// `gc_files`, `gc_copied_bytes`, `delta_frames`, `chains_consolidated`, `pages_loaded`,
-/// `duration_ms`); an `info` event `checkpoint` sums up
+/// `gc_files`, `gc_copied_bytes`, `blob_files_compacted`, `delta_frames`,
+/// `chains_consolidated`, `pages_loaded`, `duration_ms`); an `info` event `checkpoint` sums up
 /// one that wrote something (`debug` for one that had nothing to write).
 pub(crate) async fn run_locked(
     db: &DbInner,
@@ -133,6 +140,7 @@ pub(crate) async fn run_locked(
         gc_pages = Empty,
         gc_files = Empty,
         gc_copied_bytes = Empty,
+        blob_files_compacted = Empty,
         delta_frames = Empty,
         chains_consolidated = Empty,
         pages_loaded = Empty,
@@ -154,6 +162,7 @@ pub(crate) async fn run_locked(
             span.record("gc_pages", s.gc_pages);
             span.record("gc_files", s.gc_files);
             span.record("gc_copied_bytes", s.gc_copied_bytes);
+            span.record("blob_files_compacted", s.blob_files_compacted);
             span.record("delta_frames", s.delta_frames);
             span.record("chains_consolidated", s.chains_consolidated);
             span.record("pages_loaded", s.pages_loaded);
@@ -207,20 +216,27 @@ async fn steps(db: &DbInner) -> Result<CheckpointStats> {
         pages_loaded: loaded,
         ..Default::default()
     };
-    let (new_files, placed) = match write_and_publish(db, cut_ts, pages, &blobs, sizes, &mut stats).await {
-        Ok(x) => x,
-        Err(e) => {
-            db.forest.restore_dirty(sealed);
-            db.poison(&e);
-            return Err(e);
-        }
-    };
-    let (new_data_file, dead) = publish_in_memory(db, new_files, &blobs, &placed, cut_ts);
+    let (new_files, placed, blob_counts) =
+        match write_and_publish(db, cut_ts, pages, &blobs, sizes, &mut stats).await {
+            Ok(x) => x,
+            Err(e) => {
+                db.forest.restore_dirty(sealed);
+                db.poison(&e);
+                return Err(e);
+            }
+        };
+    let (new_data_file, mut dead) = publish_in_memory(db, new_files, &blobs, &placed, cut_ts);
+    dead.extend(super::gc::set_blob_counts(db, &blob_counts));
     drop(snap);
     db.forest.needs_checkpoint.store(false, Ordering::Relaxed);
     db.checkpoints.fetch_add(1, Ordering::Relaxed);
     drop_dead(db, dead, cut_ts, &mut stats).await?;
     (stats.gc_files, stats.gc_pages) = super::gc::mark_sparse_files(db, new_data_file);
+    if let Some(copied) = super::gc::compact_blob_file(db).await? {
+        stats.blob_files_compacted += 1;
+        stats.files_removed += 1;
+        stats.gc_copied_bytes += copied;
+    }
     Ok(stats)
 }
 
@@ -282,11 +298,14 @@ async fn cut(db: &DbInner, since: u64) -> Result<Cut> {
 
 /// A new file, with its relocation table, written and synced but not yet readable.
 type NewFile = (FileMeta, Vec<RelocEntry>);
+/// What [`write_and_publish`] published: the new files, each captured page with its
+/// address and length, and the new reference counts of the blob files it changed.
+type Published = (Vec<NewFile>, Vec<(Captured, u64, u32)>, Vec<(u64, u64)>);
 
 /// Steps 3-4: write the blob file and the data file, sync them and the directory, then
-/// commit the manifest edit that publishes them, the pages' new addresses and the WAL
-/// frontier `cut_ts`. Returns the new files and each captured page with its address and
-/// length. Frames are written [`FLUSH_BYTES`] at a time and each page's image is dropped
+/// commit the manifest edit that publishes them, the pages' new addresses, the WAL
+/// frontier `cut_ts` and the reference counts of the blob files the new images change
+/// (`super::gc::blob_counts`). Frames are written [`FLUSH_BYTES`] at a time and each page's image is dropped
 /// once written, so the checkpoint holds at most the images it captured plus one flush of
 /// frames it copies (GC), never a whole file.
 async fn write_and_publish(
@@ -296,7 +315,7 @@ async fn write_and_publish(
     blobs: &[PendingBlob],
     sizes: Vec<(u32, u64, u64)>,
     stats: &mut CheckpointStats,
-) -> Result<(Vec<NewFile>, Vec<(Captured, u64, u32)>)> {
+) -> Result<Published> {
     let mut edits = Vec::new();
     let mut new_files = Vec::new();
     if !blobs.is_empty() {
@@ -332,8 +351,14 @@ async fn write_and_publish(
     edits.push(Edit::BucketSizes(sizes));
     let (_, next_bucket) = db.manifest.frontier_and_next_bucket().await;
     edits.push(db.counters(next_bucket));
+    let new_blob = new_files.iter().map(|f| &f.0).find(|m| m.kind == FileKind::Blob);
+    let blob_counts =
+        super::gc::blob_counts(db, &db.forest.blob_ref_changes(placed.iter().map(|p| &p.0)), new_blob);
+    if !blob_counts.is_empty() {
+        edits.push(Edit::BlobRefs(blob_counts.clone()));
+    }
     db.manifest.commit(edits).await?;
-    Ok((new_files, placed))
+    Ok((new_files, placed, blob_counts))
 }
 
 /// Step 3 for the pages: adds each captured image (or, for an unloaded page GC moves, its

@@ -1,7 +1,9 @@
 //! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
 //! 0. Flow control: if the pages this commit may dirty (three per key: leaf, split sibling,
 //!    parent) would take the dirty set past `Options::dirty_limit`, or the cache is past `cache_capacity + dirty_limit`,
-//!    run a checkpoint first (`DbInner::over_dirty_limit`).
+//!    run a checkpoint first (`DbInner::over_dirty_limit`); then hold those pages as
+//!    reserved until step 2 has applied the writes (`DbInner::reserve_dirty`), so that GC
+//!    marking pages meanwhile leaves them room.
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
 //!    what must be read; an evicted leaf is read only when its image could hold a version
 //!    newer than the snapshot). It remembers each key's leaf: the writes of step 2 start
@@ -68,6 +70,7 @@ impl DbInner {
             checkpoint::run(self).await?;
             self.forest.evict_to_capacity();
         }
+        let reserved = self.reserve_dirty(keys);
         // The conflict check runs outside the commit lock (its page loads must not
         // serialise committers) and again under it, unless no commit was applied in
         // between: every commit publishes its timestamp before releasing the lock, so an
@@ -89,6 +92,7 @@ impl DbInner {
             }
         }
         let (ts, lsn) = self.commit_locked(sets, &mut leaves)?;
+        drop(reserved); // its pages are in the dirty set now
         drop(g);
         self.after_commit(lsn, durability).await?;
         self.commit_latency.record(started.elapsed());
@@ -208,6 +212,18 @@ impl DbInner {
     }
 }
 
+/// Pages a commit holds as reserved ([`DbInner::reserve_dirty`]), given back on drop.
+pub(crate) struct DirtyReservation<'a> {
+    db: &'a DbInner,
+    pages: usize,
+}
+
+impl Drop for DirtyReservation<'_> {
+    fn drop(&mut self) {
+        self.db.dirty_reserved.fetch_sub(self.pages, Ordering::Relaxed);
+    }
+}
+
 /// Pages one key of a commit may dirty: its leaf, the sibling a split of it makes, and the
 /// parent that split updates (an index split above it is rarer still).
 const PAGES_PER_KEY: usize = 3;
@@ -222,9 +238,26 @@ impl DbInner {
         let pages = self.opts.dirty_pages_limit();
         let slack = pages.saturating_mul(crate::limits::DIRTY_PAGE_COST);
         let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(slack));
-        let dirty = self.forest.dirty_pages();
+        let dirty = self.dirty_pages_and_reserved();
         (dirty > 0 && dirty.saturating_add(keys.saturating_mul(PAGES_PER_KEY)) > pages)
             || self.forest.mem_used() > cache
+    }
+
+    /// The dirty pages, plus those the commits past their flow control may still dirty
+    /// ([`DbInner::reserve_dirty`]): what GC's room and the next commit's check count.
+    pub(crate) fn dirty_pages_and_reserved(&self) -> usize {
+        self.forest.dirty_pages().saturating_add(self.dirty_reserved.load(Ordering::Relaxed))
+    }
+
+    /// Holds the pages a commit of `keys` keys may dirty (`PAGES_PER_KEY` each) as reserved
+    /// until the guard drops, once its writes are applied (and counted dirty): GC, which
+    /// marks pages at the end of a checkpoint, must leave them room (`super::gc`), or a
+    /// commit that passed its check before the marking would take the dirty set past its
+    /// bound.
+    pub(crate) fn reserve_dirty(&self, keys: usize) -> DirtyReservation<'_> {
+        let pages = keys.saturating_mul(PAGES_PER_KEY);
+        self.dirty_reserved.fetch_add(pages, Ordering::Relaxed);
+        DirtyReservation { db: self, pages }
     }
 
     /// Whether the background task should start a checkpoint now: the size trigger
@@ -280,6 +313,7 @@ impl DbInner {
             checkpoint::run(self).await?;
             self.forest.evict_to_capacity();
         }
+        let reserved = self.reserve_dirty(1);
         let g = self.commit_lock.lock().await;
         let snap = self.mvcc.snapshot();
         let old = super::read::read_at(self, tree, key, snap.ts()).await?;
@@ -293,6 +327,7 @@ impl DbInner {
         // conflict.
         let mut leaves = vec![self.check_set(&sets[0], snap.ts()).await?];
         let (ts, lsn) = self.commit_locked(&sets, &mut leaves)?;
+        drop(reserved);
         drop(g);
         drop(snap);
         self.after_commit(lsn, durability).await?;

@@ -74,6 +74,12 @@ pub(crate) struct DbInner {
     /// Per data file, the frames of it that pages' images use (a page written as delta
     /// frames uses one of each of its frames' files); a file at 0 is dropped.
     pub live_files: Mutex<FxHashMap<u64, usize>>,
+    /// Per blob file, the references to its values that the frames of the page table hold
+    /// (`manifest::Edit::BlobRefs`, changed only under `ckpt_lock`); a file absent here, or
+    /// at [`gc::UNKNOWN_REFS`], is never collected; a file at 0 is dropped (`gc`).
+    pub blob_refs: Mutex<FxHashMap<u64, u64>>,
+    /// Pages that commits past their flow control may still dirty (`reserve_dirty`).
+    pub dirty_reserved: std::sync::atomic::AtomicUsize,
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// Bytes of page images and copied frames the running checkpoint holds.
     pub ckpt_mem: MemGauge,

@@ -122,6 +122,7 @@ async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         state.next_pid,
         state.pages.iter().map(|(pid, loc)| (*pid, loc.addr, loc.len, loc.links.clone())),
     ));
+    let blob_refs = state.blob_refs.iter().map(|(&id, &n)| (id, n)).collect();
     let live = store.live_counts(state.pages.values().flat_map(crate::manifest::PageLoc::frames));
     let (catalog, by_id) = load_catalog(&forest, &state);
     // Step 6.
@@ -144,6 +145,8 @@ async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         poisoned: Mutex::new(None),
         lock: Mutex::new(Some(lock)),
         live_files: Mutex::new(live),
+        blob_refs: Mutex::new(blob_refs),
+        dirty_reserved: Default::default(),
         checkpoints: Default::default(),
         ckpt_mem: MemGauge::default(),
         bg_wake: tokio::sync::Notify::new(),

@@ -16,6 +16,9 @@
 //!   8 bucket sizes    n u32 | (id u32 | keys u64 | bytes u64)*  (approximate, at the checkpoint's cut)
 //!   9 set page chains n u32 | (pid u64 | addr u64 | len u32 | k u8 | k x (addr u64 | len u32))*
 //!                     (tag 5 with each page's links: the frames its delta frame at `addr` links to)
+//!  10 blob refs       n u32 | (file id u64 | refs u64)*
+//!                     (how many blob values the page table's frames refer to in each blob file,
+//!                     every version counted; a blob file absent here has an unknown count)
 //! ```
 //!
 //! A `SetPages` edit is written as tag 5 when no page in it has links, else as tag 9.
@@ -107,6 +110,10 @@ pub enum Edit {
     /// The approximate live keys and key + value bytes of buckets (id, keys, bytes), as
     /// of a checkpoint's cut (`Db::stats` starts from them at open).
     BucketSizes(Vec<(u32, u64, u64)>),
+    /// How many references to blob values in each blob file (id, refs) the frames of the
+    /// page table hold, as of this edit: the files whose count it changed. A blob file is
+    /// garbage once its count is 0 (`engine::gc`).
+    BlobRefs(Vec<(u64, u64)>),
 }
 
 /// The durable metadata, as the manifest rebuilds it.
@@ -131,6 +138,10 @@ pub struct ManifestState {
     /// Approximate (keys, bytes) of buckets by id, as of the last checkpoint that recorded
     /// them (a bucket missing here counts from zero).
     pub bucket_sizes: BTreeMap<u32, (u64, u64)>,
+    /// References to blob values in each blob file (by id) that the page table's frames
+    /// hold; a blob file not here (written before the count existed) has an unknown count
+    /// and is never collected.
+    pub blob_refs: BTreeMap<u64, u64>,
 }
 
 impl ManifestState {
@@ -155,6 +166,7 @@ impl ManifestState {
             }
             Edit::RemoveFile(id) => {
                 self.files.remove(id);
+                self.blob_refs.remove(id);
             }
             Edit::SetPages(v) => {
                 for (pid, loc) in v {
@@ -179,6 +191,13 @@ impl ManifestState {
                     }
                 }
             }
+            Edit::BlobRefs(v) => {
+                for &(id, refs) in v {
+                    if self.files.get(&id).is_some_and(|f| f.kind == FileKind::Blob) {
+                        self.blob_refs.insert(id, refs);
+                    }
+                }
+            }
         }
     }
 
@@ -200,6 +219,9 @@ impl ManifestState {
         v.extend(self.buckets.values().cloned().map(Edit::AddBucket));
         if !self.bucket_sizes.is_empty() {
             v.push(Edit::BucketSizes(self.bucket_sizes.iter().map(|(id, &(k, b))| (*id, k, b)).collect()));
+        }
+        if !self.blob_refs.is_empty() {
+            v.push(Edit::BlobRefs(self.blob_refs.iter().map(|(&id, &n)| (id, n)).collect()));
         }
         v
     }
@@ -241,28 +263,7 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                 p.put_u8(4);
                 p.put_u64_le(*id);
             }
-            Edit::SetPages(v) => {
-                // Tag 5 while no page has links (the format before delta frames), else 9.
-                let chains = v.iter().any(|(_, l)| !l.links.is_empty());
-                p.put_u8(if chains { 9 } else { 5 });
-                // One entry per page id: at most MAX_PAGES (limits.rs, <= u32::MAX).
-                #[allow(clippy::cast_possible_truncation)]
-                p.put_u32_le(v.len() as u32);
-                for (pid, loc) in v {
-                    p.put_u64_le(*pid);
-                    p.put_u64_le(loc.addr);
-                    p.put_u32_le(loc.len);
-                    if chains {
-                        // A chain is at most limits::MAX_DELTA_FRAMES + 1 frames.
-                        #[allow(clippy::cast_possible_truncation)]
-                        p.put_u8(loc.links.len() as u8);
-                        for &(a, l) in &loc.links {
-                            p.put_u64_le(a);
-                            p.put_u32_le(l);
-                        }
-                    }
-                }
-            }
+            Edit::SetPages(v) => encode_pages(&mut p, v),
             Edit::AddBucket(b) => {
                 p.put_u8(6);
                 p.put_u32_le(b.id);
@@ -288,6 +289,16 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
                     p.put_u64_le(bytes);
                 }
             }
+            Edit::BlobRefs(v) => {
+                p.put_u8(10);
+                // One entry per blob file: file ids are allocated one per checkpoint.
+                #[allow(clippy::cast_possible_truncation)]
+                p.put_u32_le(v.len() as u32);
+                for &(id, refs) in v {
+                    p.put_u64_le(id);
+                    p.put_u64_le(refs);
+                }
+            }
         }
     }
     let mut out = Vec::with_capacity(8 + p.len());
@@ -299,6 +310,31 @@ pub fn encode_record(edits: &[Edit]) -> Vec<u8> {
     out.put_u32_le(crc32c::crc32c(&p));
     out.extend_from_slice(&p);
     out
+}
+
+/// The body of a `SetPages` edit: tag 5 while no page has links (the format before delta
+/// frames), else 9.
+fn encode_pages(p: &mut Vec<u8>, v: &[(u64, PageLoc)]) {
+        // Tag 5 while no page has links (the format before delta frames), else 9.
+        let chains = v.iter().any(|(_, l)| !l.links.is_empty());
+        p.put_u8(if chains { 9 } else { 5 });
+        // One entry per page id: at most MAX_PAGES (limits.rs, <= u32::MAX).
+        #[allow(clippy::cast_possible_truncation)]
+        p.put_u32_le(v.len() as u32);
+        for (pid, loc) in v {
+            p.put_u64_le(*pid);
+            p.put_u64_le(loc.addr);
+            p.put_u32_le(loc.len);
+            if chains {
+                // A chain is at most limits::MAX_DELTA_FRAMES + 1 frames.
+                #[allow(clippy::cast_possible_truncation)]
+                p.put_u8(loc.links.len() as u8);
+                for &(a, l) in &loc.links {
+                    p.put_u64_le(a);
+                    p.put_u32_le(l);
+                }
+            }
+        }
 }
 
 /// Decodes the payload of one record (its CRC already checked by the caller).
@@ -330,30 +366,7 @@ pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncat
                 Edit::AddFile(FileMeta { id, kind, size, ranges })
             }
             4 => Edit::RemoveFile(r.u64()?),
-            5 => {
-                let n = r.count32(20)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let pid = r.u64()?;
-                    v.push((pid, PageLoc::base(r.u64()?, r.u32()?)));
-                }
-                Edit::SetPages(v)
-            }
-            9 => {
-                let n = r.count32(21)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let pid = r.u64()?;
-                    let (addr, len) = (r.u64()?, r.u32()?);
-                    let k = r.u8()?;
-                    let mut links = Vec::with_capacity(usize::from(k));
-                    for _ in 0..k {
-                        links.push((r.u64()?, r.u32()?));
-                    }
-                    v.push((pid, PageLoc { addr, len, links }));
-                }
-                Edit::SetPages(v)
-            }
+            tag @ (5 | 9) => decode_pages(&mut r, tag == 9)?,
             6 => {
                 let id = r.u32()?;
                 let root = r.u64()?;
@@ -373,11 +386,39 @@ pub(crate) fn decode_payload(p: &[u8]) -> std::result::Result<Vec<Edit>, Truncat
                 }
                 Edit::BucketSizes(v)
             }
+            10 => {
+                let n = r.count32(16)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push((r.u64()?, r.u64()?));
+                }
+                Edit::BlobRefs(v)
+            }
             _ => return Err(Truncated { at }),
         };
         edits.push(e);
     }
     Ok(edits)
+}
+
+/// The body of a tag 5 (`chains` false) or tag 9 edit.
+fn decode_pages(r: &mut Reader<'_>, chains: bool) -> std::result::Result<Edit, Truncated> {
+    let n = r.count32(if chains { 21 } else { 20 })?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let pid = r.u64()?;
+        let (addr, len) = (r.u64()?, r.u32()?);
+        let mut links = Vec::new();
+        if chains {
+            let k = r.u8()?;
+            links.reserve(usize::from(k));
+            for _ in 0..k {
+                links.push((r.u64()?, r.u32()?));
+            }
+        }
+        v.push((pid, PageLoc { addr, len, links }));
+    }
+    Ok(Edit::SetPages(v))
 }
 
 /// Outcome of reading a manifest file.
@@ -500,12 +541,18 @@ mod tests {
         s.apply(&Edit::SetPages(vec![(1, PageLoc::base(2, 30))]));
         s.apply(&Edit::AddBucket(BucketMeta { id: 1, name: "users".into(), root: 1 }));
         s.apply(&Edit::Checkpoint(42));
+        // A count for a blob file is kept; one for a data file or no file is not.
+        s.apply(&Edit::AddFile(FileMeta { id: 4, kind: FileKind::Data, size: 9, ranges: vec![(5, 6)] }));
+        s.apply(&Edit::BlobRefs(vec![(3, 17), (4, 1), (8, 2)]));
+        assert_eq!(s.blob_refs.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(3, 17)]);
         let mut file = encode_record(&s.snapshot());
-        let edit = encode_record(&[Edit::DropBucket(1), Edit::RemoveFile(3)]);
+        let r = replay(&file, Path::new("m")).unwrap();
+        assert_eq!(r.state, s);
+        let edit = encode_record(&[Edit::DropBucket(1), Edit::RemoveFile(3), Edit::RemoveFile(4)]);
         file.extend_from_slice(&edit);
         let r = replay(&file, Path::new("m")).unwrap();
         assert!(!r.torn);
-        assert!(r.state.buckets.is_empty() && r.state.files.is_empty());
+        assert!(r.state.buckets.is_empty() && r.state.files.is_empty() && r.state.blob_refs.is_empty());
         assert_eq!(r.state.checkpoint_ts, 42);
         // a torn last edit is cut, the snapshot survives
         let cut = file.len() - 3;

@@ -138,6 +138,28 @@ impl Store {
         g.by_id.insert(f.meta.id, f);
     }
 
+    /// Puts the new file `meta` in place of file `old` in one step (a GC rewrite of a blob
+    /// file at the same addresses: `meta`'s ranges lie inside `old`'s, so a reader resolves
+    /// each address to one file or the other, never to none); returns `old`'s path.
+    pub fn replace_file(&self, old: u64, meta: FileMeta, relocs: Vec<RelocEntry>) -> Option<PathBuf> {
+        let f = Arc::new(StoredFile {
+            path: self.path_of(meta.kind, meta.id),
+            meta,
+            handle: tokio::sync::OnceCell::new(),
+            relocs: tokio::sync::OnceCell::new_with(Some(Arc::new(relocs))),
+        });
+        let mut g = self.files.write();
+        let gone = g.by_id.remove(&old)?;
+        for &(s, _) in &gone.meta.ranges {
+            g.intervals.remove(&s);
+        }
+        for &(s, e) in &f.meta.ranges {
+            g.intervals.insert(s, (e, f.meta.id));
+        }
+        g.by_id.insert(f.meta.id, f);
+        Some(gone.path.clone())
+    }
+
     /// Forgets a file (after the edit removing it is durable); returns its path.
     pub fn forget_file(&self, id: u64) -> Option<PathBuf> {
         let mut g = self.files.write();
@@ -207,8 +229,25 @@ impl Store {
             .cloned()
     }
 
-    /// Reads and verifies the frame of logical address `addr`.
+    /// Reads and verifies the frame of logical address `addr`. A read that fails while GC
+    /// moved the address to another file (and deleted the one it was reading) is retried
+    /// there.
     pub async fn read_frame(&self, addr: u64) -> Result<Frame> {
+        let mut tries = 0;
+        loop {
+            let (from, r) = self.read_frame_once(addr).await;
+            match r {
+                Err(e) if tries < 3 && from.is_some() && self.file_of(addr) != from => {
+                    tracing::debug!(addr, error = %e, "a frame moved while it was read; reading it again");
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One try of [`Store::read_frame`]; also returns the id of the file it read from.
+    async fn read_frame_once(&self, addr: u64) -> (Option<u64>, Result<Frame>) {
         let f = {
             let g = self.files.read();
             let id = g
@@ -219,15 +258,19 @@ impl Store {
                 .map(|(_, &(_, id))| id);
             id.and_then(|id| g.by_id.get(&id).cloned())
         };
-        let f = f.ok_or_else(|| {
-            Error::corruption(&self.dir, addr, format!("logical address {addr} is in no file"))
-        })?;
-        let relocs = self.relocs(&f).await?;
+        let Some(f) = f else {
+            return (None, Err(Error::corruption(&self.dir, addr, format!("logical address {addr} is in no file"))));
+        };
+        (Some(f.meta.id), self.read_in(&f, addr).await)
+    }
+
+    async fn read_in(&self, f: &StoredFile, addr: u64) -> Result<Frame> {
+        let relocs = self.relocs(f).await?;
         let i = relocs.binary_search_by_key(&addr, |e| e.addr).map_err(|_| {
             Error::corruption(&f.path, 0, format!("address {addr} missing from the relocation table"))
         })?;
         let e = relocs[i];
-        let h = self.handle(&f).await?;
+        let h = self.handle(f).await?;
         let bytes = h.read_exact_at(e.offset, e.len as usize).await.map_err(|err| match err {
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
                 Error::corruption(&f.path, e.offset, "frame extends past the end of the file")

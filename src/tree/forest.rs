@@ -37,6 +37,8 @@ mod cache;
 mod capture;
 mod reclaim;
 
+pub use capture::BlobRefChanges;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,6 +104,9 @@ pub struct Captured {
     /// True when the image is of a leaf base alone (the chain was one base, or was replaced
     /// by the image): that base, of `seq`, is what the image holds (`SlotMeta::base_seq`).
     pub base_is_image: bool,
+    /// The addresses of the blob values the image refers to, every version counted
+    /// (`LeafPage::blob_refs`; empty for an index node, a freed page and a copied frame).
+    pub blob_refs: Vec<u64>,
 }
 
 impl Captured {
@@ -118,6 +123,7 @@ impl Captured {
             links: None,
             consolidates: false,
             base_is_image: false,
+            blob_refs: Vec::new(),
         }
     }
 }
@@ -235,7 +241,7 @@ impl Forest {
             f.swap_mem(stub.mem, true, Retired::default());
             slot.head.store(Owned::new(stub), Ordering::Release);
             let links = (!links.is_empty()).then(|| Arc::new(links));
-            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links, base_seq: 0 };
+            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links, base_seq: 0, blobs: None };
         }
         f
     }

@@ -340,33 +340,51 @@ impl LeafPage {
         self.versions(i).into_iter().find(|v| v.ts <= ts)
     }
 
+    /// Calls `f(kind_at, payload_at)` for every version of every entry: the offsets of its
+    /// value kind byte and of its payload in the page.
+    fn each_value(&self, f: &mut dyn FnMut(usize, usize)) {
+        let b = &self.buf;
+        for i in 0..self.count() {
+            let (off, _) = self.slot(i);
+            let n = le_u16(b, off) as usize;
+            f(off + 2, off + ENTRY_HEAD + n);
+            let older = le_u32(b, off + 16) as usize;
+            if older != 0 {
+                let mut at = older + OLDER_HEAD;
+                for _ in 0..le_u32(b, older) {
+                    let (kind, len) = (b[at + 8], le_u32(b, at + 12) as usize);
+                    f(at + 8, at + VERSION_HEAD);
+                    at += pad8(VERSION_HEAD + payload_len(kind, len));
+                }
+            }
+        }
+    }
+
     /// A copy for disk: every in-memory blob value replaced by the address `addr` gives its
     /// cell (which must have one by then).
     pub fn with_blob_addresses(&self, addr: &mut dyn FnMut(&Arc<BlobCell>) -> u64) -> LeafPage {
         let Some(cells) = &self.cells else { return self.clone() };
         let mut b = self.buf.to_vec();
-        let mut patch = |kind_at: usize, payload_at: usize, b: &mut Vec<u8>| {
+        self.each_value(&mut |kind_at, payload_at| {
             if b[kind_at] == V_CELL {
-                let cell = &cells[le_u32(b, payload_at) as usize];
+                let cell = &cells[le_u32(&b, payload_at) as usize];
                 b[kind_at] = V_BLOB;
                 b[payload_at..payload_at + 8].copy_from_slice(&addr(cell).to_le_bytes());
             }
-        };
-        for i in 0..self.count() {
-            let (off, _) = self.slot(i);
-            let n = le_u16(&b, off) as usize;
-            patch(off + 2, off + ENTRY_HEAD + n, &mut b);
-            let older = le_u32(&b, off + 16) as usize;
-            if older != 0 {
-                let mut at = older + OLDER_HEAD;
-                for _ in 0..le_u32(&b, older) {
-                    let (kind, len) = (b[at + 8], le_u32(&b, at + 12) as usize);
-                    patch(at + 8, at + VERSION_HEAD, &mut b);
-                    at += pad8(VERSION_HEAD + payload_len(kind, len));
-                }
-            }
-        }
+        });
         LeafPage { buf: Bytes::from(b), cells: None }
+    }
+
+    /// Appends to `out` the address of every blob value of the page, each version counted:
+    /// a blob on disk by the address in the page, a blob held in memory by the address
+    /// `cell` gives its cell (the one the page's image on disk will hold).
+    pub fn blob_refs(&self, cell: &mut dyn FnMut(&Arc<BlobCell>) -> u64, out: &mut Vec<u64>) {
+        let b = &self.buf;
+        self.each_value(&mut |kind_at, payload_at| match b[kind_at] {
+            V_BLOB => out.push(le_u64(b, payload_at)),
+            V_CELL => out.push(cell(&self.cells()[le_u32(b, payload_at) as usize])),
+            _ => {}
+        });
     }
 
     /// Checks every length, offset and order of the page (module doc).
@@ -893,5 +911,30 @@ mod tests {
         let disk = page.with_blob_addresses(&mut |_| 77);
         let read = LeafPage::check(disk.bytes().clone()).unwrap();
         assert!(matches!(&read.newest(0).value, Value::Blob(c) if c.addr() == 77 && c.len == 100));
+    }
+
+    /// `blob_refs` lists every version's blob, newest and older ones, on disk or in memory,
+    /// and nothing for inline values and tombstones.
+    #[test]
+    fn blob_refs_count_every_version() {
+        let cell = Arc::new(BlobCell::in_memory(Bytes::from(vec![5u8; 100])));
+        let on_disk = |addr| Value::Blob(Arc::new(BlobCell::on_disk(addr, 10)));
+        let mut b = LeafBuilder::new(Bytes::new(), None, 0);
+        b.push(
+            b"a",
+            &[Version { ts: 9, value: Value::Blob(cell) }, Version { ts: 5, value: Value::Tombstone }, Version { ts: 3, value: on_disk(40) }],
+        );
+        b.push(b"b", &[Version { ts: 4, value: Value::Inline(Bytes::from_static(b"x")) }]);
+        b.push(b"c", &[Version { ts: 8, value: on_disk(41) }, Version { ts: 2, value: on_disk(42) }]);
+        let page = b.finish();
+        let mut refs = Vec::new();
+        page.blob_refs(&mut |_| 77, &mut refs);
+        refs.sort_unstable();
+        assert_eq!(refs, vec![40, 41, 42, 77]);
+        let disk = page.with_blob_addresses(&mut |_| 77);
+        let mut again = Vec::new();
+        disk.blob_refs(&mut |_| unreachable!("an image holds no cell"), &mut again);
+        again.sort_unstable();
+        assert_eq!(again, refs);
     }
 }

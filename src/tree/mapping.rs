@@ -32,9 +32,34 @@ pub struct SlotMeta {
     /// written at) is in the image on disk: the deltas above that base are the page's only
     /// versions not on disk, so a checkpoint may write them as a delta frame; 0 for none.
     pub base_seq: u64,
+    /// The addresses of the blob values the frames of the image refer to, every version of
+    /// every frame counted (`LeafPage::blob_refs`); `None` while unknown (a page not read
+    /// since open). What GC of blob files counts (`engine::gc`); see [`SlotMeta::blob_refs`].
+    pub blobs: Option<Arc<[u64]>>,
+}
+
+/// `refs` as a slot keeps them ([`SlotMeta::blobs`]): no references share one empty
+/// allocation, so the pages without blobs (most) cost no allocation.
+pub fn blob_refs_arc(refs: &[u64]) -> Arc<[u64]> {
+    static EMPTY: std::sync::LazyLock<Arc<[u64]>> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
+    if refs.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(refs)
+    }
 }
 
 impl SlotMeta {
+    /// The blob references of the page's frames on disk: `Some` when known (none for a page
+    /// never published), `None` for a page whose frames were not read since open.
+    pub fn blob_refs(&self) -> Option<&[u64]> {
+        if self.addr == 0 {
+            Some(&[])
+        } else {
+            self.blobs.as_deref()
+        }
+    }
+
     /// Every frame of the page's image: the newest, then its links.
     pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
         std::iter::once(self.addr).filter(|&a| a != 0).chain(self.links.iter().flat_map(|l| l.iter().map(|f| f.0)))

@@ -8,6 +8,10 @@ use super::{
 };
 use crate::tree::mapping::SlotMeta;
 
+/// A page read by [`Forest::read_chain`]: its image, the cut of its newest delta frame (0
+/// for a base) and the blob references of its frames.
+type Loaded = (Arc<LoadedImage>, u64, Vec<u64>);
+
 impl Forest {
     /// Sets the page's CLOCK bit.
     pub fn touch(&self, pid: Pid) {
@@ -93,16 +97,33 @@ impl Forest {
         Ok(())
     }
 
+    /// The blob references of the frames of page `pid`'s image on disk: the slot's when it
+    /// knows them, else read from the frames (the page is not loaded).
+    pub async fn blob_refs_of(&self, pid: Pid) -> Result<Vec<u64>> {
+        let meta = self.table.slot(pid).meta.lock().clone();
+        if let Some(r) = meta.blob_refs() {
+            return Ok(r.to_vec());
+        }
+        Ok(self.read_chain(&meta).await?.2)
+    }
+
     /// Reads the image `meta` names: its one frame, or every frame of its chain at once,
-    /// merged. Returns the image and the cut its newest frame was written at, for a chain
-    /// (0 for one frame): the blind deltas in memory at or below that cut are in the image.
-    async fn read_chain(&self, meta: &SlotMeta) -> Result<(Arc<LoadedImage>, u64)> {
+    /// merged. Returns the image, the cut its newest frame was written at, for a chain
+    /// (0 for one frame): the blind deltas in memory at or below that cut are in the image,
+    /// and the blob references of the frames read (`SlotMeta::blobs`).
+    async fn read_chain(&self, meta: &SlotMeta) -> Result<Loaded> {
+        let no_cell = &mut |_: &Arc<crate::tree::node::BlobCell>| unreachable!("a page read holds no cell");
+        let mut blob_refs = Vec::new();
         let Some(links) = &meta.links else {
             let img = self.read_image(meta.addr).await?;
-            if let PageImage::Delta(_) = &img.0 {
-                return Err(Error::corruption(&img.1, img.2, "a page without links is a delta frame"));
+            match &img.0 {
+                PageImage::Delta(_) => {
+                    return Err(Error::corruption(&img.1, img.2, "a page without links is a delta frame"));
+                }
+                PageImage::Leaf(l) => l.page.blob_refs(no_cell, &mut blob_refs),
+                PageImage::Inner(_) => {}
             }
-            return Ok((img, 0));
+            return Ok((img, 0, blob_refs));
         };
         let frames: Vec<Arc<LoadedImage>> =
             futures::future::try_join_all(meta.frames().map(|a| self.read_image(a))).await?;
@@ -110,6 +131,7 @@ impl Forest {
         let PageImage::Leaf(base_leaf) = &base.0 else {
             return Err(Error::corruption(&base.1, base.2, "the base of a chain of delta frames is not a leaf"));
         };
+        base_leaf.page.blob_refs(no_cell, &mut blob_refs);
         let mut versions = Vec::new();
         let mut head_cut = 0;
         for (i, f) in deltas.iter().enumerate() {
@@ -122,6 +144,7 @@ impl Forest {
             if i == 0 {
                 head_cut = d.cut;
             }
+            d.leaf.page.blob_refs(no_cell, &mut blob_refs);
             for e in d.leaf.entries() {
                 if e.key < base_leaf.bounds.low || base_leaf.bounds.is_right_of(&e.key) {
                     return Err(Error::corruption(&f.1, f.2, "a delta frame holds a key outside its page"));
@@ -132,15 +155,24 @@ impl Forest {
         let refs: Vec<_> = versions.iter().map(|(k, v)| (k, v)).collect();
         let merged = merge_leaf(&refs, base_leaf, self.horizon());
         let (_, file, offset) = &*frames[0];
-        Ok((Arc::new((PageImage::Leaf(merged), file.clone(), *offset)), head_cut))
+        Ok((Arc::new((PageImage::Leaf(merged), file.clone(), *offset)), head_cut, blob_refs))
     }
 
     /// Puts the image `loaded` (read from `addr`) in place of the disk stub of `pid` made at
     /// `stub_seq`, folding in the blind deltas above the stub (those above `since`, the cut
     /// of the image's newest delta frame: the rest are in the image); nothing to do if
     /// another loader did it first. Retries a lost CAS (a delta landed meanwhile), boundedly.
-    fn install_loaded(&self, pid: Pid, stub_seq: u64, addr: u64, loaded: &(Arc<LoadedImage>, u64)) -> Result<()> {
+    /// The slot learns the blob references of the frames read, if its image is still the
+    /// one read (`SlotMeta::blobs`; a frame's bytes never change, so the same address is
+    /// the same chain).
+    fn install_loaded(&self, pid: Pid, stub_seq: u64, addr: u64, loaded: &Loaded) -> Result<()> {
         let ((img, file, offset), since) = (&*loaded.0, loaded.1);
+        {
+            let mut meta = self.table.slot(pid).meta.lock();
+            if meta.addr == addr && meta.blobs.is_none() {
+                meta.blobs = Some(crate::tree::mapping::blob_refs_arc(&loaded.2));
+            }
+        }
         let horizon = self.horizon();
         for _ in 0..1000 {
             let guard = epoch::pin();

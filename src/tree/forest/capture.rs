@@ -137,17 +137,21 @@ impl Forest {
             base_is_image,
             ..Captured::base(pid, seq, image, complete, 0)
         };
+        let with_refs = |c: Captured, refs| Captured { blob_refs: refs, ..c };
         if merged.page.has_cells() {
-            return captured(self.leaf_image(&merged, blob_ids, blobs), seq, complete && v.depth() == 0);
+            let image = self.leaf_image(&merged, blob_ids, blobs);
+            let refs = image_refs(&merged, blob_ids);
+            return with_refs(captured(image, seq, complete && v.depth() == 0), refs);
         }
         let image = merged.page.bytes().clone();
+        let refs = image_refs(&merged, blob_ids);
         if complete && v.depth() != 0 {
             if self.replace_sealed(pid, v.head, seq, NodeKind::Leaf(merged), cut.guard) {
-                return captured(image, seq + 1, true);
+                return with_refs(captured(image, seq + 1, true), refs);
             }
-            return captured(image, seq, false);
+            return with_refs(captured(image, seq, false), refs);
         }
-        captured(image, seq, complete && v.depth() == 0)
+        with_refs(captured(image, seq, complete && v.depth() == 0), refs)
     }
 
     /// The delta frame of page `pid`, whose chain `v` is blind writes over a stub: the
@@ -177,6 +181,7 @@ impl Forest {
             return None;
         }
         let leaf = self.leaf_image(&merged, blob_ids, blobs);
+        let blob_refs = image_refs(&merged, blob_ids);
         let mut links = Vec::with_capacity(1 + meta.links.as_ref().map_or(0, |l| l.len()));
         links.push((meta.addr, meta.len));
         links.extend(meta.links.iter().flat_map(|l| l.iter().copied()));
@@ -184,6 +189,7 @@ impl Forest {
         page::encode_delta(cut.cut_ts, &links, &leaf, &mut image);
         Some(Captured {
             links: Some(Arc::new(links)),
+            blob_refs,
             ..Captured::base(pid, v.head_node.seq, Bytes::from(image), complete, 0)
         })
     }
@@ -214,6 +220,29 @@ impl Forest {
         Bytes::from(image)
     }
 
+    /// The blob references of a capture: for each captured page GC of blob files must
+    /// account for, the references its new image adds (`added`) and those of the frames it
+    /// stops using (`released`: a base or a freed page replaces every frame of the chain; a
+    /// delta frame and a copied frame release none); `unknown` counts the pages whose old
+    /// frames' references are unknown (not read since open), which stay counted (a count
+    /// may be too high, never too low). Read before `publish` changes the slots.
+    pub fn blob_ref_changes<'a>(&self, pages: impl IntoIterator<Item = &'a Captured>) -> BlobRefChanges {
+        let mut ch = BlobRefChanges::default();
+        for c in pages {
+            if c.copy_from != 0 {
+                continue; // the same frame elsewhere: the same references
+            }
+            if c.freed || c.links.is_none() {
+                match self.table.slot(c.pid).meta.lock().blob_refs() {
+                    Some(r) => ch.released.extend_from_slice(r),
+                    None => ch.unknown += 1,
+                }
+            }
+            ch.added.extend_from_slice(&c.blob_refs);
+        }
+        ch
+    }
+
     /// After a checkpoint is durable: points each captured page at its new image (a page
     /// becomes evictable when its image holds its whole chain and the chain has not changed
     /// since), keeps pages with versions above the cut dirty, and returns the addresses of
@@ -237,12 +266,26 @@ impl Forest {
                 } else {
                     0
                 };
+                let blobs = if c.copy_from != 0 {
+                    meta.blobs.clone() // the same frame, moved
+                } else if c.links.is_some() {
+                    meta.blob_refs().map(|old| {
+                        if c.blob_refs.is_empty() {
+                            crate::tree::mapping::blob_refs_arc(old)
+                        } else {
+                            old.iter().chain(&c.blob_refs).copied().collect()
+                        }
+                    })
+                } else {
+                    Some(crate::tree::mapping::blob_refs_arc(&c.blob_refs))
+                };
                 *meta = crate::tree::mapping::SlotMeta {
                     addr: *addr,
                     len: *len,
                     flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
                     links: c.links.clone(),
                     base_seq,
+                    blobs,
                 };
             }
             if !c.complete {
@@ -259,12 +302,15 @@ impl Forest {
         old
     }
 
-    /// Marks dirty every page whose published image lies in one of `files` (GC: the next
-    /// checkpoint rewrites them elsewhere, after which nothing points into those files).
-    /// Returns how many pages were marked.
-    pub fn mark_files_dirty(&self, files: &FxHashSet<u64>) -> usize {
+    /// Marks dirty the pages whose published image lies in one of `files`, at most `max`
+    /// of them (GC: the next checkpoint rewrites them elsewhere; once none points into a
+    /// file, it is dropped). Returns how many pages were marked.
+    pub fn mark_files_dirty(&self, files: &FxHashSet<u64>, max: usize) -> usize {
         let mut pids = Vec::new();
         for pid in 1..self.next_pid() {
+            if pids.len() >= max {
+                break;
+            }
             let Some(slot) = self.table.try_slot(pid) else { continue };
             let moved = slot
                 .meta
@@ -280,4 +326,30 @@ impl Forest {
         self.restore_dirty(pids);
         n
     }
+}
+
+/// What a checkpoint changes in the blob references of the page table
+/// ([`Forest::blob_ref_changes`]).
+#[derive(Debug, Default)]
+pub struct BlobRefChanges {
+    /// References the new images hold.
+    pub added: Vec<u64>,
+    /// References of the frames the new images replace.
+    pub released: Vec<u64>,
+    /// Pages whose replaced frames' references are unknown.
+    pub unknown: usize,
+}
+
+/// The blob references of image `leaf`: a blob held in memory by the address it gets in
+/// this capture (`blob_ids`).
+fn image_refs(leaf: &LeafBase, blob_ids: &FxHashMap<*const BlobCell, u64>) -> Vec<u64> {
+    let mut refs = Vec::new();
+    leaf.page.blob_refs(
+        &mut |c| match c.addr() {
+            0 => *blob_ids.get(&Arc::as_ptr(c)).expect("leaf_image gave every cell of the image an address"),
+            a => a,
+        },
+        &mut refs,
+    );
+    refs
 }
