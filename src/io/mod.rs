@@ -22,10 +22,12 @@
 //!     futures. On ext4 a buffered write is not completed inline: the kernel hands it to an
 //!     io-wq worker (95-97% of submissions in a W3/W4 run, by the `io_uring` tracepoints),
 //!     so a `Buffered` commit would cost two thread hops (io-wq, then the reaper) on this
-//!     backend, one on the thread pool (README, the peer run of 2026-11-30). The first poll
-//!     of a buffered write therefore keeps draining the CQ (yielding between tries) for up
-//!     to 20 us before it hands the write over (`direct.rs` invariant 8), which catches
-//!     most WAL appends once the io-wq worker has written them. Files are opened
+//!     backend, one on the thread pool (README, the peer run of 2026-11-30). A buffered
+//!     write not done at submission therefore yields to the executor once (its other ready
+//!     tasks run while the io-wq worker writes, `direct.rs` invariant 9), and its next poll
+//!     keeps draining the CQ (yielding the CPU between tries) for up to 20 us before it
+//!     hands the write over (invariant 8), which catches most WAL appends once the io-wq
+//!     worker has written them. Files are opened
 //!     into the ring's *registered file table* (`IORING_FILE_INDEX_ALLOC`), one table of
 //!     up to `limits::IO_URING_FILE_SLOTS` slots (no more than the soft `RLIMIT_NOFILE`)
 //!     shared by every database: an open file takes a slot, not a process descriptor, and
@@ -71,8 +73,9 @@
 //!    `io_uring_enter`, which
 //!    completes an operation inline only when it need not wait for the device (a page-cache
 //!    hit, a buffered write where the file system allows) and otherwise queues it, and,
-//!    for a buffered write, up to 20 us of draining the CQ with `yield_now` between tries
-//!    (CPU time, not a wait on the device). The futures work on any executor
+//!    for a buffered write, in the poll after it yielded to the executor once, up to 20 us
+//!    of draining the CQ with `yield_now` between tries (CPU time, not a wait on the
+//!    device). The futures work on any executor
 //!    (tokio multi-thread or current-thread, `futures::executor::block_on`, ...). Only
 //!    [`IoDriver::new`] may wait, once per process, for the ring to start.
 //! 2. **Lazy submission.** Nothing is submitted until the future is first polled.
