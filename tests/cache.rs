@@ -14,23 +14,15 @@
 use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Error, Options};
 
+#[path = "common/spread.rs"]
+mod spread;
+use spread::{key, runtime, value};
+
 fn opts() -> Options {
     Options::default().cache_capacity(MIN_CACHE_CAPACITY).background_checkpoints(false)
 }
 
-fn key(i: u32) -> Vec<u8> {
-    format!("key-{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
-}
-
-fn value(i: u32, round: u32) -> Vec<u8> {
-    format!("value-{i}-{round}-{}", "v".repeat(100)).into_bytes()
-}
-
 const KEYS: u32 = 8_000;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
 
 /// Loads `KEYS` keys (about 1 MiB, 16 times the cache), checkpoints and lets a write evict.
 async fn loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket) {

@@ -11,26 +11,18 @@
 use ringkv::limits::MIN_CACHE_CAPACITY;
 use ringkv::{Db, Options};
 
+#[path = "common/spread.rs"]
+mod spread;
+use spread::{key, runtime, value};
+
 fn opts() -> Options {
     Options::default().cache_capacity(MIN_CACHE_CAPACITY).background_checkpoints(false)
-}
-
-fn key(i: u32) -> Vec<u8> {
-    format!("key-{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
-}
-
-fn value(i: u32, round: u32) -> Vec<u8> {
-    format!("value-{i}-{round}-{}", "v".repeat(100)).into_bytes()
 }
 
 /// About 1 MiB of keys and values: 16 times the cache.
 const KEYS: u32 = 8_000;
 /// Keys written per round: spread over the whole tree, at most a few per leaf.
 const STEP: u32 = 23;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
 
 /// What key `i` holds after `rounds` rounds: the round that last wrote it (a key a round
 /// deletes is gone), or the load's value.

@@ -8,9 +8,9 @@
 
 use ringkv::{Db, Error, Options};
 
-fn key(i: u32) -> Vec<u8> {
-    format!("key-{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes()
-}
+#[path = "common/spread.rs"]
+mod spread;
+use spread::{key, runtime};
 
 fn value(i: u32, len: usize) -> Vec<u8> {
     let mut v = format!("value-{i}-").into_bytes();
@@ -33,8 +33,7 @@ fn opts() -> Options {
 #[test]
 fn a_dropped_bucket_gives_its_memory_and_disk_back() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let db = Db::open(dir.path(), opts()).await.unwrap();
         let keep = db.bucket("keep").await.unwrap();
         let big = db.bucket("big").await.unwrap();
@@ -124,8 +123,7 @@ fn blob_value(i: u32, round: u32) -> Vec<u8> {
 #[test]
 fn overwritten_blob_values_give_their_files_back() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let round_bytes = u64::from(BLOB_KEYS) * BLOB_LEN as u64;
         let write_round = |db: Db, round: u32| async move {
             let b = db.bucket("blobs").await.unwrap();
@@ -187,8 +185,7 @@ fn overwritten_blob_values_give_their_files_back() {
 #[test]
 fn deleted_blob_values_give_their_space_back() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let kept = |i: u32| i.is_multiple_of(10);
         let db = Db::open(dir.path(), blob_opts()).await.unwrap();
         let b = db.bucket("blobs").await.unwrap();
@@ -251,8 +248,7 @@ fn deleted_blob_values_give_their_space_back() {
 #[test]
 fn a_dropped_bucket_gives_its_blob_files_back() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let db = Db::open(dir.path(), blob_opts()).await.unwrap();
         let keep = db.bucket("keep").await.unwrap();
         let big = db.bucket("big").await.unwrap();

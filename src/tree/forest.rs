@@ -515,7 +515,12 @@ impl Forest {
             return false;
         }
         let gc = self.gc_files.lock();
-        !gc.is_empty() && meta.frames().any(|a| self.store.file_of(a).is_some_and(|id| gc.contains(&id)))
+        !gc.is_empty() && self.has_frame_in(meta, &gc)
+    }
+
+    /// Whether a frame of the page `meta` describes lies in one of `files`.
+    fn has_frame_in(&self, meta: &crate::tree::mapping::SlotMeta, files: &FxHashSet<u64>) -> bool {
+        meta.frames().any(|a| self.store.file_of(a).is_some_and(|id| files.contains(&id)))
     }
 
     /// Where a page's image is: (address, length) of its newest frame, if published.

@@ -312,12 +312,7 @@ impl Forest {
                 break;
             }
             let Some(slot) = self.table.try_slot(pid) else { continue };
-            let moved = slot
-                .meta
-                .lock()
-                .frames()
-                .any(|addr| self.store.file_of(addr).is_some_and(|id| files.contains(&id)));
-            if moved {
+            if self.has_frame_in(&slot.meta.lock(), files) {
                 pids.push(pid);
             }
         }
