@@ -58,6 +58,8 @@ pub struct Frame {
 #[derive(Default)]
 struct Files {
     by_id: BTreeMap<u64, Arc<StoredFile>>,
+    /// How many of `by_id` are blob files ([`Store::has_blob_files`]).
+    blobs: usize,
     /// range start -> (range end, file id)
     intervals: BTreeMap<u64, (u64, u64)>,
 }
@@ -135,6 +137,7 @@ impl Store {
         for &(s, e) in &f.meta.ranges {
             g.intervals.insert(s, (e, f.meta.id));
         }
+        g.blobs += usize::from(f.meta.kind == FileKind::Blob);
         g.by_id.insert(f.meta.id, f);
     }
 
@@ -150,6 +153,8 @@ impl Store {
         });
         let mut g = self.files.write();
         let gone = g.by_id.remove(&old)?;
+        g.blobs -= usize::from(gone.meta.kind == FileKind::Blob);
+        g.blobs += usize::from(f.meta.kind == FileKind::Blob);
         for &(s, _) in &gone.meta.ranges {
             g.intervals.remove(&s);
         }
@@ -164,10 +169,18 @@ impl Store {
     pub fn forget_file(&self, id: u64) -> Option<PathBuf> {
         let mut g = self.files.write();
         let f = g.by_id.remove(&id)?;
+        g.blobs -= usize::from(f.meta.kind == FileKind::Blob);
         for &(s, _) in &f.meta.ranges {
             g.intervals.remove(&s);
         }
         Some(f.path.clone())
+    }
+
+    /// Whether any blob file is published. With none, no frame of the page table refers to
+    /// a blob value (a checkpoint publishes the blob file before the frames that refer to
+    /// it), so the blob references of a page need not be looked for (`engine::gc`).
+    pub fn has_blob_files(&self) -> bool {
+        self.files.read().blobs > 0
     }
 
     /// The id of the file holding `addr`.

@@ -112,6 +112,7 @@ impl Forest {
     /// (0 for one frame): the blind deltas in memory at or below that cut are in the image,
     /// and the blob references of the frames read (`SlotMeta::blobs`).
     async fn read_chain(&self, meta: &SlotMeta) -> Result<Loaded> {
+        let blobs_exist = self.store.has_blob_files();
         let no_cell = &mut |_: &Arc<crate::tree::node::BlobCell>| unreachable!("a page read holds no cell");
         let mut blob_refs = Vec::new();
         let Some(links) = &meta.links else {
@@ -120,8 +121,8 @@ impl Forest {
                 PageImage::Delta(_) => {
                     return Err(Error::corruption(&img.1, img.2, "a page without links is a delta frame"));
                 }
-                PageImage::Leaf(l) => l.page.blob_refs(no_cell, &mut blob_refs),
-                PageImage::Inner(_) => {}
+                PageImage::Leaf(l) if blobs_exist => l.page.blob_refs(no_cell, &mut blob_refs),
+                PageImage::Leaf(_) | PageImage::Inner(_) => {}
             }
             return Ok((img, 0, blob_refs));
         };
@@ -131,7 +132,9 @@ impl Forest {
         let PageImage::Leaf(base_leaf) = &base.0 else {
             return Err(Error::corruption(&base.1, base.2, "the base of a chain of delta frames is not a leaf"));
         };
-        base_leaf.page.blob_refs(no_cell, &mut blob_refs);
+        if blobs_exist {
+            base_leaf.page.blob_refs(no_cell, &mut blob_refs);
+        }
         let mut versions = Vec::new();
         let mut head_cut = 0;
         for (i, f) in deltas.iter().enumerate() {
@@ -144,7 +147,9 @@ impl Forest {
             if i == 0 {
                 head_cut = d.cut;
             }
-            d.leaf.page.blob_refs(no_cell, &mut blob_refs);
+            if blobs_exist {
+                d.leaf.page.blob_refs(no_cell, &mut blob_refs);
+            }
             for e in d.leaf.entries() {
                 if e.key < base_leaf.bounds.low || base_leaf.bounds.is_right_of(&e.key) {
                     return Err(Error::corruption(&f.1, f.2, "a delta frame holds a key outside its page"));

@@ -12,6 +12,7 @@ use super::{
 use crate::limits::{DELTA_BASE_RATIO, MAX_DELTA_FRAMES};
 use crate::tree::leaf::LeafBuilder;
 use crate::tree::merge_leaf_at;
+use crate::store::Store;
 use crate::tree::node::{Bounds, LeafBase};
 
 /// A checkpoint's cut as its capture sees it: the timestamp, the GC horizon at or below it,
@@ -140,11 +141,11 @@ impl Forest {
         let with_refs = |c: Captured, refs| Captured { blob_refs: refs, ..c };
         if merged.page.has_cells() {
             let image = self.leaf_image(&merged, blob_ids, blobs);
-            let refs = image_refs(&merged, blob_ids);
+            let refs = image_refs(&merged, blob_ids, &self.store);
             return with_refs(captured(image, seq, complete && v.depth() == 0), refs);
         }
         let image = merged.page.bytes().clone();
-        let refs = image_refs(&merged, blob_ids);
+        let refs = image_refs(&merged, blob_ids, &self.store);
         if complete && v.depth() != 0 {
             if self.replace_sealed(pid, v.head, seq, NodeKind::Leaf(merged), cut.guard) {
                 return with_refs(captured(image, seq + 1, true), refs);
@@ -181,7 +182,7 @@ impl Forest {
             return None;
         }
         let leaf = self.leaf_image(&merged, blob_ids, blobs);
-        let blob_refs = image_refs(&merged, blob_ids);
+        let blob_refs = image_refs(&merged, blob_ids, &self.store);
         let mut links = Vec::with_capacity(1 + meta.links.as_ref().map_or(0, |l| l.len()));
         links.push((meta.addr, meta.len));
         links.extend(meta.links.iter().flat_map(|l| l.iter().copied()));
@@ -337,8 +338,11 @@ pub struct BlobRefChanges {
 
 /// The blob references of image `leaf`: a blob held in memory by the address it gets in
 /// this capture (`blob_ids`).
-fn image_refs(leaf: &LeafBase, blob_ids: &FxHashMap<*const BlobCell, u64>) -> Vec<u64> {
+fn image_refs(leaf: &LeafBase, blob_ids: &FxHashMap<*const BlobCell, u64>, store: &Store) -> Vec<u64> {
     let mut refs = Vec::new();
+    if !leaf.page.has_cells() && !store.has_blob_files() {
+        return refs; // no blob on disk, none in memory: nothing to look for
+    }
     leaf.page.blob_refs(
         &mut |c| match c.addr() {
             0 => *blob_ids.get(&Arc::as_ptr(c)).expect("leaf_image gave every cell of the image an address"),
