@@ -59,6 +59,9 @@ const _: () = assert!(MAX_PAGES <= u32::MAX as u64);
 /// but the blind writes folded into an evicted leaf when it is loaded can take it to about
 /// twice that) and, for a page written while evicted, the page loaded to fold them in.
 pub const DIRTY_PAGE_COST: usize = 4 * SPLIT_LEAF_BYTES;
+/// Pages read at once when a checkpoint loads the pages it must write, or when the blob
+/// references of pages not read since open are read (a bucket drop, blob GC).
+pub(crate) const LOAD_DEPTH: usize = 64;
 /// The dirty-page bound never goes below this many pages (tiny caches in tests would
 /// otherwise checkpoint on every commit).
 pub const MIN_DIRTY_PAGES: usize = 64;

@@ -5,8 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures::StreamExt;
-
 use super::{check_bucket_name, checkpoint, DbInner};
 use crate::error::{Error, Result};
 use crate::manifest::{BucketMeta, Edit, PageLoc};
@@ -130,15 +128,11 @@ impl DbInner {
         if self.blob_refs.lock().is_empty() {
             return Ok(Vec::new());
         }
-        let mut changes = crate::tree::forest::BlobRefChanges::default();
         let pids: Vec<Pid> = freed.iter().map(|p| p.0).collect();
-        let forest = &self.forest;
-        let mut reads = futures::stream::iter(pids)
-            .map(move |pid| forest.blob_refs_of(pid))
-            .buffer_unordered(checkpoint::LOAD_DEPTH);
-        while let Some(refs) = reads.next().await {
-            changes.released.extend(refs?);
-        }
+        let changes = crate::tree::forest::BlobRefChanges {
+            released: self.forest.blob_refs_of_pages(pids, |_| true).await?,
+            ..Default::default()
+        };
         Ok(super::gc::blob_counts(self, &changes, None))
     }
 

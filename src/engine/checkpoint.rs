@@ -42,6 +42,7 @@ use std::sync::atomic::Ordering;
 
 use super::DbInner;
 use crate::error::{Error, Result};
+use crate::limits::LOAD_DEPTH;
 use crate::manifest::{Edit, FileMeta, PageLoc};
 use crate::mvcc::SnapshotGuard;
 use crate::store::data_file::{FileKind, RelocEntry};
@@ -90,9 +91,6 @@ pub struct CheckpointStats {
 }
 
 const MAX_CUT_ATTEMPTS: usize = 16;
-
-/// Reads this many pages at once when a checkpoint loads the pages it must write.
-pub(crate) const LOAD_DEPTH: usize = 64;
 
 /// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
 /// the cache leave one evicted page per write to fold in; one at a time, the checkpoint

@@ -243,7 +243,6 @@ pub(crate) async fn compact_blob_file(db: &DbInner) -> crate::error::Result<Opti
 /// file `victim`, whose first address is `start`, that the page table's frames hold, and
 /// how many pages had to be read to know them.
 async fn referenced_in(db: &DbInner, victim: u64, start: u64) -> crate::error::Result<(Vec<u64>, usize)> {
-    use futures::StreamExt;
     let mut live: Vec<u64> = Vec::new();
     let mut unread = Vec::new();
     let in_victim = |a: &u64| db.store.file_of(*a) == Some(victim);
@@ -260,13 +259,7 @@ async fn referenced_in(db: &DbInner, victim: u64, start: u64) -> crate::error::R
         }
     }
     let read = unread.len();
-    let forest = &db.forest;
-    let mut reads = futures::stream::iter(unread)
-        .map(move |pid| forest.blob_refs_of(pid))
-        .buffer_unordered(super::checkpoint::LOAD_DEPTH);
-    while let Some(r) = reads.next().await {
-        live.extend(r?.iter().filter(|a| in_victim(a)));
-    }
+    live.extend(db.forest.blob_refs_of_pages(unread, in_victim).await?);
     Ok((live, read))
 }
 

@@ -107,6 +107,18 @@ impl Forest {
         Ok(self.read_chain(&meta).await?.2)
     }
 
+    /// [`Forest::blob_refs_of`] for each page of `pids`, `limits::LOAD_DEPTH` reads in flight:
+    /// every reference (with repeats) for which `keep` holds.
+    pub async fn blob_refs_of_pages(&self, pids: Vec<Pid>, keep: impl Fn(&u64) -> bool) -> Result<Vec<u64>> {
+        use futures::StreamExt;
+        let mut out = Vec::new();
+        let mut reads = futures::stream::iter(pids).map(|pid| self.blob_refs_of(pid)).buffer_unordered(crate::limits::LOAD_DEPTH);
+        while let Some(refs) = reads.next().await {
+            out.extend(refs?.into_iter().filter(|a| keep(a)));
+        }
+        Ok(out)
+    }
+
     /// Reads the image `meta` names: its one frame, or every frame of its chain at once,
     /// merged. Returns the image, the cut its newest frame was written at, for a chain
     /// (0 for one frame): the blind deltas in memory at or below that cut are in the image,
