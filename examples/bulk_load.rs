@@ -83,7 +83,11 @@ fn main() -> ringkv::Result<()> {
     rt.block_on(async {
         let w0 = proc_write_bytes();
         let t = Instant::now();
-        let opts = Options::default().cache_capacity(cache_mib << 20).durability(Durability::Buffered);
+        let mut opts = Options::default().cache_capacity(cache_mib << 20).durability(Durability::Buffered);
+        // A measurement knob: the dirty bound in MiB (default: a quarter of the cache).
+        if let Some(mib) = std::env::var("BULK_DIRTY_MIB").ok().and_then(|v| v.parse::<usize>().ok()) {
+            opts = opts.dirty_limit(Some(mib << 20));
+        }
         let db = Db::open(&dir, opts.clone()).await?;
         let b = db.bucket("bench").await?;
         let ids = order(n);
@@ -101,15 +105,19 @@ fn main() -> ringkv::Result<()> {
                 let (rss, hwm) = rss_mib();
                 println!(
                     "{done:>10} keys: {:>7.0} keys/s this tenth; {:>4} ckpts; cache {:>4} MiB, page table {:>3} MiB, \
-                     dirty {:>5}/{} pages, ckpt peak {:>3} MiB, wal buf {:>3} KiB; rss {rss} MiB (peak {hwm})",
+                     dirty {:>5} pages {:>3} MiB, ckpt peak {:>3} MiB, wal buf {:>3} KiB; rss {rss} MiB (peak {hwm}); \
+                     delta frames {}, chains consolidated {}, page reads {}",
                     tenth as f64 / lap.elapsed().as_secs_f64(),
                     s.checkpoints,
                     s.cache_bytes >> 20,
                     s.page_table_bytes >> 20,
                     s.dirty_pages,
-                    s.dirty_pages_limit,
+                    s.dirty_bytes >> 20,
                     s.checkpoint_peak_bytes >> 20,
                     s.wal_buffer_bytes >> 10,
+                    s.delta_frames,
+                    s.chains_consolidated,
+                    s.page_reads,
                 );
                 lap = Instant::now();
             }

@@ -54,11 +54,16 @@ const _: () = assert!(MAX_VALUE_LEN < MAX_FRAME_LEN);
 const _: () = assert!(SPLIT_INNER_CHILDREN >= 4);
 const _: () = assert!(MAX_PAGES <= u32::MAX as u64);
 
-/// What one dirty page is counted as against `Options::dirty_limit`: a checkpoint holds
+/// The most one dirty page is charged against `Options::dirty_limit` (an index page's
+/// charge, and the cap of every other: `tree::forest`, invariant 6): a checkpoint holds
 /// its encoded image (a leaf splits past `SPLIT_LEAF_BYTES` when it is written in memory,
 /// but the blind writes folded into an evicted leaf when it is loaded can take it to about
 /// twice that) and, for a page written while evicted, the page loaded to fold them in.
 pub const DIRTY_PAGE_COST: usize = 4 * SPLIT_LEAF_BYTES;
+/// What a page whose new versions will go out as a delta frame is charged against
+/// `Options::dirty_limit` before the bytes of those versions (twice them are added): the
+/// frame's header and links, and the capture's record of it.
+pub const DELTA_FRAME_COST: usize = 256;
 /// Pages read at once when a checkpoint loads the pages it must write, or when the blob
 /// references of pages not read since open are read (a bucket drop, blob GC).
 pub(crate) const LOAD_DEPTH: usize = 64;

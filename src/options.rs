@@ -73,8 +73,10 @@ pub struct Options {
     /// A data or blob file whose live bytes fall below this fraction is rewritten by GC.
     pub gc_live_ratio: f64,
     /// Bound on the pages changed since the last checkpoint, in bytes, each dirty page
-    /// counted as [`limits::DIRTY_PAGE_COST`] (its image, plus the page itself where a
-    /// checkpoint must load it). A background checkpoint starts at half of it; a commit
+    /// counted by what a checkpoint will hold for it: a page whose new versions go out as
+    /// a delta frame [`limits::DELTA_FRAME_COST`] plus twice their bytes, any other
+    /// [`limits::DIRTY_PAGE_COST`] (its image, plus the page itself where a checkpoint
+    /// must load it). A background checkpoint starts at half of it; a commit
     /// that finds it exceeded runs a checkpoint first (writers slow down instead of
     /// memory growing). It bounds what a checkpoint holds, whatever the size of the
     /// database. `None`: a quarter of `cache_capacity` (never below
@@ -284,6 +286,11 @@ impl Options {
     pub(crate) fn dirty_pages_limit(&self) -> usize {
         let bytes = self.dirty_limit.unwrap_or(self.cache_capacity / 4);
         (bytes / limits::DIRTY_PAGE_COST).max(limits::MIN_DIRTY_PAGES)
+    }
+
+    /// The dirty bound in bytes: [`Options::dirty_pages_limit`] pages at full cost.
+    pub(crate) fn dirty_limit_bytes(&self) -> usize {
+        self.dirty_pages_limit().saturating_mul(limits::DIRTY_PAGE_COST)
     }
 
     /// The WAL buffer bound of [`Options::wal_buffer_limit`], in bytes.

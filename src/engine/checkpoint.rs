@@ -42,7 +42,6 @@ use std::sync::atomic::Ordering;
 
 use super::DbInner;
 use crate::error::{Error, Result};
-use crate::limits::LOAD_DEPTH;
 use crate::manifest::{Edit, FileMeta, PageLoc};
 use crate::mvcc::SnapshotGuard;
 use crate::store::data_file::{FileKind, RelocEntry};
@@ -91,20 +90,6 @@ pub struct CheckpointStats {
 }
 
 const MAX_CUT_ATTEMPTS: usize = 16;
-
-/// Loads `pids`, [`LOAD_DEPTH`] reads in flight (blind writes spread over a tree larger than
-/// the cache leave one evicted page per write to fold in; one at a time, the checkpoint
-/// would wait a device round trip per page).
-async fn load_all(f: &crate::tree::Forest, pids: Vec<Pid>) -> Result<usize> {
-    use futures::{StreamExt, TryStreamExt};
-    let n = pids.len();
-    futures::stream::iter(pids)
-        .map(|pid| f.load_to_write(pid))
-        .buffer_unordered(LOAD_DEPTH)
-        .try_collect::<()>()
-        .await?;
-    Ok(n)
-}
 
 /// Runs one checkpoint (serialised by `ckpt_lock`): the steps of the module doc. The
 /// checkpoint's memory gauge (`DbInner::ckpt_mem`) counts the images it holds and is
@@ -265,7 +250,7 @@ async fn cut(db: &DbInner, since: u64) -> Result<Cut> {
         if attempt > MAX_CUT_ATTEMPTS {
             return Err(Error::ReadOnly("checkpoint could not load the pages it must write".into()));
         }
-        loaded += load_all(f, f.dirty_unloaded()).await?;
+        loaded += f.load_all_to_write(f.dirty_unloaded()).await?;
         let trees = db.trees();
         let locks: Vec<_> = trees.iter().map(|t| t.smo.lock()).collect();
         let snap = db.mvcc.snapshot();
@@ -280,6 +265,7 @@ async fn cut(db: &DbInner, since: u64) -> Result<Cut> {
         let sealed = f.take_dirty();
         match f.capture(&sealed, snap.ts(), horizon, since) {
             Ok((pages, blobs)) => {
+                f.seal_done();
                 drop(locks);
                 db.ckpt_mem.hold(pages.iter().map(|c| c.image.len()).sum());
                 return Ok(Cut { snap, sealed, pages, blobs, sizes, loaded });
@@ -288,7 +274,7 @@ async fn cut(db: &DbInner, since: u64) -> Result<Cut> {
                 f.restore_dirty(sealed);
                 drop(locks);
                 drop(snap);
-                loaded += load_all(f, need).await?;
+                loaded += f.load_all_to_write(need).await?;
             }
         }
     }

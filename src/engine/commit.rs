@@ -1,13 +1,20 @@
 //! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
-//! 0. Flow control: if the pages this commit may dirty (three per key: leaf, split sibling,
-//!    parent) would take the dirty set past `Options::dirty_limit`, or the cache is past `cache_capacity + dirty_limit`,
-//!    run a checkpoint first (`DbInner::over_dirty_limit`); then hold those pages as
-//!    reserved until step 2 has applied the writes (`DbInner::reserve_dirty`), so that GC
-//!    marking pages meanwhile leaves them room.
+//! 0. Flow control: if what this commit is expected to charge the dirty set (its versions
+//!    going out as delta frames: `commit_charge`; forest invariant 6) would take the
+//!    charge past `Options::dirty_limit`, or the cache is past `cache_capacity +
+//!    dirty_limit`, run a checkpoint first (`DbInner::over_dirty_limit`); then hold that
+//!    charge as reserved until step 2 has applied the writes (`DbInner::reserve_dirty`),
+//!    so that GC marking pages meanwhile leaves it room. Once step 1 has found the leaves,
+//!    the check runs again with what they say the writes will charge (pages written as
+//!    bases, splits: `Forest::write_charge`) before the leaves past their blind-write
+//!    room are loaded, so the charge passes the bound only by what a commit's writes
+//!    charge beyond that estimate (an index split, a consolidation).
 //! 1. Conflict pre-check outside the commit lock (it routes every key to its leaf, loading
 //!    what must be read; an evicted leaf is read only when its image could hold a version
-//!    newer than the snapshot). It remembers each key's leaf: the writes of step 2 start
-//!    there instead of descending again (`Tree::leaf_covering` says when that is safe).
+//!    newer than the snapshot; the leaves the writes must find in memory are loaded after
+//!    step 0's second look, together). It remembers each key's leaf: the writes of step 2
+//!    start there instead of descending again (`Tree::leaf_covering` says when that is
+//!    safe).
 //! 2. Under the commit lock: the check again (first-committer-wins) unless no commit was
 //!    applied since the pre-check began (`visible` unchanged), then, with no
 //!    `.await` in between (so a dropped future cannot stop half way): assign the timestamp,
@@ -37,6 +44,16 @@ use crate::tree::node::{Pid, Version};
 use crate::tree::{Step, Tree};
 use crate::wal::{record, WalOp, WalRecord};
 
+/// What step 1 found for one bucket ([`DbInner::check_set`]).
+pub(crate) struct Checked {
+    /// The leaf of each key, in key order.
+    pub leaves: Vec<Pid>,
+    /// The leaves past their blind-write room, to load before the writes.
+    pub to_load: Vec<Pid>,
+    /// What the writes are expected to charge the dirty set.
+    pub charge: usize,
+}
+
 /// One bucket's part of a commit: its tree and its writes (key to new value, `None` = a
 /// delete), in key order.
 pub(crate) struct WriteSet<'a> {
@@ -58,6 +75,11 @@ impl DbInner {
         self.check_open()?;
         self.check_writable()?;
         let keys: usize = sets.iter().map(|s| s.writes.len()).sum();
+        let bytes: usize = sets
+            .iter()
+            .flat_map(|s| s.writes.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
         if keys == 0 {
             return Ok(snapshot_ts.unwrap_or_else(|| self.mvcc.visible()));
         }
@@ -66,11 +88,11 @@ impl DbInner {
         // past its capacity by more than that bound, this committer runs a checkpoint (or
         // waits for the running one) before it writes. Writers slow down to the pace of
         // checkpoints instead of memory growing with them (`Options::dirty_limit`).
-        if self.over_dirty_limit(keys) {
+        if self.over_dirty_limit(keys, bytes) {
             checkpoint::run(self).await?;
             self.forest.evict_to_capacity();
         }
-        let reserved = self.reserve_dirty(keys);
+        let reserved = self.reserve_dirty(keys, bytes);
         // The conflict check runs outside the commit lock (its page loads must not
         // serialise committers) and again under it, unless no commit was applied in
         // between: every commit publishes its timestamp before releasing the lock, so an
@@ -82,9 +104,26 @@ impl DbInner {
         // (one descent per key); each key starts from the previous key's leaf (keys go in
         // order, so neighbours share it).
         let mut leaves: Vec<Vec<Pid>> = Vec::with_capacity(sets.len());
+        let (mut charge, mut to_load) = (0, Vec::new());
         for s in sets {
-            leaves.push(self.check_set(s, check_ts).await?);
+            let c = self.check_set(s, check_ts).await?;
+            leaves.push(c.leaves);
+            to_load.extend(c.to_load);
+            charge += c.charge;
         }
+        // Step 0 again with what the leaves found say the writes will charge: pages going
+        // out as bases, splits (the first look assumed delta frames).
+        let reserved = if charge > reserved.bytes {
+            drop(reserved);
+            if self.over_dirty_limit_by(charge) {
+                checkpoint::run(self).await?;
+                self.forest.evict_to_capacity();
+            }
+            self.reserve_charge(charge)
+        } else {
+            reserved
+        };
+        self.forest.load_all_to_write(to_load).await?;
         let g = self.commit_lock.lock().await;
         if snapshot_ts.is_some() && self.mvcc.visible() != checked_at {
             for (s, l) in sets.iter().zip(leaves.iter_mut()) {
@@ -106,26 +145,53 @@ impl DbInner {
     /// writes it already carries) would pass `MAX_BLIND_DELTAS` or `BLIND_PAGE_BYTES`, the
     /// leaf is loaded and kept in memory (`Forest::load_to_write`), so the rest of them land
     /// on it and its split keeps it near the split size. (Each key alone would find room:
-    /// the writes of this commit are applied only at step 2.)
-    pub(crate) async fn check_set(&self, s: &WriteSet<'_>, ts: u64) -> Result<Vec<Pid>> {
+    /// the writes of this commit are applied only at step 2.) The leaves to load are
+    /// gathered first and read together (`Forest::load_all_to_write`): a batch of random
+    /// keys over a tree larger than the cache finds hundreds, and one read at a time the
+    /// commit would wait a device round trip for each. The conflict check needs none of
+    /// them (no image on disk holds a version above the check's timestamp).
+    ///
+    /// Returns the leaves, those to load (the caller loads them, after step 0's second
+    /// look: a checkpoint it runs between the loads and the writes would let eviction take
+    /// them again, and the writes would go blind onto leaves past their room), and what
+    /// the writes are expected to charge the dirty set (`Forest::write_charge`).
+    pub(crate) async fn check_set(&self, s: &WriteSet<'_>, ts: u64) -> Result<Checked> {
         let mut leaves = Vec::with_capacity(s.writes.len());
+        let mut to_load = Vec::new();
+        // (leaf, bytes written to it): one entry per run of keys on a leaf.
+        let mut runs: Vec<(Pid, usize)> = Vec::new();
         let mut leaf = 0;
-        let (mut run, mut run_len, mut run_bytes) = (0, 0, 0);
+        let mut run_len = 0;
         for (k, v) in s.writes {
             if s.tree.written_after(&self.forest, k, ts, &mut leaf).await? {
                 return Err(Error::Conflict);
             }
-            if leaf != run {
-                (run, run_len, run_bytes) = (leaf, 0, 0);
+            let bytes = k.len() + v.as_ref().map_or(0, Bytes::len);
+            match runs.last_mut() {
+                Some(r) if r.0 == leaf => r.1 += bytes,
+                _ => {
+                    runs.push((leaf, bytes));
+                    run_len = 0;
+                }
             }
             run_len += 1;
-            run_bytes += k.len() + v.as_ref().map_or(0, Bytes::len);
-            if !self.forest.blind_room(leaf, run_len, run_bytes) {
-                self.forest.load_to_write(leaf).await?;
+            let run_bytes = runs.last().map_or(0, |r| r.1);
+            // The keys are in order, so a leaf's keys are one run: listed once.
+            if to_load.last() != Some(&leaf) && !self.forest.blind_room(leaf, run_len, run_bytes) {
+                to_load.push(leaf);
             }
             leaves.push(leaf);
         }
-        Ok(leaves)
+        // `to_load` lists leaves in the order of their runs: one cursor walks both.
+        let mut next = to_load.iter().peekable();
+        let charge = runs
+            .iter()
+            .map(|&(pid, bytes)| {
+                let loading = next.next_if(|&&p| p == pid).is_some();
+                self.forest.write_charge(pid, bytes, loading)
+            })
+            .sum();
+        Ok(Checked { leaves, to_load, charge })
     }
 
     /// Step 2's check again for one bucket, updating the leaves found at step 1.
@@ -212,52 +278,59 @@ impl DbInner {
     }
 }
 
-/// Pages a commit holds as reserved ([`DbInner::reserve_dirty`]), given back on drop.
+/// Bytes of the dirty bound a commit holds as reserved ([`DbInner::reserve_dirty`]),
+/// given back on drop.
 pub(crate) struct DirtyReservation<'a> {
     db: &'a DbInner,
-    pages: usize,
+    bytes: usize,
 }
 
 impl Drop for DirtyReservation<'_> {
     fn drop(&mut self) {
-        self.db.dirty_reserved.fetch_sub(self.pages, Ordering::Relaxed);
+        self.db.dirty_reserved.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
-/// Pages one key of a commit may dirty: its leaf, the sibling a split of it makes, and the
-/// parent that split updates (an index split above it is rarer still).
-const PAGES_PER_KEY: usize = 3;
-
 impl DbInner {
-    /// Whether a commit of `keys` keys must run a checkpoint before it writes: the pages
-    /// it may dirty (per key its leaf, the sibling a split makes and their parent:
-    /// `PAGES_PER_KEY`) would take the dirty set past `Options::dirty_limit`, or the cache
-    /// is past its capacity plus that bound (the pages over capacity are dirty: clean ones
-    /// are evicted).
-    pub(crate) fn over_dirty_limit(&self, keys: usize) -> bool {
-        let pages = self.opts.dirty_pages_limit();
-        let slack = pages.saturating_mul(crate::limits::DIRTY_PAGE_COST);
-        let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(slack));
-        let dirty = self.dirty_pages_and_reserved();
-        (dirty > 0 && dirty.saturating_add(keys.saturating_mul(PAGES_PER_KEY)) > pages)
-            || self.forest.mem_used() > cache
+    /// Whether a commit of `keys` keys and `bytes` bytes of keys and values must run a
+    /// checkpoint before it writes: what it is expected to add to the dirty set's charge
+    /// ([`commit_charge`]) would take it past `Options::dirty_limit`, or the cache is past
+    /// its capacity plus that bound (the pages over capacity are dirty: clean ones are
+    /// evicted).
+    pub(crate) fn over_dirty_limit(&self, keys: usize, bytes: usize) -> bool {
+        self.over_dirty_limit_by(commit_charge(keys, bytes))
     }
 
-    /// The dirty pages, plus those the commits past their flow control may still dirty
-    /// ([`DbInner::reserve_dirty`]): what GC's room and the next commit's check count.
-    pub(crate) fn dirty_pages_and_reserved(&self) -> usize {
-        self.forest.dirty_pages().saturating_add(self.dirty_reserved.load(Ordering::Relaxed))
+    /// [`DbInner::over_dirty_limit`] for a commit expected to charge `charge` bytes.
+    pub(crate) fn over_dirty_limit_by(&self, charge: usize) -> bool {
+        let limit = self.opts.dirty_limit_bytes();
+        let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(limit));
+        let dirty = self.dirty_bytes_and_reserved();
+        (dirty > 0 && dirty.saturating_add(charge) > limit) || self.forest.mem_used() > cache
     }
 
-    /// Holds the pages a commit of `keys` keys may dirty (`PAGES_PER_KEY` each) as reserved
-    /// until the guard drops, once its writes are applied (and counted dirty): GC, which
-    /// marks pages at the end of a checkpoint, must leave them room (`super::gc`), or a
-    /// commit that passed its check before the marking would take the dirty set past its
-    /// bound.
-    pub(crate) fn reserve_dirty(&self, keys: usize) -> DirtyReservation<'_> {
-        let pages = keys.saturating_mul(PAGES_PER_KEY);
-        self.dirty_reserved.fetch_add(pages, Ordering::Relaxed);
-        DirtyReservation { db: self, pages }
+    /// The dirty set's charge (forest invariant 6), plus what the commits past their flow
+    /// control are expected to add ([`DbInner::reserve_dirty`]): what GC's room and the
+    /// next commit's check count, in bytes.
+    pub(crate) fn dirty_bytes_and_reserved(&self) -> usize {
+        usize::try_from(self.forest.dirty_bytes())
+            .unwrap_or(usize::MAX)
+            .saturating_add(self.dirty_reserved.load(Ordering::Relaxed))
+    }
+
+    /// Holds what a commit of `keys` keys and `bytes` bytes is expected to charge the dirty
+    /// set ([`commit_charge`]) as reserved until the guard drops, once its writes are
+    /// applied (and charged): GC, which marks pages at the end of a checkpoint, must leave
+    /// it room (`super::gc`), or a commit that passed its check before the marking would
+    /// take the dirty set past its bound.
+    pub(crate) fn reserve_dirty(&self, keys: usize, bytes: usize) -> DirtyReservation<'_> {
+        self.reserve_charge(commit_charge(keys, bytes))
+    }
+
+    /// [`DbInner::reserve_dirty`] of `charge` bytes.
+    pub(crate) fn reserve_charge(&self, charge: usize) -> DirtyReservation<'_> {
+        self.dirty_reserved.fetch_add(charge, Ordering::Relaxed);
+        DirtyReservation { db: self, bytes: charge }
     }
 
     /// Whether the background task should start a checkpoint now: the size trigger
@@ -275,9 +348,15 @@ impl DbInner {
 
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
-            || self.forest.dirty_pages() > self.opts.dirty_pages_limit() / 2
+            || self.forest.dirty_bytes() > self.opts.dirty_limit_bytes() as u64 / 2
             || self.forest.needs_checkpoint.load(Ordering::Relaxed)
     }
+}
+
+/// What a commit of `keys` keys and `bytes` bytes of keys and values is expected to charge
+/// the dirty set: each version going out in a delta frame (forest invariant 6).
+fn commit_charge(keys: usize, bytes: usize) -> usize {
+    keys.saturating_mul(crate::limits::DELTA_FRAME_COST).saturating_add(bytes.saturating_mul(2))
 }
 
 /// What a read-modify-write chose for its key.
@@ -309,11 +388,12 @@ impl DbInner {
         self.check_open()?;
         self.check_writable()?;
         let started = std::time::Instant::now();
-        if self.over_dirty_limit(1) {
+        let bytes = key.len() + crate::limits::MAX_VALUE_LEN.min(self.opts.inline_limit);
+        if self.over_dirty_limit(1, bytes) {
             checkpoint::run(self).await?;
             self.forest.evict_to_capacity();
         }
-        let reserved = self.reserve_dirty(1);
+        let reserved = self.reserve_dirty(1, bytes);
         let g = self.commit_lock.lock().await;
         let snap = self.mvcc.snapshot();
         let old = super::read::read_at(self, tree, key, snap.ts()).await?;
@@ -325,7 +405,9 @@ impl DbInner {
         let sets = [WriteSet { tree, writes: &writes }];
         // Nothing was published since `snap` (the lock is held): this finds the leaf and no
         // conflict.
-        let mut leaves = vec![self.check_set(&sets[0], snap.ts()).await?];
+        let checked = self.check_set(&sets[0], snap.ts()).await?;
+        self.forest.load_all_to_write(checked.to_load).await?;
+        let mut leaves = vec![checked.leaves];
         let (ts, lsn) = self.commit_locked(&sets, &mut leaves)?;
         drop(reserved);
         drop(g);

@@ -104,8 +104,9 @@ pub(crate) fn set_blob_counts(db: &DbInner, counts: &[(u64, u64)]) -> Vec<u64> {
 }
 
 /// Marks the live pages of sparse data files (other than `just_written`) dirty, sparsest
-/// first, as many files as fit in the room left under half the dirty-page bound, and never
-/// more pages than that room, so that GC never makes a checkpoint hold more than
+/// first, as many files as fit in the room left under half the dirty bound (each page at
+/// `limits::DIRTY_PAGE_COST`, what `Forest::mark_dirty` charges at most), and never more
+/// pages than that room, so that GC never makes a checkpoint hold more than
 /// `Options::dirty_limit` allows; the rest wait for a later checkpoint. Half: the other half is the commits' (a committer whose writes
 /// would pass the bound runs a checkpoint first, and that checkpoint's GC must not take
 /// the room it made), and half is also where a background checkpoint starts, so GC alone
@@ -131,8 +132,8 @@ pub(crate) fn mark_sparse_files(db: &DbInner, just_written: Option<u64>) -> (usi
         sparse.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         sparsest = sparse.first().map(|s| s.0);
         // The pages commits past their flow control may still dirty count too.
-        let dirty = db.dirty_pages_and_reserved();
-        budget = (db.opts.dirty_pages_limit() / 2).saturating_sub(dirty);
+        let dirty = db.dirty_bytes_and_reserved();
+        budget = (db.opts.dirty_limit_bytes() / 2).saturating_sub(dirty) / crate::limits::DIRTY_PAGE_COST;
         let mut room = budget;
         let mut picked = rustc_hash::FxHashSet::default();
         for (_, id, alive) in sparse {

@@ -78,7 +78,8 @@ pub(crate) struct DbInner {
     /// (`manifest::Edit::BlobRefs`, changed only under `ckpt_lock`); a file absent here, or
     /// at [`gc::UNKNOWN_REFS`], is never collected; a file at 0 is dropped (`gc`).
     pub blob_refs: Mutex<FxHashMap<u64, u64>>,
-    /// Pages that commits past their flow control may still dirty (`reserve_dirty`).
+    /// Bytes of the dirty bound that commits past their flow control are expected to
+    /// charge (`reserve_dirty`).
     pub dirty_reserved: std::sync::atomic::AtomicUsize,
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// Bytes of page images and copied frames the running checkpoint holds.

@@ -38,11 +38,18 @@ pub struct Stats {
     pub page_table_bytes: i64,
     /// Pages changed since the last checkpoint.
     pub dirty_pages: u64,
-    /// The bound on `dirty_pages` (`Options::dirty_limit` over
-    /// [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)).
+    /// What those pages are charged against `dirty_limit`: per page, what a checkpoint
+    /// will hold for it (a delta frame's
+    /// [`DELTA_FRAME_COST`](crate::limits::DELTA_FRAME_COST) plus twice its versions'
+    /// bytes, or [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST) for a page written
+    /// as a base).
+    pub dirty_bytes: u64,
+    /// How many pages charged in full `dirty_limit` holds (`Options::dirty_limit` over
+    /// [`DIRTY_PAGE_COST`](crate::limits::DIRTY_PAGE_COST)); pages written as delta
+    /// frames are charged less, so more of them fit.
     pub dirty_pages_limit: u64,
-    /// `dirty_pages_limit` in bytes: the bound of what a checkpoint holds, and of the
-    /// cache's excess over its capacity.
+    /// The bound on `dirty_bytes`: of what a checkpoint holds, and of the cache's excess
+    /// over its capacity.
     pub dirty_limit: u64,
     /// Bytes of page images and copied frames the running checkpoint holds (0 between
     /// checkpoints).
@@ -131,6 +138,7 @@ impl DbInner {
             cache_capacity: opts.cache_capacity as u64,
             page_table_bytes: forest.page_table_mem(),
             dirty_pages: forest.dirty_pages() as u64,
+            dirty_bytes: forest.dirty_bytes(),
             dirty_pages_limit,
             dirty_limit: dirty_pages_limit * crate::limits::DIRTY_PAGE_COST as u64,
             checkpoint_bytes: self.ckpt_mem.now(),

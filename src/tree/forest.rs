@@ -32,6 +32,31 @@
 //!    [`Forest::publish`] raises it to the new cut before any captured page becomes
 //!    evictable, so whoever sees an eviction stub also sees the raised value. A commit's
 //!    conflict check uses it to skip reading evicted leaves (`Tree::written_after`).
+//! 6. **The dirty set is charged by what a checkpoint will hold for it** (the dirty bound,
+//!    `Options::dirty_limit`, is in these bytes). `dirty_bytes` is the sum of every slot's
+//!    `dirty_cost`, which only rises while the page is listed and is taken back, whole,
+//!    when a cut drains the page. A write to a page whose new versions can go out as a
+//!    delta frame (its base is its image on disk, or it is an evicted leaf taking blind
+//!    writes, and its chain on disk has room for one more frame: what the capture
+//!    decides, `Forest::capture_needs_load`, `deltas_over_image`) raises the charge to
+//!    [`DELTA_FRAME_COST`] plus twice the bytes of the versions written, at most
+//!    [`DIRTY_PAGE_COST`]; any other write, and every other way into the dirty set
+//!    (splits, merges, consolidations, loads to write, GC's marking, a failed
+//!    checkpoint's pages), charges the page as a base (`base_cost`): a leaf in memory its
+//!    size, an evicted one twice that (the page a checkpoint loads to fold in the blind
+//!    writes, and its image), an index page [`DIRTY_PAGE_COST`], the most any image
+//!    takes. Twice the bytes: a
+//!    delta frame larger than half its base goes out as a base, and an in-memory
+//!    consolidation (a chain of `CONSOLIDATE_CHAIN_LEN` deltas) replaces the base, so the
+//!    charge stays at or above the image whichever the capture picks. A cut's drain takes
+//!    the sealed pages' charges, but [`Forest::dirty_bytes`] keeps counting them
+//!    (`sealing`) until the capture succeeds ([`Forest::seal_done`]; the checkpoint's own
+//!    gauge counts the images from then on): a cut retried for loads puts the pages back
+//!    with the charges it took (`restore_dirty`), and commits that checked the bound
+//!    meanwhile must not have taken their room (measured: the charge passed its bound by
+//!    up to 40% in `tests/memory.rs` before). A write racing a cut may have its charge
+//!    taken by the drain; its version is above the cut, so the capture keeps the page
+//!    dirty (`keep_dirty`), charged again.
 
 mod cache;
 mod capture;
@@ -51,7 +76,9 @@ use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use super::page::{self, FrameRef, PageImage};
 use crate::error::{Error, Result};
-use crate::limits::{BLIND_PAGE_BYTES, MAX_BLIND_DELTAS, MAX_DELTA_FRAMES, MAX_PAGES};
+use crate::limits::{
+    BLIND_PAGE_BYTES, DELTA_FRAME_COST, DIRTY_PAGE_COST, MAX_BLIND_DELTAS, MAX_DELTA_FRAMES, MAX_PAGES, SPLIT_LEAF_BYTES,
+};
 use crate::mvcc::Mvcc;
 use crate::store::Store;
 use crate::tree::mapping::{retire_chain, MappingTable, Retired};
@@ -159,6 +186,15 @@ pub struct Forest {
     /// Entries in `dirty`: pages of the current generation, and of the ended one while a
     /// cut drains it.
     dirty_len: AtomicUsize,
+    /// What the dirty set is charged, in bytes (invariant 6).
+    dirty_bytes: AtomicU64,
+    /// The charges the last cut's drain took, by page: a failed or retried cut puts its
+    /// pages back with them (`Forest::restore_dirty`).
+    sealed_costs: Mutex<FxHashMap<Pid, u32>>,
+    /// The sum of `sealed_costs` until the cut's capture succeeds ([`Forest::seal_done`]):
+    /// still counted in [`Forest::dirty_bytes`], so that commits checking the bound while a
+    /// cut that will be retried holds the pages do not take their room.
+    sealing: AtomicU64,
     /// Bytes of every chain node in the table (invariant 4).
     mem: AtomicI64,
     /// The part of `mem` held by disk stubs: the page table's share, which grows with the
@@ -197,6 +233,22 @@ pub struct Forest {
     barren: AtomicU64,
 }
 
+/// What a page whose chain is `v`, plus a version of `bytes` about to be installed, is
+/// charged when it will go out as a base (invariant 6): a leaf in memory its size (the
+/// image a checkpoint encodes); an evicted leaf twice its size (the page a checkpoint
+/// loads to fold the blind writes in, and its image); an index page, or a stub made at
+/// open, whose size no node records, [`DIRTY_PAGE_COST`]. Never more than that, never less than a delta frame.
+fn base_cost(v: &ChainView<'_>, bytes: usize) -> usize {
+    let size = (v.head_node.bytes as usize).saturating_add(bytes);
+    let cost = match &v.bottom.kind {
+        NodeKind::Leaf(_) => size,
+        // A stub made at open does not know its page's size.
+        NodeKind::Disk { .. } if v.bottom.bytes > 0 => size.saturating_mul(2),
+        _ => DIRTY_PAGE_COST,
+    };
+    cost.clamp(DELTA_FRAME_COST, DIRTY_PAGE_COST)
+}
+
 impl Forest {
     /// A forest over `store` with the page table `pages` (pid -> address) of the manifest.
     pub fn new(
@@ -213,6 +265,9 @@ impl Forest {
             dirty_gen: AtomicU64::new(1),
             dirty: (0..DIRTY_SHARDS).map(|_| DirtyShard::default()).collect(),
             dirty_len: AtomicUsize::new(0),
+            dirty_bytes: AtomicU64::new(0),
+            sealed_costs: Mutex::new(FxHashMap::default()),
+            sealing: AtomicU64::new(0),
             mem: AtomicI64::new(0),
             stub_mem: AtomicI64::new(0),
             capacity,
@@ -380,8 +435,36 @@ impl Forest {
         }
     }
 
-    /// Marks a page dirty (invariant 3).
+    /// Marks a page dirty (invariant 3), charged as a base (invariant 6,
+    /// [`Forest::base_cost`]).
     pub fn mark_dirty(&self, pid: Pid) {
+        self.list_dirty(pid);
+        let cost = {
+            let guard = epoch::pin();
+            ChainView::load(self, pid, &guard).map_or(DIRTY_PAGE_COST, |v| base_cost(&v, 0))
+        };
+        self.charge(pid, cost);
+    }
+
+    /// Keeps a page a checkpoint captured in part (versions above its cut) in the dirty set
+    /// (invariant 3), charged at least a delta frame: the writes of those versions charged
+    /// it already, unless the cut's drain took their charge (invariant 6).
+    pub fn keep_dirty(&self, pid: Pid) {
+        self.list_dirty(pid);
+        self.charge(pid, DELTA_FRAME_COST);
+    }
+
+    /// Raises the dirty charge of `pid` to at least `cost` bytes (invariant 6).
+    fn charge(&self, pid: Pid, cost: usize) {
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let prev = self.table.slot(pid).dirty_cost.fetch_max(cost, Ordering::Relaxed);
+        if cost > prev {
+            self.dirty_bytes.fetch_add(u64::from(cost - prev), Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a page in the dirty set (invariant 3), charging nothing.
+    fn list_dirty(&self, pid: Pid) {
         // Orders the write's install (before this call) before the generation read: a write
         // that reads the generation before a cut's bump is then seen by that cut's capture,
         // which keeps a page holding versions above its cut dirty (the fast path below
@@ -407,17 +490,93 @@ impl Forest {
         &self.dirty[ix].0
     }
 
-    /// Accounts a delta of `mem` bytes installed on `pid` and marks it dirty.
-    pub fn note_write(&self, pid: Pid, mem: isize, bytes: usize) {
+    /// Accounts a delta of `mem` bytes (a version of `bytes`) installed on `pid`, whose
+    /// chain before it was `v`, and marks the page dirty, charged as invariant 6 says.
+    pub fn note_write(&self, pid: Pid, v: &ChainView<'_>, mem: isize, bytes: usize) {
         self.mem.fetch_add(mem as i64, Ordering::Relaxed);
         self.written_since_cut.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.mark_dirty(pid);
+        self.list_dirty(pid);
+        let cost = if self.delta_frame_ahead(pid, v) {
+            let now = self.table.slot(pid).dirty_cost.load(Ordering::Relaxed) as usize;
+            (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+        } else {
+            base_cost(v, bytes)
+        };
+        self.charge(pid, cost);
         self.maybe_evict(pid);
+    }
+
+    /// What writing `bytes` more bytes of versions to leaf `pid` would add to the dirty
+    /// set's charge (invariant 6), a split it would make included: the flow control's
+    /// estimate for a commit, made once its leaves are found. `loading`: the commit loads
+    /// the leaf before it writes (`Forest::load_to_write`, which charges a loaded page its
+    /// size), so it is written in memory, and split there if it grows past the split size.
+    pub fn write_charge(&self, pid: Pid, bytes: usize, loading: bool) -> usize {
+        let guard = epoch::pin();
+        let Some(v) = ChainView::load(self, pid, &guard) else { return DIRTY_PAGE_COST };
+        let now = self.table.slot(pid).dirty_cost.load(Ordering::Relaxed) as usize;
+        let stub = matches!(v.bottom.kind, NodeKind::Disk { .. });
+        if stub && !loading {
+            let cost = if self.delta_frame_ahead(pid, &v) {
+                (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+            } else {
+                base_cost(&v, bytes)
+            };
+            return cost.saturating_sub(now);
+        }
+        // Written in memory. A stub made at open does not know its size: at most a page
+        // in full, and perhaps a split.
+        let size = if stub && v.bottom.bytes == 0 {
+            DIRTY_PAGE_COST
+        } else {
+            (v.head_node.bytes as usize).saturating_add(bytes)
+        };
+        if size > SPLIT_LEAF_BYTES {
+            // Split: the halves are written as bases (their sizes add up to the leaf's),
+            // and their parent is dirtied.
+            return size.min(DIRTY_PAGE_COST).saturating_sub(now).saturating_add(DIRTY_PAGE_COST);
+        }
+        let cost = if !stub && self.delta_frame_ahead(pid, &v) {
+            (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+        } else {
+            size.clamp(DELTA_FRAME_COST, DIRTY_PAGE_COST)
+        };
+        cost.saturating_sub(now)
+    }
+
+    /// Whether the versions written over chain `v` of `pid` can go out as a delta frame at
+    /// the next checkpoint (invariant 6): its chain on disk has room for one more frame,
+    /// and it is either a leaf whose base is its image on disk or an evicted leaf whose
+    /// bounds are known. (GC's marking, which makes the capture write a base, charges the
+    /// page in full itself.)
+    fn delta_frame_ahead(&self, pid: Pid, v: &ChainView<'_>) -> bool {
+        let meta = self.table.slot(pid).meta.lock();
+        if meta.addr == 0 || meta.links.as_ref().map_or(0, |l| l.len()) >= MAX_DELTA_FRAMES {
+            return false;
+        }
+        match &v.bottom.kind {
+            NodeKind::Disk { bounds, .. } => bounds.is_some(),
+            NodeKind::Leaf(_) => meta.base_seq == v.bottom.seq,
+            _ => false,
+        }
     }
 
     /// Pages changed since the last cut (the dirty set's size).
     pub fn dirty_pages(&self) -> usize {
         self.dirty_len.load(Ordering::Relaxed)
+    }
+
+    /// What the dirty set is charged, in bytes (invariant 6): the figure the dirty bound
+    /// (`Options::dirty_limit`) holds.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes.load(Ordering::Relaxed) + self.sealing.load(Ordering::Relaxed)
+    }
+
+    /// The cut's capture succeeded: its images hold the sealed pages now (the checkpoint's
+    /// own memory gauge counts them), so their charges leave the dirty set's.
+    pub fn seal_done(&self) {
+        self.sealed_costs.lock().clear();
+        self.sealing.store(0, Ordering::Relaxed);
     }
 
     /// Seals the dirty set (the checkpoint cut): starts a new generation, then drains from
@@ -440,12 +599,19 @@ impl Forest {
     /// Takes the entries of generations up to `ended` out of every shard.
     fn drain_dirty(&self, ended: u64) -> FxHashSet<Pid> {
         let mut sealed = HashSet::with_hasher(FxBuildHasher);
+        let mut costs = self.sealed_costs.lock();
+        costs.clear();
+        self.sealing.store(0, Ordering::Relaxed);
         for shard in &*self.dirty {
             let mut list = shard.0.lock();
             let before = list.len();
             list.retain(|&(pid, gen)| {
                 if gen <= ended {
                     sealed.insert(pid);
+                    let cost = self.table.slot(pid).dirty_cost.swap(0, Ordering::Relaxed);
+                    self.dirty_bytes.fetch_sub(u64::from(cost), Ordering::Relaxed);
+                    costs.insert(pid, cost);
+                    self.sealing.fetch_add(u64::from(cost), Ordering::Relaxed);
                     false
                 } else {
                     true
@@ -456,10 +622,19 @@ impl Forest {
         sealed
     }
 
-    /// Puts pages back in the dirty set (a failed or partial checkpoint).
+    /// Puts pages back in the dirty set (a failed or retried cut, GC's marking): a page the
+    /// last cut sealed with the charge its drain took, any other charged as a base.
     pub fn restore_dirty(&self, pids: impl IntoIterator<Item = Pid>) {
+        let mut costs = self.sealed_costs.lock();
         for pid in pids {
-            self.mark_dirty(pid);
+            match costs.remove(&pid) {
+                Some(cost) => {
+                    self.list_dirty(pid);
+                    self.charge(pid, cost as usize);
+                    self.sealing.fetch_sub(u64::from(cost), Ordering::Relaxed);
+                }
+                None => self.mark_dirty(pid),
+            }
         }
     }
 
@@ -579,6 +754,40 @@ mod tests {
         f.restore_dirty(sealed);
         assert_eq!(f.dirty_pages(), 2, "page 5 already in the new generation, 9 restored");
         assert_eq!(f.take_dirty().into_iter().collect::<std::collections::BTreeSet<_>>(), [5, 9].into());
+    }
+
+    /// Invariant 6: the charge is the sum of the listed pages' charges, rises (never falls)
+    /// while a page stays listed, and a cut's drain takes each sealed page's charge back
+    /// whole, counted on until the capture succeeds (a retried cut restores the charges).
+    /// A page marked again between the bump and the drain loses its charge to the drain;
+    /// the capture's mark (its version is above the cut) charges it again.
+    #[test]
+    fn the_dirty_charge_rises_per_page_and_a_cut_takes_it_back() {
+        let f = forest();
+        f.mark_dirty(5); // no chain: an unknown page is charged in full
+        f.mark_dirty(5);
+        assert_eq!(f.dirty_bytes(), DIRTY_PAGE_COST as u64, "one page, charged once");
+        f.list_dirty(9);
+        f.charge(9, 300);
+        f.charge(9, 200); // lower: no change
+        f.charge(9, 700);
+        assert_eq!(f.dirty_bytes(), (DIRTY_PAGE_COST + 700) as u64);
+        let sealed = f.take_dirty();
+        assert_eq!(sealed.len(), 2);
+        assert_eq!(f.dirty_bytes(), (DIRTY_PAGE_COST + 700) as u64, "counted until the capture succeeds");
+        f.restore_dirty(sealed); // a retried cut: back with the charges the drain took
+        assert_eq!((f.dirty_pages(), f.dirty_bytes()), (2, (DIRTY_PAGE_COST + 700) as u64));
+        assert_eq!(f.take_dirty().len(), 2);
+        f.seal_done();
+        assert_eq!(f.dirty_bytes(), 0, "the cut took back every sealed page's charge");
+        f.mark_dirty(7);
+        let ended = f.new_dirty_generation();
+        f.mark_dirty(7); // a write of the new generation, before the drain
+        assert_eq!(f.drain_dirty(ended), [7].into_iter().collect());
+        f.seal_done();
+        assert_eq!((f.dirty_pages(), f.dirty_bytes()), (1, 0), "listed, its charge taken by the drain");
+        f.mark_dirty(7); // the capture keeps the page dirty: charged again
+        assert_eq!(f.dirty_bytes(), DIRTY_PAGE_COST as u64);
     }
 
     /// A page marked in the new generation between a cut's bump and its drain stays listed

@@ -5,7 +5,7 @@
 //! readers load it under an epoch guard; writers change it only by compare-and-swap and
 //! retire the chain they unlinked with `defer_destroy`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Shared};
@@ -75,6 +75,9 @@ pub struct Slot {
     pub meta: Mutex<SlotMeta>,
     /// CLOCK reference bit for eviction.
     pub referenced: AtomicBool,
+    /// Bytes this page is charged against the dirty bound (`Forest::dirty_bytes`, forest
+    /// invariant 6); 0 once a cut drained it.
+    pub dirty_cost: AtomicU32,
     /// The dirty-set generation in which this page was last added to the dirty set
     /// (`Forest::mark_dirty`; 0 = never).
     pub dirty_gen: AtomicU64,

@@ -554,7 +554,7 @@ impl Tree {
                 // `mem` is the size of the node just allocated: at most isize::MAX.
                 #[allow(clippy::cast_possible_wrap)]
                 let mem = mem as isize;
-                f.note_write(pid, mem, node::version_bytes(key, version));
+                f.note_write(pid, &v, mem, node::version_bytes(key, version));
                 self.account(&v, key, version);
                 if depth >= CONSOLIDATE_CHAIN_LEN || big || shrinking {
                     self.maintain(f, pid, &guard);

@@ -7,6 +7,7 @@ use super::{
     NodeKind, Ordering, Owned, PageImage, Pid, Result, EVICT_SCAN_BUDGET,
 };
 use crate::tree::mapping::SlotMeta;
+use crate::limits::LOAD_DEPTH;
 
 /// A page read by [`Forest::read_chain`]: its image, the cut of its newest delta frame (0
 /// for a base) and the blob references of its frames.
@@ -97,6 +98,17 @@ impl Forest {
         Ok(())
     }
 
+    /// [`Forest::load_to_write`] for each page of `pids`, [`LOAD_DEPTH`] reads in flight:
+    /// blind writes spread over a tree larger than the cache leave one evicted page per
+    /// write to fold in (a checkpoint's loads, a commit's leaves past their blind-write
+    /// room); one at a time, each would wait a device round trip. Returns how many.
+    pub async fn load_all_to_write(&self, pids: Vec<Pid>) -> Result<usize> {
+        use futures::{StreamExt, TryStreamExt};
+        let n = pids.len();
+        futures::stream::iter(pids).map(|pid| self.load_to_write(pid)).buffer_unordered(LOAD_DEPTH).try_collect::<()>().await?;
+        Ok(n)
+    }
+
     /// The blob references of the frames of page `pid`'s image on disk: the slot's when it
     /// knows them, else read from the frames (the page is not loaded).
     pub async fn blob_refs_of(&self, pid: Pid) -> Result<Vec<u64>> {
@@ -107,12 +119,12 @@ impl Forest {
         Ok(self.read_chain(&meta).await?.2)
     }
 
-    /// [`Forest::blob_refs_of`] for each page of `pids`, `limits::LOAD_DEPTH` reads in flight:
+    /// [`Forest::blob_refs_of`] for each page of `pids`, [`LOAD_DEPTH`] reads in flight:
     /// every reference (with repeats) for which `keep` holds.
     pub async fn blob_refs_of_pages(&self, pids: Vec<Pid>, keep: impl Fn(&u64) -> bool) -> Result<Vec<u64>> {
         use futures::StreamExt;
         let mut out = Vec::new();
-        let mut reads = futures::stream::iter(pids).map(|pid| self.blob_refs_of(pid)).buffer_unordered(crate::limits::LOAD_DEPTH);
+        let mut reads = futures::stream::iter(pids).map(|pid| self.blob_refs_of(pid)).buffer_unordered(LOAD_DEPTH);
         while let Some(refs) = reads.next().await {
             out.extend(refs?.into_iter().filter(|a| keep(a)));
         }

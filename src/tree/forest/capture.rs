@@ -290,7 +290,9 @@ impl Forest {
                 };
             }
             if !c.complete {
-                self.mark_dirty(c.pid);
+                // Its versions above the cut were charged by their writes (invariant 6);
+                // listing it again only mends a write that raced the cut's drain.
+                self.keep_dirty(c.pid);
             }
             if c.links.is_some() {
                 self.delta_frames.fetch_add(1, Ordering::Relaxed);
