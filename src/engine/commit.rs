@@ -158,8 +158,8 @@ impl DbInner {
     pub(crate) async fn check_set(&self, s: &WriteSet<'_>, ts: u64) -> Result<Checked> {
         let mut leaves = Vec::with_capacity(s.writes.len());
         let mut to_load = Vec::new();
-        // (leaf, bytes written to it): one entry per run of keys on a leaf.
-        let mut runs: Vec<(Pid, usize)> = Vec::new();
+        // (leaf, keys written to it, their bytes): one entry per run of keys on a leaf.
+        let mut runs: Vec<(Pid, usize, usize)> = Vec::new();
         let mut leaf = 0;
         let mut run_len = 0;
         for (k, v) in s.writes {
@@ -168,14 +168,17 @@ impl DbInner {
             }
             let bytes = k.len() + v.as_ref().map_or(0, Bytes::len);
             match runs.last_mut() {
-                Some(r) if r.0 == leaf => r.1 += bytes,
+                Some(r) if r.0 == leaf => r.2 += bytes,
                 _ => {
-                    runs.push((leaf, bytes));
+                    runs.push((leaf, 0, bytes));
                     run_len = 0;
                 }
             }
             run_len += 1;
-            let run_bytes = runs.last().map_or(0, |r| r.1);
+            let run_bytes = runs.last_mut().map_or(0, |r| {
+                r.1 = run_len;
+                r.2
+            });
             // The keys are in order, so a leaf's keys are one run: listed once.
             if to_load.last() != Some(&leaf) && !self.forest.blind_room(leaf, run_len, run_bytes) {
                 to_load.push(leaf);
@@ -186,9 +189,9 @@ impl DbInner {
         let mut next = to_load.iter().peekable();
         let charge = runs
             .iter()
-            .map(|&(pid, bytes)| {
+            .map(|&(pid, keys, bytes)| {
                 let loading = next.next_if(|&&p| p == pid).is_some();
-                self.forest.write_charge(pid, bytes, loading)
+                self.forest.write_charge(pid, keys, bytes, loading)
             })
             .sum();
         Ok(Checked { leaves, to_load, charge })

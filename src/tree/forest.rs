@@ -43,20 +43,30 @@
 //!    [`DIRTY_PAGE_COST`]; any other write, and every other way into the dirty set
 //!    (splits, merges, consolidations, loads to write, GC's marking, a failed
 //!    checkpoint's pages), charges the page as a base (`base_cost`): a leaf in memory its
-//!    size, an evicted one twice that (the page a checkpoint loads to fold in the blind
-//!    writes, and its image), an index page [`DIRTY_PAGE_COST`], the most any image
-//!    takes. Twice the bytes: a
-//!    delta frame larger than half its base goes out as a base, and an in-memory
-//!    consolidation (a chain of `CONSOLIDATE_CHAIN_LEN` deltas) replaces the base, so the
-//!    charge stays at or above the image whichever the capture picks. A cut's drain takes
+//!    size and a sixteenth (`leaf_cost`: `Node::bytes` estimates the encoding), an evicted
+//!    one twice its size (the page a checkpoint loads to fold in the blind writes, and its
+//!    image), an index page [`DIRTY_PAGE_COST`], the most any image takes; a load that
+//!    folds blind writes into a base raises the page's charge to a base's
+//!    (`Forest::charge_as_base`). Twice the bytes: a delta frame larger than half its base
+//!    goes out as a base, so the charge stays at or above the image whichever the capture
+//!    picks; an in-memory consolidation (a chain of `CONSOLIDATE_CHAIN_LEN` deltas)
+//!    replaces the base and charges it as one (the commit's estimate,
+//!    `Forest::write_charge`, foresees both). A cut's drain takes
 //!    the sealed pages' charges, but [`Forest::dirty_bytes`] keeps counting them
 //!    (`sealing`) until the capture succeeds ([`Forest::seal_done`]; the checkpoint's own
 //!    gauge counts the images from then on): a cut retried for loads puts the pages back
 //!    with the charges it took (`restore_dirty`), and commits that checked the bound
 //!    meanwhile must not have taken their room (measured: the charge passed its bound by
-//!    up to 40% in `tests/memory.rs` before). A write racing a cut may have its charge
-//!    taken by the drain; its version is above the cut, so the capture keeps the page
-//!    dirty (`keep_dirty`), charged again.
+//!    up to 40% in `tests/memory.rs` before). A write between the cut's snapshot and its
+//!    drain has its charge taken by the drain; its version is above the cut, so the
+//!    capture keeps the page dirty, charged again by what the next capture will make of
+//!    the versions above the cut (`Forest::keep_dirty`: a delta frame of them, or a
+//!    base), at once, not when the checkpoint ends (measured: base images of 4 KiB were
+//!    charged 256 bytes, and a checkpoint held 6% over its bound). A page whose delta
+//!    frame would hold nothing at the cut (every new version above it) is left as it is
+//!    on disk, not rewritten whole. The publish charges again every captured page
+//!    written since the cut: a write before the publish was charged by the page's old
+//!    chain on disk (a delta frame that fills the chain makes the next image a base).
 
 mod cache;
 mod capture;
@@ -77,7 +87,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 use super::page::{self, FrameRef, PageImage};
 use crate::error::{Error, Result};
 use crate::limits::{
-    BLIND_PAGE_BYTES, DELTA_FRAME_COST, DIRTY_PAGE_COST, MAX_BLIND_DELTAS, MAX_DELTA_FRAMES, MAX_PAGES, SPLIT_LEAF_BYTES,
+    BLIND_PAGE_BYTES, CONSOLIDATE_CHAIN_LEN, DELTA_FRAME_COST, DIRTY_PAGE_COST, MAX_BLIND_DELTAS, MAX_DELTA_FRAMES, MAX_PAGES, SPLIT_LEAF_BYTES,
 };
 use crate::mvcc::Mvcc;
 use crate::store::Store;
@@ -235,18 +245,32 @@ pub struct Forest {
 
 /// What a page whose chain is `v`, plus a version of `bytes` about to be installed, is
 /// charged when it will go out as a base (invariant 6): a leaf in memory its size (the
-/// image a checkpoint encodes); an evicted leaf twice its size (the page a checkpoint
-/// loads to fold the blind writes in, and its image); an index page, or a stub made at
-/// open, whose size no node records, [`DIRTY_PAGE_COST`]. Never more than that, never less than a delta frame.
+/// image a checkpoint encodes, [`leaf_cost`]); an evicted leaf twice its size (the page a
+/// checkpoint loads to fold the blind writes in, and its image); an index page, or a stub
+/// made at open, whose size no node records, [`DIRTY_PAGE_COST`]. Never more than that,
+/// never less than a delta frame.
 fn base_cost(v: &ChainView<'_>, bytes: usize) -> usize {
     let size = (v.head_node.bytes as usize).saturating_add(bytes);
     let cost = match &v.bottom.kind {
-        NodeKind::Leaf(_) => size,
+        NodeKind::Leaf(_) => leaf_cost(size),
         // A stub made at open does not know its page's size.
         NodeKind::Disk { .. } if v.bottom.bytes > 0 => size.saturating_mul(2),
         _ => DIRTY_PAGE_COST,
     };
     cost.clamp(DELTA_FRAME_COST, DIRTY_PAGE_COST)
+}
+
+/// What a leaf of `size` bytes (`Node::bytes`) written as a base is charged: `Node::bytes`
+/// estimates the encoding, measured up to 2% under it, hence the sixteenth more.
+fn leaf_cost(size: usize) -> usize {
+    size.saturating_add(size / 16).clamp(DELTA_FRAME_COST, DIRTY_PAGE_COST)
+}
+
+/// What a page charged `now` is charged once `bytes` more bytes of versions will go out in
+/// its delta frame (invariant 6): the frame's own cost, and twice the versions' bytes (a
+/// frame larger than half its base goes out as a base), at most a page in full.
+fn delta_cost(now: usize, bytes: usize) -> usize {
+    now.max(DELTA_FRAME_COST).saturating_add(bytes.saturating_mul(2)).min(DIRTY_PAGE_COST)
 }
 
 impl Forest {
@@ -446,12 +470,37 @@ impl Forest {
         self.charge(pid, cost);
     }
 
-    /// Keeps a page a checkpoint captured in part (versions above its cut) in the dirty set
-    /// (invariant 3), charged at least a delta frame: the writes of those versions charged
-    /// it already, unless the cut's drain took their charge (invariant 6).
-    pub fn keep_dirty(&self, pid: Pid) {
+    /// Keeps page `pid`, holding chain `v` after a cut at `cut_ts`, in the dirty set
+    /// (invariant 3), charged what its next capture will hold of the versions above the cut
+    /// (invariant 6): a delta frame of them if `delta_next`, else a base. Called by the
+    /// capture for a page it took in part or left (the cut's drain took the charge of its
+    /// versions above the cut), and by the publish for every captured page written since
+    /// (their writes were charged by the page as it was before the publish).
+    pub(crate) fn keep_dirty(&self, pid: Pid, v: &ChainView<'_>, cut_ts: u64, delta_next: bool) {
+        let mut above = v.deltas().filter(|(_, ver)| ver.ts > cut_ts).peekable();
+        if above.peek().is_none() && delta_next {
+            return; // nothing above the cut: nothing for the next cut to write
+        }
+        let cost = if delta_next {
+            delta_cost(0, above.map(|(k, ver)| super::node::version_bytes(k, ver)).sum())
+        } else {
+            base_cost(v, 0)
+        };
         self.list_dirty(pid);
-        self.charge(pid, DELTA_FRAME_COST);
+        self.charge(pid, cost);
+    }
+
+    /// Raises the charge of `pid` to at least a leaf of `size` bytes written as a base, if
+    /// it is charged at all (listed, not drained: a load that folds the page's blind
+    /// writes into a new base makes the next capture write a base where the writes were
+    /// charged a delta frame; invariant 6).
+    pub(crate) fn charge_as_base(&self, pid: Pid, size: usize) {
+        let cost = u32::try_from(leaf_cost(size)).unwrap_or(u32::MAX);
+        let slot = self.table.slot(pid);
+        let raised = slot.dirty_cost.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c > 0 && c < cost).then_some(cost));
+        if let Ok(prev) = raised {
+            self.dirty_bytes.fetch_add(u64::from(cost - prev), Ordering::Relaxed);
+        }
     }
 
     /// Raises the dirty charge of `pid` to at least `cost` bytes (invariant 6).
@@ -496,29 +545,29 @@ impl Forest {
         self.mem.fetch_add(mem as i64, Ordering::Relaxed);
         self.written_since_cut.fetch_add(bytes as u64, Ordering::Relaxed);
         self.list_dirty(pid);
-        let cost = if self.delta_frame_ahead(pid, v) {
+        if self.delta_frame_ahead(pid, v) {
             let now = self.table.slot(pid).dirty_cost.load(Ordering::Relaxed) as usize;
-            (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+            self.charge(pid, delta_cost(now, bytes));
         } else {
-            base_cost(v, bytes)
-        };
-        self.charge(pid, cost);
+            self.charge(pid, base_cost(v, bytes));
+        }
         self.maybe_evict(pid);
     }
 
-    /// What writing `bytes` more bytes of versions to leaf `pid` would add to the dirty
-    /// set's charge (invariant 6), a split it would make included: the flow control's
-    /// estimate for a commit, made once its leaves are found. `loading`: the commit loads
-    /// the leaf before it writes (`Forest::load_to_write`, which charges a loaded page its
-    /// size), so it is written in memory, and split there if it grows past the split size.
-    pub fn write_charge(&self, pid: Pid, bytes: usize, loading: bool) -> usize {
+    /// What writing `keys` versions of `bytes` bytes to leaf `pid` would add to the dirty
+    /// set's charge (invariant 6), a split or a consolidation it would make included: the
+    /// flow control's estimate for a commit, made once its leaves are found. `loading`:
+    /// the commit loads the leaf before it writes (`Forest::load_to_write`, which charges a
+    /// loaded page its size), so it is written in memory, and split there if it grows past
+    /// the split size.
+    pub fn write_charge(&self, pid: Pid, keys: usize, bytes: usize, loading: bool) -> usize {
         let guard = epoch::pin();
         let Some(v) = ChainView::load(self, pid, &guard) else { return DIRTY_PAGE_COST };
         let now = self.table.slot(pid).dirty_cost.load(Ordering::Relaxed) as usize;
         let stub = matches!(v.bottom.kind, NodeKind::Disk { .. });
         if stub && !loading {
             let cost = if self.delta_frame_ahead(pid, &v) {
-                (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+                delta_cost(now, bytes)
             } else {
                 base_cost(&v, bytes)
             };
@@ -534,24 +583,28 @@ impl Forest {
         if size > SPLIT_LEAF_BYTES {
             // Split: the halves are written as bases (their sizes add up to the leaf's),
             // and their parent is dirtied.
-            return size.min(DIRTY_PAGE_COST).saturating_sub(now).saturating_add(DIRTY_PAGE_COST);
+            return leaf_cost(size).saturating_sub(now).saturating_add(DIRTY_PAGE_COST);
         }
-        let cost = if !stub && self.delta_frame_ahead(pid, &v) {
-            (now.max(DELTA_FRAME_COST) + 2 * bytes).min(DIRTY_PAGE_COST)
+        // A chain reaching `CONSOLIDATE_CHAIN_LEN` deltas is consolidated into a new base,
+        // which goes out as a base.
+        let consolidates = v.depth() + keys >= CONSOLIDATE_CHAIN_LEN;
+        let cost = if !stub && !consolidates && self.delta_frame_ahead(pid, &v) {
+            delta_cost(now, bytes)
         } else {
-            size.clamp(DELTA_FRAME_COST, DIRTY_PAGE_COST)
+            leaf_cost(size)
         };
         cost.saturating_sub(now)
     }
 
     /// Whether the versions written over chain `v` of `pid` can go out as a delta frame at
-    /// the next checkpoint (invariant 6): its chain on disk has room for one more frame,
-    /// and it is either a leaf whose base is its image on disk or an evicted leaf whose
-    /// bounds are known. (GC's marking, which makes the capture write a base, charges the
-    /// page in full itself.)
+    /// the next checkpoint (invariant 6): its chain on disk has room for one more frame and
+    /// none of its frames is in a file GC is emptying (the capture writes such a chain as a
+    /// base), and it is either a leaf whose base is its image on disk or an evicted leaf
+    /// whose bounds are known (the capture's own tests: `deltas_over_image`,
+    /// `capture_needs_load`).
     fn delta_frame_ahead(&self, pid: Pid, v: &ChainView<'_>) -> bool {
         let meta = self.table.slot(pid).meta.lock();
-        if meta.addr == 0 || meta.links.as_ref().map_or(0, |l| l.len()) >= MAX_DELTA_FRAMES {
+        if meta.addr == 0 || meta.links.as_ref().map_or(0, |l| l.len()) >= MAX_DELTA_FRAMES || self.in_gc_files(&meta) {
             return false;
         }
         match &v.bottom.kind {

@@ -226,8 +226,7 @@ impl Forest {
                 PageImage::Delta(_) => unreachable!("read_chain merges delta frames"),
             };
             let node = Node::base(v.head_node.seq + 1, kind);
-            let new_seq = node.seq;
-            let mem = node.mem;
+            let (new_seq, mem, size) = (node.seq, node.mem, node.bytes as usize);
             let slot = self.table.slot(pid);
             let mut meta = slot.meta.lock();
             if slot
@@ -246,6 +245,10 @@ impl Forest {
                     meta.base_seq = 0;
                 }
                 drop(meta);
+                if v.depth() > 0 {
+                    // The blind writes are folded into a base now: so goes the next capture.
+                    self.charge_as_base(pid, size);
+                }
                 // SAFETY: the CAS just unlinked the old chain.
                 let old = unsafe { retire_chain(v.head, &guard) };
                 self.swap_mem(mem, false, old);

@@ -57,12 +57,13 @@ impl Forest {
                     Captured::base(pid, seq, Bytes::from(image), true, 0)
                 }
                 NodeKind::Leaf(base) if v.depth() > 0 && self.deltas_over_image(pid, &v) => {
-                    if let Some(c) =
-                        self.capture_delta(&v, pid, &base.bounds, since, &cut, &mut blob_ids, &mut blobs)
-                    {
-                        c
-                    } else {
-                        self.capture_base(&v, pid, base, &cut, &mut blob_ids, &mut blobs)
+                    match self.capture_delta(&v, pid, &base.bounds, since, &cut, &mut blob_ids, &mut blobs) {
+                        DeltaCapture::Frame(c) => c,
+                        DeltaCapture::Nothing => {
+                            self.keep_dirty(pid, &v, cut_ts, true);
+                            continue;
+                        }
+                        DeltaCapture::TooLarge => self.capture_base(&v, pid, base, &cut, &mut blob_ids, &mut blobs),
                     }
                 }
                 NodeKind::Leaf(base) => self.capture_base(&v, pid, base, &cut, &mut blob_ids, &mut blobs),
@@ -77,11 +78,16 @@ impl Forest {
                 }
                 NodeKind::Disk { bounds, .. } => {
                     let bounds = bounds.as_ref().expect("capture_needs_load: a stub with deltas has bounds");
-                    if let Some(c) = self.capture_delta(&v, pid, bounds, since, &cut, &mut blob_ids, &mut blobs) {
-                        c
-                    } else {
-                        unloaded.push(pid);
-                        continue;
+                    match self.capture_delta(&v, pid, bounds, since, &cut, &mut blob_ids, &mut blobs) {
+                        DeltaCapture::Frame(c) => c,
+                        DeltaCapture::Nothing => {
+                            self.keep_dirty(pid, &v, cut_ts, true);
+                            continue;
+                        }
+                        DeltaCapture::TooLarge => {
+                            unloaded.push(pid);
+                            continue;
+                        }
                     }
                 }
                 NodeKind::Forward { .. } => Captured {
@@ -91,6 +97,11 @@ impl Forest {
                 },
                 NodeKind::Upsert { .. } => unreachable!(),
             };
+            if !c.complete {
+                // Its versions above the cut lost their charge to the cut's drain: charged
+                // again now, before the capture's images leave the dirty set's count.
+                self.keep_dirty(pid, &v, cut_ts, delta_next(&c, &v));
+            }
             out.push(c);
         }
         if !unloaded.is_empty() {
@@ -155,11 +166,13 @@ impl Forest {
         with_refs(captured(image, seq, complete && v.depth() == 0), refs)
     }
 
-    /// The delta frame of page `pid`, whose chain `v` is blind writes over a stub: the
-    /// versions above `since` and at or below the cut, linked to the page's image on disk.
-    /// `None` when the page must be loaded and written as a base instead: the frame would
-    /// be larger than `1 / DELTA_BASE_RATIO` of the base, or would hold nothing (every
-    /// delta above the cut).
+    /// The delta frame of page `pid`, whose chain `v` is deltas over its image on disk
+    /// (blind writes over a stub, or a leaf in memory whose base is that image): the
+    /// versions above `since` and at or below the cut, linked to the page's frames on
+    /// disk. [`DeltaCapture::Nothing`] when no version is in that range (every delta is
+    /// above the cut: written after the cut's snapshot, before its drain), and
+    /// [`DeltaCapture::TooLarge`] when the frame would be larger than `1 / DELTA_BASE_RATIO`
+    /// of the base, which must be written (an evicted page loaded) instead.
     #[allow(clippy::too_many_arguments)]
     fn capture_delta(
         &self,
@@ -170,7 +183,7 @@ impl Forest {
         cut: &CutAt<'_>,
         blob_ids: &mut FxHashMap<*const BlobCell, u64>,
         blobs: &mut Vec<PendingBlob>,
-    ) -> Option<Captured> {
+    ) -> DeltaCapture {
         let meta = self.table.slot(pid).meta.lock().clone();
         let base_len = meta.links.as_ref().and_then(|l| l.last()).map_or(meta.len, |b| b.1);
         let deltas: Vec<_> = v.deltas().filter(|(_, ver)| ver.ts > since).collect();
@@ -178,8 +191,11 @@ impl Forest {
         // Horizon 0: no trimming. A delta frame lies over older versions of its keys; a
         // tombstone trimmed away here would let them show again.
         let (merged, complete) = merge_leaf_at(&deltas, &empty, 0, cut.cut_ts);
-        if merged.is_empty() || merged.page.len() * DELTA_BASE_RATIO > base_len as usize {
-            return None;
+        if merged.is_empty() {
+            return DeltaCapture::Nothing;
+        }
+        if merged.page.len() * DELTA_BASE_RATIO > base_len as usize {
+            return DeltaCapture::TooLarge;
         }
         let leaf = self.leaf_image(&merged, blob_ids, blobs);
         let blob_refs = image_refs(&merged, blob_ids, &self.store);
@@ -188,7 +204,7 @@ impl Forest {
         links.extend(meta.links.iter().flat_map(|l| l.iter().copied()));
         let mut image = Vec::new();
         page::encode_delta(cut.cut_ts, &links, &leaf, &mut image);
-        Some(Captured {
+        DeltaCapture::Frame(Captured {
             links: Some(Arc::new(links)),
             blob_refs,
             ..Captured::base(pid, v.head_node.seq, Bytes::from(image), complete, 0)
@@ -289,10 +305,13 @@ impl Forest {
                     blobs,
                 };
             }
-            if !c.complete {
-                // Its versions above the cut were charged by their writes (invariant 6);
-                // listing it again only mends a write that raced the cut's drain.
-                self.keep_dirty(c.pid);
+            if !c.freed && slot.dirty_gen.load(Ordering::Acquire) == self.dirty_gen.load(Ordering::SeqCst) {
+                // Listed since the cut (taken in part, or written since): its writes were
+                // charged by the page before this publish; charge it by what it is now.
+                let guard = epoch::pin();
+                if let Some(v) = ChainView::load(self, c.pid, &guard) {
+                    self.keep_dirty(c.pid, &v, cut_ts, delta_next(c, &v));
+                }
             }
             if c.links.is_some() {
                 self.delta_frames.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +342,27 @@ impl Forest {
         self.gc_files.lock().clone_from(files);
         self.restore_dirty(pids);
         n
+    }
+}
+
+/// What [`Forest::capture_delta`] made of a page.
+enum DeltaCapture {
+    /// Its delta frame.
+    Frame(Captured),
+    /// No version to write at this cut: its image on disk stands, the page stays dirty.
+    Nothing,
+    /// A frame too large next to the base: the page goes out as a base.
+    TooLarge,
+}
+
+/// Whether the page captured as `c`, now holding chain `v`, goes out as a delta frame at the
+/// next cut once `c` is published (forest invariant 6): a delta frame with room left in the
+/// chain after it, or a complete image of a lone leaf base (its base is then the image on
+/// disk); anything else leaves a chain whose next image is a base.
+fn delta_next(c: &Captured, v: &ChainView<'_>) -> bool {
+    match &c.links {
+        Some(links) => links.len() < MAX_DELTA_FRAMES,
+        None => c.base_is_image && matches!(v.bottom.kind, NodeKind::Leaf(_)) && v.bottom.seq == c.seq,
     }
 }
 
