@@ -75,11 +75,8 @@ impl DbInner {
         self.check_open()?;
         self.check_writable()?;
         let keys: usize = sets.iter().map(|s| s.writes.len()).sum();
-        let bytes: usize = sets
-            .iter()
-            .flat_map(|s| s.writes.iter())
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
-            .sum();
+        let bytes: usize =
+            sets.iter().flat_map(|s| s.writes.iter()).map(|(k, v)| write_bytes(k, v.as_ref())).sum();
         if keys == 0 {
             return Ok(snapshot_ts.unwrap_or_else(|| self.mvcc.visible()));
         }
@@ -161,24 +158,21 @@ impl DbInner {
         // (leaf, keys written to it, their bytes): one entry per run of keys on a leaf.
         let mut runs: Vec<(Pid, usize, usize)> = Vec::new();
         let mut leaf = 0;
-        let mut run_len = 0;
         for (k, v) in s.writes {
             if s.tree.written_after(&self.forest, k, ts, &mut leaf).await? {
                 return Err(Error::Conflict);
             }
-            let bytes = k.len() + v.as_ref().map_or(0, Bytes::len);
-            match runs.last_mut() {
-                Some(r) if r.0 == leaf => r.2 += bytes,
-                _ => {
-                    runs.push((leaf, 0, bytes));
-                    run_len = 0;
+            let bytes = write_bytes(k, v.as_ref());
+            let (run_len, run_bytes) = match runs.last_mut() {
+                Some(r) if r.0 == leaf => {
+                    (r.1, r.2) = (r.1 + 1, r.2 + bytes);
+                    (r.1, r.2)
                 }
-            }
-            run_len += 1;
-            let run_bytes = runs.last_mut().map_or(0, |r| {
-                r.1 = run_len;
-                r.2
-            });
+                _ => {
+                    runs.push((leaf, 1, bytes));
+                    (1, bytes)
+                }
+            };
             // The keys are in order, so a leaf's keys are one run: listed once.
             if to_load.last() != Some(&leaf) && !self.forest.blind_room(leaf, run_len, run_bytes) {
                 to_load.push(leaf);
@@ -354,6 +348,11 @@ impl DbInner {
             || self.forest.dirty_bytes() > self.opts.dirty_limit_bytes() as u64 / 2
             || self.forest.needs_checkpoint.load(Ordering::Relaxed)
     }
+}
+
+/// The bytes of one write (key and value) that the flow control counts.
+fn write_bytes(key: &[u8], value: Option<&Bytes>) -> usize {
+    key.len() + value.map_or(0, Bytes::len)
 }
 
 /// What a commit of `keys` keys and `bytes` bytes of keys and values is expected to charge
