@@ -138,8 +138,10 @@ pub struct Captured {
     pub links: Option<Arc<Vec<FrameRef>>>,
     /// True for a base that replaces a chain of delta frames (a chain consolidated).
     pub consolidates: bool,
-    /// True when the image is of a leaf base alone (the chain was one base, or was replaced
-    /// by the image): that base, of `seq`, is what the image holds (`SlotMeta::base_seq`).
+    /// True when the page in memory is, at `seq`, a leaf base holding what its frames on
+    /// disk hold once this capture is published (`SlotMeta::base_seq`): a base image of a
+    /// chain that was one base or was replaced by the image, or a delta frame whose chain
+    /// in memory was consolidated (`Forest::consolidate_framed`).
     pub base_is_image: bool,
     /// The addresses of the blob values the image refers to, every version counted
     /// (`LeafPage::blob_refs`; empty for an index node, a freed page and a copied frame).
