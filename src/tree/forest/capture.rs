@@ -43,6 +43,7 @@ impl Forest {
         let mut blobs: Vec<PendingBlob> = Vec::new();
         let mut blob_ids: FxHashMap<*const BlobCell, u64> = FxHashMap::default();
         let mut unloaded = Vec::new();
+        let mut consolidations = Vec::new();
         let mut sorted: Vec<Pid> = pids.iter().copied().collect();
         sorted.sort_unstable();
         for pid in sorted {
@@ -58,7 +59,10 @@ impl Forest {
                 }
                 NodeKind::Leaf(base) if v.depth() > 0 && self.deltas_over_image(pid, &v) => {
                     match self.capture_delta(&v, pid, &base.bounds, since, &cut, &mut blob_ids, &mut blobs) {
-                        DeltaCapture::Frame(c) => self.consolidate_framed(&v, pid, base, c, &cut),
+                        DeltaCapture::Frame(c) => {
+                            consolidations.extend(framed_merge(&v, base, &c, &cut, out.len()));
+                            c
+                        }
                         DeltaCapture::Nothing => {
                             self.keep_dirty(pid, &v, cut_ts, true);
                             continue;
@@ -105,7 +109,16 @@ impl Forest {
             out.push(c);
         }
         if !unloaded.is_empty() {
+            // Nothing consolidated yet: a retried cut must find the framed chains as they
+            // were (a consolidated one would go out as a base, charged as a frame).
             return Err(unloaded);
+        }
+        for c in consolidations {
+            if self.replace_sealed(c.pid, c.head, c.seq, NodeKind::Leaf(c.merged), &guard) {
+                let framed = &mut out[c.at];
+                framed.seq = c.seq + 1;
+                framed.base_is_image = true;
+            }
         }
         Ok((out, blobs))
     }
@@ -164,25 +177,6 @@ impl Forest {
             return with_refs(captured(image, seq, false), refs);
         }
         with_refs(captured(image, seq, complete && v.depth() == 0), refs)
-    }
-
-    /// The delta frame `c` of leaf `pid` in memory (chain `v` over `base`, its image on
-    /// disk), and, when the frame holds every delta of the chain, the chain consolidated
-    /// as [`Forest::capture_base`] does: the merged leaf holds what the page's frames on
-    /// disk hold (`Captured::base_is_image`), so the next delta frame goes over it, and
-    /// reads and scans walk one base instead of up to `CONSOLIDATE_CHAIN_LEN` deltas
-    /// (measured: W6, all scans, ran at 0.62-0.81x when fewer checkpoints left the deltas
-    /// of framed leaves in memory). Not for a leaf holding blobs not yet on disk, and not
-    /// when a concurrent write wins the race.
-    fn consolidate_framed(&self, v: &ChainView<'_>, pid: Pid, base: &LeafBase, c: Captured, cut: &CutAt<'_>) -> Captured {
-        if !c.complete {
-            return c;
-        }
-        let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
-        if complete && !merged.page.has_cells() && self.replace_sealed(pid, v.head, c.seq, NodeKind::Leaf(merged), cut.guard) {
-            return Captured { seq: c.seq + 1, base_is_image: true, ..c };
-        }
-        c
     }
 
     /// The delta frame of page `pid`, whose chain `v` is deltas over its image on disk
@@ -362,6 +356,33 @@ impl Forest {
         self.restore_dirty(pids);
         n
     }
+}
+
+/// The chain of the leaf captured as `c` (`v` over `base`, its image on disk) merged at the
+/// cut, when the delta frame `c` holds every delta of it and no blob is held in memory:
+/// the merged leaf then holds what the page's frames on disk will hold once `c` is
+/// published, and replaces the chain once the capture succeeds
+/// ([`Consolidation`]), so the next delta frame goes over it and reads and scans walk
+/// one base instead of up to `CONSOLIDATE_CHAIN_LEN` deltas (measured: W6, all scans,
+/// ran at 0.62-0.81x when the deltas of framed leaves stayed in memory).
+fn framed_merge<'g>(v: &ChainView<'g>, base: &LeafBase, c: &Captured, cut: &CutAt<'_>, at: usize) -> Option<Consolidation<'g>> {
+    if !c.complete {
+        return None;
+    }
+    let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
+    (complete && !merged.page.has_cells()).then_some(Consolidation { at, pid: c.pid, head: v.head, seq: c.seq, merged })
+}
+
+/// A framed chain a successful capture replaces by its merge ([`framed_merge`]):
+/// the delta frame at `out[at]` of page `pid`, whose head was `head` of `seq`. Made only
+/// once no page is left to load, since a cut that is retried captures again what it finds.
+/// Not made when a concurrent write wins the race (the CAS on `head` fails).
+struct Consolidation<'g> {
+    at: usize,
+    pid: Pid,
+    head: epoch::Shared<'g, super::Node>,
+    seq: u64,
+    merged: LeafBase,
 }
 
 /// What [`Forest::capture_delta`] made of a page.
