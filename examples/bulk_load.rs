@@ -123,6 +123,16 @@ fn main() -> ringkv::Result<()> {
             }
         }
         let load = t.elapsed();
+        // The memory bound the user set: a checkpoint holds at most `dirty_limit` of page
+        // images (forest invariant 6). `tests/memory.rs` checks it at 1 MiB; this is the
+        // check at scale, where a wrong charge shows (it once reached 89 MiB of 64).
+        let s = db.stats();
+        assert!(
+            s.checkpoint_peak_bytes <= s.dirty_limit,
+            "a checkpoint held {} bytes, over the dirty bound of {}",
+            s.checkpoint_peak_bytes,
+            s.dirty_limit
+        );
         db.close().await?;
         let secs = t.elapsed().as_secs_f64();
         let written = proc_write_bytes() - w0;
