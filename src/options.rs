@@ -60,6 +60,11 @@ pub struct Options {
     /// A background checkpoint starts at least this often while there are dirty pages
     /// (`None` disables the timer).
     pub checkpoint_interval: Option<Duration>,
+    /// A background checkpoint starts once no write has come for this long while writes
+    /// are not yet checkpointed (`None` disables it): after a burst of writes, the pages it
+    /// dirtied go out and their chains are consolidated in memory, so the reads and scans
+    /// that follow walk bases, not deltas, and a reopen replays little WAL.
+    pub checkpoint_idle: Option<Duration>,
     /// Size at which a WAL segment is closed and a new one started.
     pub wal_segment_bytes: u64,
     /// Open read-only: recovery runs in memory only, nothing in the directory is created,
@@ -137,6 +142,8 @@ setters! {
     checkpoint_bytes: usize;
     /// Sets [`Options::checkpoint_interval`](#structfield.checkpoint_interval).
     checkpoint_interval: Option<Duration>;
+    /// Sets [`Options::checkpoint_idle`](#structfield.checkpoint_idle).
+    checkpoint_idle: Option<Duration>;
     /// Sets [`Options::wal_segment_bytes`](#structfield.wal_segment_bytes).
     wal_segment_bytes: u64;
     /// Sets [`Options::read_only`](#structfield.read_only).
@@ -247,6 +254,7 @@ impl Default for Options {
             inline_limit: 2048,
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Some(Duration::from_secs(30)),
+            checkpoint_idle: Some(Duration::from_secs(1)),
             wal_segment_bytes: 64 * 1024 * 1024,
             read_only: false,
             background_checkpoints: true,
@@ -319,9 +327,11 @@ impl Options {
         if !(0.0..1.0).contains(&self.gc_live_ratio) {
             return Err(Error::invalid("gc_live_ratio must be in [0, 1)"));
         }
-        if let Some(d) = self.checkpoint_interval {
-            if d.is_zero() {
-                return Err(Error::invalid("checkpoint_interval must not be zero"));
+        for (name, d) in
+            [("checkpoint_interval", self.checkpoint_interval), ("checkpoint_idle", self.checkpoint_idle)]
+        {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(Error::invalid(format!("{name} must not be zero")));
             }
         }
         for (name, threads) in

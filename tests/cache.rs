@@ -185,3 +185,55 @@ fn a_checkpoint_leaves_the_leaves_it_wrote_consolidated() {
         db.close().await.unwrap();
     });
 }
+
+/// The idle trigger (`Options::checkpoint_idle`): writes that stop are checkpointed without
+/// a size or time trigger, and what it wrote is what reads and a reopen see.
+#[test]
+fn idle_writes_are_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let opts = Options::default()
+            .cache_capacity(MIN_CACHE_CAPACITY)
+            .checkpoint_interval(None)
+            .checkpoint_idle(Some(std::time::Duration::from_millis(100)));
+        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        let mut tx = b.begin().unwrap();
+        for i in 0..2_000 {
+            tx.put(key(i), value(i, 0)).unwrap();
+        }
+        tx.commit().await.unwrap();
+        db.checkpoint().await.unwrap();
+        let before = db.stats();
+        // A few updates, far below the size trigger: deltas over leaves whose bases are
+        // their images on disk.
+        for i in (0..2_000).step_by(40) {
+            b.put(key(i), value(i, 1)).await.unwrap();
+        }
+        assert!(db.stats().dirty_pages > 0);
+        // Waits for the background task (no deadline short enough to be a timing claim).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.stats().checkpoints == before.checkpoints {
+            assert!(std::time::Instant::now() < deadline, "no idle checkpoint in 60 s: {:?}", db.stats());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let after = db.stats();
+        assert!(after.delta_frames > before.delta_frames, "the updates went out as delta frames: {after:?}");
+        for i in 0..2_000 {
+            let want = value(i, u32::from(i % 40 == 0));
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&want[..]), "key {i}");
+        }
+        db.close().await.unwrap();
+        drop((b, db));
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        let b = db.existing_bucket("b").unwrap();
+        for i in (0..2_000).step_by(40) {
+            assert_eq!(
+                b.get(key(i)).await.unwrap().as_deref(),
+                Some(&value(i, 1)[..]),
+                "key {i} after reopen"
+            );
+        }
+        db.close().await.unwrap();
+    });
+}

@@ -149,6 +149,7 @@ async fn bad_options_are_rejected_at_open() {
         ("gc_live_ratio negative", opts().gc_live_ratio(-0.1)),
         ("gc_live_ratio NaN", opts().gc_live_ratio(f64::NAN)),
         ("checkpoint_interval zero", opts().checkpoint_interval(Some(Duration::ZERO))),
+        ("checkpoint_idle zero", opts().checkpoint_idle(Some(Duration::ZERO))),
     ];
     for (i, (what, o)) in cases.into_iter().enumerate() {
         let dir = base.path().join(format!("db{i}"));

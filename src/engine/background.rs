@@ -5,7 +5,9 @@
 //! 200 ms, or when woken), zero-fills the active WAL segment ahead of its writes
 //! (`Wal::prepare_ahead`; a commit that sees the zone half used wakes the task), pushes `Stats` through the `metrics` facade every second (feature `metrics`),
 //! and runs checkpoints on the size trigger (`Options::checkpoint_bytes`, or a
-//! commit asking for one) and the time trigger (`Options::checkpoint_interval`). It holds
+//! commit asking for one), the time trigger (`Options::checkpoint_interval`) and the idle
+//! trigger (`Options::checkpoint_idle`: writes not yet checkpointed, and none for that
+//! long; seen by the task's ticks, so up to a tick later). It holds
 //! only a weak reference, so a dropped database stops it; it stops at `close` and when the
 //! database turns read-only. The simulated disk runs no background task (deterministic
 //! replays).
@@ -57,10 +59,12 @@ pub(crate) fn spawn(opts: &Options, task: impl Future<Output = ()> + Send + 'sta
 }
 
 /// The background task of one database: WAL flushes for `Durability::None` and
-/// checkpoints on the size and time triggers. It holds only a weak reference, so a
+/// checkpoints on the size, time and idle triggers. It holds only a weak reference, so a
 /// dropped database stops it.
 pub(crate) async fn background(db: Weak<DbInner>) {
     let mut last_ckpt = Instant::now();
+    // The idle trigger: the bytes written since the cut, as last seen, and since when.
+    let (mut written, mut written_at) = (0, Instant::now());
     #[cfg(feature = "metrics")]
     let mut last_publish = Instant::now();
     loop {
@@ -108,9 +112,14 @@ pub(crate) async fn background(db: Weak<DbInner>) {
             continue;
         }
         let due_size = d.checkpoint_due();
-        let due_time = d.opts.checkpoint_interval.is_some_and(|i| last_ckpt.elapsed() >= i)
-            && d.forest.written_since_cut() > 0;
-        if due_size || due_time {
+        let now_written = d.forest.written_since_cut();
+        if now_written != written {
+            (written, written_at) = (now_written, Instant::now());
+        }
+        let due_time =
+            d.opts.checkpoint_interval.is_some_and(|i| last_ckpt.elapsed() >= i) && now_written > 0;
+        let due_idle = d.opts.checkpoint_idle.is_some_and(|i| written_at.elapsed() >= i) && now_written > 0;
+        if due_size || due_time || due_idle {
             last_ckpt = Instant::now();
             if let Err(e) = checkpoint::run(&d).await {
                 tracing::warn!(error = %e, "background checkpoint failed");

@@ -108,18 +108,7 @@ impl DbInner {
             to_load.extend(c.to_load);
             charge += c.charge;
         }
-        // Step 0 again with what the leaves found say the writes will charge: pages going
-        // out as bases, splits (the first look assumed delta frames).
-        let reserved = if charge > reserved.bytes {
-            drop(reserved);
-            if self.over_dirty_limit_by(charge) {
-                checkpoint::run(self).await?;
-                self.forest.evict_to_capacity();
-            }
-            self.reserve_charge(charge)
-        } else {
-            reserved
-        };
+        let reserved = self.second_look(reserved, charge).await?;
         self.forest.load_all_to_write(to_load).await?;
         let g = self.commit_lock.lock().await;
         if snapshot_ts.is_some() && self.mvcc.visible() != checked_at {
@@ -324,6 +313,26 @@ impl DbInner {
         self.reserve_charge(commit_charge(keys, bytes))
     }
 
+    /// Step 0 again with what the leaves found say the writes will charge (`charge`: pages
+    /// going out as bases, splits; the first look, `reserved`, assumed delta frames): past
+    /// the bound, a checkpoint first, then `charge` held instead. Never under the commit
+    /// lock (a checkpoint there would stall every committer).
+    async fn second_look<'a>(
+        &'a self,
+        reserved: DirtyReservation<'a>,
+        charge: usize,
+    ) -> Result<DirtyReservation<'a>> {
+        if charge <= reserved.bytes {
+            return Ok(reserved);
+        }
+        drop(reserved);
+        if self.over_dirty_limit_by(charge) {
+            checkpoint::run(self).await?;
+            self.forest.evict_to_capacity();
+        }
+        Ok(self.reserve_charge(charge))
+    }
+
     /// [`DbInner::reserve_dirty`] of `charge` bytes.
     pub(crate) fn reserve_charge(&self, charge: usize) -> DirtyReservation<'_> {
         self.dirty_reserved.fetch_add(charge, Ordering::Relaxed);
@@ -396,6 +405,13 @@ impl DbInner {
             self.forest.evict_to_capacity();
         }
         let reserved = self.reserve_dirty(1, bytes);
+        // Step 0's second look, before the lock: what a value of `bytes` written to the
+        // key's leaf charges, found by a check of no snapshot (it only routes). The leaf
+        // can change before the lock is held; a key charges at most one page beyond this.
+        let probe = Bytes::from(vec![0u8; bytes.saturating_sub(key.len())]);
+        let probe = BTreeMap::from([(Bytes::copy_from_slice(key), Some(probe))]);
+        let charge = self.check_set(&WriteSet { tree, writes: &probe }, u64::MAX).await?.charge;
+        let reserved = self.second_look(reserved, charge).await?;
         let g = self.commit_lock.lock().await;
         let snap = self.mvcc.snapshot();
         let old = super::read::read_at(self, tree, key, snap.ts()).await?;
