@@ -9,7 +9,7 @@ use super::{
     epoch, page, Arc, BlobCell, Bytes, Captured, ChainView, Forest, FxHashMap, FxHashSet,
     NodeKind, Ordering, PendingBlob, Pid,
 };
-use crate::limits::{DELTA_BASE_RATIO, MAX_DELTA_FRAMES};
+use crate::limits::{DELTA_BASE_RATIO, FRAMED_CONSOLIDATE_DEPTH, MAX_DELTA_FRAMES};
 use crate::tree::leaf::LeafBuilder;
 use crate::tree::merge_leaf_at;
 use crate::store::Store;
@@ -359,14 +359,15 @@ impl Forest {
 }
 
 /// The chain of the leaf captured as `c` (`v` over `base`, its image on disk) merged at the
-/// cut, when the delta frame `c` holds every delta of it and no blob is held in memory:
+/// cut, when the delta frame `c` holds every delta of it, the chain holds at least
+/// `FRAMED_CONSOLIDATE_DEPTH` deltas and no blob is held in memory:
 /// the merged leaf then holds what the page's frames on disk will hold once `c` is
 /// published, and replaces the chain once the capture succeeds
 /// ([`Consolidation`]), so the next delta frame goes over it and reads and scans walk
 /// one base instead of up to `CONSOLIDATE_CHAIN_LEN` deltas (measured: W6, all scans,
 /// ran at 0.62-0.81x when the deltas of framed leaves stayed in memory).
 fn framed_merge<'g>(v: &ChainView<'g>, base: &LeafBase, c: &Captured, cut: &CutAt<'_>, at: usize) -> Option<Consolidation<'g>> {
-    if !c.complete {
+    if !c.complete || v.depth() < FRAMED_CONSOLIDATE_DEPTH {
         return None;
     }
     let (merged, complete) = merge_leaf_at(&v.delta_vec(), base, cut.horizon, cut.cut_ts);
