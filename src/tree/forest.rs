@@ -141,7 +141,7 @@ pub struct Captured {
     /// True when the page in memory is, at `seq`, a leaf base holding what its frames on
     /// disk hold once this capture is published (`SlotMeta::base_seq`): a base image of a
     /// chain that was one base or was replaced by the image, or a delta frame whose chain
-    /// in memory was consolidated (`Forest::consolidate_framed`).
+    /// in memory was consolidated (`capture::framed_merge`).
     pub base_is_image: bool,
     /// The addresses of the blob values the image refers to, every version counted
     /// (`LeafPage::blob_refs`; empty for an index node, a freed page and a copied frame).
