@@ -58,6 +58,16 @@ async fn load(b: &ringkv::Bucket) {
     }
 }
 
+/// A database with a cache holding the whole load (64 MiB, no background checkpoints), its
+/// bucket loaded ([`load`]); and its options, for a check and a reopen.
+async fn cached_loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket, Options) {
+    let opts = Options::default().cache_capacity(64 << 20).background_checkpoints(false);
+    let db = Db::open(dir, opts.clone()).await.unwrap();
+    let b = db.bucket("b").await.unwrap();
+    load(&b).await;
+    (db, b, opts)
+}
+
 async fn read_back(b: &ringkv::Bucket, rounds: u32, when: &str) {
     for i in 0..KEYS {
         assert_eq!(b.get(key(i)).await.unwrap(), expected(i, rounds).map(Into::into), "key {i} {when}");
@@ -189,10 +199,7 @@ fn gc_moves_chains_as_bases() {
 fn writes_to_cached_leaves_go_out_as_delta_frames() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let opts = Options::default().cache_capacity(64 << 20).background_checkpoints(false);
-        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
-        let b = db.bucket("b").await.unwrap();
-        load(&b).await;
+        let (db, b, opts) = cached_loaded(dir.path()).await;
         db.checkpoint().await.unwrap();
         for r in 1..=2 {
             let mut batch = db.batch();
@@ -228,10 +235,7 @@ fn writes_to_cached_leaves_go_out_as_delta_frames() {
 fn a_framed_chain_is_consolidated_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let opts = Options::default().cache_capacity(64 << 20).background_checkpoints(false);
-        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
-        let b = db.bucket("b").await.unwrap();
-        load(&b).await;
+        let (db, b, opts) = cached_loaded(dir.path()).await;
         settle(&db).await;
         // A sixth of the keys, one at a time: several deltas on most leaves, fewer than
         // the in-memory consolidation's chain length on most.
@@ -243,6 +247,7 @@ fn a_framed_chain_is_consolidated_in_memory() {
                 }
             }
         };
+        let want = |i: u32| if i.is_multiple_of(6) { value(i, 2) } else { value(i, 0) };
         round(1).await;
         let before = db.stats().cache_bytes;
         let s = db.checkpoint().await.unwrap();
@@ -269,8 +274,7 @@ fn a_framed_chain_is_consolidated_in_memory() {
             s.pages
         );
         for i in 0..KEYS {
-            let want = if i % 6 == 0 { value(i, 2) } else { value(i, 0) };
-            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&want[..]), "key {i}");
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&want(i)[..]), "key {i}");
         }
         db.close().await.unwrap();
         let report = Db::check(dir.path(), &opts).await.unwrap();
@@ -278,8 +282,11 @@ fn a_framed_chain_is_consolidated_in_memory() {
         let db = Db::open(dir.path(), opts).await.unwrap();
         let b = db.existing_bucket("b").unwrap();
         for i in 0..KEYS {
-            let want = if i % 6 == 0 { value(i, 2) } else { value(i, 0) };
-            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&want[..]), "key {i} after the reopen");
+            assert_eq!(
+                b.get(key(i)).await.unwrap().as_deref(),
+                Some(&want(i)[..]),
+                "key {i} after the reopen"
+            );
         }
         db.close().await.unwrap();
     });
