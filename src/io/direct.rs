@@ -685,10 +685,14 @@ impl Op {
         if res == -libc::EINTR || res == -libc::ECANCELED {
             return Step::Again(self.entry(fd));
         }
-        // The registered file table is full: open into a descriptor instead.
-        if let Op::Open { slot: slot @ true, .. } = self {
+        // The registered file table is full: open into a descriptor instead. The kernel opens
+        // the file before it looks for a free slot, so an `O_CREAT | O_EXCL` open has created
+        // the file by now: the retry opens it without `O_EXCL` (had the file existed before,
+        // the first try would have failed with `EEXIST`, not `ENFILE`).
+        if let Op::Open { slot: slot @ true, flags, .. } = self {
             if res == -libc::ENFILE {
                 *slot = false;
+                *flags &= !libc::O_EXCL;
                 return Step::Again(self.entry(fd));
             }
         }
