@@ -43,6 +43,19 @@ pub fn segment_file_name(seq: u64) -> String {
     format!("wal-{seq:016x}.log")
 }
 
+/// File name of WAL segment `seq` while it is prepared ahead of the rollover that publishes
+/// it (renamed to [`segment_file_name`]): recovery never reads it, a writable open deletes it.
+pub fn prepared_file_name(seq: u64) -> String {
+    format!("wal-{seq:016x}.next")
+}
+
+/// Whether `name` is a segment prepared ahead ([`prepared_file_name`]).
+pub fn is_prepared_file_name(name: &str) -> bool {
+    name.strip_prefix("wal-")
+        .and_then(|n| n.strip_suffix(".next"))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The sequence number of a WAL segment file name, or `None` if `name` is not one.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;

@@ -58,10 +58,23 @@
 //! `offset + batch_bytes > segment_bytes`, the flush (a) waits for a zero fill in progress,
 //! truncates the segment's preallocated tail at its last record and `fsync`s it (or
 //! `sync_data`s it if it has unsynced writes and no tail), so that a later segment existing
-//! implies every earlier one is complete on disk and ends at its last record, (b) creates
-//! the next segment with `CreateNew`, writes its header, `sync_data`s it and `sync_dir`s
-//! the directory, writes its first [`PREALLOC_FIRST_BYTES`] of zeros and `sync_data`s
-//! them, and (c) writes the batch there.
+//! implies every earlier one is complete on disk and ends at its last record, (b) makes
+//! the next segment, and (c) writes the batch there. For (b), a segment *prepared ahead*
+//! is published: once half of the active segment is written, [`Wal::prepare_ahead`] (the
+//! engine's background task) writes the next segment as `wal-{seq:016x}.next`
+//! ([`super::prepared_file_name`]): its header and first [`PREALLOC_FIRST_BYTES`] of zeros
+//! in one write, one `sync_data`. The rollover renames it to its segment name,
+//! `sync_dir`s the directory and opens it under that name: no file is created, written or
+//! synced on the commit path. Without one (not prepared yet, preparation failed, or a
+//! database whose background task does not prepare), the rollover creates the segment
+//! with `CreateNew`, writes its header, `sync_data`s it and `sync_dir`s the directory,
+//! writes its first zeros and `sync_data`s them.
+//!
+//! A `.next` file is never part of the log: recovery does not read it and a writable
+//! [`Wal::open`] deletes it. It is renamed only at (b), after (a), so the rule above holds:
+//! a crash before the directory sync leaves either name, the `.next` one (deleted) or the
+//! segment name on a complete, synced, empty segment (header, then zeros: a clean end). A
+//! preparation that a rollover overtook (it created the segment itself) removes its file.
 //!
 //! # Preallocation
 //!
@@ -96,7 +109,7 @@ use parking_lot::Mutex;
 
 use super::reader::{recover, SegmentInfo};
 use super::record::{encode, encode_mark, encode_segment_header, WalRecord, MARK_LEN, SEGMENT_HEADER_LEN};
-use super::segment_file_name;
+use super::{is_prepared_file_name, prepared_file_name, segment_file_name};
 use crate::error::{Error, Result};
 use crate::io::{IoDriver, IoFile, OpenMode};
 use crate::options::Durability;
@@ -133,8 +146,11 @@ pub struct WalStats {
     /// Batches written as one durable write (`RWF_DSYNC`: the write and its data sync in
     /// one submission), each also counted in `batches_written` and `fsyncs`.
     pub dsync_writes: u64,
-    /// Bytes of the segment files on disk now.
+    /// Bytes of the segment files on disk now (a segment prepared ahead included).
     pub disk_bytes: u64,
+    /// Rollovers that published a segment prepared ahead ([`Wal::prepare_ahead`]) instead
+    /// of creating one on the commit path.
+    pub segments_prepared: u64,
 }
 
 /// The write-ahead log: recovery at open, then appends with group commit.
@@ -159,6 +175,7 @@ struct Inner {
     bytes_written: AtomicU64,
     dsync_writes: AtomicU64,
     zero_fill_bytes: AtomicU64,
+    segments_prepared: AtomicU64,
     /// Set by a flush that left less than half of the zone ahead, cleared by
     /// `prepare_ahead`: read by the engine without the state lock.
     wants_preparation: std::sync::atomic::AtomicBool,
@@ -192,6 +209,21 @@ struct State {
     poisoned: Option<String>,
     /// The active segment's preallocated zone (`None` for a read-only WAL).
     zone: Option<Zone>,
+    /// The segment prepared ahead for the next rollover (its `seq` is the active one's + 1).
+    next: Option<Prepared>,
+    /// A preparation of the next segment is running (at most one at a time).
+    next_preparing: bool,
+    /// The `seq` whose preparation failed: not tried again (its rollover creates it).
+    next_failed: Option<u64>,
+}
+
+/// A segment prepared ahead ([`Wal::prepare_ahead`]): created as
+/// [`prepared_file_name`]`(seq)`, its header and first [`PREALLOC_FIRST_BYTES`] of zeros
+/// written and synced. The rollover that needs it renames it to its segment name.
+struct Prepared {
+    seq: u64,
+    path: PathBuf,
+    zeroed_end: u64,
 }
 
 /// The active segment's preallocated zone: bytes `[0, zeroed_end)` of the file were
@@ -272,6 +304,13 @@ impl Wal {
         if segment_bytes <= 2 * SEGMENT_HEADER_LEN as u64 {
             return Err(Error::invalid(format!("wal segment_bytes {segment_bytes} too small")));
         }
+        // Segments prepared ahead that no rollover published: never part of the log.
+        for name in io.read_dir(&dir).await? {
+            if is_prepared_file_name(&name) {
+                tracing::debug!(file = %name, "WAL: removing an unpublished prepared segment");
+                io.remove_file(&dir.join(&name)).await?;
+            }
+        }
         let recovered = recover(&io, &dir, frontier_ts, true).await?;
         let inner = Inner::new(io, dir, segment_bytes, recovered.segments, None);
         let active = inner.create_segment(recovered.next_seq).await?;
@@ -337,6 +376,9 @@ impl Inner {
                 segments: segments.into(),
                 poisoned,
                 zone: None,
+                next: None,
+                next_preparing: false,
+                next_failed: None,
             }),
             remove_lock: tokio::sync::Mutex::new(()),
             records_appended: AtomicU64::new(0),
@@ -345,6 +387,7 @@ impl Inner {
             bytes_written: AtomicU64::new(0),
             dsync_writes: AtomicU64::new(0),
             zero_fill_bytes: AtomicU64::new(0),
+            segments_prepared: AtomicU64::new(0),
             wants_preparation: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             fail_next_write: Default::default(),
@@ -430,16 +473,21 @@ impl Wal {
         self.wait(lsn, Durability::Sync).await
     }
 
-    /// Prepares the active segment ahead of the writes, off the commit path: when less than
-    /// half of its preallocated zone is left, zero-fills (writes and syncs zeros) the next
-    /// stretch: as much as the zone holds (so it doubles), between 1 and 16 MiB, never past
-    /// `segment_bytes`. Appends inside the
-    /// zone then neither grow the file nor allocate blocks, so their `fdatasync` (or
-    /// `RWF_DSYNC`) writes data and no file system journal. Called by the engine's
-    /// background task after each WAL flush; returns at once when nothing is needed.
-    /// A flush that would write where a fill is going waits for it (see `Zone`).
+    /// Prepares the WAL ahead of the writes, off the commit path. (1) When less than half
+    /// of the active segment's preallocated zone is left, zero-fills (writes and syncs
+    /// zeros) the next stretch: as much as the zone holds (so it doubles), between 1 and
+    /// 16 MiB, never past `segment_bytes`. Appends inside the zone then neither grow the
+    /// file nor allocate blocks, so their `fdatasync` (or `RWF_DSYNC`) writes data and no
+    /// file system journal. A flush that would write where a fill is going waits for it
+    /// (see `Zone`). (2) Once half of the active segment is written, prepares the next
+    /// segment (see "Rollover" in the module documentation), so that the rollover renames
+    /// it instead of creating, writing and syncing a new file on the commit path. Called
+    /// by the engine's background task after each WAL flush; returns at once when nothing
+    /// is needed.
     ///
-    /// Errors: [`Error::ReadOnly`] if the fill fails (the WAL is then poisoned).
+    /// Errors: [`Error::ReadOnly`] if the fill fails (the WAL is then poisoned). A failed
+    /// preparation of the next segment is logged and left to the rollover (it poisons
+    /// nothing: no record is in that file).
     pub async fn prepare_ahead(&self) -> Result<()> {
         let fill = {
             let mut st = self.inner.state.lock();
@@ -449,16 +497,21 @@ impl Wal {
             let segment_bytes = self.inner.segment_bytes;
             let Some(zone) = st.zone.as_mut() else { return Ok(()) };
             if let Some((_, fill)) = &zone.filling {
-                fill.clone()
+                Some(fill.clone())
             } else {
                 self.inner.wants_preparation.store(false, Ordering::Relaxed);
-                let Some((start, end)) = needs_fill(zone, segment_bytes) else { return Ok(()) };
-                let fill = Arc::clone(&self.inner).fill(zone.seq, zone.file.clone(), start, end).boxed().shared();
-                zone.filling = Some((start, fill.clone()));
-                fill
+                needs_fill(zone, segment_bytes).map(|(start, end)| {
+                    let fill = Arc::clone(&self.inner).fill(zone.seq, zone.file.clone(), start, end).boxed().shared();
+                    zone.filling = Some((start, fill.clone()));
+                    fill
+                })
             }
         };
-        fill.await
+        if let Some(fill) = fill {
+            fill.await?;
+        }
+        self.inner.prepare_next().await;
+        Ok(())
     }
 
     /// True when a flush left less than half of the active segment's zone ahead and no
@@ -516,7 +569,11 @@ impl Wal {
             bytes_written: i.bytes_written.load(Ordering::Relaxed),
             dsync_writes: i.dsync_writes.load(Ordering::Relaxed),
             zero_fill_bytes: i.zero_fill_bytes.load(Ordering::Relaxed),
-            disk_bytes: i.state.lock().segments.iter().map(|s| s.bytes).sum(),
+            disk_bytes: {
+                let st = i.state.lock();
+                st.segments.iter().map(|s| s.bytes).sum::<u64>() + st.next.as_ref().map_or(0, |n| n.zeroed_end)
+            },
+            segments_prepared: i.segments_prepared.load(Ordering::Relaxed),
         }
     }
 
@@ -673,11 +730,7 @@ impl Inner {
             if let Some(ts) = batch.max_ts {
                 info.max_ts = Some(info.max_ts.map_or(ts, |m| m.max(ts)));
             }
-            if let Some(zone) = &st.zone {
-                if zone.filling.is_none() && needs_fill(zone, self.segment_bytes).is_some() {
-                    self.wants_preparation.store(true, Ordering::Relaxed);
-                }
-            }
+            self.note_preparation(&st);
             st.sync_wanted_lsn > st.synced_lsn
         };
         let mut fsynced = false;
@@ -704,6 +757,15 @@ impl Inner {
         // it costs a level check.
         tracing::trace!(target: "ringkv::wal", seq = segment.seq, bytes = written, fsync = fsynced, "WAL flush");
         Ok(())
+    }
+
+    /// Raises `wants_preparation` when [`Wal::prepare_ahead`] has work: a zero fill, or the
+    /// next segment to prepare.
+    fn note_preparation(&self, st: &State) {
+        let fill = st.zone.as_ref().is_some_and(|z| z.filling.is_none() && needs_fill(z, self.segment_bytes).is_some());
+        if fill || next_wanted(st, self.segment_bytes).is_some() {
+            self.wants_preparation.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Closes `segment` (fsync if needed) and replaces it with a fresh next segment.
@@ -733,9 +795,110 @@ impl Inner {
             assert_eq!(st.written_lsn, written_lsn);
             st.synced_lsn = written_lsn;
         }
-        let next = self.create_segment(segment.seq + 1).await?;
+        let prepared = self.state.lock().next.take();
+        let next = match prepared {
+            Some(p) if p.seq == segment.seq + 1 => self.publish(p).await?,
+            stale => {
+                if let Some(p) = stale {
+                    self.discard(&p.path).await;
+                }
+                self.create_segment(segment.seq + 1).await?
+            }
+        };
         *segment = next;
         Ok(())
+    }
+
+    /// Step (2) of [`Wal::prepare_ahead`]: prepares the next segment when
+    /// [`next_wanted`] says so. Never fails: a failure is logged, its file removed, and
+    /// that segment left to its rollover.
+    async fn prepare_next(&self) {
+        let seq = {
+            let mut st = self.state.lock();
+            let Some(seq) = next_wanted(&st, self.segment_bytes) else { return };
+            st.next_preparing = true;
+            seq
+        };
+        let path = self.dir.join(prepared_file_name(seq));
+        let result = self.write_prepared(seq, &path).await;
+        let stale = {
+            let mut st = self.state.lock();
+            st.next_preparing = false;
+            match result {
+                // Still the next one (no rollover created it meanwhile): kept.
+                Ok(p) if st.zone.as_ref().is_some_and(|z| z.seq + 1 == p.seq) && st.poisoned.is_none() => {
+                    st.next = Some(p);
+                    None
+                }
+                Ok(p) => Some(p.path),
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "WAL: preparing the next segment failed; its rollover creates it");
+                    st.next_failed = Some(seq);
+                    Some(path)
+                }
+            }
+        };
+        if let Some(path) = stale {
+            self.discard(&path).await;
+        }
+    }
+
+    /// Writes segment `seq` prepared at `path`: the header and the first zeros as one
+    /// write (the file is not a segment until it is renamed, so a torn write of both is
+    /// harmless), then one `fdatasync`.
+    async fn write_prepared(&self, seq: u64, path: &std::path::Path) -> Result<Prepared> {
+        // A leftover of this process (a preparation discarded after a failed removal).
+        if self.io.exists(path).await? {
+            self.io.remove_file(path).await?;
+        }
+        let file = self.io.open(path, OpenMode::CreateNew).await?;
+        let header = SEGMENT_HEADER_LEN as u64;
+        let zeroed_end = PREALLOC_FIRST_BYTES.min(self.segment_bytes).max(header);
+        let mut bufs = vec![encode_segment_header(seq)];
+        bufs.extend(zero_bufs(zeroed_end - header));
+        file.writev_at(0, bufs).await?;
+        file.sync_data().await?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(header, Ordering::Relaxed);
+        self.zero_fill_bytes.fetch_add(zeroed_end - header, Ordering::Relaxed);
+        tracing::debug!(seq, zeroed_end, "WAL: next segment prepared");
+        Ok(Prepared { seq, path: path.to_owned(), zeroed_end })
+    }
+
+    /// The rollover's side of a prepared segment: renames it to its segment name, syncs
+    /// the directory (then it exists as a segment, complete and synced, and every earlier
+    /// one was cut and synced before), opens it under that name, and lists it as the
+    /// newest segment with its zone.
+    async fn publish(&self, p: Prepared) -> Result<ActiveSegment> {
+        let path = self.dir.join(segment_file_name(p.seq));
+        self.io.rename(&p.path, &path).await?;
+        self.io.sync_dir(&self.dir).await?;
+        // Opened under its new name: a file's size and truncation go by path on io_uring.
+        let file = self.io.open(&path, OpenMode::ReadWrite).await?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.segments_prepared.fetch_add(1, Ordering::Relaxed);
+        let header = SEGMENT_HEADER_LEN as u64;
+        {
+            let mut st = self.state.lock();
+            st.segments.push_back(SegmentInfo { seq: p.seq, path, max_ts: None, bytes: p.zeroed_end });
+            st.zone = Some(Zone {
+                seq: p.seq,
+                file: file.clone(),
+                zeroed_end: p.zeroed_end,
+                reserved_end: header,
+                filling: None,
+            });
+        }
+        tracing::debug!(seq = p.seq, "WAL: new segment (prepared ahead)");
+        Ok(ActiveSegment { file, seq: p.seq, offset: header, unsynced: false, synced: header })
+    }
+
+    /// Removes a prepared segment no rollover will use; a failure is only logged (the
+    /// next writable open removes it).
+    async fn discard(&self, path: &std::path::Path) {
+        if let Err(e) = self.io.remove_file(path).await {
+            tracing::warn!(file = %path.display(), error = %e, "WAL: could not remove an unused prepared segment");
+        }
     }
 
     /// Creates segment `seq` with its header, synced, and lists it as the newest segment.
@@ -837,6 +1000,20 @@ impl Inner {
         tracing::debug!(seq = segment.seq, max_ts = ?segment.max_ts, "WAL: segment removed");
         Ok(())
     }
+}
+
+/// The `seq` of the segment to prepare ahead, if one is wanted now: the WAL is writable
+/// and not poisoned, half of the active segment is written or reserved, and the next
+/// segment is neither prepared, nor being prepared, nor given up on.
+fn next_wanted(st: &State, segment_bytes: u64) -> Option<u64> {
+    let zone = st.zone.as_ref()?;
+    let seq = zone.seq + 1;
+    let wanted = st.poisoned.is_none()
+        && !st.next_preparing
+        && zone.reserved_end >= segment_bytes / 2
+        && st.next.as_ref().is_none_or(|n| n.seq != seq)
+        && st.next_failed != Some(seq);
+    wanted.then_some(seq)
 }
 
 /// The range the next zero fill of `zone` writes, if less than half of its zone is left
