@@ -44,7 +44,7 @@ fn random_crashes_lose_no_acknowledged_commit() {
          0 acknowledged lost, 0 prefix violations, 0 uncommitted visible; \
          crash fates: {} torn, {} garbage, {} dropped writes, {} names lost; {} checkpoints, {} closes, \
          {} process restarts; {} offline checks of crashed states clean; {} delta frames written, \
-         {} chains consolidated",
+         {} chains consolidated; {} WAL segments prepared ahead and published",
         totals.crashes,
         totals.stacked,
         totals.recoveries,
@@ -64,6 +64,7 @@ fn random_crashes_lose_no_acknowledged_commit() {
         totals.checks,
         totals.delta_frames,
         totals.chains_consolidated,
+        totals.wal_segments_prepared,
     );
     assert!(totals.acked_sync > 0 && totals.survived > 0);
 }

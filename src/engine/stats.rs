@@ -66,6 +66,9 @@ pub struct Stats {
     pub wal_records: u64,
     /// WAL fsyncs issued since open.
     pub wal_fsyncs: u64,
+    /// WAL rollovers since open that published a segment prepared ahead by the background
+    /// task, instead of creating one on the commit path.
+    pub wal_segments_prepared: u64,
     /// Checkpoints completed since open.
     pub checkpoints: u64,
     /// Live snapshots.
@@ -148,6 +151,7 @@ impl DbInner {
             files: files.len(),
             wal_records: w.records_appended,
             wal_fsyncs: w.fsyncs,
+            wal_segments_prepared: w.segments_prepared,
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
             snapshots: self.mvcc.live_snapshots(),
             splits: self.forest.splits.load(Ordering::Relaxed),

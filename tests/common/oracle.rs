@@ -81,6 +81,8 @@ pub struct Totals {
     pub delta_frames: u64,
     /// Chains of delta frames they consolidated (`Stats::chains_consolidated`).
     pub chains_consolidated: u64,
+    /// WAL rollovers that published a segment prepared ahead (`Stats::wal_segments_prepared`).
+    pub wal_segments_prepared: u64,
 }
 
 impl Totals {
@@ -103,6 +105,7 @@ impl Totals {
         self.names_lost += o.names_lost;
         self.delta_frames += o.delta_frames;
         self.chains_consolidated += o.chains_consolidated;
+        self.wal_segments_prepared += o.wal_segments_prepared;
     }
 }
 
@@ -236,13 +239,14 @@ impl Run {
     }
 
     /// [`Run::work`], then adds what its checkpoints wrote as delta frames and
-    /// consolidated to the totals.
+    /// consolidated, and the WAL segments it published prepared, to the totals.
     async fn work_counted(&mut self, db: Db) -> Result<(), String> {
         let handle = db.clone();
         let r = self.work(db).await;
         let s = handle.stats();
         self.totals.delta_frames += s.delta_frames;
         self.totals.chains_consolidated += s.chains_consolidated;
+        self.totals.wal_segments_prepared += s.wal_segments_prepared;
         r
     }
 
