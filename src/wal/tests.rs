@@ -1081,3 +1081,38 @@ fn a_crash_in_a_rollover_to_a_prepared_segment_keeps_every_acknowledged_record()
     assert!(published > 0 && published < 120, "published in {published} of 120 seeds");
     assert!(kept > 0 && lost > 0, "cut batch kept {kept}, lost {lost}");
 }
+
+/// A preparation whose future is dropped mid-way does not stop the next one: the next
+/// `prepare_ahead` prepares the segment, and the rollover publishes it.
+#[cfg(feature = "sim")]
+#[test]
+fn a_dropped_preparation_leaves_the_next_one_free() {
+    use crate::io::sim::SimDisk;
+    const SEG: u64 = 512 * 1024;
+    let dir = Path::new("/db/wal");
+    let mut cut = 0;
+    for seed in 0..20u64 {
+        let disk = SimDisk::new(seed);
+        let io = IoDriver::simulated(disk.clone());
+        futures::executor::block_on(async {
+            io.create_dir_all(dir).await.unwrap();
+            io.sync_dir(Path::new("/")).await.unwrap();
+            io.sync_dir(Path::new("/db")).await.unwrap();
+            let (wal, _) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEG).await.unwrap();
+            let ts = write_until(&wal, 0, SEG / 2 + 2000).await;
+            disk.set_max_pending_polls(4);
+            if !poll_once_and_drop(wal.prepare_ahead()) {
+                cut += 1;
+            }
+            disk.set_max_pending_polls(0);
+            wal.prepare_ahead().await.unwrap();
+            assert!(io.exists(&dir.join(super::prepared_file_name(2))).await.unwrap(), "seed {seed}: prepared");
+            let ts = write_until(&wal, ts, SEG + 4000).await;
+            assert_eq!(wal.stats().segments_prepared, 1, "seed {seed}: published");
+            drop(wal);
+            let (_wal, recovered) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEG).await.unwrap();
+            assert_eq!(ts_of(&recovered), (1..=ts).collect::<Vec<_>>(), "seed {seed}");
+        });
+    }
+    assert!(cut > 0, "no seed dropped a preparation in flight");
+}

@@ -819,11 +819,13 @@ impl Inner {
             st.next_preparing = true;
             seq
         };
+        // Cleared however this ends, also when the future is dropped mid-way (its file, if
+        // any, is then removed by the next try or the next open).
+        let _preparing = OnDrop(|| self.state.lock().next_preparing = false);
         let path = self.dir.join(prepared_file_name(seq));
         let result = self.write_prepared(seq, &path).await;
         let stale = {
             let mut st = self.state.lock();
-            st.next_preparing = false;
             match result {
                 // Still the next one (no rollover created it meanwhile): kept.
                 Ok(p) if st.zone.as_ref().is_some_and(|z| z.seq + 1 == p.seq) && st.poisoned.is_none() => {
@@ -999,6 +1001,15 @@ impl Inner {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(seq = segment.seq, max_ts = ?segment.max_ts, "WAL: segment removed");
         Ok(())
+    }
+}
+
+/// Runs `f` when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
