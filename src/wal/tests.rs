@@ -876,6 +876,13 @@ fn rollover_under_concurrent_committers_and_preparation_loses_nothing() {
             let seqs = wal.segment_seqs();
             assert!(seqs.len() >= 3, "{backend:?}: {seqs:?}");
             assert!(wal.stats().zero_fill_bytes > seqs.len() as u64 * writer::PREALLOC_FIRST_BYTES, "{backend:?}: fills ran");
+            // Preparations raced the rollovers: none left a file behind but the next one.
+            let last = *seqs.last().unwrap();
+            let left = prepared_on_disk(dir.path());
+            assert!(
+                left.is_empty() || left == vec![super::prepared_file_name(last + 1)],
+                "{backend:?}: prepared files {left:?} with segment {last} active"
+            );
             drop(Arc::into_inner(wal).unwrap());
             for &s in &seqs[..seqs.len() - 1] {
                 let p = seg_path(dir.path(), s);

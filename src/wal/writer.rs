@@ -213,6 +213,9 @@ struct State {
     next: Option<Prepared>,
     /// A preparation of the next segment is running (at most one at a time).
     next_preparing: bool,
+    /// A rollover is making the next segment: a preparation that ends meanwhile is
+    /// discarded (the rollover took no prepared segment, so it creates one itself).
+    rolling: bool,
     /// The `seq` whose preparation failed: not tried again (its rollover creates it).
     next_failed: Option<u64>,
 }
@@ -378,6 +381,7 @@ impl Inner {
                 zone: None,
                 next: None,
                 next_preparing: false,
+                rolling: false,
                 next_failed: None,
             }),
             remove_lock: tokio::sync::Mutex::new(()),
@@ -795,7 +799,12 @@ impl Inner {
             assert_eq!(st.written_lsn, written_lsn);
             st.synced_lsn = written_lsn;
         }
-        let prepared = self.state.lock().next.take();
+        let prepared = {
+            let mut st = self.state.lock();
+            st.rolling = true;
+            st.next.take()
+        };
+        let _rolling = OnDrop(|| self.state.lock().rolling = false);
         let next = match prepared {
             Some(p) if p.seq == segment.seq + 1 => self.publish(p).await?,
             stale => {
@@ -827,10 +836,9 @@ impl Inner {
         let stale = {
             let mut st = self.state.lock();
             match result {
-                // Still the next one (no rollover created it meanwhile): kept.
-                Ok(p) if st.zone.as_ref().is_some_and(|z| z.seq + 1 == p.seq) && st.poisoned.is_none() => {
-                    st.next = Some(p);
-                    None
+                // Still the next one (no rollover is making it or made it meanwhile): kept.
+                Ok(p) if !st.rolling && st.zone.as_ref().is_some_and(|z| z.seq + 1 == p.seq) && st.poisoned.is_none() => {
+                    st.next.replace(p).map(|old| old.path)
                 }
                 Ok(p) => Some(p.path),
                 Err(e) => {
@@ -1021,6 +1029,7 @@ fn next_wanted(st: &State, segment_bytes: u64) -> Option<u64> {
     let seq = zone.seq + 1;
     let wanted = st.poisoned.is_none()
         && !st.next_preparing
+        && !st.rolling
         && zone.reserved_end >= segment_bytes / 2
         && st.next.as_ref().is_none_or(|n| n.seq != seq)
         && st.next_failed != Some(seq);
