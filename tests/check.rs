@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64};
+use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64, wal_segments};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -467,7 +467,7 @@ fn damaged_manifest_record_is_a_problem_at_the_record() {
 
 #[test]
 fn damaged_wal_record_before_the_last_segment_is_a_problem() {
-    let segs = files_with_prefix(&template().dir.join("wal"), "wal-");
+    let segs = wal_segments(&template().dir);
     assert!(segs.len() >= 3, "{segs:?}");
     let name = segs[segs.len() - 2].file_name().unwrap().to_owned();
     let recs = wal_records(&segs[segs.len() - 2]);
@@ -484,7 +484,7 @@ fn damaged_wal_record_before_the_last_segment_is_a_problem() {
 
 #[test]
 fn damaged_wal_record_in_the_middle_of_the_last_segment_is_a_problem() {
-    let segs = files_with_prefix(&template().dir.join("wal"), "wal-");
+    let segs = wal_segments(&template().dir);
     let name = segs.last().unwrap().file_name().unwrap().to_owned();
     let recs = wal_records(segs.last().unwrap());
     assert!(recs.len() >= 3, "{recs:?}");
@@ -500,7 +500,7 @@ fn damaged_wal_record_in_the_middle_of_the_last_segment_is_a_problem() {
 #[test]
 fn torn_wal_tail_is_a_note_not_a_problem() {
     let (_base, dir) = copy_of_template("torn");
-    let seg = files_with_prefix(&dir.join("wal"), "wal-").pop().unwrap();
+    let seg = wal_segments(&dir).pop().unwrap();
     let recs = wal_records(&seg);
     let (off, len) = *recs.last().unwrap();
     let mut bytes = fs::read(&seg).unwrap();
@@ -524,7 +524,7 @@ fn torn_wal_tail_is_a_note_not_a_problem() {
     assert_eq!(r.wal_records_to_replay, WAL_TAIL as u64);
     // A flipped byte in the last record of the last segment is a torn tail too.
     let (_base2, dir2) = copy_of_template("torn-flip");
-    let seg2 = files_with_prefix(&dir2.join("wal"), "wal-").pop().unwrap();
+    let seg2 = wal_segments(&dir2).pop().unwrap();
     flip(&seg2, off + len - 2);
     let r = check_readonly(&dir2);
     assert!(r.is_ok(), "{r}");
@@ -580,7 +580,7 @@ fn what_a_second_writer_leaves_behind_is_reported() {
     let (data, _) = biggest(&dir, "data-");
     fs::copy(&data, dir.join("data-0000000000abcdef.rkv")).unwrap();
     let wal = dir.join("wal");
-    let segments = files_with_prefix(&wal, "wal-");
+    let segments = wal_segments(&dir);
     let last = segments.iter().max().unwrap();
     let seq = u64::from_str_radix(&last.file_name().unwrap().to_str().unwrap()[4..20], 16).unwrap();
     let name = |s: u64| format!("wal-{s:016x}.log");

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64};
+use common::{copy_dir, files_with_prefix, flip, le_u32, le_u64, wal_segments};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -191,6 +191,13 @@ fn parse_leaf_page(b: &[u8]) -> Page {
 fn only_file(dir: &Path, prefix: &str) -> PathBuf {
     let v = files_with_prefix(dir, prefix);
     assert_eq!(v.len(), 1, "expected exactly one {prefix}* file in {}: {v:?}", dir.display());
+    v.into_iter().next().unwrap()
+}
+
+/// The database's only WAL segment.
+fn only_wal_segment(dir: &Path) -> PathBuf {
+    let v = wal_segments(dir);
+    assert_eq!(v.len(), 1, "expected exactly one WAL segment in {}: {v:?}", dir.display());
     v.into_iter().next().unwrap()
 }
 
@@ -568,10 +575,6 @@ fn wal_records(seg: &[u8]) -> Vec<(usize, usize, u64)> {
     out
 }
 
-fn wal_segments(dir: &Path) -> Vec<PathBuf> {
-    files_with_prefix(&dir.join("wal"), "wal-")
-}
-
 /// Writes keys `0..n` with one Sync commit each (key `i` of `len` bytes), then drops the
 /// database without closing it, so the commits live only in the WAL.
 async fn wal_only_db(dir: &Path, o: &Options, checkpoint_after: Option<usize>, n: usize, len: usize) {
@@ -638,7 +641,7 @@ async fn damaged_wal_record_is_corruption_unless_it_is_the_last() {
     for (ci, (what, victim, at)) in cases.into_iter().enumerate() {
         let dir = base.path().join(format!("run-{ci}"));
         copy_dir(&template, &dir);
-        let seg = only_file(&dir.join("wal"), "wal-");
+        let seg = only_wal_segment(&dir);
         flip(&seg, at as u64);
         if victim + 1 < N {
             // A later batch was written after this record was synced (its mark says so):
@@ -671,7 +674,7 @@ async fn damaged_wal_record_is_corruption_unless_it_is_the_last() {
     // A torn append (a partial record after the last one) loses nothing acknowledged.
     let dir = base.path().join("torn-append");
     copy_dir(&template, &dir);
-    let seg = only_file(&dir.join("wal"), "wal-");
+    let seg = only_wal_segment(&dir);
     let mut bytes = fs::read(&seg).unwrap();
     let (off, len, _) = recs[N - 1];
     bytes.extend_from_slice(&seg_bytes[off..off + len / 2]);
@@ -805,7 +808,7 @@ async fn damaged_wal_segment_header() {
     for (what, at) in [("magic", 0u64), ("sequence number", 8)] {
         let dir = base.path().join(format!("run-{at}"));
         copy_dir(&template, &dir);
-        let seg = only_file(&dir.join("wal"), "wal-");
+        let seg = only_wal_segment(&dir);
         flip(&seg, at);
         match Db::open(&dir, opts()).await {
             Err(Error::Corruption { file, .. }) => assert_eq!(file, seg, "{what}"),

@@ -307,14 +307,15 @@ impl Wal {
         if segment_bytes <= 2 * SEGMENT_HEADER_LEN as u64 {
             return Err(Error::invalid(format!("wal segment_bytes {segment_bytes} too small")));
         }
-        // Segments prepared ahead that no rollover published: never part of the log.
+        let recovered = recover(&io, &dir, frontier_ts, true).await?;
+        // Segments prepared ahead that no rollover published: never part of the log. Removed
+        // only once recovery succeeded (a failed open changes nothing it need not).
         for name in io.read_dir(&dir).await? {
             if is_prepared_file_name(&name) {
                 tracing::debug!(file = %name, "WAL: removing an unpublished prepared segment");
                 io.remove_file(&dir.join(&name)).await?;
             }
         }
-        let recovered = recover(&io, &dir, frontier_ts, true).await?;
         let inner = Inner::new(io, dir, segment_bytes, recovered.segments, None);
         let active = inner.create_segment(recovered.next_seq).await?;
         {

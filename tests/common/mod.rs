@@ -47,6 +47,14 @@ pub fn flip(path: &Path, at: u64) {
     fs::write(path, b).unwrap();
 }
 
+/// The WAL segments (`wal/wal-*.log`) of the database at `dir`, sorted; a segment prepared
+/// ahead (`wal-*.next`) is not one.
+pub fn wal_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v = files_with_prefix(&dir.join("wal"), "wal-");
+    v.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    v
+}
+
 /// The files of `dir` whose name starts with `prefix`, sorted.
 pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
