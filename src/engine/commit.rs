@@ -261,8 +261,9 @@ impl DbInner {
             return Err(e);
         }
         // The simulated disk runs no background task (deterministic runs): the committer
-        // prepares the WAL ahead itself, so that the crash oracle meets zero fills and
-        // segments prepared ahead. The commit is durable by now: a failure poisons the
+        // prepares the WAL ahead itself, so that simulated runs meet zero fills and
+        // segments prepared ahead where their segments grow that far (the crash oracle's
+        // short-lived databases rarely do). The commit is durable by now: a failure poisons the
         // database (as in the background task) but does not fail the commit.
         if self.opts.is_simulated() && self.zero_fills_wal() && self.wal.wants_preparation() {
             if let Err(e) = self.wal.prepare_ahead().await {

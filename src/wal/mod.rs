@@ -51,14 +51,17 @@ pub fn prepared_file_name(seq: u64) -> String {
 
 /// Whether `name` is a segment prepared ahead ([`prepared_file_name`]).
 pub fn is_prepared_file_name(name: &str) -> bool {
-    name.strip_prefix("wal-")
-        .and_then(|n| n.strip_suffix(".next"))
-        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    parse_wal_file_name(name, ".next").is_some()
 }
 
 /// The sequence number of a WAL segment file name, or `None` if `name` is not one.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    parse_wal_file_name(name, ".log")
+}
+
+/// The sequence number of `wal-{seq:016x}{suffix}`, or `None` if `name` is not that.
+fn parse_wal_file_name(name: &str, suffix: &str) -> Option<u64> {
+    let hex = name.strip_prefix("wal-")?.strip_suffix(suffix)?;
     if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
