@@ -51,7 +51,10 @@ pub struct Options {
     pub durability: Durability,
     /// The I/O backend.
     pub io_backend: IoBackend,
-    /// Bytes of page cache (in-memory tree pages). Clean pages are evicted past it.
+    /// Bytes of page cache: the tree pages in memory and the page table (a slot per page
+    /// and a stub per page on disk, `Stats::page_table_bytes`, which grows with the
+    /// database and is never evicted) together. Clean pages are evicted once both pass
+    /// it; the pages keep at least a quarter of it however large the table grows.
     pub cache_capacity: usize,
     /// Values of at least this many bytes are stored in blob files, apart from the tree.
     pub inline_limit: usize,
@@ -86,7 +89,8 @@ pub struct Options {
     /// memory growing). It bounds what a checkpoint holds, whatever the size of the
     /// database. `None`: a quarter of `cache_capacity` (never below
     /// [`limits::MIN_DIRTY_PAGES`] pages), so that the engine's memory stays near 1.5 times
-    /// `cache_capacity` plus the page table (`Stats::page_table_bytes`).
+    /// `cache_capacity` (the page table included while it takes less than three quarters
+    /// of the capacity).
     pub dirty_limit: Option<usize>,
     /// Bound on WAL bytes appended and not yet written: past it a `Durability::None`
     /// commit waits until its record reached the kernel, as a `Buffered` one does. `None`:

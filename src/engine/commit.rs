@@ -1,8 +1,9 @@
 //! The commit protocol (`DbInner::commit_writes`), numbered as the code follows it:
 //! 0. Flow control: if what this commit is expected to charge the dirty set (its versions
 //!    going out as delta frames: `commit_charge`; forest invariant 6) would take the
-//!    charge past `Options::dirty_limit`, or the cache is past `cache_capacity +
-//!    dirty_limit`, run a checkpoint first (`DbInner::over_dirty_limit`); then hold that
+//!    charge past `Options::dirty_limit`, or the pages in memory are past their room
+//!    (`cache_capacity` less the page table, forest invariant 7) plus `dirty_limit`, run a
+//!    checkpoint first (`DbInner::over_dirty_limit`); then hold that
 //!    charge as reserved until step 2 has applied the writes (`DbInner::reserve_dirty`),
 //!    so that GC marking pages meanwhile leaves it room. Once step 1 has found the leaves,
 //!    the check runs again with what they say the writes will charge (pages written as
@@ -290,9 +291,9 @@ impl Drop for DirtyReservation<'_> {
 impl DbInner {
     /// Whether a commit of `keys` keys and `bytes` bytes of keys and values must run a
     /// checkpoint before it writes: what it is expected to add to the dirty set's charge
-    /// ([`commit_charge`]) would take it past `Options::dirty_limit`, or the cache is past
-    /// its capacity plus that bound (the pages over capacity are dirty: clean ones are
-    /// evicted).
+    /// ([`commit_charge`]) would take it past `Options::dirty_limit`, or the pages in
+    /// memory are past their room (`Forest::page_room`: the capacity less the page table)
+    /// plus that bound (the pages over the room are dirty: clean ones are evicted).
     pub(crate) fn over_dirty_limit(&self, keys: usize, bytes: usize) -> bool {
         self.over_dirty_limit_by(commit_charge(keys, bytes))
     }
@@ -300,7 +301,7 @@ impl DbInner {
     /// [`DbInner::over_dirty_limit`] for a commit expected to charge `charge` bytes.
     pub(crate) fn over_dirty_limit_by(&self, charge: usize) -> bool {
         let limit = self.opts.dirty_limit_bytes();
-        let cache = crate::tree::forest::capacity_i64(self.opts.cache_capacity.saturating_add(limit));
+        let cache = self.forest.page_room().saturating_add(crate::tree::forest::capacity_i64(limit));
         let dirty = self.dirty_bytes_and_reserved();
         (dirty > 0 && dirty.saturating_add(charge) > limit) || self.forest.mem_used() > cache
     }
@@ -349,9 +350,6 @@ impl DbInner {
         DirtyReservation { db: self, bytes: charge }
     }
 
-    /// Whether the background task should start a checkpoint now: the size trigger
-    /// (`Options::checkpoint_bytes`), half the dirty-page bound, or a cache that eviction
-    /// could not bring under its capacity.
     /// Whether the background task zero-fills the WAL ahead of its writes
     /// (`Wal::prepare_ahead`): only for a database whose commits are `Sync` by default.
     /// Zero-filled segments make an `fdatasync` write data only (no journal commit), but
@@ -362,6 +360,9 @@ impl DbInner {
         self.opts.durability == Durability::Sync
     }
 
+    /// Whether the background task should start a checkpoint now: the size trigger
+    /// (`Options::checkpoint_bytes`), half the dirty-page bound, or a cache that eviction
+    /// could not bring under its capacity.
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
             || self.forest.dirty_bytes() > self.opts.dirty_limit_bytes() as u64 / 2

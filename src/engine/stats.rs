@@ -28,13 +28,15 @@ use crate::obs::LatencyHistogram;
 #[non_exhaustive]
 pub struct Stats {
     /// Heap bytes of the pages in memory, clean and dirty, with their deltas, counted as
-    /// the allocator sizes them. Clean pages are evicted past `cache_capacity`; dirty ones
-    /// hold it at most `dirty_limit` above (a commit past that runs a checkpoint first).
+    /// the allocator sizes them. Clean pages are evicted past `cache_capacity` less
+    /// `page_table_bytes` (but not below a quarter of `cache_capacity`); dirty ones hold it
+    /// at most `dirty_limit` above (a commit past that runs a checkpoint first).
     pub cache_bytes: i64,
     /// `Options::cache_capacity`.
     pub cache_capacity: u64,
     /// Heap bytes of the page table: a slot per page id and a stub per page not in memory,
-    /// never evicted (they grow with the number of pages, not with the cache).
+    /// never evicted (they grow with the number of pages, not with the cache); counted in
+    /// `cache_capacity`, so the pages in memory get what the table leaves.
     pub page_table_bytes: i64,
     /// Pages changed since the last checkpoint.
     pub dirty_pages: u64,

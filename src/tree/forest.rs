@@ -67,6 +67,13 @@
 //!    on disk, not rewritten whole. The publish charges again every captured page
 //!    written since the cut: a write before the publish was charged by the page's old
 //!    chain on disk (a delta frame that fills the chain makes the next image a base).
+//! 7. **`cache_capacity` bounds the pages in memory and the page table together**: clean
+//!    leaves are evicted while `mem_used` is past [`Forest::page_room`], the capacity less
+//!    `page_table_mem` (which grows with the number of pages, never evicted), and never
+//!    below a quarter of the capacity, so a tree whose page table outgrows three quarters
+//!    of the cache still caches pages (its memory then passes the capacity by what the
+//!    table holds beyond that). Dirty pages may take `mem_used` past the room by
+//!    `dirty_limit` (`DbInner::over_dirty_limit`).
 
 mod cache;
 mod capture;
@@ -337,10 +344,13 @@ impl Forest {
         self.mvcc.horizon()
     }
 
-    /// The cache capacity as the `mem` counter's type; a capacity past `i64::MAX` (an
-    /// "unbounded" `usize::MAX`, say) saturates instead of wrapping negative.
-    fn capacity_i64(&self) -> i64 {
-        capacity_i64(self.capacity)
+    /// What the pages in memory may hold before clean ones are evicted (invariant 7): the
+    /// cache capacity less the page table, never below a quarter of the capacity; in the
+    /// `mem` counter's type (a capacity past `i64::MAX`, an "unbounded" `usize::MAX` say,
+    /// saturates instead of wrapping negative).
+    pub fn page_room(&self) -> i64 {
+        let capacity = capacity_i64(self.capacity);
+        capacity.saturating_sub(self.page_table_mem()).max(capacity / 4)
     }
 
     /// Bytes of cache in use: the pages in memory (clean and dirty, with their deltas),

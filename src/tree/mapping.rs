@@ -5,7 +5,7 @@
 //! readers load it under an epoch guard; writers change it only by compare-and-swap and
 //! retire the chain they unlinked with `defer_destroy`.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Shared};
@@ -86,6 +86,10 @@ pub struct Slot {
 /// Page id -> slot.
 pub struct MappingTable {
     chunks: Box<[OnceLock<Box<[Slot]>>]>,
+    /// Chunks allocated so far (each counted once, by the initializer `OnceLock` runs
+    /// once), so that [`MappingTable::mem`] costs no walk over the chunk array: the
+    /// eviction check reads it on every write.
+    allocated: AtomicUsize,
 }
 
 impl Default for MappingTable {
@@ -97,7 +101,7 @@ impl Default for MappingTable {
 impl MappingTable {
     /// An empty table.
     pub fn new() -> MappingTable {
-        MappingTable { chunks: (0..MAPPING_CHUNKS).map(|_| OnceLock::new()).collect() }
+        MappingTable { chunks: (0..MAPPING_CHUNKS).map(|_| OnceLock::new()).collect(), allocated: AtomicUsize::new(0) }
     }
 
     /// The slot of `pid` (allocating its chunk on first use).
@@ -107,7 +111,10 @@ impl MappingTable {
         let ix = usize::try_from(pid).unwrap_or(usize::MAX);
         let (c, i) = (ix / MAPPING_CHUNK_LEN, ix % MAPPING_CHUNK_LEN);
         assert!(c < MAPPING_CHUNKS, "page id {pid} beyond the mapping table");
-        let chunk = self.chunks[c].get_or_init(|| (0..MAPPING_CHUNK_LEN).map(|_| Slot::default()).collect());
+        let chunk = self.chunks[c].get_or_init(|| {
+            self.allocated.fetch_add(1, Ordering::Relaxed);
+            (0..MAPPING_CHUNK_LEN).map(|_| Slot::default()).collect()
+        });
         &chunk[i]
     }
 
@@ -115,7 +122,7 @@ impl MappingTable {
     pub fn mem(&self) -> usize {
         let chunk = crate::tree::node::alloc_size(MAPPING_CHUNK_LEN * std::mem::size_of::<Slot>());
         crate::tree::node::alloc_size(self.chunks.len() * std::mem::size_of::<OnceLock<Box<[Slot]>>>())
-            + self.chunks.iter().filter(|c| c.get().is_some()).count() * chunk
+            + self.allocated.load(Ordering::Relaxed) * chunk
     }
 
     /// The slot of `pid` if its chunk exists.

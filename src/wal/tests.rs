@@ -69,6 +69,16 @@ async fn open(io: &IoDriver, dir: &Path, frontier: u64) -> (Wal, Vec<WalRecord>)
     Wal::open(io.clone(), dir.to_path_buf(), frontier, SEGMENT_BYTES).await.unwrap()
 }
 
+/// A WAL on the simulated disk at `dir` (`/db/wal`), its directories created and synced,
+/// opened empty with `segment_bytes` segments.
+#[cfg(feature = "sim")]
+async fn sim_wal(io: &IoDriver, dir: &Path, segment_bytes: u64) -> (Wal, Vec<WalRecord>) {
+    io.create_dir_all(dir).await.unwrap();
+    io.sync_dir(Path::new("/")).await.unwrap();
+    io.sync_dir(Path::new("/db")).await.unwrap();
+    Wal::open(io.clone(), dir.to_path_buf(), 0, segment_bytes).await.unwrap()
+}
+
 /// Appends records `range` and waits for the last one with `Sync`.
 async fn write_records(wal: &Wal, range: std::ops::RangeInclusive<u64>, value_len: usize) {
     let mut lsn = 0;
@@ -660,10 +670,7 @@ fn a_simulated_crash_keeps_every_durable_write_acknowledged() {
         let disk = SimDisk::new(seed);
         let io = IoDriver::simulated(disk.clone());
         let acked = futures::executor::block_on(async {
-            io.create_dir_all(dir).await.unwrap();
-            io.sync_dir(Path::new("/")).await.unwrap();
-            io.sync_dir(Path::new("/db")).await.unwrap();
-            let (wal, _) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEGMENT_BYTES).await.unwrap();
+            let (wal, _) = sim_wal(&io, dir, SEGMENT_BYTES).await;
             let mut acked = 0;
             // Some buffered batches (unsynced), then one Sync ack covering them.
             for ts in 1..=3 {
@@ -908,10 +915,7 @@ fn a_flush_waits_for_the_zero_fill_in_its_way() {
         let disk = SimDisk::new(seed);
         let io = IoDriver::simulated(disk.clone());
         let (wal, _) = futures::executor::block_on(async {
-            io.create_dir_all(dir).await.unwrap();
-            io.sync_dir(Path::new("/")).await.unwrap();
-            io.sync_dir(Path::new("/db")).await.unwrap();
-            let (wal, r) = Wal::open(io.clone(), dir.to_path_buf(), 0, 4 << 20).await.unwrap();
+            let (wal, r) = sim_wal(&io, dir, 4 << 20).await;
             // Past half of the first 256 KiB zone.
             for ts in 1..=15 {
                 write_records(&wal, ts * 10 - 9..=ts * 10, 1000).await;
@@ -1043,10 +1047,7 @@ fn a_crash_in_a_rollover_to_a_prepared_segment_keeps_every_acknowledged_record()
         let disk = SimDisk::new(seed);
         let io = IoDriver::simulated(disk.clone());
         let acked = futures::executor::block_on(async {
-            io.create_dir_all(dir).await.unwrap();
-            io.sync_dir(Path::new("/")).await.unwrap();
-            io.sync_dir(Path::new("/db")).await.unwrap();
-            let (wal, _) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEG).await.unwrap();
+            let (wal, _) = sim_wal(&io, dir, SEG).await;
             let ts = write_until(&wal, 0, SEG / 2 + 2000).await;
             wal.prepare_ahead().await.unwrap();
             assert!(io.exists(&dir.join(super::prepared_file_name(2))).await.unwrap(), "seed {seed}: prepared");
@@ -1102,10 +1103,7 @@ fn a_dropped_preparation_leaves_the_next_one_free() {
         let disk = SimDisk::new(seed);
         let io = IoDriver::simulated(disk.clone());
         futures::executor::block_on(async {
-            io.create_dir_all(dir).await.unwrap();
-            io.sync_dir(Path::new("/")).await.unwrap();
-            io.sync_dir(Path::new("/db")).await.unwrap();
-            let (wal, _) = Wal::open(io.clone(), dir.to_path_buf(), 0, SEG).await.unwrap();
+            let (wal, _) = sim_wal(&io, dir, SEG).await;
             let ts = write_until(&wal, 0, SEG / 2 + 2000).await;
             disk.set_max_pending_polls(4);
             if !poll_once_and_drop(wal.prepare_ahead()) {

@@ -864,14 +864,12 @@ impl Inner {
         }
         let file = self.io.open(path, OpenMode::CreateNew).await?;
         let header = SEGMENT_HEADER_LEN as u64;
-        let zeroed_end = PREALLOC_FIRST_BYTES.min(self.segment_bytes).max(header);
+        let zeroed_end = self.first_zeroed_end();
         let mut bufs = vec![encode_segment_header(seq)];
         bufs.extend(zero_bufs(zeroed_end - header));
         file.writev_at(0, bufs).await?;
         file.sync_data().await?;
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written.fetch_add(header, Ordering::Relaxed);
-        self.zero_fill_bytes.fetch_add(zeroed_end - header, Ordering::Relaxed);
+        self.count_new_segment(1, zeroed_end);
         tracing::debug!(seq, zeroed_end, "WAL: next segment prepared");
         Ok(Prepared { seq, path: path.to_owned(), zeroed_end })
     }
@@ -888,20 +886,34 @@ impl Inner {
         let file = self.io.open(&path, OpenMode::ReadWrite).await?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.segments_prepared.fetch_add(1, Ordering::Relaxed);
-        let header = SEGMENT_HEADER_LEN as u64;
-        {
-            let mut st = self.state.lock();
-            st.segments.push_back(SegmentInfo { seq: p.seq, path, max_ts: None, bytes: p.zeroed_end });
-            st.zone = Some(Zone {
-                seq: p.seq,
-                file: file.clone(),
-                zeroed_end: p.zeroed_end,
-                reserved_end: header,
-                filling: None,
-            });
-        }
         tracing::debug!(seq = p.seq, "WAL: new segment (prepared ahead)");
-        Ok(ActiveSegment { file, seq: p.seq, offset: header, unsynced: false, synced: header })
+        Ok(self.install_segment(p.seq, path, file, p.zeroed_end))
+    }
+
+    /// Where a new segment's zeros end at first: [`PREALLOC_FIRST_BYTES`] past its start,
+    /// within the segment size, never inside the header.
+    fn first_zeroed_end(&self) -> u64 {
+        PREALLOC_FIRST_BYTES.min(self.segment_bytes).max(SEGMENT_HEADER_LEN as u64)
+    }
+
+    /// Counts a new segment's `fsyncs`, its header and its first zeros (up to
+    /// `zeroed_end`) in the WAL's statistics.
+    fn count_new_segment(&self, fsyncs: u64, zeroed_end: u64) {
+        let header = SEGMENT_HEADER_LEN as u64;
+        self.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+        self.bytes_written.fetch_add(header, Ordering::Relaxed);
+        self.zero_fill_bytes.fetch_add(zeroed_end - header, Ordering::Relaxed);
+    }
+
+    /// Lists segment `seq` (created or published: complete, synced, its directory entry
+    /// synced, zeros up to `zeroed_end`) as the newest one, makes its zone the active zone,
+    /// and returns it as the active segment, empty past its header.
+    fn install_segment(&self, seq: u64, path: PathBuf, file: IoFile, zeroed_end: u64) -> ActiveSegment {
+        let header = SEGMENT_HEADER_LEN as u64;
+        let mut st = self.state.lock();
+        st.segments.push_back(SegmentInfo { seq, path, max_ts: None, bytes: zeroed_end });
+        st.zone = Some(Zone { seq, file: file.clone(), zeroed_end, reserved_end: header, filling: None });
+        ActiveSegment { file, seq, offset: header, unsynced: false, synced: header }
     }
 
     /// Removes a prepared segment no rollover will use; a failure is only logged (the
@@ -912,7 +924,6 @@ impl Inner {
         }
     }
 
-    /// Creates segment `seq` with its header, synced, and lists it as the newest segment.
     /// Creates segment `seq` with its header (synced, directory synced), then its first
     /// [`PREALLOC_FIRST_BYTES`] of zeros (synced), and lists it as the newest segment with
     /// its zone.
@@ -920,7 +931,7 @@ impl Inner {
         let path = self.dir.join(segment_file_name(seq));
         let file = self.io.open(&path, OpenMode::CreateNew).await?;
         let header = SEGMENT_HEADER_LEN as u64;
-        let zeroed_end = PREALLOC_FIRST_BYTES.min(self.segment_bytes).max(header);
+        let zeroed_end = self.first_zeroed_end();
         // The header alone first, synced: a crash before the zeros are synced may leave
         // them as garbage, which recovery then cuts as a torn tail behind a valid header
         // (one write of both could leave a garbled header on a segment recovery cannot
@@ -928,21 +939,15 @@ impl Inner {
         file.writev_at(0, vec![encode_segment_header(seq)]).await?;
         file.sync_data().await?;
         self.io.sync_dir(&self.dir).await?;
+        let mut fsyncs = 2;
         if zeroed_end > header {
             file.writev_at(header, zero_bufs(zeroed_end - header)).await?;
             file.sync_data().await?;
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            fsyncs += 1;
         }
-        self.fsyncs.fetch_add(2, Ordering::Relaxed);
-        self.bytes_written.fetch_add(header, Ordering::Relaxed);
-        self.zero_fill_bytes.fetch_add(zeroed_end - header, Ordering::Relaxed);
-        {
-            let mut st = self.state.lock();
-            st.segments.push_back(SegmentInfo { seq, path, max_ts: None, bytes: zeroed_end });
-            st.zone = Some(Zone { seq, file: file.clone(), zeroed_end, reserved_end: header, filling: None });
-        }
+        self.count_new_segment(fsyncs, zeroed_end);
         tracing::debug!(seq, zeroed_end, "WAL: new segment");
-        Ok(ActiveSegment { file, seq, offset: header, unsynced: false, synced: header })
+        Ok(self.install_segment(seq, path, file, zeroed_end))
     }
 
     /// Before a flush writes segment `seq` up to `end`: waits for a zero fill that would

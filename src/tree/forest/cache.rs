@@ -1,6 +1,6 @@
 //! The page cache of the forest: loading an evicted page (one read of its image shared by
 //! every concurrent loader), the CLOCK reference bits, and eviction of clean leaves past
-//! `cache_capacity` (forest invariants 1, 2 and 4).
+//! `cache_capacity` less the page table (forest invariants 1, 2, 4 and 7).
 
 use super::{
     epoch, merge_leaf, page, retire_chain, Arc, ChainView, Error, Forest, FutureExt, LoadedImage, Node,
@@ -260,7 +260,8 @@ impl Forest {
         Err(Error::internal(format!("the load of page {pid} (address {addr}) lost every race")))
     }
 
-    /// Evicts clean leaves (CLOCK) while the cache is over capacity. Each call scans at
+    /// Evicts clean leaves (CLOCK) while the cache is past its room ([`Forest::page_room`]:
+    /// the capacity less the page table, invariant 7). Each call scans at
     /// most [`EVICT_SCAN_BUDGET`] slots, so a cache full of dirty pages costs a bounded
     /// amount per call; then a checkpoint is requested, which makes pages clean again.
     ///
@@ -269,7 +270,7 @@ impl Forest {
     /// page whose reference bit is set survives the call: a reader always gets to read the
     /// page it loaded, even when nothing else in the cache is clean.
     pub fn maybe_evict(&self, keep: Pid) {
-        if self.mem_used() <= self.capacity_i64() {
+        if self.mem_used() <= self.page_room() {
             return;
         }
         let limit = self.next_pid();
@@ -281,7 +282,7 @@ impl Forest {
             return;
         }
         let Some(_g) = self.evict_lock.try_lock() else { return };
-        let target = self.capacity_i64().saturating_mul(9) / 10;
+        let target = self.page_room().saturating_mul(9) / 10;
         let guard = epoch::pin();
         for _ in 0..EVICT_SCAN_BUDGET.min(usize::try_from(limit).unwrap_or(usize::MAX)) {
             if self.mem_used() <= target {
@@ -298,7 +299,7 @@ impl Forest {
             }
             self.try_evict(pid, &guard);
         }
-        if self.mem_used() > self.capacity_i64() {
+        if self.mem_used() > self.page_room() {
             self.needs_checkpoint.store(true, Ordering::Relaxed);
         }
     }
@@ -355,11 +356,12 @@ impl Forest {
         self.barren.store(0, Ordering::Relaxed);
     }
 
-    /// Evicts until the cache is under capacity or one full sweep found nothing more.
+    /// Evicts until the cache is within its room (invariant 7) or one full sweep found
+    /// nothing more.
     pub fn evict_to_capacity(&self) {
         let sweeps = usize::try_from(self.next_pid()).unwrap_or(usize::MAX) / EVICT_SCAN_BUDGET + 2;
         for _ in 0..sweeps {
-            if self.mem_used() <= self.capacity_i64() {
+            if self.mem_used() <= self.page_room() {
                 break;
             }
             self.maybe_evict(0);
