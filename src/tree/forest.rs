@@ -98,7 +98,7 @@ use crate::limits::{
 };
 use crate::mvcc::Mvcc;
 use crate::store::Store;
-use crate::tree::mapping::{retire_chain, MappingTable, Retired};
+use crate::tree::mapping::{retire_chain, MappingTable, Retired, SlotMeta};
 use crate::tree::node::{BlobCell, Node, NodeKind, Pid, Value};
 use crate::tree::{merge_leaf, ChainView};
 
@@ -329,7 +329,8 @@ impl Forest {
             f.swap_mem(stub.mem, true, Retired::default());
             slot.head.store(Owned::new(stub), Ordering::Release);
             let links = (!links.is_empty()).then(|| Arc::new(links));
-            *slot.meta.lock() = crate::tree::mapping::SlotMeta { addr, len, flushed_seq: 1, links, base_seq: 0, blobs: None };
+            let new = SlotMeta { addr, len, flushed_seq: 1, links, base_seq: 0, blobs: None };
+            f.table.update_meta(&mut slot.meta.lock(), |m| *m = new);
         }
         f
     }
@@ -413,7 +414,7 @@ impl Forest {
         let slot = self.table.slot(pid);
         let prev = slot.head.swap(Owned::new(node), Ordering::AcqRel, &guard);
         assert!(prev.is_null(), "page {pid} installed twice");
-        *slot.meta.lock() = Default::default();
+        self.table.update_meta(&mut slot.meta.lock(), |m| *m = SlotMeta::default());
     }
 
     /// Takes back a page installed by `install_new` that never became reachable.

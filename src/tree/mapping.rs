@@ -50,6 +50,23 @@ pub fn blob_refs_arc(refs: &[u64]) -> Arc<[u64]> {
 }
 
 impl SlotMeta {
+    /// Heap bytes this metadata holds beside its slot, as the allocator sizes them: its
+    /// list of links and its blob references (the shared empty list costs nothing).
+    pub fn heap_mem(&self) -> usize {
+        use crate::tree::node::alloc_size;
+        let links = self.links.as_ref().map_or(0, |l| {
+            // The `Arc`'s block (two counts and the `Vec`) and the vector's buffer.
+            alloc_size(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Vec<FrameRef>>())
+                + alloc_size(l.capacity() * std::mem::size_of::<FrameRef>())
+        });
+        let blobs = self
+            .blobs
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map_or(0, |b| alloc_size(2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[u64]>(b)));
+        links + blobs
+    }
+
     /// The blob references of the page's frames on disk: `Some` when known (none for a page
     /// never published), `None` for a page whose frames were not read since open.
     pub fn blob_refs(&self) -> Option<&[u64]> {
@@ -90,6 +107,10 @@ pub struct MappingTable {
     /// once), so that [`MappingTable::mem`] costs no walk over the chunk array: the
     /// eviction check reads it on every write.
     allocated: AtomicUsize,
+    /// The sum of [`SlotMeta::heap_mem`] over every slot, kept by
+    /// [`MappingTable::update_meta`], the only way a slot's links and blob references
+    /// change.
+    side: AtomicUsize,
 }
 
 impl Default for MappingTable {
@@ -101,7 +122,7 @@ impl Default for MappingTable {
 impl MappingTable {
     /// An empty table.
     pub fn new() -> MappingTable {
-        MappingTable { chunks: (0..MAPPING_CHUNKS).map(|_| OnceLock::new()).collect(), allocated: AtomicUsize::new(0) }
+        MappingTable { chunks: (0..MAPPING_CHUNKS).map(|_| OnceLock::new()).collect(), allocated: AtomicUsize::new(0), side: AtomicUsize::new(0) }
     }
 
     /// The slot of `pid` (allocating its chunk on first use).
@@ -118,11 +139,27 @@ impl MappingTable {
         &chunk[i]
     }
 
-    /// Heap bytes of the table itself: the chunk array and the chunks allocated so far.
+    /// Heap bytes of the table itself: the chunk array, the chunks allocated so far, and
+    /// what their slots' metadata holds beside them (links and blob references).
     pub fn mem(&self) -> usize {
         let chunk = crate::tree::node::alloc_size(MAPPING_CHUNK_LEN * std::mem::size_of::<Slot>());
         crate::tree::node::alloc_size(self.chunks.len() * std::mem::size_of::<OnceLock<Box<[Slot]>>>())
             + self.allocated.load(Ordering::Relaxed) * chunk
+            + self.side.load(Ordering::Relaxed)
+    }
+
+    /// Changes a slot's metadata (`meta`, the guard of its lock) with `f`, keeping the
+    /// table's count of what slots hold beside them ([`SlotMeta::heap_mem`]).
+    pub fn update_meta<R>(&self, meta: &mut SlotMeta, f: impl FnOnce(&mut SlotMeta) -> R) -> R {
+        let before = meta.heap_mem();
+        let r = f(meta);
+        let after = meta.heap_mem();
+        if after >= before {
+            self.side.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.side.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        r
     }
 
     /// The slot of `pid` if its chunk exists.
@@ -192,5 +229,36 @@ impl Drop for MappingTable {
                 unsafe { retire_chain(head, guard) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_counts_what_slot_metadata_holds_beside_the_slots() {
+        let table = MappingTable::new();
+        let slot = table.slot(1);
+        let empty = table.mem();
+        let links = Arc::new(vec![(10u64, 100u32), (20, 200), (30, 300)]);
+        let blobs: Arc<[u64]> = Arc::from(&[1u64, 2, 3, 4][..]);
+        table.update_meta(&mut slot.meta.lock(), |m| {
+            *m = SlotMeta { addr: 40, len: 400, links: Some(links.clone()), blobs: Some(blobs.clone()), ..SlotMeta::default() };
+        });
+        let held = slot.meta.lock().heap_mem();
+        // The Arc's block of a Vec and 3 x 16 bytes of links; 4 x 8 bytes of blob references.
+        assert!(held >= 40 + 48 + 16 + 32, "counted {held} bytes");
+        assert_eq!(table.mem(), empty + held);
+        // Only the blob references change: the count follows.
+        table.update_meta(&mut slot.meta.lock(), |m| m.blobs = Some(blob_refs_arc(&[])));
+        assert_eq!(table.mem(), empty + slot.meta.lock().heap_mem());
+        assert!(table.mem() < empty + held);
+        // A freed slot holds nothing beside it.
+        table.update_meta(&mut slot.meta.lock(), |m| *m = SlotMeta::default());
+        assert_eq!(table.mem(), empty);
+        // A second chunk counts once.
+        let _ = table.slot(MAPPING_CHUNK_LEN as u64 + 1);
+        assert_eq!(table.mem(), empty + crate::tree::node::alloc_size(MAPPING_CHUNK_LEN * std::mem::size_of::<Slot>()));
     }
 }

@@ -199,7 +199,8 @@ impl Forest {
         {
             let mut meta = self.table.slot(pid).meta.lock();
             if meta.addr == addr && meta.blobs.is_none() {
-                meta.blobs = Some(crate::tree::mapping::blob_refs_arc(&loaded.2));
+                let blobs = crate::tree::mapping::blob_refs_arc(&loaded.2);
+                self.table.update_meta(&mut meta, |m| m.blobs = Some(blobs));
             }
         }
         let horizon = self.horizon();

@@ -309,7 +309,7 @@ impl Forest {
                 } else {
                     Some(crate::tree::mapping::blob_refs_arc(&c.blob_refs))
                 };
-                *meta = crate::tree::mapping::SlotMeta {
+                let new = crate::tree::mapping::SlotMeta {
                     addr: *addr,
                     len: *len,
                     flushed_seq: if c.complete && !c.freed { c.seq } else { 0 },
@@ -317,6 +317,7 @@ impl Forest {
                     base_seq,
                     blobs,
                 };
+                self.table.update_meta(&mut meta, |m| *m = new);
             }
             if !c.freed && slot.dirty_gen.load(Ordering::Acquire) == self.dirty_gen.load(Ordering::SeqCst) {
                 // Listed since the cut (taken in part, or written since): its writes were

@@ -91,7 +91,7 @@ impl Forest {
             unsafe { self.empty_slot(pid, &guard) };
             let mut meta = slot.meta.lock();
             old.extend(meta.frames());
-            *meta = SlotMeta::default();
+            self.table.update_meta(&mut meta, |m| *m = SlotMeta::default());
         }
         old
     }
