@@ -361,8 +361,9 @@ impl DbInner {
     }
 
     /// Whether the background task should start a checkpoint now: the size trigger
-    /// (`Options::checkpoint_bytes`), half the dirty-page bound, or a cache that eviction
-    /// could not bring under its capacity.
+    /// (`Options::checkpoint_bytes`), half the dirty-page bound, or pages in memory that
+    /// eviction could not bring under their room (`Forest::page_room`: the capacity less
+    /// the page table).
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.forest.written_since_cut() > self.opts.checkpoint_bytes as u64
             || self.forest.dirty_bytes() > self.opts.dirty_limit_bytes() as u64 / 2

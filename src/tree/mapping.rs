@@ -36,6 +36,11 @@ pub struct SlotMeta {
     /// every frame counted (`LeafPage::blob_refs`); `None` while unknown (a page not read
     /// since open). What GC of blob files counts (`engine::gc`); see [`SlotMeta::blob_refs`].
     pub blobs: Option<Arc<[u64]>>,
+    /// A checkpoint captured this page in a way that leaves its next image a base once
+    /// published (a delta frame that fills the chain on disk, or a base the chain in memory
+    /// may not start from): until that publish replaces this metadata, writes charge the
+    /// page as a base, what the next capture will write (forest invariant 6).
+    pub next_is_base: bool,
 }
 
 /// `refs` as a slot keeps them ([`SlotMeta::blobs`]): no references share one empty

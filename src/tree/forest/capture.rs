@@ -101,11 +101,7 @@ impl Forest {
                 },
                 NodeKind::Upsert { .. } => unreachable!(),
             };
-            if !c.complete {
-                // Its versions above the cut lost their charge to the cut's drain: charged
-                // again now, before the capture's images leave the dirty set's count.
-                self.keep_dirty(pid, &v, cut_ts, delta_next(&c, &v));
-            }
+            self.charge_captured(&c, &v, cut_ts);
             out.push(c);
         }
         if !unloaded.is_empty() {
@@ -121,6 +117,22 @@ impl Forest {
             }
         }
         Ok((out, blobs))
+    }
+
+    /// What the capture `c` of chain `v` changes in the charges of the dirty set (forest
+    /// invariant 6).
+    fn charge_captured(&self, c: &Captured, v: &ChainView<'_>, cut_ts: u64) {
+        if !matches!(&c.links, Some(l) if l.len() < MAX_DELTA_FRAMES) {
+            // Once published, the page's next image is a base (`delta_next` says no more
+            // than this): writes from now on are charged so, not as delta frames over the
+            // chain the publish is about to replace.
+            self.table.slot(c.pid).meta.lock().next_is_base = true;
+        }
+        if !c.complete {
+            // Its versions above the cut lost their charge to the cut's drain: charged
+            // again now, before the capture's images leave the dirty set's count.
+            self.keep_dirty(c.pid, v, cut_ts, delta_next(c, v));
+        }
     }
 
     /// Whether the deltas of chain `v` of `pid` (a leaf in memory) may go out as a delta
@@ -316,6 +328,7 @@ impl Forest {
                     links: c.links.clone(),
                     base_seq,
                     blobs,
+                    next_is_base: false,
                 };
                 self.table.update_meta(&mut meta, |m| *m = new);
             }
