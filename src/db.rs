@@ -113,6 +113,15 @@ impl Db {
         Ok(Snapshot::new(self.inner.clone()))
     }
 
+    /// Reads pages that are only on disk into the cache, in the order of their addresses
+    /// with many reads in flight, until the pages in memory take half the cache's room
+    /// (`Options::cache_capacity` less the page table) or none is left; returns how many
+    /// pages it went through. Runs by itself after open unless `Options::warm_cache` is
+    /// off; calling it again loads what was evicted since, within the same bound.
+    pub async fn warm_cache(&self) -> Result<usize> {
+        self.inner.warm_cache().await
+    }
+
     /// Writes every dirty page to data and blob files and moves the WAL frontier.
     pub async fn checkpoint(&self) -> Result<CheckpointStats> {
         self.inner.check_open()?;

@@ -237,3 +237,117 @@ fn idle_writes_are_checkpointed() {
         db.close().await.unwrap();
     });
 }
+
+#[test]
+fn warming_reads_the_tree_back_in_and_stops_at_half_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        // The tree (about 1 MiB) fits an 8 MiB cache whole.
+        let big =
+            |warm| Options::default().cache_capacity(8 << 20).background_checkpoints(false).warm_cache(warm);
+        let db = Db::open(dir.path(), big(false)).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        for start in (0..KEYS).step_by(500) {
+            let mut tx = b.begin().unwrap();
+            for i in start..start + 500 {
+                tx.put(key(i), value(i, 0)).unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        db.close().await.unwrap();
+
+        // Reopened: every page is on disk only; one warming pass reads them all, so the
+        // gets of every key that follow read no page.
+        let db = Db::open(dir.path(), big(false)).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        let before = db.stats().page_reads;
+        let pages = db.warm_cache().await.unwrap();
+        let read = db.stats().page_reads - before;
+        assert!(pages > 100, "warming went through {pages} pages of a 1 MiB tree");
+        assert!(read as usize >= pages - 1, "warming went through {pages} pages but read {read}");
+        let warmed = db.stats().page_reads;
+        for i in 0..KEYS {
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&value(i, 0)[..]), "key {i}");
+        }
+        assert_eq!(db.stats().page_reads, warmed, "a get read a page the warming should have read");
+        assert_eq!(db.warm_cache().await.unwrap(), 0, "a second pass found pages still on disk");
+        db.close().await.unwrap();
+
+        // In a cache too small for the tree, warming stops once the pages take half of
+        // their room (the capacity less the page table), give or take the reads in flight.
+        let small =
+            Options::default().cache_capacity(1 << 20).background_checkpoints(false).warm_cache(false);
+        let db = Db::open(dir.path(), small).await.unwrap();
+        let warmed = db.warm_cache().await.unwrap();
+        let s = db.stats();
+        let room = (s.cache_capacity as i64 - s.page_table_bytes).max(s.cache_capacity as i64 / 4);
+        assert!(warmed > 0 && warmed < pages, "warmed {warmed} pages of {pages} in a 1 MiB cache");
+        assert!(
+            s.cache_bytes >= room / 2,
+            "warming stopped at {} bytes, half the room is {}",
+            s.cache_bytes,
+            room / 2
+        );
+        assert!(
+            s.cache_bytes <= room,
+            "warming took the cache to {} bytes, past its room {room}",
+            s.cache_bytes
+        );
+        db.close().await.unwrap();
+
+        // And by itself after open (the default): the same pages, read in the background.
+        let db = Db::open(dir.path(), big(true)).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        // Whatever the background task has not read yet, this pass reads: afterwards no
+        // get reads a page, whichever of the two read it.
+        db.warm_cache().await.unwrap();
+        let warmed = db.stats().page_reads;
+        assert!(warmed as usize >= pages - 1, "{warmed} pages read, {pages} on disk");
+        for i in (0..KEYS).step_by(7) {
+            assert_eq!(b.get(key(i)).await.unwrap().as_deref(), Some(&value(i, 0)[..]), "key {i}");
+        }
+        assert_eq!(db.stats().page_reads, warmed);
+        db.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_cancelled_read_stalls_no_other_read() {
+    // Forest::read_image's invariant: a read no reader awaits leaves the shared-read map.
+    // Layout: every leaf in a first data file, then the first and the last leaves rewritten
+    // into a second one, whose tables no read has loaded after the reopen. A get of the
+    // first leaf, polled once (its read holds the second file's one-time table load) and
+    // dropped, must not stall a get of the last leaf, which needs the same tables.
+    let dir = tempfile::tempdir().unwrap();
+    let k = |i: u32| format!("k{i:05}").into_bytes();
+    runtime().block_on(async {
+        let o = || Options::default().cache_capacity(8 << 20).background_checkpoints(false).warm_cache(false);
+        let db = Db::open(dir.path(), o()).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        let mut tx = b.begin().unwrap();
+        for i in 0..4_000 {
+            tx.put(k(i), vec![1u8; 100]).unwrap();
+        }
+        tx.commit().await.unwrap();
+        db.checkpoint().await.unwrap();
+        let mut tx = b.begin().unwrap();
+        for i in (0..100).chain(3_900..4_000) {
+            tx.put(k(i), vec![2u8; 100]).unwrap();
+        }
+        tx.commit().await.unwrap();
+        db.close().await.unwrap();
+
+        let db = Db::open(dir.path(), o()).await.unwrap();
+        let b = db.bucket("b").await.unwrap();
+        // The index and a middle leaf, from the first file.
+        assert_eq!(b.get(k(2_000)).await.unwrap(), Some(vec![1u8; 100].into()));
+        let mut first = Box::pin(b.get(k(0)));
+        assert!(futures::poll!(first.as_mut()).is_pending(), "the first leaf's read was not in flight");
+        drop(first);
+        let last = tokio::time::timeout(std::time::Duration::from_secs(30), b.get(k(3_999))).await;
+        let last = last.expect("a get waited for the read of a get dropped before it").unwrap();
+        assert_eq!(last, Some(vec![2u8; 100].into()));
+        assert_eq!(b.get(k(0)).await.unwrap(), Some(vec![2u8; 100].into()));
+        db.close().await.unwrap();
+    });
+}

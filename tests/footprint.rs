@@ -202,7 +202,7 @@ async fn a_spawner_runs_the_background_work() {
         tokio::spawn(task);
     }));
     let db = Db::open(dir.path(), opts.clone()).await.unwrap();
-    assert_eq!(spawned.load(Ordering::SeqCst), 1, "the background task");
+    assert_eq!(spawned.load(Ordering::SeqCst), 2, "the background task and the cache warming");
     let b = db.bucket("b").await.unwrap();
     let fsyncs = db.stats().wal_fsyncs;
     b.put(b"k", b"v").await.unwrap();
@@ -214,7 +214,7 @@ async fn a_spawner_runs_the_background_work() {
     }
     drop(b);
     drop(db);
-    assert_eq!(spawned.load(Ordering::SeqCst), 2, "the drop hand-over");
+    assert_eq!(spawned.load(Ordering::SeqCst), 3, "the drop hand-over");
     let db = Db::open(dir.path(), opts).await.unwrap();
     assert_eq!(db.existing_bucket("b").unwrap().get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     db.close().await.unwrap();

@@ -64,6 +64,7 @@ impl DbInner {
     /// none starts after). Nothing of the API writes once this returns.
     async fn quiesce(&self) {
         self.bg_wake.notify_one();
+        drop(self.warming.lock().take());
         let bg = self.bg.lock().take();
         if let Some(h) = bg {
             h.await;

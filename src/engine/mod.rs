@@ -86,6 +86,9 @@ pub(crate) struct DbInner {
     pub ckpt_mem: MemGauge,
     pub bg_wake: tokio::sync::Notify,
     pub bg: Mutex<Option<RemoteHandle<()>>>,
+    /// The task warming the cache after open (`Options::warm_cache`); dropped (cancelled)
+    /// when the database closes.
+    pub warming: Mutex<Option<RemoteHandle<()>>>,
     /// Latency of every commit acknowledged since open, from the call to the
     /// acknowledgement (the durability wait included).
     pub commit_latency: crate::obs::Histogram,

@@ -151,6 +151,7 @@ async fn open_steps(path: &Path, opts: Options) -> Result<Arc<DbInner>> {
         ckpt_mem: MemGauge::default(),
         bg_wake: tokio::sync::Notify::new(),
         bg: Mutex::new(None),
+        warming: Mutex::new(None),
         commit_latency: Default::default(),
         read_latency: Default::default(),
         #[cfg(feature = "metrics")]
@@ -172,7 +173,23 @@ fn start_background(inner: &Arc<DbInner>) -> Result<()> {
             .map_err(|e| Error::io(&inner.dir, "spawn background task", e))?;
         *inner.bg.lock() = Some(handle);
     }
+    if !deterministic && inner.opts.warm_cache {
+        let (task, handle) = warm(Arc::clone(inner)).remote_handle();
+        super::background::spawn(&inner.opts, task)
+            .map_err(|e| Error::io(&inner.dir, "spawn warming task", e))?;
+        *inner.warming.lock() = Some(handle);
+    }
     Ok(())
+}
+
+/// The warming task (`Options::warm_cache`): [`DbInner::warm_cache`] once; a failed read
+/// only ends it (the page is read again, and its error returned, when something needs it).
+async fn warm(db: Arc<DbInner>) {
+    let started = std::time::Instant::now();
+    match db.warm_cache().await {
+        Ok(pages) => tracing::debug!(pages, ms = started.elapsed().as_millis(), "cache warmed"),
+        Err(e) => tracing::warn!(error = %e, "warming the cache stopped"),
+    }
 }
 
 /// Step 3: the manifest of `dir`; a writer creates one where there is none, a read-only

@@ -27,6 +27,14 @@ use crate::mvcc::SnapshotGuard;
 use crate::tree::node::{Pid, Value};
 use crate::tree::{Lower, Tree};
 
+impl DbInner {
+    /// [`Forest::warm`](crate::tree::forest::Forest::warm) until the database closes.
+    pub(crate) async fn warm_cache(&self) -> Result<usize> {
+        self.check_open()?;
+        self.forest.warm(&|| self.is_closed()).await
+    }
+}
+
 /// Reads `key` from `tree` at snapshot `ts`.
 /// Its latency goes to `DbInner::read_latency`.
 pub(crate) async fn read_at(db: &DbInner, tree: &Tree, key: &[u8], ts: u64) -> Result<Option<Bytes>> {

@@ -13,6 +13,28 @@ use crate::limits::LOAD_DEPTH;
 /// for a base) and the blob references of its frames.
 type Loaded = (Arc<LoadedImage>, u64, Vec<u64>);
 
+/// Removes a read from [`Forest::inflight`] when its reader goes ([`Forest::read_image`]'s
+/// invariant): a finished read always; a cancelled one when no other reader holds it (the
+/// map's clone is then the last, and dropping it drops the read).
+struct Unshare<'a> {
+    inflight: &'a parking_lot::Mutex<rustc_hash::FxHashMap<u64, super::SharedLoad>>,
+    addr: u64,
+    done: bool,
+}
+
+impl Drop for Unshare<'_> {
+    fn drop(&mut self) {
+        let mut m = self.inflight.lock();
+        // `strong_count` is `None` once the read completed (its result is kept by whoever
+        // polled it to the end): nobody needs the entry then either.
+        let orphan = m.get(&self.addr).is_some_and(|f| f.strong_count().is_none_or(|n| n <= 1));
+        let gone = (self.done || orphan).then(|| m.remove(&self.addr));
+        // An orphan's read is dropped outside the lock.
+        drop(m);
+        drop(gone);
+    }
+}
+
 impl Forest {
     /// Sets the page's CLOCK bit.
     pub fn touch(&self, pid: Pid) {
@@ -24,7 +46,14 @@ impl Forest {
 
     /// Reads and decodes the page image at `addr`; concurrent readers of one address share
     /// one read (the future is shared, so a dropped reader does not stall the others).
+    ///
+    /// Invariant: an entry of `inflight` has a reader awaiting it. The last reader to go,
+    /// done or dropped, removes it ([`Unshare`]): a read no one polls must not stay in the
+    /// map, since what it holds (a file's one-time table load, the permit of its
+    /// `OnceCell`) would stall every other read of that file, and nothing would poll it.
     async fn read_image(&self, addr: u64) -> Result<Arc<LoadedImage>> {
+        // Declared before the future, so dropped after it when this read is cancelled.
+        let mut unshare = Unshare { inflight: &self.inflight, addr, done: false };
         let fut = {
             let mut m = self.inflight.lock();
             if let Some(f) = m.get(&addr) {
@@ -44,7 +73,7 @@ impl Forest {
             }
         };
         let r = fut.await;
-        self.inflight.lock().remove(&addr);
+        unshare.done = true;
         r
     }
 
@@ -107,6 +136,42 @@ impl Forest {
         let n = pids.len();
         futures::stream::iter(pids).map(|pid| self.load_to_write(pid)).buffer_unordered(LOAD_DEPTH).try_collect::<()>().await?;
         Ok(n)
+    }
+
+    /// Loads pages that are on disk only (disk stubs) into the cache, in the order of their
+    /// addresses, [`LOAD_DEPTH`] reads in flight, until the pages in memory take half their
+    /// room ([`Forest::page_room`]) or no such page is left; `stop` is asked before each
+    /// read. Pages load clean (eviction takes them like any other). Returns how many pages
+    /// it went through (loaded by it, or by a reader first).
+    pub async fn warm(&self, stop: &(dyn Fn() -> bool + Send + Sync)) -> Result<usize> {
+        use futures::{StreamExt, TryStreamExt};
+        let full = || self.mem_used() >= self.page_room() / 2;
+        // At most one candidate per KiB of the room it may fill (pages are larger), so the
+        // list stays small beside the cache it fills.
+        let most = usize::try_from(self.page_room() / 2 / 1024).unwrap_or(0);
+        let mut on_disk = Vec::new();
+        {
+            let guard = epoch::pin();
+            for pid in 1..self.next_pid() {
+                if on_disk.len() >= most {
+                    break;
+                }
+                let Some(slot) = self.table.try_slot(pid) else { continue };
+                let stub = ChainView::load(self, pid, &guard).is_some_and(|v| matches!(v.bottom.kind, NodeKind::Disk { .. }));
+                let addr = slot.meta.lock().addr;
+                if stub && addr != 0 {
+                    on_disk.push((addr, pid));
+                }
+            }
+        }
+        on_disk.sort_unstable();
+        // Asked before each read starts: at most `LOAD_DEPTH` reads pass the bound.
+        futures::stream::iter(on_disk)
+            .take_while(|_| futures::future::ready(!full() && !stop()))
+            .map(|(_, pid)| self.load(pid))
+            .buffer_unordered(LOAD_DEPTH)
+            .try_fold(0, |n, ()| futures::future::ready(Ok(n + 1)))
+            .await
     }
 
     /// The blob references of the frames of page `pid`'s image on disk: the slot's when it

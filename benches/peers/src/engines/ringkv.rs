@@ -46,7 +46,9 @@ pub async fn open(
     let opts = Options::default()
         .io_backend(backend)
         .cache_capacity(cfg.cache_bytes)
-        .durability(if cfg.durable { Durability::Sync } else { relaxed });
+        .durability(if cfg.durable { Durability::Sync } else { relaxed })
+        // `PEERS_RINGKV_WARM=0` opens without cache warming (an A/B of `Options::warm_cache`).
+        .warm_cache(std::env::var("PEERS_RINGKV_WARM").map_or(true, |v| v != "0"));
     let db = Db::open(dir, opts).await?;
     anyhow::ensure!(db.io_backend() == backend, "ringkv opened {:?}, asked {backend:?}", db.io_backend());
     let bucket = db.bucket("bench").await?;
@@ -89,6 +91,23 @@ impl Engine for Ringkv {
     }
 
     async fn close(&self) -> anyhow::Result<()> {
+        if std::env::var_os("PEERS_RINGKV_STATS").is_some() {
+            // What the engine did in this child (a diagnosis aid: page reads per get and
+            // the like), on stderr, which the parent copies to its log.
+            let s = self.db.stats();
+            eprintln!(
+                "[ringkv stats] page_reads {} cache_hits {} cache_misses {} checkpoints {} cache_bytes {} \
+                 page_table_bytes {} read p50 {:?} p99 {:?}",
+                s.page_reads,
+                s.cache_hits,
+                s.cache_misses,
+                s.checkpoints,
+                s.cache_bytes,
+                s.page_table_bytes,
+                s.read_latency.quantile(0.5),
+                s.read_latency.quantile(0.99)
+            );
+        }
         Ok(self.db.close().await?)
     }
 
