@@ -24,10 +24,8 @@ fn opts() -> Options {
 
 const KEYS: u32 = 8_000;
 
-/// Loads `KEYS` keys (about 1 MiB, 16 times the cache), checkpoints and lets a write evict.
-async fn loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket) {
-    let db = Db::open(dir, opts()).await.unwrap();
-    let b = db.bucket("b").await.unwrap();
+/// Puts `KEYS` keys (about 1 MiB), 500 per transaction.
+async fn put_keys(b: &ringkv::Bucket) {
     for start in (0..KEYS).step_by(500) {
         let mut tx = b.begin().unwrap();
         for i in start..start + 500 {
@@ -35,6 +33,13 @@ async fn loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket) {
         }
         tx.commit().await.unwrap();
     }
+}
+
+/// Loads `KEYS` keys (about 1 MiB, 16 times the cache), checkpoints and lets a write evict.
+async fn loaded(dir: &std::path::Path) -> (Db, ringkv::Bucket) {
+    let db = Db::open(dir, opts()).await.unwrap();
+    let b = db.bucket("b").await.unwrap();
+    put_keys(&b).await;
     db.checkpoint().await.unwrap();
     // A write runs one sweep of the eviction clock; a page loaded since the last sweep (by
     // the checkpoint, to write it as a base) survives one.
@@ -247,13 +252,7 @@ fn warming_reads_the_tree_back_in_and_stops_at_half_the_room() {
             |warm| Options::default().cache_capacity(8 << 20).background_checkpoints(false).warm_cache(warm);
         let db = Db::open(dir.path(), big(false)).await.unwrap();
         let b = db.bucket("b").await.unwrap();
-        for start in (0..KEYS).step_by(500) {
-            let mut tx = b.begin().unwrap();
-            for i in start..start + 500 {
-                tx.put(key(i), value(i, 0)).unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
+        put_keys(&b).await;
         db.close().await.unwrap();
 
         // Reopened: every page is on disk only; one warming pass reads them all, so the

@@ -158,8 +158,11 @@ impl Forest {
                 }
                 let Some(slot) = self.table.try_slot(pid) else { continue };
                 let stub = ChainView::load(self, pid, &guard).is_some_and(|v| matches!(v.bottom.kind, NodeKind::Disk { .. }));
+                if !stub {
+                    continue;
+                }
                 let addr = slot.meta.lock().addr;
-                if stub && addr != 0 {
+                if addr != 0 {
                     on_disk.push((addr, pid));
                 }
             }
