@@ -64,8 +64,9 @@
 //!    wakes (the io-wq worker wakes the reaper, the reaper wakes the caller's executor)
 //!    where the thread pool pays one. So a buffered (not `RWF_DSYNC`) write, in the poll
 //!    after its submission (invariant 9), keeps draining the CQ, with `yield_now` between
-//!    tries, for up to [`WRITE_SPIN`] before it hands the write over; reads, syncs and
-//!    durable writes, which wait for the device, are handed over at once.
+//!    tries, for up to [`WRITE_SPIN`] before it hands the write over; syncs and durable
+//!    writes, which wait for the device, are handed over at once, and reads follow
+//!    invariant 10.
 //! 9. **A buffered write yields to the executor before it spins.** Its first poll submits
 //!    and drains the CQ; if the write is not done it schedules its own wake behind the
 //!    executor's other ready tasks (tokio's deferred wake, `tokio::task::yield_now`, on a
@@ -81,6 +82,19 @@
 //!    `sched_yield`). The operation is not handed over while it waits for that poll; if
 //!    its future is dropped instead, the drop hands it over, so the reaper takes its CQE
 //!    and submits its continuations (invariant 3).
+//! 10. **A read with nothing handed over polls for itself.** A read not done at submission,
+//!     when no operation is handed over to the reaper (`handed` is 0: one or a few reads in
+//!     flight), does not hand itself over: it yields to the executor with its wake
+//!     scheduled (as in invariant 9) and, at each later poll, drains the CQ, until it is
+//!     done, another operation is handed over, or [`READ_POLL`] has passed; then it hands
+//!     itself over. Its completion runs as task work on the thread that submitted it, which
+//!     is busy polling, so the CQE is there without waking a thread: the handed-over path
+//!     wakes three (the submitter for the task work, the reaper, the executor's worker;
+//!     2.7 context switches per read measured at one in flight). The executor is never
+//!     blocked: other tasks run between the polls. A read dropped while polling is handed
+//!     over by the drop, as in invariant 9. Measured (`benches/ring_modes`, 3 rounds each,
+//!     quiet, 2026-12-02): one read in flight 18.9k -> 25.5k reads/s, 16 in flight 77k ->
+//!     86k, 64 and 256 within the noise.
 
 use std::ffi::CString;
 use std::future::Future;
@@ -115,6 +129,9 @@ const ENTER_GETEVENTS: u32 = 1;
 /// project's ext4 VM (W3/W4 of the peer benchmark, 2026-11-30): 20 us and 50 us both
 /// caught most WAL appends; 20 us costs less CPU when the worker is slow.
 const WRITE_SPIN: Duration = Duration::from_micros(20);
+/// How long a read that found nothing else handed over to the reaper checks the CQ from
+/// its own executor before it hands itself over (invariant 10).
+const READ_POLL: Duration = Duration::from_micros(150);
 
 /// The process-wide direct ring, set up on first use; `None` (after one warning) where the
 /// kernel refuses it, and the `io_uring` backend is then unavailable.
@@ -844,6 +861,8 @@ struct OpFuture {
     /// A buffered write not done at submission yielded to the executor; the next poll
     /// spins for it (invariant 9).
     spin_next: bool,
+    /// A read polling for its own completion from the executor until then (invariant 10).
+    poll_until: Option<Instant>,
 }
 
 impl OpFuture {
@@ -854,6 +873,7 @@ impl OpFuture {
             slot: Arc::new(Slot { state: Mutex::new(state), file }),
             submitted: false,
             spin_next: false,
+            poll_until: None,
         }
     }
 
@@ -874,10 +894,11 @@ impl OpFuture {
 
 impl Drop for OpFuture {
     fn drop(&mut self) {
-        // Dropped between the yield and the spin (invariant 9): nobody would reap the
-        // operation's CQE until the next operation does; hand it to the reaper, so its
-        // continuations are submitted (contract 3).
-        if self.spin_next {
+        // Dropped between the yield and the spin (invariant 9), or while polling for its own
+        // completion (invariant 10): nobody would reap the operation's CQE until the next
+        // operation does; hand it to the reaper, so its continuations are submitted
+        // (contract 3).
+        if self.spin_next || self.poll_until.is_some() {
             self.hand_over(self.slot.state.lock());
         }
     }
@@ -892,7 +913,10 @@ impl Future for OpFuture {
             this.submitted = true;
             let fd = this.slot.fd();
             let entry = this.slot.state.lock().op.entry(fd);
-            let buffered_write = entry_is_buffered_write(&this.slot.state.lock().op);
+            let (buffered_write, read) = {
+                let state = this.slot.state.lock();
+                (entry_is_buffered_write(&state.op), matches!(state.op, Op::Read { .. } | Op::ReadDirect { .. }))
+            };
             this.ring.submit(Arc::clone(&this.slot), entry);
             // Cached reads (and buffered writes where the file system takes them without
             // blocking) are done by now: finish them here.
@@ -904,6 +928,24 @@ impl Future for OpFuture {
                 yield_to_executor(cx);
                 return Poll::Pending;
             }
+            if read && this.ring.handed.load(Ordering::Acquire) == 0 && this.slot.state.lock().done.is_none() {
+                // Invariant 10: nothing else is waiting; check for this read's completion
+                // from this executor for a while rather than wake two threads for it.
+                this.poll_until = Some(Instant::now() + READ_POLL);
+                yield_to_executor(cx);
+                return Poll::Pending;
+            }
+        }
+        if let Some(until) = this.poll_until {
+            this.ring.reap();
+            if this.slot.state.lock().done.is_none()
+                && this.ring.handed.load(Ordering::Acquire) == 0
+                && Instant::now() < until
+            {
+                yield_to_executor(cx);
+                return Poll::Pending;
+            }
+            this.poll_until = None;
         }
         if std::mem::take(&mut this.spin_next) {
             // Invariant 8: a buffered write an io-wq worker took is usually done within
@@ -1047,6 +1089,69 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    /// Invariant 10: a read that is alone on its ring (a private one: the global ring's
+    /// `handed` counts the other tests' operations) and not done at submission yields with
+    /// its wake scheduled and polls for its own completion without being handed over; one
+    /// dropped while polling is handed over, and its CQE is still taken (the kernel's count
+    /// of its slot comes back).
+    #[test]
+    fn a_lone_read_polls_for_itself_and_a_dropped_one_is_handed_over() {
+        let ring: &'static Direct = match Direct::start() {
+            Ok(ring) => ring,
+            Err(e) => {
+                eprintln!("the direct io_uring is unavailable, skipping: {e}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let Ok(file) = futures::executor::block_on(ring.open(&path, libc::O_RDONLY | libc::O_DIRECT)) else {
+            eprintln!("no O_DIRECT on this file system, skipping");
+            return;
+        };
+        let file = Arc::new(file);
+        let count = Arc::new(CountWake(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut polled = 0;
+        for i in 0..64u64 {
+            let op = Op::ReadDirect { buf: AlignedBuf::zeroed(4096), offset: i * 4096, filled: 0, align: 4096 };
+            let mut fut = OpFuture::new(ring, Some(Arc::clone(&file)), op);
+            let before = count.0.load(Ordering::SeqCst);
+            let first = Pin::new(&mut fut).poll(&mut Context::from_waker(&waker));
+            let out = match first {
+                Poll::Ready(out) => out,
+                Poll::Pending => {
+                    polled += 1;
+                    assert_eq!(count.0.load(Ordering::SeqCst), before + 1, "read {i} yielded without a wake");
+                    assert!(!fut.slot.state.lock().handed, "lone read {i} was handed over at its first poll");
+                    assert!(fut.poll_until.is_some(), "lone read {i} pending without polling");
+                    if i % 2 == 1 {
+                        // Dropped while polling: the drop hands it to the reaper, which takes
+                        // its CQE (the kernel's count of the slot).
+                        let slot = Arc::clone(&fut.slot);
+                        drop(fut);
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while Arc::strong_count(&slot) > 1 {
+                            assert!(Instant::now() < deadline, "the dropped read's CQE was never taken");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        assert!(slot.state.lock().done.is_some(), "the dropped read never completed");
+                        continue;
+                    }
+                    futures::executor::block_on(fut)
+                }
+            };
+            let Ok(Out::Aligned(buf, n)) = out else { panic!("read {i} failed") };
+            assert_eq!(n, 4096);
+            let at = i as usize * 4096;
+            assert_eq!(&buf.as_slice()[..n], &data[at..at + 4096], "read {i}");
+        }
+        assert!(polled > 0, "no O_DIRECT read was pending at its first poll");
+        assert_eq!(ring.handed.load(Ordering::SeqCst), 0, "handed-over reads were not counted out");
     }
 
     #[test]
