@@ -853,6 +853,12 @@ fn entry_is_buffered_write(op: &Op) -> bool {
     matches!(op, Op::Write { dsync: false, .. } | Op::WriteFixed { dsync: false, .. })
 }
 
+/// Whether `op` is a read, the operation that polls for its own completion while nothing
+/// is handed over (invariant 10).
+fn entry_is_read(op: &Op) -> bool {
+    matches!(op, Op::Read { .. } | Op::ReadDirect { .. })
+}
+
 /// The caller's side of an operation: submits on first poll (lazy, contract 2).
 struct OpFuture {
     ring: &'static Direct,
@@ -875,6 +881,12 @@ impl OpFuture {
             spin_next: false,
             poll_until: None,
         }
+    }
+
+    /// Whether the operation is not done and no operation is handed over to the reaper:
+    /// a read then keeps polling for itself (invariant 10).
+    fn alone_and_pending(&self) -> bool {
+        self.ring.handed.load(Ordering::Acquire) == 0 && self.slot.state.lock().done.is_none()
     }
 
     /// Counts the operation as handed over to the reaper unless it is done or already
@@ -912,10 +924,9 @@ impl Future for OpFuture {
         if !this.submitted {
             this.submitted = true;
             let fd = this.slot.fd();
-            let entry = this.slot.state.lock().op.entry(fd);
-            let (buffered_write, read) = {
-                let state = this.slot.state.lock();
-                (entry_is_buffered_write(&state.op), matches!(state.op, Op::Read { .. } | Op::ReadDirect { .. }))
+            let (entry, buffered_write, read) = {
+                let mut state = this.slot.state.lock();
+                (state.op.entry(fd), entry_is_buffered_write(&state.op), entry_is_read(&state.op))
             };
             this.ring.submit(Arc::clone(&this.slot), entry);
             // Cached reads (and buffered writes where the file system takes them without
@@ -928,7 +939,7 @@ impl Future for OpFuture {
                 yield_to_executor(cx);
                 return Poll::Pending;
             }
-            if read && this.ring.handed.load(Ordering::Acquire) == 0 && this.slot.state.lock().done.is_none() {
+            if read && this.alone_and_pending() {
                 // Invariant 10: nothing else is waiting; check for this read's completion
                 // from this executor for a while rather than wake two threads for it.
                 this.poll_until = Some(Instant::now() + READ_POLL);
@@ -938,10 +949,7 @@ impl Future for OpFuture {
         }
         if let Some(until) = this.poll_until {
             this.ring.reap();
-            if this.slot.state.lock().done.is_none()
-                && this.ring.handed.load(Ordering::Acquire) == 0
-                && Instant::now() < until
-            {
+            if this.alone_and_pending() && Instant::now() < until {
                 yield_to_executor(cx);
                 return Poll::Pending;
             }
