@@ -200,7 +200,10 @@ fn idle_writes_are_checkpointed() {
         let opts = Options::default()
             .cache_capacity(MIN_CACHE_CAPACITY)
             .checkpoint_interval(None)
-            .checkpoint_idle(Some(std::time::Duration::from_millis(100)));
+            // Long enough that no pause between the updates below lets the idle trigger
+            // fire before they are checked as dirty: with 100 ms, a stall of the loaded CI
+            // machine did, once (clean-clone `.ci/run`, 2026-12-02, thread pool).
+            .checkpoint_idle(Some(std::time::Duration::from_secs(1)));
         let db = Db::open(dir.path(), opts.clone()).await.unwrap();
         let b = db.bucket("b").await.unwrap();
         let mut tx = b.begin().unwrap();
