@@ -32,7 +32,10 @@
 //! 3. Continuations (short reads and writes, writes of more than [`MAX_IOVECS`] buffers,
 //!    retries after `EINTR`/`ECANCELED`) are submitted by whoever takes the CQE, not by the
 //!    caller's future: a write whose future was dropped still lands in full.
-//! 4. The SQ is touched only under `sq`, the CQ only under `cq`; `cq` is never held while
+//! 4. The SQ is touched only under `sq`, the CQ only under `cq`, through a view that
+//!    borrows the lock's guard (`Direct::sq_view`, `Direct::cq_view`), so no view outlives
+//!    its lock: a view publishes its cached tail (SQ) or head (CQ) when dropped, and one
+//!    dropped after the unlock would move it back. `cq` is never held while
 //!    `sq` is taken (continuations are submitted after the CQ mutex is released). The
 //!    `io_uring_enter` that submits runs outside `sq` (callers enter the kernel in
 //!    parallel; the kernel serialises submission itself), except when a full SQ must be
@@ -111,7 +114,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::buffers::{AlignedBuf, FixedBuffers, Lease, BUF_ALIGN};
 use crate::limits::IO_URING_FILE_SLOTS;
@@ -362,6 +365,29 @@ impl Direct {
             }
         }
     }
+    /// The SQ, viewed while `self.sq` is held (`pushes` is its guard). The view borrows the
+    /// guard, so the compiler rejects a view that outlives the lock: a view caches the tail
+    /// and publishes it when dropped, so one dropped after the unlock would move the tail
+    /// back over SQEs another thread pushed meanwhile (the kernel would then submit one SQE
+    /// twice and never see another: two CQEs for one slot, none for the other).
+    fn sq_view<'a>(&'a self, pushes: &'a MutexGuard<'_, u64>) -> io_uring::SubmissionQueue<'a> {
+        debug_assert!(std::ptr::eq(MutexGuard::mutex(pushes), std::ptr::from_ref(&self.sq)), "the guard of another ring's SQ");
+        // SAFETY: the SQ is only viewed through this function, under `self.sq` (whose guard
+        // the view borrows), so no other `SubmissionQueue` of this ring exists while this
+        // one lives.
+        unsafe { self.ring.submission_shared() }
+    }
+
+    /// The CQ, viewed while `self.cq` is held (`held` is its guard); see [`Direct::sq_view`]
+    /// (a CQ view publishes its cached head when dropped).
+    fn cq_view<'a>(&'a self, held: &'a MutexGuard<'_, ()>) -> io_uring::CompletionQueue<'a> {
+        debug_assert!(std::ptr::eq(MutexGuard::mutex(held), std::ptr::from_ref(&self.cq)), "the guard of another ring's CQ");
+        // SAFETY: the CQ is only viewed through this function, under `self.cq` (whose guard
+        // the view borrows), so no other `CompletionQueue` of this ring exists while this
+        // one lives.
+        unsafe { self.ring.completion_shared() }
+    }
+
     /// Queues `entry` for `slot` and submits it. Never drops the entry: a full SQ is
     /// submitted and the push retried.
     ///
@@ -373,9 +399,7 @@ impl Direct {
         let entry = entry.user_data(Arc::into_raw(slot) as u64);
         let ticket = loop {
             let mut pushes = self.sq.lock();
-            // SAFETY: the SQ is only accessed under `self.sq`, which is held, so no other
-            // `SubmissionQueue` of this ring exists while this one lives.
-            let mut sq = unsafe { self.ring.submission_shared() };
+            let mut sq = self.sq_view(&pushes);
             // SAFETY: the entry's pointers (buffer, iovecs, descriptor) belong to the slot
             // whose strong count `user_data` holds (invariants 1 and 2), so they stay valid
             // until its CQE is taken.
@@ -387,7 +411,7 @@ impl Direct {
             }
             drop(sq);
             // Full: submit what is queued, then push again.
-            let entered = self.enter_submit();
+            let entered = self.enter_submit(&pushes);
             drop(pushes);
             if let Err(e) = entered {
                 self.enter_failed(&e);
@@ -400,8 +424,7 @@ impl Direct {
                 Err(e) => self.enter_failed(&e),
             }
             let pushes = self.sq.lock();
-            // SAFETY: `self.sq` is held (see above).
-            let queued = unsafe { self.ring.submission_shared() }.len() as u64;
+            let queued = self.sq_view(&pushes).len() as u64;
             if *pushes - queued >= ticket {
                 return;
             }
@@ -420,17 +443,16 @@ impl Direct {
         std::thread::yield_now();
     }
 
-    /// Submits everything queued in the SQ (the caller holds `self.sq`). `EINTR` is retried;
+    /// Submits everything queued in the SQ (the caller holds `self.sq`: `pushes`). `EINTR` is retried;
     /// `EBUSY`/`EAGAIN` (and anything else) are returned with the SQEs still queued.
-    fn enter_submit(&self) -> io::Result<()> {
+    fn enter_submit(&self, pushes: &MutexGuard<'_, u64>) -> io::Result<()> {
         loop {
             match self.ring.submitter().submit() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            // SAFETY: the caller holds `self.sq`, so this is the only SQ view.
-            if unsafe { self.ring.submission_shared() }.is_empty() {
+            if self.sq_view(pushes).is_empty() {
                 return Ok(());
             }
         }
@@ -443,9 +465,8 @@ impl Direct {
             let mut wakers = Vec::new();
             let mut again = Vec::new();
             {
-                let _cq = self.cq.lock();
-                // SAFETY: the CQ is only accessed under `self.cq`, which is held.
-                let cq = unsafe { self.ring.completion_shared() };
+                let held = self.cq.lock();
+                let cq = self.cq_view(&held);
                 for cqe in cq {
                     // SAFETY: every SQE of this ring carries `Arc::into_raw` of its slot as
                     // `user_data` (in `submit`), and each CQE is taken once, here, under the
