@@ -365,6 +365,7 @@ impl Direct {
             }
         }
     }
+
     /// The SQ, viewed while `self.sq` is held (`pushes` is its guard). The view borrows the
     /// guard, so the compiler rejects a view that outlives the lock: a view caches the tail
     /// and publishes it when dropped, so one dropped after the unlock would move the tail
@@ -443,8 +444,9 @@ impl Direct {
         std::thread::yield_now();
     }
 
-    /// Submits everything queued in the SQ (the caller holds `self.sq`: `pushes`). `EINTR` is retried;
-    /// `EBUSY`/`EAGAIN` (and anything else) are returned with the SQEs still queued.
+    /// Submits everything queued in the SQ (the caller holds `self.sq`: `pushes`). `EINTR`
+    /// is retried; `EBUSY`/`EAGAIN` (and anything else) are returned with the SQEs still
+    /// queued.
     fn enter_submit(&self, pushes: &MutexGuard<'_, u64>) -> io::Result<()> {
         loop {
             match self.ring.submitter().submit() {
